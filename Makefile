@@ -1,0 +1,55 @@
+# The two set-up commands of the README: `make run` and `make test`.
+# Both create a virtual environment in .venv on first use and install into it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= etc/snom-blf-bridge.toml
+
+.PHONY: run test lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Stamp files: reinstall only when the project's metadata changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+## Run the bridge (the demo PBX starts when etc/snom-blf-bridge.toml names no Asterisk).
+run: $(VENV)/.installed
+	$(BIN)/snom-blf-bridge run --config $(CONFIG)
+
+## Run every check: ruff, mypy --strict, the whole test suite (installs SIPp if missing).
+test: $(VENV)/.installed-test sipp lint typecheck pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check bridge tests benchmarks
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy --strict bridge
+
+pytest: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+## SIPp plays the phones in the tests (Debian package sip-tester).
+.PHONY: sipp
+sipp:
+	@command -v sipp >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester; \
+	  else \
+	    echo "SIPp is missing: install it (Debian: sudo apt-get install sip-tester)" >&2; exit 1; \
+	  fi; }
+
+## Benchmarks: figures printed as a table.
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

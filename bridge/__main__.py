@@ -1,0 +1,125 @@
+"""Command line: ``snom-blf-bridge run|check-config`` (also ``python -m bridge``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from bridge import __version__
+from bridge.config import Config, ConfigError, load
+
+DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run the chosen command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        return _check_config(args.file, args.set)
+    return _run(args.config, args.set, demo=args.demo)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snom-blf-bridge",
+        description="Busy Lamp Field with call pickup for Snom phones on Asterisk.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the bridge")
+    run.add_argument(
+        "--config",
+        "-c",
+        help=f"configuration file (default: {DEFAULT_CONFIG} if it exists, else built-in "
+        "defaults, which start the demo PBX)",
+    )
+    run.add_argument("--demo", action="store_true", help="use the built-in demo PBX")
+    _add_set(run)
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("file", help="configuration file to check")
+    _add_set(check)
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a setting of the file (value in TOML syntax); may be repeated",
+    )
+
+
+def _check_config(path: str, overrides: list[str]) -> int:
+    try:
+        config = load(path, overrides)
+    except ConfigError as exc:
+        print(f"{path}: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in config_warnings(config):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
+    mode = "demo PBX" if config.demo or not config.ami.configured else (
+        f"AMI {config.ami.username}@{config.ami.host}:{config.ami.port}"
+    )
+    print(f"{path}: OK ({mode})")
+    return 0
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Settings that are valid but probably not what the installer wants."""
+    warnings = []
+    if not config.ami.configured and not config.demo:
+        warnings.append("ami.username is empty: the bridge will run its demo PBX, not Asterisk")
+    if config.ami.configured and not config.sip.domain and config.ami.host in (
+        "127.0.0.1", "::1", "localhost"
+    ):
+        warnings.append(
+            "sip.domain is empty and ami.host is loopback: URIs in NOTIFYs will name "
+            f"{config.ami.host}, which phones cannot reach; set sip.domain to the PBX address"
+        )
+    return warnings
+
+
+def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
+    if path is None and os.path.exists(DEFAULT_CONFIG):
+        path = DEFAULT_CONFIG
+    try:
+        config = load(path, overrides)
+    except ConfigError as exc:
+        print(f"snom-blf-bridge: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logging(config.log_level)
+    log = logging.getLogger("bridge")
+    for warning in config_warnings(config):
+        log.warning("config: %s", warning)
+    from bridge.app import run_until_signalled  # the app pulls in asyncio/lxml/panoramisk
+
+    try:
+        asyncio.run(run_until_signalled(config, force_demo=demo))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd the journal stamps every line itself; don't print a second timestamp.
+    under_journal = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_journal else (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""The AMI source adapter: Asterisk Manager Interface in, normalized events out.
+
+Built on panoramisk's ``AMIProtocol`` (wire parsing, ActionIDs, matching answers to actions) but
+not on its ``Manager``: the Manager reconnects on a fixed 2 s timer with no backoff, resends
+unanswered actions of the old connection after a reconnect (stale Getvars, duplicate lists) and
+pings on its own schedule. This module owns the connection loop, login, keepalive and resync.
+
+Ordering. Everything Asterisk says arrives on one ordered TCP stream, and the tracker gets it in
+that order: live events and the items of the resync lists interleaved exactly as they arrived.
+Asterisk writes an action's answer in one piece and queues the events raised meanwhile, so an
+event read before a list answer is older than that snapshot and one read after it is newer:
+applying both in arrival order is exact, where holding live events back until the lists are done
+would let a stale event (say, Ringing) override the fresher snapshot (Up). Nothing is dropped.
+A ChannelSeen that needs the leg's SIP ids (``needs_ids``) waits at its place in the stream for
+its three Getvars (sent at once, bounded by ``getvar_timeout``); its LegIds goes out just before
+it and everything after it waits behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from panoramisk.actions import Action
+from panoramisk.ami_protocol import AMIProtocol
+
+from bridge.asterisk.ami_events import needs_ids, to_events
+from bridge.events import (
+    AsteriskEvent,
+    ChannelGone,
+    ChannelSeen,
+    LegIds,
+    ResyncFinished,
+    ResyncStarted,
+    SourceLost,
+)
+
+log = logging.getLogger(__name__)
+
+ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(pjsip,remote_tag)")
+RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels")
+MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
+
+IdsTask = asyncio.Task[LegIds | None]
+
+
+def _headers(message: Any) -> dict[str, str]:
+    """panoramisk's untyped Message as plain headers; a repeated header keeps its first value."""
+    out: dict[str, str] = {}
+    for key, value in message.items():
+        first = (value[0] if value else "") if isinstance(value, list) else value
+        out[str(key)] = str(first)
+    return out
+
+
+def _result(task: IdsTask) -> LegIds | None:
+    """A finished id lookup's outcome; cancelled or failed means no ids."""
+    if task.cancelled():
+        return None
+    if task.exception() is not None:
+        log.error("reading leg ids failed", exc_info=task.exception())
+        return None
+    return task.result()
+
+
+@dataclass(slots=True)
+class _Item:
+    """One delivery in stream order: events, maybe first waiting for a leg's ids."""
+
+    events: list[AsteriskEvent]
+    ids: IdsTask | None = None
+    then: Callable[[], None] | None = None
+
+
+class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk has no type hints
+    """AMIProtocol that shows every message to the connection first, in arrival order."""
+
+    def __init__(self, link: _Connection) -> None:
+        super().__init__()
+        self.link = link
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.factory = self.link  # read by AMIProtocol on events and on connection loss
+        self.encoding = "utf-8"
+        self.link.protocol = self
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            super().data_received(data)
+        except Exception:  # garbage that trips panoramisk: the stream can no longer be trusted
+            log.exception("unreadable data from AMI; reconnecting")
+            self.transport.abort()
+            return
+        if sum(len(part) for part in self.queue) > MAX_UNPARSED:
+            log.error("AMI sent %d bytes without a message end; reconnecting", MAX_UNPARSED)
+            self.transport.abort()
+
+    def handle_message(self, message: Any) -> None:
+        self.link.message(_headers(message))
+        super().handle_message(message)
+
+
+class _EveryAction:
+    def __contains__(self, action: object) -> bool:
+        return True
+
+
+class _Connection:
+    """One TCP connection's state; also the "factory" object AMIProtocol reports to."""
+
+    # AMIProtocol parks unanswered actions of a lost connection for resending unless they are
+    # "forgetable": here all are, a resync after the reconnect replaces whatever they asked.
+    forgetable_actions = _EveryAction()
+
+    def __init__(self, source: AmiSource) -> None:
+        self.source = source
+        self.protocol: _Protocol | None = None
+        self.lost = asyncio.Event()
+        self.awaiting_actions: deque[Any] = deque()  # required by AMIProtocol, stays empty
+        self.login_id = ""
+        self.lists: set[str] = set()  # ActionIDs of resync lists not complete yet
+        self._inflight: set[asyncio.Future[Any]] = set()
+
+    def send(self, fields: dict[str, str]) -> tuple[str, asyncio.Future[Any]]:
+        """Send an action; returns its ActionID and the future of its answer."""
+        action = Action(fields)
+        assert self.protocol is not None
+        future: asyncio.Future[Any] = self.protocol.send(action)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        return str(action.action_id), future
+
+    def close(self) -> None:
+        """Drop the connection at once; ``connection_lost`` follows."""
+        transport = None if self.protocol is None else self.protocol.transport
+        if transport is not None:
+            transport.abort()
+
+    # AMIProtocol's factory interface
+    def dispatch(self, message: Any) -> None:
+        """Events are taken in ``message`` already, in stream order."""
+
+    def connection_lost(self, exc: object) -> None:
+        for future in list(self._inflight):
+            future.cancel()  # wakes every waiter at once instead of at its timeout
+        self.lost.set()
+
+    def message(self, h: dict[str, str]) -> None:
+        """Every message from Asterisk, in arrival order."""
+        action_id = h.get("ActionID")
+        if action_id is None:
+            if "Event" in h:
+                self.source._accept(to_events(h))
+        elif action_id == self.login_id:
+            if h.get("Response") == "Success":
+                self.source._begin_resync(self)
+        elif action_id in self.lists:
+            if "Event" not in h and h.get("Response") != "Success":
+                log.warning("AMI refused %s: %s", action_id, h.get("Message", ""))
+                self._list_done(action_id)
+            elif h.get("EventList", "").lower() == "complete":
+                self._list_done(action_id)
+            elif "Event" in h:
+                self.source._accept(to_events(h))
+
+    def _list_done(self, action_id: str) -> None:
+        self.lists.discard(action_id)
+        if not self.lists:
+            self.source._finish_resync(self)
+
+
+class AmiSource:
+    """Asterisk over AMI as a stream of :mod:`bridge.events`, resynced after every connect."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        secret: str,
+        on_event: Callable[[AsteriskEvent], None],
+        *,
+        events: str = "call,system",
+        backoff_min: float = 0.5,
+        backoff_max: float = 30.0,
+        ping_interval: float = 10.0,
+        getvar_timeout: float = 1.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self._username, self._secret = username, secret
+        self._on_event = on_event
+        self._events = events  # "call,system": no dialplan class, the VarSet/Newexten flood
+        self._backoff = (backoff_min, backoff_max)
+        self._ping_interval = ping_interval
+        self._getvar_timeout = getvar_timeout
+        self._connect_timeout = connect_timeout
+        self.connected = False  # TCP up and Login accepted
+        self.synced = asyncio.Event()  # set once ResyncFinished has been delivered
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._ids: dict[str, IdsTask] = {}
+        self._conn: _Connection | None = None
+        self._stopping = asyncio.Event()
+        self._announced = False  # ResyncStarted sent and no SourceLost since
+        self._logoff: asyncio.Future[Any] | None = None
+        self._attempt: asyncio.Task[bool] | None = None
+        self._last_problem = ""
+
+    async def run(self) -> None:
+        """Connect, resync and stream events until ``stop()`` or cancellation."""
+        self._stopping.clear()
+        self._logoff = None
+        deliverer = asyncio.create_task(self._deliver(), name="ami-deliver")
+        failures = 0
+        try:
+            while not self._stopping.is_set():
+                self._attempt = asyncio.create_task(self._session())
+                try:
+                    failures = 0 if await self._attempt else failures + 1
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # run() itself is being cancelled
+                    break  # stop() cut a connect or login attempt short
+                if self._stopping.is_set():
+                    break
+                # after a lost session (failures 0) and a first failure: min; then doubling
+                base = min(self._backoff[1], self._backoff[0] * 2 ** min(max(failures - 1, 0), 30))
+                delay = min(self._backoff[1], base * random.uniform(1.0, 1.25))
+                log.debug("reconnecting to AMI in %.2f s", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+            self._queue.put_nowait(None)
+            await deliverer
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+            self.connected = False
+            self.synced.clear()
+            deliverer.cancel()
+            for task in self._ids.values():
+                task.cancel()
+
+    async def stop(self) -> None:
+        """Log off and make ``run()`` return."""
+        self._stopping.set()
+        if self._conn is not None and self.connected:
+            _, self._logoff = self._conn.send({"Action": "Logoff"})
+        elif self._attempt is not None and not self._attempt.done():
+            self._attempt.cancel()  # do not sit out a connect or login timeout
+
+    close = stop
+
+    async def _session(self) -> bool:
+        """One connection's life; True when Login was accepted (the backoff starts over)."""
+        conn = self._conn = _Connection(self)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: _Protocol(conn), self.host, self.port),
+                self._connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            self._problem(f"cannot connect to AMI at {self.host}:{self.port}: {exc or 'timeout'}")
+            return False
+        self._ids.clear()
+        login_action = {"Action": "Login", "Username": self._username, "Secret": self._secret}
+        conn.login_id, login = conn.send({**login_action, "Events": self._events})
+        done, _ = await asyncio.wait([login], timeout=self._connect_timeout)
+        answer = _headers(login.result()) if done and not login.cancelled() else {}
+        if answer.get("Response") != "Success":
+            reason = answer.get("Message") or ("no answer" if not conn.lost.is_set() else "closed")
+            self._problem(f"AMI login as {self._username!r} failed: {reason}")
+            conn.close()
+            await conn.lost.wait()
+            return False
+        self._last_problem = ""
+        waits = [
+            asyncio.create_task(self._keepalive(conn)),
+            asyncio.create_task(self._stopping.wait()),
+            asyncio.create_task(conn.lost.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        if self._stopping.is_set() and self._logoff is not None:
+            await asyncio.wait([self._logoff], timeout=1.0)  # Goodbye, then Asterisk hangs up
+        conn.close()
+        await conn.lost.wait()
+        self.connected = False
+        self.synced.clear()
+        if self._announced and not self._stopping.is_set():
+            log.warning("lost the AMI connection to %s:%s", self.host, self.port)
+            self._announced = False
+            self._queue.put_nowait(_Item([SourceLost()]))
+        return True
+
+    async def _keepalive(self, conn: _Connection) -> None:
+        """Ping; an Asterisk that does not answer within an interval is treated as gone."""
+        while True:
+            await asyncio.sleep(self._ping_interval)
+            _, pong = conn.send({"Action": "Ping"})
+            done, _ = await asyncio.wait([pong], timeout=self._ping_interval)
+            if not done:
+                log.warning("AMI did not answer a Ping within %.1f s", self._ping_interval)
+                conn.close()
+                return
+
+    def _problem(self, text: str) -> None:
+        """Log a connect/login problem once; the same problem again only at debug level."""
+        level = logging.DEBUG if text == self._last_problem else logging.WARNING
+        log.log(level, "%s (retrying with backoff)", text)
+        self._last_problem = text
+
+    def _begin_resync(self, conn: _Connection) -> None:
+        """Login accepted (seen in stream order): announce, then ask for the full state."""
+        self.connected = True
+        self._announced = True
+        self._queue.put_nowait(_Item([ResyncStarted()]))
+        for action in RESYNC_ACTIONS:  # pipelined: Asterisk answers them in order
+            action_id, _ = conn.send({"Action": action})
+            conn.lists.add(action_id)
+
+    def _finish_resync(self, conn: _Connection) -> None:
+        def synced() -> None:
+            if conn is self._conn and not conn.lost.is_set():
+                self.synced.set()
+
+        self._queue.put_nowait(_Item([ResyncFinished()], then=synced))
+
+    def _accept(self, events: list[AsteriskEvent]) -> None:
+        """Queue mapped events in stream order, starting id lookups for ringing legs."""
+        for event in events:
+            if isinstance(event, ChannelGone):
+                task = self._ids.pop(event.uniqueid, None)
+                if task is not None and not task.done():
+                    task.cancel()
+            ids = None
+            if isinstance(event, ChannelSeen) and needs_ids(event) and self._conn is not None:
+                ids = self._ids.get(event.uniqueid)
+                if ids is None or (ids.done() and _result(ids) is None):
+                    ids = asyncio.create_task(self._fetch_ids(self._conn, event))
+                    self._ids[event.uniqueid] = ids
+            self._queue.put_nowait(_Item([event], ids))
+
+    async def _fetch_ids(self, conn: _Connection, leg: ChannelSeen) -> LegIds | None:
+        """The three Getvars of a leg, in flight at once (never Status: it can deadlock)."""
+        futures = [
+            conn.send({"Action": "Getvar", "Channel": leg.name, "Variable": v})[1]
+            for v in ID_VARIABLES
+        ]
+        _, pending = await asyncio.wait(futures, timeout=self._getvar_timeout)
+        for future in pending:
+            future.cancel()
+        if conn.lost.is_set():
+            return None
+        if pending:
+            log.warning("Getvar for %s timed out after %.1f s", leg.name, self._getvar_timeout)
+            return None
+        values = []
+        for future in futures:
+            answer = {} if future.cancelled() else _headers(future.result())
+            if answer.get("Response") != "Success" or not answer.get("Value"):
+                problem = answer.get("Message", "empty value")
+                log.warning("no %s for %s: %s", answer.get("Variable", "ids"), leg.name, problem)
+                return None
+            values.append(answer["Value"])
+        return LegIds(leg.uniqueid, *values)
+
+    async def _deliver(self) -> None:
+        """The only caller of ``on_event``: strictly in stream order."""
+        while (item := await self._queue.get()) is not None:
+            events = item.events
+            if item.ids is not None:
+                await asyncio.wait([item.ids])
+                ids = _result(item.ids)
+                if ids is not None:
+                    events = [ids, *events]
+            for event in events:
+                try:
+                    self._on_event(event)
+                except Exception:
+                    log.exception("event handler failed on %r", event)
+            if item.then is not None:
+                item.then()

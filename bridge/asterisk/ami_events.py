@@ -1,0 +1,170 @@
+"""AMI events (header dicts) to normalized :mod:`bridge.events`, plus a tiny AMI wire parser.
+
+Pure: no I/O, no clock. Everything the AMI adapter, the replayed test server and the tests
+need to understand what Asterisk says on the wire.
+
+How ``ChannelSeen.dialed`` is decided (True = an outgoing leg Asterisk created to reach a device,
+the only kind of dialog a ``Replaces`` pickup can take over):
+
+- ``CoreShowChannel`` with ``Application: AppDial``: Dial()'s outgoing leg, by definition.
+- ``DialBegin``: its ``Dest…`` channel is the leg being dialled.
+- ``ChannelState`` 5 (Ringing): only Asterisk's outgoing legs reach it (on the device's 18x);
+  an incoming call stays in 4 (Ring) even while Asterisk sends it 180 (see the recordings).
+- ``Newchannel`` of a ``PJSIP/`` channel in state 0 (Down): chan_pjsip creates incoming
+  channels in Ring, so a Down one was requested by Asterisk (Dial, Originate).
+- ``ChannelState`` 4 (Ring): False, the device's own (not yet answered) call into Asterisk.
+- Anything else: None, the event does not say.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+
+from bridge.events import (
+    AsteriskEvent,
+    ChannelGone,
+    ChannelSeen,
+    ChannelState,
+    DeviceStateChanged,
+    DialBegan,
+    DialEnded,
+    ExtensionHint,
+    HoldChanged,
+)
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_EVENTS = frozenset(
+    {"newchannel", "newstate", "newcallerid", "newconnectedline", "coreshowchannel"}
+)
+_FRAME_END = re.compile(r"\r?\n\r?\n")
+_LINE_END = re.compile(r"\r?\n")
+
+
+class _Malformed(Exception):
+    """A required header is missing or unusable; the whole event is dropped."""
+
+
+def parse_frames(buffer: str) -> tuple[list[dict[str, str]], str]:
+    """Split AMI text into complete messages (header dicts) and the unfinished remainder.
+
+    Lines without a colon are skipped: that covers the banner ``Asterisk Call Manager/x.y.z``,
+    which Asterisk ends with a single line break, so it sits on top of the first message.
+    A repeated header keeps its first value, as Asterisk's own ``astman_get_header`` does.
+    """
+    pieces = _FRAME_END.split(buffer)
+    remainder = pieces.pop()
+    frames: list[dict[str, str]] = []
+    for piece in pieces:
+        headers: dict[str, str] = {}
+        for line in _LINE_END.split(piece):
+            key, colon, value = line.partition(":")
+            key = key.strip()
+            if colon and key and key not in headers:
+                headers[key] = value.lstrip(" ")
+        if headers:
+            frames.append(headers)
+    return frames, remainder
+
+
+def to_events(msg: Mapping[str, str]) -> list[AsteriskEvent]:
+    """Map one AMI event to normalized events; unknown or malformed events give ``[]``."""
+    try:
+        headers = {str(k).lower(): v for k, v in msg.items() if isinstance(v, str)}
+        return _map(headers)
+    except _Malformed as exc:
+        log.debug("dropping malformed AMI event %s: %s", msg.get("Event", "?"), exc)
+    except Exception:  # bad input must never take the adapter down
+        log.debug("dropping unreadable AMI event %r", msg, exc_info=True)
+    return []
+
+
+def needs_ids(ev: ChannelSeen) -> bool:
+    """True for a ringing PJSIP leg Asterisk dialled: the leg whose SIP ids allow pickup."""
+    pjsip = ev.name.upper().startswith("PJSIP/")
+    return pjsip and ev.state is ChannelState.RINGING and ev.dialed is True
+
+
+def _map(h: dict[str, str]) -> list[AsteriskEvent]:
+    event = h.get("event", "").lower()
+    if event in _CHANNEL_EVENTS:
+        return [_channel(h, event)]
+    if event == "hangup":
+        return [ChannelGone(_need(h, "uniqueid"), _int_or_zero(h.get("cause", "0")))]
+    if event == "dialbegin":
+        began = DialBegan(_need(h, "uniqueid"), _need(h, "destuniqueid"))
+        try:
+            return [_channel(h, event, prefix="dest"), began]
+        except _Malformed as exc:
+            log.debug("DialBegin without a usable Dest channel block: %s", exc)
+            return [began]
+    if event == "dialend":
+        return [DialEnded(_need(h, "uniqueid"), _need(h, "destuniqueid"), _need(h, "dialstatus"))]
+    if event in ("hold", "unhold"):
+        return [HoldChanged(_need(h, "uniqueid"), on_hold=event == "hold")]
+    if event == "devicestatechange":
+        return [DeviceStateChanged(_need(h, "device"), _need(h, "state"))]
+    if event == "extensionstatus":
+        status = _need(h, "status")
+        if not status.lstrip("-").isdigit():
+            raise _Malformed(f"Status {status!r} is not a number")
+        exten, context, hint = _need(h, "exten"), h.get("context", ""), h.get("hint", "")
+        return [ExtensionHint(exten, context, hint, int(status))]
+    return []
+
+
+def _channel(h: dict[str, str], event: str, prefix: str = "") -> ChannelSeen:
+    """Build a ChannelSeen from the standard channel block (optionally the ``Dest…`` one)."""
+    raw_state = _need(h, prefix + "channelstate")
+    if not raw_state.isdigit():
+        raise _Malformed(f"ChannelState {raw_state!r} is not a number")
+    try:
+        state = ChannelState(int(raw_state))
+    except ValueError:
+        raise _Malformed(f"unknown ChannelState {raw_state}") from None
+    name = _need(h, prefix + "channel")
+    dialed = True if prefix else _dialed(event, state, name, h.get("application", ""))
+    return ChannelSeen(
+        uniqueid=_need(h, prefix + "uniqueid"),
+        name=name,
+        state=state,
+        caller_num=_known(h, prefix + "calleridnum"),
+        caller_name=_known(h, prefix + "calleridname"),
+        connected_num=_known(h, prefix + "connectedlinenum"),
+        connected_name=_known(h, prefix + "connectedlinename"),
+        linkedid=h.get(prefix + "linkedid", ""),
+        dialed=dialed,
+    )
+
+
+def _dialed(event: str, state: ChannelState, name: str, application: str) -> bool | None:
+    """What this one event proves about the channel's origin (rules in the module docstring)."""
+    pjsip_down = state is ChannelState.DOWN and name.upper().startswith("PJSIP/")
+    if (
+        (event == "coreshowchannel" and application == "AppDial")
+        or state is ChannelState.RINGING
+        or (event == "newchannel" and pjsip_down)
+    ):
+        return True
+    if state is ChannelState.RING:
+        return False
+    return None
+
+
+def _need(h: dict[str, str], key: str) -> str:
+    value = h.get(key, "")
+    if not value:
+        raise _Malformed(f"missing {key}")
+    return value
+
+
+def _known(h: dict[str, str], key: str) -> str:
+    value = h.get(key, "")
+    return "" if value == "<unknown>" else value
+
+
+def _int_or_zero(value: str) -> int:
+    # A Hangup must never be lost over an odd Cause: the channel would stay up forever.
+    return int(value) if value.isdigit() else 0

@@ -1,0 +1,340 @@
+"""The bridge's configuration: one TOML file, validated once at start.
+
+Every error names the setting by its dotted path (``sip.udp[1]``, ``ami.port``) so an installer
+can find it in the file. ``--set section.key=value`` overrides are applied before validation, so
+they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One ``host:port`` the SIP service binds to."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+DEFAULT_LISTEN = (ListenAddress("0.0.0.0", 5065),)
+
+
+@dataclass(frozen=True, slots=True)
+class AmiConfig:
+    """Where and how to reach Asterisk's manager interface."""
+
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = ""
+    secret: str = field(default="", repr=False)
+    events: str = "call,system"
+    getvar_timeout: float = 1.0
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+
+    @property
+    def configured(self) -> bool:
+        """True when an AMI user is set; without one the bridge runs its demo PBX."""
+        return bool(self.username)
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    """The SIP side: where phones subscribe and what the bridge writes into URIs."""
+
+    udp: tuple[ListenAddress, ...] = DEFAULT_LISTEN
+    tcp: tuple[ListenAddress, ...] = DEFAULT_LISTEN
+    domain: str = ""
+    contact_host: str = ""
+    min_expires: int = 60
+    default_expires: int = 600
+    max_expires: int = 3600
+    max_message_size: int = 16384
+    user_agent: str = "snom-blf-bridge"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchConfig:
+    """Which extensions phones may watch, and how their calls are shown."""
+
+    extensions: frozenset[str] | None = None  # None: every extension with a hint
+    outgoing_blinks: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration."""
+
+    ami: AmiConfig = AmiConfig()
+    sip: SipConfig = SipConfig()
+    watch: WatchConfig = WatchConfig()
+    log_level: str = "info"
+    demo: bool = False
+    source_file: str = ""
+
+
+_SECTIONS: dict[str, set[str]] = {
+    "ami": {
+        "host", "port", "username", "secret", "secret_file", "events", "getvar_timeout",
+        "reconnect_min", "reconnect_max",
+    },
+    "sip": {
+        "udp", "tcp", "domain", "contact_host", "min_expires", "default_expires", "max_expires",
+        "max_message_size", "user_agent",
+    },
+    "watch": {"extensions", "outgoing_blinks"},
+    "log": {"level"},
+    "demo": {"enabled"},
+}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def load(path: str | os.PathLike[str] | None, overrides: Iterable[str] = ()) -> Config:
+    """Read, override and validate; raises ConfigError naming the first bad setting."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path}: not found") from exc
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
+    for item in overrides:
+        apply_override(raw, item)
+    config = from_mapping(raw, base_dir=Path(path).parent if path is not None else Path.cwd())
+    return _replace_source(config, str(path) if path is not None else "")
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``section.key=value`` override; the value is TOML, or a bare string."""
+    name, sep, text = item.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word such as a host name: take it as a string
+    table = raw.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"--set {item!r}: [{section}] is not a table in the file")
+    table[key] = value
+
+
+def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML document into a Config."""
+    for section, table in raw.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"[{section}]: unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{section}: must be a table ([{section}])")
+        for key in table:
+            if key not in _SECTIONS[section]:
+                known = ", ".join(sorted(_SECTIONS[section]))
+                raise ConfigError(f"{section}.{key}: unknown setting (known: {known})")
+    ami = _ami(_table(raw, "ami"), base_dir or Path.cwd())
+    sip = _sip(_table(raw, "sip"))
+    watch = _watch(_table(raw, "watch"))
+    level = _str(_table(raw, "log"), "log.level", "info").lower()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(f"log.level: {level!r} is not one of {', '.join(_LOG_LEVELS)}")
+    demo = _bool(_table(raw, "demo"), "demo.enabled", False)
+    return Config(ami=ami, sip=sip, watch=watch, log_level=level, demo=demo)
+
+
+def _replace_source(config: Config, source: str) -> Config:
+    return Config(config.ami, config.sip, config.watch, config.log_level, config.demo, source)
+
+
+def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    table = raw.get(name, {})
+    assert isinstance(table, dict)  # checked in from_mapping
+    return table
+
+
+def _ami(t: Mapping[str, Any], base_dir: Path) -> AmiConfig:
+    secret = _str(t, "ami.secret", "")
+    secret_file = _str(t, "ami.secret_file", "")
+    if secret and secret_file:
+        raise ConfigError("ami.secret and ami.secret_file: set only one of them")
+    if secret_file:
+        secret = _read_secret(Path(secret_file), base_dir, "ami.secret_file")
+    username = _str(t, "ami.username", "")
+    if username and not secret:
+        raise ConfigError("ami.secret: required when ami.username is set (or use ami.secret_file)")
+    rmin = _number(t, "ami.reconnect_min", 0.5, low=0.05, high=60)
+    rmax = _number(t, "ami.reconnect_max", 30.0, low=0.1, high=3600)
+    if rmax < rmin:
+        raise ConfigError("ami.reconnect_max: must not be smaller than ami.reconnect_min")
+    events = _str(t, "ami.events", "call,system")
+    if not events.strip():
+        raise ConfigError("ami.events: must name at least one event class, e.g. 'call,system'")
+    return AmiConfig(
+        host=_host(t, "ami.host", "127.0.0.1"),
+        port=_port(t, "ami.port", 5038),
+        username=username,
+        secret=secret,
+        events=events,
+        getvar_timeout=_number(t, "ami.getvar_timeout", 1.0, low=0.05, high=30),
+        reconnect_min=rmin,
+        reconnect_max=rmax,
+    )
+
+
+def _read_secret(path: Path, base_dir: Path, name: str) -> str:
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not path.is_absolute():
+        # systemd's LoadCredential= hands secrets over in $CREDENTIALS_DIRECTORY.
+        in_credentials = Path(credentials) / path if credentials else None
+        path = in_credentials if in_credentials and in_credentials.exists() else base_dir / path
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from exc
+    if not text:
+        raise ConfigError(f"{name}: {path} is empty")
+    return text
+
+
+def _sip(t: Mapping[str, Any]) -> SipConfig:
+    mn = _int(t, "sip.min_expires", 60, low=1, high=86400)
+    default = _int(t, "sip.default_expires", 600, low=1, high=86400)
+    mx = _int(t, "sip.max_expires", 3600, low=1, high=86400)
+    if not mn <= default <= mx:
+        raise ConfigError(
+            "sip.default_expires: must lie between sip.min_expires and sip.max_expires "
+            f"({mn} <= {default} <= {mx} does not hold)"
+        )
+    udp = _addresses(t, "sip.udp", DEFAULT_LISTEN)
+    tcp = _addresses(t, "sip.tcp", DEFAULT_LISTEN)
+    if not udp and not tcp:
+        raise ConfigError("sip.udp / sip.tcp: at least one listen address is needed")
+    domain = _str(t, "sip.domain", "")
+    if any(c in domain for c in " <>\"@;"):
+        raise ConfigError(f"sip.domain: {domain!r} is not a host name or address")
+    return SipConfig(
+        udp=udp,
+        tcp=tcp,
+        domain=domain,
+        contact_host=_str(t, "sip.contact_host", ""),
+        min_expires=mn,
+        default_expires=default,
+        max_expires=mx,
+        max_message_size=_int(t, "sip.max_message_size", 16384, low=1024, high=65507),
+        user_agent=_str(t, "sip.user_agent", "snom-blf-bridge"),
+    )
+
+
+def _watch(t: Mapping[str, Any]) -> WatchConfig:
+    extensions: frozenset[str] | None = None
+    if "extensions" in t:
+        value = t["extensions"]
+        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+            raise ConfigError("watch.extensions: must be a list of extensions, e.g. [\"201\"]")
+        names = [str(v).strip() for v in value]
+        for i, name in enumerate(names):
+            if not name or any(c in name for c in " <>\"@;:"):
+                raise ConfigError(f"watch.extensions[{i}]: {name!r} is not an extension")
+        extensions = frozenset(names) if names else None
+    return WatchConfig(
+        extensions=extensions, outgoing_blinks=_bool(t, "watch.outgoing_blinks", False)
+    )
+
+
+def _addresses(
+    t: Mapping[str, Any], name: str, default: tuple[ListenAddress, ...]
+) -> tuple[ListenAddress, ...]:
+    key = name.split(".", 1)[1]
+    if key not in t:
+        return default
+    value = t[key]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{name}: must be a list of \"host:port\" strings")
+    return tuple(_address(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+def _address(value: Any, name: str) -> ListenAddress:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: must be a \"host:port\" string")
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{name}: {value!r} is not host:port")
+    host = host.strip("[]")
+    _check_host(host, name)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{name}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name}: port {port} is out of range 0-65535")
+    return ListenAddress(host, port)
+
+
+def _check_host(host: str, name: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not host or any(c in host for c in " /@<>\"") or len(host) > 253:
+            raise ConfigError(f"{name}: {host!r} is not an IP address or host name") from None
+
+
+def _host(t: Mapping[str, Any], name: str, default: str) -> str:
+    host = _str(t, name, default)
+    _check_host(host, name)
+    return host
+
+
+def _str(t: Mapping[str, Any], name: str, default: str) -> str:
+    value = t.get(name.split(".", 1)[1], default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: must be a string, got {type(value).__name__}")
+    return value
+
+
+def _bool(t: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = t.get(name.split(".", 1)[1], default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: must be true or false")
+    return value
+
+
+def _int(t: Mapping[str, Any], name: str, default: int, *, low: int, high: int) -> int:
+    value = t.get(name.split(".", 1)[1], default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: must be a whole number")
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {value} is out of range {low}-{high}")
+    return value
+
+
+def _port(t: Mapping[str, Any], name: str, default: int) -> int:
+    return _int(t, name, default, low=1, high=65535)
+
+
+def _number(t: Mapping[str, Any], name: str, default: float, *, low: float, high: float) -> float:
+    value = t.get(name.split(".", 1)[1], default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name}: must be a number")
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {value} is out of range {low}-{high}")
+    return float(value)

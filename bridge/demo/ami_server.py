@@ -1,0 +1,478 @@
+"""A replayed Asterisk: an asyncio AMI server that speaks what a real Asterisk 22 said.
+
+Used by the tests as "the Asterisk" on a real TCP socket and by the demo mode. It loads scenario
+recordings (``ami-wire.jsonl`` + optional ``replaces.csv``), answers actions with the recorded
+answers (ActionID rewritten to the client's), and emits the recorded events on demand.
+
+List actions are answered with the recorded answer when one was taken while the replay stands
+where it stands now (no event between the recorded answer and the current position); otherwise
+the answer is built from what the replay has put up so far (``_World``). The same state lets the
+demo loop end every round clean: channels a recording leaves up (``pickup-replaces`` ends with
+the call still bridged) get a *synthesized* Hangup, DeviceStateChange and ExtensionStatus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.asterisk.ami_events import parse_frames
+
+log = logging.getLogger(__name__)
+
+BANNER = b"Asterisk Call Manager/11.0.0\r\n"
+ALL_EVENTS = frozenset({"all"})
+_TRUE = frozenset({"on", "yes", "true", "y", "t", "1"})
+_FALSE = frozenset({"off", "no", "false", "n", "f", "0"})
+_CHANNEL_BLOCK = (  # the headers every channel event carries
+    "Channel ChannelState ChannelStateDesc CallerIDNum CallerIDName ConnectedLineNum"
+    " ConnectedLineName Language AccountCode Context Exten Priority Uniqueid Linkedid"
+)
+_CHANNEL_KEYS = tuple(_CHANNEL_BLOCK.split())
+_SHOWN_KEYS = (*_CHANNEL_KEYS, "Application", "ApplicationData", "Duration", "BridgeId")
+_EXTENSION_KEYS = ("Exten", "Context", "Hint", "Status", "StatusText")
+# list action → (its item event, Message of its first response); it ends with <action>Complete
+_LISTS = {
+    "DeviceStateList": ("DeviceStateChange", "Device State Changes will follow"),
+    "ExtensionStateList": ("ExtensionStatus", "Extension Statuses will follow"),
+    "CoreShowChannels": ("CoreShowChannel", "Channels will follow"),
+}
+_LIST_NAMES = {name.lower(): name for name in _LISTS}
+_ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(pjsip,remote_tag)")
+_MAX_PENDING = 1 << 20
+
+Headers = dict[str, str]
+Getvars = dict[tuple[str, str], str]  # (channel name, variable) → value
+EventPredicate = Callable[[Mapping[str, str]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """One unsolicited event of a recording, at its recorded time (seconds since connect)."""
+
+    t: float
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedAnswer:
+    """Asterisk's complete answer (response plus list events) to one recorded action."""
+
+    t: float
+    frames: tuple[Headers, ...]
+
+
+@dataclass(slots=True)
+class Scenario:
+    """One recording and how far it has been replayed (``position`` = events already sent)."""
+
+    name: str
+    events: list[RecordedEvent]
+    answers: dict[str, list[RecordedAnswer]]  # by lower-case action name, in recorded order
+    getvars: Getvars
+    booted: list[Headers]  # FullyBooted, sent right after a successful login
+    position: int = 0
+
+    def answer_in_place(self, action: str) -> RecordedAnswer | None:
+        """The latest recorded answer taken between the last sent and the next unsent event."""
+        lo = self.events[self.position - 1].t if self.position else -math.inf
+        hi = self.events[self.position].t if self.position < len(self.events) else math.inf
+        fits = [a for a in self.answers.get(action, []) if lo <= a.t < hi]
+        return fits[-1] if fits else None
+
+
+def bundled_recordings() -> Path:
+    """The recordings shipped with the package for the demo mode."""
+    return Path(__file__).with_name("recordings")
+
+
+def event_matches(**expected: str) -> EventPredicate:
+    """A ``play(until=…)`` predicate: every given header has exactly the given value."""
+    return lambda headers: all(headers.get(k) == v for k, v in expected.items())
+
+
+def parse_event_mask(value: str | None) -> frozenset[str]:
+    """Asterisk's ``Events``/``EventMask`` value as a set of classes (``ALL_EVENTS`` for on)."""
+    if value is None or value.strip().lower() in _TRUE:
+        return ALL_EVENTS
+    if value.strip().lower() in _FALSE:
+        return frozenset()
+    return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+
+
+def load_scenario(directory: Path) -> Scenario:
+    """Read one scenario folder: reassemble both directions and sort out what Asterisk said."""
+    buffers = {"client": "", "asterisk": ""}
+    actions: dict[str, Headers] = {}
+    replies: dict[str, tuple[float, list[Headers]]] = {}
+    events: list[RecordedEvent] = []
+    booted: list[Headers] = []
+    for line in (directory / "ami-wire.jsonl").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        side, t = str(record["dir"]), float(record["t"])
+        frames, buffers[side] = parse_frames(buffers.get(side, "") + str(record["data"]))
+        for frame in frames:
+            action_id = frame.get("ActionID")
+            if side == "client":
+                actions[action_id or ""] = frame
+            elif action_id is not None:
+                replies.setdefault(action_id, (t, []))[1].append(frame)
+            elif frame.get("Event") == "FullyBooted":
+                booted.append(frame)
+            elif "Event" in frame:
+                events.append(RecordedEvent(t, frame))
+    answers: dict[str, list[RecordedAnswer]] = {}
+    getvars: Getvars = {}
+    for action_id, (t, frames) in replies.items():
+        action = actions.get(action_id, {})
+        name = action.get("Action", "").lower()
+        answers.setdefault(name, []).append(RecordedAnswer(t, tuple(frames)))
+        if name == "getvar" and frames[0].get("Response") == "Success":
+            key = (action.get("Channel", ""), action.get("Variable", ""))
+            getvars[key] = frames[0].get("Value", "")
+    _add_replaces(directory / "replaces.csv", getvars, events)
+    return Scenario(directory.name, events, answers, getvars, booted)
+
+
+def _add_replaces(path: Path, getvars: Getvars, events: list[RecordedEvent]) -> None:
+    """replaces.csv (SIPp inject file: ``call-id;local_tag;remote_tag``) names no channel: it is
+    the channel whose recorded call-id it repeats, else the first ringing PJSIP leg."""
+    lines = path.read_text(encoding="utf-8").splitlines()[1:] if path.exists() else []
+    ringing = [
+        e.headers["Channel"]
+        for e in events
+        if e.headers.get("ChannelState") == "5"
+        and e.headers.get("Channel", "").startswith("PJSIP/")
+    ]
+    for values in (line.strip().split(";") for line in lines):
+        asked = [
+            ch for (ch, var), v in getvars.items() if (var, v) == (_ID_VARIABLES[0], values[0])
+        ]
+        channel = (asked or ringing or [""])[0]
+        if channel and len(values) == len(_ID_VARIABLES):
+            for variable, value in zip(_ID_VARIABLES, values, strict=True):
+                getvars.setdefault((channel, variable), value)
+
+
+def load_recordings(directory: Path) -> dict[str, Scenario]:
+    """All scenarios under ``directory`` (or the one scenario that ``directory`` is)."""
+    if (directory / "ami-wire.jsonl").exists():
+        return {directory.name: load_scenario(directory)}
+    folders = sorted(p for p in directory.iterdir() if (p / "ami-wire.jsonl").exists())
+    return {p.name: load_scenario(p) for p in folders}
+
+
+class _World:
+    """What the replayed Asterisk has up now: channels, device and extension states."""
+
+    def __init__(self, first: Scenario) -> None:
+        self.channels: dict[str, Headers] = {}
+        self.devices: dict[str, str] = {}
+        self.extensions: dict[tuple[str, str], Headers] = {}
+        for action in ("devicestatelist", "extensionstatelist"):
+            for answer in first.answers.get(action, [])[:1]:
+                for frame in answer.frames:
+                    self.apply(frame)
+        self.baseline = (dict(self.devices), dict(self.extensions))
+
+    def apply(self, h: Mapping[str, str]) -> None:
+        event, uid = h.get("Event", ""), h.get("Uniqueid", "")
+        if event == "DeviceStateChange":
+            self.devices[h.get("Device", "")] = h.get("State", "")
+        elif event == "ExtensionStatus":
+            self.extensions[(h.get("Exten", ""), h.get("Context", ""))] = {
+                k: h.get(k, "") for k in _EXTENSION_KEYS
+            }
+        elif event == "Hangup":
+            self.channels.pop(uid, None)
+        elif uid and "ChannelState" in h and (event == "Newchannel" or uid in self.channels):
+            channel = self.channels.setdefault(uid, {**dict.fromkeys(_SHOWN_KEYS, "")})
+            channel.update({k: h.get(k, "") for k in _CHANNEL_KEYS}, Duration="00:00:00")
+            if event == "Newexten":
+                channel["Application"] = h.get("Application", "")
+                channel["ApplicationData"] = h.get("AppData", "")
+            elif event in ("BridgeEnter", "BridgeLeave"):
+                channel["BridgeId"] = h.get("BridgeUniqueid", "") if event == "BridgeEnter" else ""
+
+    def items(self, action: str) -> list[Headers]:
+        """The items of a list action's answer, as Asterisk would list them now."""
+        if action == "DeviceStateList":
+            return [{"Device": d, "State": s} for d, s in self.devices.items()]
+        if action == "ExtensionStateList":
+            return [dict(e) for e in self.extensions.values()]
+        return [dict(ch) for ch in reversed(self.channels.values())]  # newest first, as Asterisk
+
+    def name_of(self, channel: str) -> str | None:
+        """A channel that is up, given by name or Uniqueid (as Getvar accepts either)."""
+        for uid, ch in self.channels.items():
+            if channel in (uid, ch["Channel"]):
+                return ch["Channel"]
+        return None
+
+    def cleanup(self) -> list[Headers]:
+        """Synthesized events that hang up what is left and return devices to the baseline."""
+        call = {"Privilege": "call,all"}
+        out = [
+            {"Event": "Hangup", **call, **{k: ch[k] for k in _CHANNEL_KEYS}, "Cause": "16"}
+            for ch in self.channels.values()
+        ]
+        devices, extensions = self.baseline
+        for device, state in self.devices.items():
+            idle = devices.get(device, "NOT_INUSE")
+            if state != idle:
+                out.append({"Event": "DeviceStateChange", **call, "Device": device, "State": idle})
+        for key, ext in self.extensions.items():
+            if key in extensions and ext != extensions[key]:
+                out.append({"Event": "ExtensionStatus", **call, **extensions[key]})
+        return out
+
+
+@dataclass(eq=False)
+class _Client:
+    number: int
+    writer: asyncio.StreamWriter
+    mask: frozenset[str] | None = None  # None until logged in
+
+    def wants(self, event: Mapping[str, str]) -> bool:
+        if self.mask is None:
+            return False
+        if "all" in self.mask:
+            return True
+        classes = {c.strip().lower() for c in event.get("Privilege", "").split(",")} - {"all", ""}
+        return bool(classes & self.mask) if classes else bool(self.mask)
+
+    def send(self, frames: Iterable[Mapping[str, str]], action_id: str | None = None) -> None:
+        self.writer.write(b"".join(_wire(f, action_id) for f in frames))
+
+
+def _wire(frame: Mapping[str, str], action_id: str | None) -> bytes:
+    """Serialize one message; with ``action_id``, it replaces (or becomes) the 2nd header."""
+    lines: list[str] = []
+    for key, value in frame.items():
+        if key == "ActionID" and action_id is not None:
+            continue
+        lines.append(f"{key}: {value}")
+        if len(lines) == 1 and action_id:
+            lines.append(f"ActionID: {action_id}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class RecordedAmiServer:
+    """An AMI server on loopback that replays recorded Asterisk scenarios."""
+
+    def __init__(
+        self,
+        recordings: Path | str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        username: str = "bridge",
+        secret: str = "bridgesecret",
+        speed: float = 1.0,
+        auth_fail_delay: float = 0.0,
+    ) -> None:
+        self.scenarios = load_recordings(Path(recordings or bundled_recordings()))
+        if not self.scenarios:
+            raise ValueError(f"no ami-wire.jsonl recordings under {recordings}")
+        self.host, self.port = host, port
+        self.username, self.secret = username, secret
+        self.speed = speed  # 1.0 = recorded pace, 0 = as fast as possible
+        self.auth_fail_delay = auth_fail_delay  # Asterisk itself waits 1 s before refusing
+        self.getvar_delay = 0.0  # a slow Asterisk, to test the client's timeout
+        self.before_answer: Callable[[Mapping[str, str]], Awaitable[None]] | None = None
+        self.log: list[tuple[str, str, str]] = []  # (recv|send|event, action/event, id/client)
+        self.logins: list[Headers] = []
+        self._current = next(iter(self.scenarios.values()))
+        self._world = _World(self._current)
+        self._clients: set[_Client] = set()
+        self._numbers = itertools.count(1)
+        self._server: asyncio.Server | None = None
+        self._tick = asyncio.Event()
+
+    async def start(self) -> None:
+        """Listen; ``port`` then holds the real port when 0 was asked for."""
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def __aenter__(self) -> RecordedAmiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop listening and cut every connection."""
+        if self._server is not None:
+            self._server.close()
+        self.drop_clients()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def drop_clients(self) -> None:
+        """Abort every TCP connection at once, like a crashed or restarted Asterisk."""
+        for client in list(self._clients):
+            client.writer.transport.abort()
+
+    def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are to every connected client (garbage tests)."""
+        for client in self._clients:
+            client.writer.write(data)
+
+    @property
+    def logged_in(self) -> int:
+        """How many clients are logged in now."""
+        return sum(1 for c in self._clients if c.mask is not None)
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds; re-checked after every action, answer and event."""
+        while not predicate():
+            await self._tick.wait()
+
+    def rewind(self, scenario: str) -> None:
+        """Start a scenario over from its first event."""
+        self.scenarios[scenario].position = 0
+
+    async def play(self, scenario: str, *, until: EventPredicate | None = None) -> None:
+        """Emit the scenario's events from where it stands; with ``until``, stop right after the
+        first matching event (call again to continue). Spaced by ``speed``."""
+        sc = self._current = self.scenarios[scenario]
+        previous = sc.events[sc.position - 1].t if sc.position else None
+        while sc.position < len(sc.events):
+            event = sc.events[sc.position]
+            gap = event.t - previous if previous is not None and self.speed > 0 else 0.0
+            await asyncio.sleep(max(gap, 0.0) / (self.speed or 1.0))
+            previous = event.t
+            sc.position += 1
+            self._emit(event.headers)
+            if until is not None and until(event.headers):
+                return
+
+    async def loop_forever(
+        self, scenarios: Sequence[str] | None = None, pause: float = 3.0, rounds: int | None = None
+    ) -> None:
+        """Demo mode: play the scenarios one after another, end each clean, forever (or
+        ``rounds`` times)."""
+        names = list(scenarios or self.scenarios)
+        for _ in itertools.count() if rounds is None else range(rounds):
+            for name in names:
+                self.rewind(name)
+                await self.play(name)
+                for event in self._world.cleanup():  # synthesized, see module docstring
+                    self._emit(event)
+                await asyncio.sleep(pause)
+
+    def _note(self, kind: str, name: str, detail: str) -> None:
+        self.log.append((kind, name, detail))
+        self._tick.set()
+        self._tick = asyncio.Event()
+
+    def _emit(self, event: Mapping[str, str]) -> None:
+        self._world.apply(event)
+        for client in self._clients:
+            if client.wants(event):
+                client.send([event])
+                self._note("event", event.get("Event", ""), str(client.number))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        client = _Client(next(self._numbers), writer)
+        self._clients.add(client)
+        writer.write(BANNER)
+        pending = ""
+        try:
+            while data := await reader.read(65536):
+                frames, pending = parse_frames(pending + data.decode("utf-8", "replace"))
+                for frame in frames:  # all noted first: shows what was in flight at once
+                    self._note("recv", frame.get("Action", ""), frame.get("ActionID", ""))
+                for frame in frames:
+                    if not await self._answer(client, frame):
+                        return
+                if len(pending) > _MAX_PENDING:
+                    log.warning("client %d sends no message end; dropping it", client.number)
+                    return
+        except OSError as exc:
+            log.debug("client %d: %s", client.number, exc)
+        finally:
+            self._clients.discard(client)
+            writer.close()
+            self._note("closed", "", str(client.number))
+
+    async def _answer(self, client: _Client, frame: Mapping[str, str]) -> bool:
+        """Answer one action like Asterisk would; False closes the connection."""
+        name, action_id = frame.get("Action", ""), frame.get("ActionID", "")
+        action = name.lower()
+
+        def reply(*frames: Mapping[str, str]) -> None:
+            client.send(frames, action_id)
+            self._note("send", name, action_id)
+
+        if action == "login":
+            self.logins.append(dict(frame))
+            if (frame.get("Username"), frame.get("Secret")) != (self.username, self.secret):
+                await asyncio.sleep(self.auth_fail_delay)
+                reply({"Response": "Error", "Message": "Authentication failed"})
+                return False
+            client.mask = parse_event_mask(frame.get("Events"))
+            reply({"Response": "Success", "Message": "Authentication accepted"})
+            client.send(b for b in self._current.booted if client.wants(b))
+        elif action == "logoff":
+            reply({"Response": "Goodbye", "Message": "Thanks for all the fish."})
+            return False
+        elif client.mask is None:
+            reply({"Response": "Error", "Message": "Permission denied"})
+        elif not action:
+            reply({"Response": "Error", "Message": "Missing action in request"})
+        else:
+            if self.before_answer is not None:
+                await self.before_answer(frame)
+            if action == "getvar" and self.getvar_delay > 0:
+                await asyncio.sleep(self.getvar_delay)
+            reply(*self._respond(client, action, frame))
+        return True
+
+    def _respond(self, client: _Client, action: str, frame: Mapping[str, str]) -> list[Headers]:
+        if action == "ping":
+            return [{"Response": "Success", "Ping": "Pong", "Timestamp": f"{time.time():.6f}"}]
+        if action == "events":
+            client.mask = parse_event_mask(frame.get("EventMask", "off"))
+            return [{"Response": "Success", "Events": "On" if client.mask else "Off"}]
+        if action in _LIST_NAMES:
+            recorded = self._current.answer_in_place(action)
+            if recorded is not None:
+                return list(recorded.frames)
+            name = _LIST_NAMES[action]
+            item, message = _LISTS[name]
+            items = [{"Event": item, **i} for i in self._world.items(name)]
+            return [
+                {"Response": "Success", "EventList": "start", "Message": message},
+                *items,
+                {"Event": f"{name}Complete", "EventList": "Complete", "ListItems": str(len(items))},
+            ]
+        if action == "getvar":
+            return [self._getvar(frame)]
+        name = frame.get("Action", "")
+        text = (
+            f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
+        )
+        return [{"Response": "Error", "Message": text}]
+
+    def _getvar(self, frame: Mapping[str, str]) -> Headers:
+        variable, channel = frame.get("Variable", ""), frame.get("Channel", "")
+        if not variable:
+            return {"Response": "Error", "Message": "No variable specified"}
+        name = self._world.name_of(channel) if channel else ""
+        if name is None:
+            return {"Response": "Error", "Message": "No such channel"}
+        values = (sc.getvars.get((name, variable)) for sc in self.scenarios.values())
+        # A function Asterisk cannot evaluate still gets a Success with an empty Value.
+        value = next((v for v in values if v is not None), "")
+        return {"Response": "Success", "Variable": variable, "Value": value}

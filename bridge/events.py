@@ -1,0 +1,143 @@
+"""Normalized Asterisk events: what the source adapters (AMI, ARI) tell the CallTracker.
+
+The adapters are the only code that knows AMI or ARI. Everything they learn is turned into these
+few plain, immutable records, so the tracker and everything after it are the same for any source.
+Channel identity is Asterisk's ``Uniqueid`` (AMI) / channel ``id`` (ARI); they are the same value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ChannelState(IntEnum):
+    """Asterisk's ``ChannelState`` numbers (``ast_channel_state``)."""
+
+    DOWN = 0
+    RESERVED = 1
+    OFFHOOK = 2
+    DIALING = 3
+    RING = 4
+    RINGING = 5
+    UP = 6
+    BUSY = 7
+    DIALING_OFFHOOK = 8
+    PRERING = 9
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSeen:
+    """A channel appeared or changed (Newchannel, Newstate, NewCallerid, NewConnectedLine,
+    CoreShowChannel; ARI ChannelCreated/StateChange/ConnectedLine).
+
+    ``dialed`` is True when the channel is an outgoing leg Asterisk created to reach a device
+    (Dial()'s ``AppDial`` leg), False when it is the device's own call into Asterisk, None when
+    the event does not say; the tracker remembers the first definite answer.
+    """
+
+    uniqueid: str
+    name: str  # e.g. "PJSIP/202-00000008"
+    state: ChannelState
+    caller_num: str = ""
+    caller_name: str = ""
+    connected_num: str = ""
+    connected_name: str = ""
+    linkedid: str = ""
+    dialed: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelGone:
+    """A channel hung up (Hangup; ARI ChannelDestroyed)."""
+
+    uniqueid: str
+    cause: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DialBegan:
+    """Dial() started ringing ``dest_uniqueid`` on behalf of ``caller_uniqueid`` (DialBegin)."""
+
+    caller_uniqueid: str
+    dest_uniqueid: str
+
+
+@dataclass(frozen=True, slots=True)
+class DialEnded:
+    """A Dial() attempt finished (DialEnd); ``status`` is ANSWER, CANCEL, BUSY, NOANSWER, …"""
+
+    caller_uniqueid: str
+    dest_uniqueid: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class LegIds:
+    """The SIP dialog identifiers of a PJSIP leg, read with Getvar / ARI channel variables.
+
+    ``local_tag`` is Asterisk's own tag (``CHANNEL(pjsip,local_tag)``), ``remote_tag`` the
+    device's tag (``CHANNEL(pjsip,remote_tag)``). The tracker maps them to RFC 4235's view of
+    the watched device (see FACTS.md: the device's local-tag is Asterisk's remote_tag).
+    """
+
+    uniqueid: str
+    call_id: str
+    local_tag: str
+    remote_tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldChanged:
+    """A channel put its call on hold or resumed it (Hold / Unhold; ARI ChannelHold/Unhold)."""
+
+    uniqueid: str
+    on_hold: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStateChanged:
+    """A device's aggregate state (DeviceStateChange), e.g. ``PJSIP/202`` → ``RINGING``."""
+
+    device: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionHint:
+    """An extension with a hint (ExtensionStatus): tells which devices make up an extension."""
+
+    exten: str
+    context: str
+    hint: str  # e.g. "PJSIP/202" or "PJSIP/202&Custom:DND202"
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncStarted:
+    """The source is about to replay Asterisk's complete current state (after a (re)connect)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncFinished:
+    """The complete state has been replayed: channels not seen since ResyncStarted are gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLost:
+    """The connection to Asterisk is gone; state is unknown until the next resync."""
+
+
+AsteriskEvent = (
+    ChannelSeen
+    | ChannelGone
+    | DialBegan
+    | DialEnded
+    | LegIds
+    | HoldChanged
+    | DeviceStateChanged
+    | ExtensionHint
+    | ResyncStarted
+    | ResyncFinished
+    | SourceLost
+)

@@ -1,0 +1,63 @@
+"""What the bridge knows about a watched extension: its calls as RFC 4235 dialogs.
+
+These records are the CallTracker's output and the input of every side output (dialog-info
+bodies, LED messages, the web panel). They are immutable so one instance can be shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Direction(str, Enum):
+    """RFC 4235 ``direction``: who sent the INVITE, seen from the watched entity."""
+
+    INITIATOR = "initiator"  # the entity's own outgoing call
+    RECIPIENT = "recipient"  # a call to the entity
+
+
+class DialogState(str, Enum):
+    """RFC 4235 dialog states the bridge reports."""
+
+    TRYING = "trying"
+    PROCEEDING = "proceeding"
+    EARLY = "early"
+    CONFIRMED = "confirmed"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True, slots=True)
+class PickupIds:
+    """The ids a watcher needs to take a ringing call with ``INVITE … Replaces``.
+
+    Already in the watched entity's view (RFC 4235 ``local-tag`` is the ringing phone's tag,
+    ``remote-tag`` Asterisk's tag), so the renderer writes them as they are.
+    """
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dialog:
+    """One call of a watched entity."""
+
+    id: str  # stable per call and entity; the Asterisk channel Uniqueid of the entity's leg
+    direction: Direction
+    state: DialogState
+    remote_num: str = ""  # the other party, for the phone's display
+    remote_name: str = ""
+    pickup: PickupIds | None = None  # only for a ringing incoming PJSIP leg whose ids are known
+    local_held: bool = False  # the entity put the call on hold
+    remote_held: bool = False  # the other party put the call on hold
+
+
+@dataclass(frozen=True, slots=True)
+class EntityState:
+    """Everything a watcher of one extension is told: the extension and its current dialogs."""
+
+    exten: str
+    dialogs: tuple[Dialog, ...] = ()
+    known: bool = True  # False while Asterisk is unreachable: the state is not trustworthy

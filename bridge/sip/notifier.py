@@ -1,0 +1,430 @@
+"""The subscription core: RFC 6665 notifier for Event: dialog, sans-I/O (h11/aioquic style).
+
+Feed it messages with `receive()` and resource changes with `resource_changed()`, always with
+the current time; drain `outgoing()`; call `handle_timer()` at `next_timer()`. It never reads a
+clock and never touches a socket.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge.sip.message import ParseError, Request, Response, build_response, parse_message
+from bridge.sip.subscription import (
+    DialogKey,
+    NotifierSettings,
+    NotifyTransaction,
+    Peer,
+    Subscription,
+    contact_uri,
+)
+from bridge.sip.timers import TimerQueue
+from bridge.sip.uas import (
+    EVENT_PACKAGE,
+    Answer,
+    ResponseCache,
+    screen_request,
+    screen_subscribe,
+)
+
+__all__ = [
+    "DocumentSource",
+    "Notifier",
+    "NotifierSettings",
+    "NotifierStats",
+    "Peer",
+    "SupportsBody",
+    "WatcherInfo",
+]
+
+logger = logging.getLogger("bridge.sip")
+
+
+class SupportsBody(Protocol):
+    """A rendered document; only the version differs between watchers."""
+
+    def body(self, version: int) -> bytes:
+        """The NOTIFY body carrying this version number."""
+        ...
+
+
+class DocumentSource(Protocol):
+    """Where resource state comes from."""
+
+    def knows(self, resource: str) -> bool:
+        """Whether the resource (a Request-URI user part) can be watched."""
+        ...
+
+    def document(self, resource: str) -> SupportsBody:
+        """The current state of a known resource."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierStats:
+    """Counts for introspection and metrics."""
+
+    subscriptions: int
+    watchers: dict[str, int]  # resource -> active subscriptions
+    notifies_in_flight: int
+    server_transactions: int
+    timer_entries: int  # heap size, stale entries included
+
+
+@dataclass(frozen=True, slots=True)
+class WatcherInfo:
+    """One active subscription, as seen from outside."""
+
+    peer: Peer
+    call_id: str
+    remote: str
+    expires_at: float
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Exchange:
+    """A request being answered; key is None when it must not be cached."""
+
+    req: Request
+    peer: Peer
+    now: float
+    key: tuple[object, ...] | None
+
+
+class Notifier:
+    """Answers SUBSCRIBEs and keeps every subscriber's NOTIFYs flowing."""
+
+    def __init__(self, source: DocumentSource, settings: NotifierSettings | None = None) -> None:
+        self.settings = settings = settings or NotifierSettings()
+        self._source = source
+        self._contacts = dict(settings.contacts)
+        self._subs: dict[DialogKey, Subscription] = {}
+        self._by_resource: dict[str, dict[DialogKey, Subscription]] = {}
+        self._client_tx: dict[str, NotifyTransaction] = {}  # by Via branch
+        self._answers = ResponseCache(64 * settings.t1)
+        self._timers: TimerQueue[Subscription | NotifyTransaction] = TimerQueue()
+        self._out: list[tuple[bytes, Peer]] = []
+        self._branch_prefix = f"z9hG4bK{secrets.token_hex(4)}."
+        self._branch_counter = itertools.count(1)
+
+    # ----------------------------------------------------------------- public API
+
+    def set_contact(self, transport: str, host: str, port: int) -> None:
+        """Set the host/port written into Contact and Via for a transport (e.g. once bound)."""
+        self._contacts[transport] = (host, port)
+
+    def contact(self, transport: str) -> tuple[str, int]:
+        """The host/port used in Contact and Via for a transport."""
+        return self._contacts[transport]
+
+    def receive(self, message: Request | Response | bytes, peer: Peer, now: float) -> None:
+        """Handle a datagram (bytes) or an already framed message from peer."""
+        try:
+            if isinstance(message, bytes | bytearray):
+                if not message.strip(b"\r\n"):
+                    return  # CRLF keep-alive
+                try:
+                    message = parse_message(bytes(message))
+                except ParseError as exc:
+                    self._malformed(exc, peer, now)
+                    return
+            if isinstance(message, Request):
+                self._on_request(message, peer, now)
+            else:
+                self._on_response(message, peer, now)
+        except Exception:  # a bug must not take the listener down; tests assert none is logged
+            logger.exception("internal error handling a message from %s", peer)
+
+    def resource_changed(self, resource: str, now: float) -> None:
+        """The resource's state changed: notify its watchers (coalesced per subscription)."""
+        subs = self._by_resource.get(resource)
+        if not subs:
+            return
+        if not self._source.knows(resource):
+            for sub in list(subs.values()):
+                self._terminate(sub, now, "noresource")
+            return
+        document = self._source.document(resource)  # one rendering for every watcher
+        for sub in subs.values():
+            if sub.in_flight is not None:
+                sub.dirty = True  # coalesce: one NOTIFY with the newest state after this one
+            else:
+                self._send_notify(sub, now, document)
+
+    def outgoing(self) -> list[tuple[bytes, Peer]]:
+        """Take everything to send, in order."""
+        out, self._out = self._out, []
+        return out
+
+    datagrams_to_send = outgoing
+
+    def next_timer(self) -> float | None:
+        """When handle_timer() next has work, or None."""
+        timer, answers = self._timers.next_deadline(), self._answers.next_deadline()
+        if timer is None or answers is None:
+            return answers if timer is None else timer
+        return min(timer, answers)
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer due at `now`: retransmissions, transaction timeouts, expiries."""
+        while (obj := self._timers.pop_due(now)) is not None:
+            if isinstance(obj, NotifyTransaction):
+                self._on_transaction_timer(obj, now)
+            else:
+                logger.info("subscription %s to %s expired", obj.key[0], obj.resource)
+                self._terminate(obj, now, "timeout")
+        self._answers.expire(now)
+
+    def stats(self) -> NotifierStats:
+        """Current counts."""
+        return NotifierStats(
+            subscriptions=len(self._subs),
+            watchers={r: len(s) for r, s in self._by_resource.items()},
+            notifies_in_flight=len(self._client_tx),
+            server_transactions=len(self._answers),
+            timer_entries=self._timers.heap_size,
+        )
+
+    def watchers(self, resource: str) -> list[WatcherInfo]:
+        """The active subscriptions to one resource."""
+        return [
+            WatcherInfo(s.peer, s.key[0], s.remote, s.expires_at, s.version)
+            for s in self._by_resource.get(resource, {}).values()
+        ]
+
+    # ----------------------------------------------------------------- requests
+
+    def _malformed(self, exc: ParseError, peer: Peer, now: float) -> None:
+        req = exc.request
+        if isinstance(req, Request):
+            try:
+                req.vias()
+            except ParseError:
+                pass
+            else:
+                self._answer(_Exchange(req, peer, now, None), Answer(400, problem=exc.reason))
+                return
+        logger.info("dropped unreadable message from %s: %s", peer, exc.reason)
+
+    def _on_request(self, req: Request, peer: Peer, now: float) -> None:
+        try:
+            top = req.vias()[0]
+        except ParseError as exc:
+            logger.info("dropped %s from %s: %s", req.method, peer, exc.reason)
+            return  # without a Via there is nowhere to send a response
+        if req.method == "ACK":
+            return  # only ever acknowledges a final non-2xx we sent to an INVITE
+        key = ResponseCache.key(req, top)
+        x = _Exchange(req, peer, now, key)
+        cached = self._answers.get(key)
+        if cached is not None:
+            self._out.append((cached, peer))  # a retransmission: same answer, nothing new
+            return
+        answer = screen_request(req)
+        if answer is not None:
+            self._answer(x, answer)
+            return
+        from_tag, to_tag = req.from_addr().tag, req.to_addr().tag
+        assert from_tag is not None  # screen_request checked it
+        sub = self._subs.get((req.call_id(), from_tag, to_tag)) if to_tag is not None else None
+        if to_tag is not None and sub is None:
+            self._answer(x, Answer(481))
+            return
+        expires = screen_subscribe(req, self.settings, new=sub is None)
+        if isinstance(expires, Answer):
+            self._answer(x, expires)
+        elif sub is None:
+            self._new_subscription(x, from_tag, expires)
+        else:
+            self._refresh(x, sub, expires)
+
+    def _answer(self, x: _Exchange, answer: Answer, to_tag: str = "") -> None:
+        """Send (and cache, for retransmissions) the answer to a request."""
+        reason = f"Bad Request ({answer.problem})" if answer.problem is not None else None
+        response = build_response(
+            x.req,
+            answer.status,
+            reason,
+            # RFC 3261 §8.2.6.2: a To tag on every final answer; a throwaway one outside dialogs.
+            to_tag=to_tag or secrets.token_hex(6),
+            source=(x.peer.host, x.peer.port),
+            headers=[*answer.headers, ("Server", self.settings.user_agent)],
+        )
+        data = response.to_bytes()
+        self._out.append((data, x.peer))
+        if x.key is not None:
+            self._answers.put(x.key, data, x.now)
+        if answer.status >= 300:
+            logger.info("%s from %s: %d %s", x.req.method, x.peer, answer.status, response.reason)
+
+    def _accept(self, x: _Exchange, sub: Subscription, expires: int) -> None:
+        """Send the 200 for a SUBSCRIBE (the NOTIFY must follow it, never precede it)."""
+        host, port = self._contacts[x.peer.transport]
+        headers = [
+            ("Expires", str(expires)),
+            ("Contact", contact_uri(x.peer.transport, host, port)),
+        ]
+        # RFC 3261 §12.1.1: Record-Route is copied into the answer that creates the dialog.
+        headers += [("Record-Route", r) for r in x.req.list_values("Record-Route")]
+        self._answer(x, Answer(200, tuple(headers)), sub.key[2])
+
+    def _new_subscription(self, x: _Exchange, from_tag: str, expires: int) -> None:
+        req, now = x.req, x.now
+        resource = req.request_uri().user
+        if resource is None or not self._source.knows(resource):
+            self._answer(x, Answer(404))
+            return
+        event, contact = req.event(), req.contact()
+        assert event is not None and contact is not None  # screen_subscribe checked them
+        local_tag = secrets.token_hex(8)
+        sub = Subscription(
+            key=(req.call_id(), from_tag, local_tag),
+            resource=resource,
+            peer=x.peer,
+            event=EVENT_PACKAGE + (f";id={event.id}" if event.id is not None else ""),
+            event_id=event.id,
+            local=f"{req.headers.get('To')};tag={local_tag}",
+            remote=req.headers.get("From") or "",
+            target=contact.uri.raw,
+            route=tuple(req.list_values("Record-Route")),
+            expires_at=now + expires,
+            remote_cseq=req.cseq().seq,
+        )
+        self._build_template(sub)
+        self._accept(x, sub, expires)
+        if expires == 0:  # a fetch (RFC 6665 §4.4.3): one NOTIFY with the state, then done
+            sub.state, sub.final_reason = "terminating", "timeout"
+        else:
+            self._subs[sub.key] = sub
+            self._by_resource.setdefault(resource, {})[sub.key] = sub
+            self._timers.schedule(sub, sub.expires_at)
+            logger.info("%s subscribed to %s for %d s", x.peer, resource, expires)
+        self._send_notify(sub, now)
+
+    def _refresh(self, x: _Exchange, sub: Subscription, expires: int) -> None:
+        event, cseq = x.req.event(), x.req.cseq().seq
+        if event is None or event.id != sub.event_id:  # would be a 2nd subscription in the dialog
+            self._answer(x, Answer(481))
+            return
+        if cseq <= sub.remote_cseq:  # RFC 3261 §12.2.2: out of order
+            self._answer(x, Answer(500))
+            return
+        sub.remote_cseq = cseq
+        sub.peer = x.peer  # the phone may have moved (NAT rebinding): follow its latest source
+        contact = x.req.contact()
+        if contact is not None:
+            sub.target = contact.uri.raw  # SUBSCRIBE is a target refresh request (RFC 6665)
+        self._build_template(sub)
+        self._accept(x, sub, expires)
+        if expires == 0:
+            logger.info("%s unsubscribed from %s", x.peer, sub.resource)
+            self._terminate(sub, x.now, "timeout")
+            return
+        sub.expires_at = x.now + expires
+        self._timers.schedule(sub, sub.expires_at)
+        if sub.in_flight is not None:
+            sub.dirty = True  # coalesce: one NOTIFY with the newest state after the current one
+        else:
+            self._send_notify(sub, x.now)
+
+    def _build_template(self, sub: Subscription) -> None:
+        host, port = self._contacts[sub.peer.transport]
+        sub.build_template(host, port, self.settings.user_agent, self.settings.content_type)
+
+    # ----------------------------------------------------------------- NOTIFY
+
+    def _send_notify(self, sub: Subscription, now: float, doc: SupportsBody | None = None) -> None:
+        body = b""
+        if doc is not None or self._source.knows(sub.resource):
+            body = (doc or self._source.document(sub.resource)).body(sub.version)
+            sub.version += 1
+        final = sub.state != "active"
+        if final:
+            state = f"terminated;reason={sub.final_reason}"
+            sub.state = "gone"
+        else:
+            state = f"active;expires={max(0, int(sub.expires_at - now))}"
+        sub.cseq += 1
+        sub.dirty = False
+        branch = f"{self._branch_prefix}{next(self._branch_counter):x}"
+        assert sub.template is not None
+        data = sub.template.render(branch, sub.cseq, state, body)
+        t1 = self.settings.t1
+        interval = t1 if sub.peer.transport == "udp" else 0.0  # no retransmission on TCP
+        tx = NotifyTransaction(branch, sub, data, sub.peer, now + 64 * t1, interval, final)
+        sub.in_flight = tx
+        self._client_tx[branch] = tx
+        self._timers.schedule(tx, now + interval if interval else tx.timeout_at)
+        self._out.append((data, tx.peer))
+
+    def _terminate(self, sub: Subscription, now: float, reason: str, notify: bool = True) -> None:
+        """End a subscription; with notify, a final NOTIFY goes out (after any in flight)."""
+        if sub.state != "active":
+            return
+        self._subs.pop(sub.key, None)
+        watchers = self._by_resource.get(sub.resource, {})
+        watchers.pop(sub.key, None)
+        if not watchers:
+            self._by_resource.pop(sub.resource, None)
+        self._timers.cancel(sub)
+        if not notify:
+            sub.state = "gone"
+            return
+        sub.state = "terminating"
+        sub.final_reason = reason
+        if sub.in_flight is None:
+            self._send_notify(sub, now)
+
+    def _on_response(self, resp: Response, peer: Peer, now: float) -> None:
+        try:
+            branch = resp.vias()[0].branch
+            method = resp.cseq().method
+        except ParseError as exc:
+            logger.info("dropped response from %s: %s", peer, exc.reason)
+            return
+        tx = self._client_tx.get(branch or "")
+        if tx is None or method != "NOTIFY":
+            logger.debug("stray %d response from %s", resp.status, peer)
+            return
+        if resp.status < 200:
+            tx.proceeding = True
+            return
+        self._finish(tx, now, resp.status)
+
+    def _on_transaction_timer(self, tx: NotifyTransaction, now: float) -> None:
+        if now >= tx.timeout_at:
+            self._finish(tx, now, None)
+            return
+        self._out.append((tx.data, tx.peer))
+        # Timer E doubles up to T2; once a 1xx came, it stays at T2 (RFC 3261 §17.1.2.2).
+        t2 = self.settings.t2
+        tx.interval = t2 if tx.proceeding else min(2 * tx.interval, t2)
+        self._timers.schedule(tx, min(now + tx.interval, tx.timeout_at))
+
+    def _finish(self, tx: NotifyTransaction, now: float, status: int | None) -> None:
+        """A NOTIFY transaction ended: with a final status, or timed out (None)."""
+        del self._client_tx[tx.branch]
+        self._timers.cancel(tx)
+        sub = tx.subscription
+        sub.in_flight = None
+        if status is not None and status < 300:
+            if sub.state == "terminating" or (sub.state == "active" and sub.dirty):
+                self._send_notify(sub, now)
+            return
+        # RFC 6665 §4.2.2: a NOTIFY that times out or gets a failure response ends the
+        # subscription. RFC 5057 would keep the dialog on a few codes (e.g. 491, 500 with
+        # Retry-After), but a phone that refuses a NOTIFY gains nothing from more of them, and a
+        # live phone re-SUBSCRIBEs anyway: every failure removes it, with no final NOTIFY.
+        logger.info(
+            "NOTIFY to %s for %s %s; subscription removed",
+            tx.peer,
+            sub.resource,
+            "timed out" if status is None else f"answered {status}",
+        )
+        self._terminate(sub, now, "", notify=False)
+        sub.state = "gone"

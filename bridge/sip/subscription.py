@@ -1,0 +1,163 @@
+"""State of one subscription dialog and of one NOTIFY transaction (RFC 6665, RFC 3261 §17.1.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "DialogKey",
+    "NotifierSettings",
+    "NotifyTemplate",
+    "NotifyTransaction",
+    "Peer",
+    "Subscription",
+    "contact_uri",
+]
+
+Transport = Literal["udp", "tcp"]
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where a message came from or goes to."""
+
+    transport: Transport
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierSettings:
+    """Protocol settings of the notifier; times in seconds."""
+
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600  # RFC 4235 §3.3: the dialog package's default
+    # host, port written into Contact and Via per transport; port 0 = fill in once bound.
+    contacts: Mapping[str, tuple[str, int]] = field(
+        default_factory=lambda: {"udp": ("127.0.0.1", 5060), "tcp": ("127.0.0.1", 5060)}
+    )
+    user_agent: str = "snom-blf-bridge"
+    t1: float = 0.5  # RFC 3261 timers; tests shrink them to keep retransmission tests short
+    t2: float = 4.0
+    content_type: str = "application/dialog-info+xml"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_expires <= self.default_expires <= self.max_expires:
+            raise ValueError("need 0 < min_expires <= default_expires <= max_expires")
+        if not 0 < self.t1 <= self.t2:
+            raise ValueError("need 0 < t1 <= t2")
+        if set(self.contacts) != {"udp", "tcp"}:
+            raise ValueError("contacts needs exactly the keys 'udp' and 'tcp'")
+
+
+class NotifyTemplate:
+    """A NOTIFY for one subscription dialog, serialized once.
+
+    Per send only the Via branch, CSeq, Subscription-State and body change, so rendering is a
+    join of a few byte strings (the same subscription sends many NOTIFYs).
+    """
+
+    __slots__ = ("_head", "_middle", "_tail")
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        via: str,
+        route: Sequence[str],
+        from_: str,
+        to: str,
+        call_id: str,
+        contact: str,
+        event: str,
+        user_agent: str,
+        content_type: str,
+    ) -> None:
+        self._head = f"NOTIFY {target} SIP/2.0\r\nVia: {via};rport;branch=".encode()
+        fields = [("Max-Forwards", "70")] + [("Route", r) for r in route]
+        fields += [("From", from_), ("To", to), ("Call-ID", call_id), ("Contact", contact)]
+        fields += [("Event", event), ("User-Agent", user_agent)]
+        self._middle = "".join(f"\r\n{n}: {v}" for n, v in fields).encode() + b"\r\nCSeq: "
+        self._tail = f"\r\nContent-Type: {content_type}".encode()
+
+    def render(self, branch: str, cseq: int, state: str, body: bytes) -> bytes:
+        """The NOTIFY's bytes; Content-Type is only written when there is a body."""
+        return b"".join(
+            (
+                self._head,
+                branch.encode(),
+                self._middle,
+                b"%d NOTIFY\r\nSubscription-State: " % cseq,
+                state.encode(),
+                self._tail if body else b"",
+                b"\r\nContent-Length: %d\r\n\r\n" % len(body),
+                body,
+            )
+        )
+
+
+def contact_uri(transport: str, host: str, port: int) -> str:
+    """Our Contact for a transport; transport=tcp keeps in-dialog requests on TCP."""
+    return f"<sip:{host}:{port};transport=tcp>" if transport == "tcp" else f"<sip:{host}:{port}>"
+
+
+DialogKey = tuple[str, str, str]  # Call-ID, remote (From) tag, local (our To) tag
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """One RFC 6665 subscription; it is the only usage of its dialog."""
+
+    key: DialogKey
+    resource: str
+    peer: Peer  # source of the last SUBSCRIBE: NOTIFYs go there (rport-style, NAT-safe)
+    event: str  # Event header value for NOTIFYs, id parameter echoed
+    event_id: str | None
+    local: str  # From of our NOTIFYs: the SUBSCRIBE's To plus our tag (RFC 3261 §12.1.1)
+    remote: str  # To of our NOTIFYs: the SUBSCRIBE's From
+    target: str  # Request-URI of our NOTIFYs: the subscriber's Contact URI
+    route: tuple[str, ...]  # Record-Route of the SUBSCRIBE, in order
+    expires_at: float
+    remote_cseq: int
+    template: NotifyTemplate | None = None
+    cseq: int = 0  # CSeq of the last NOTIFY sent
+    version: int = 0  # dialog-info version of the next NOTIFY body
+    in_flight: NotifyTransaction | None = None
+    dirty: bool = False  # state changed while a NOTIFY was in flight: send one more after it
+    # "active" while in the indexes; "terminating" = final NOTIFY owed once in_flight completes;
+    # "gone" = nothing more to send.
+    state: Literal["active", "terminating", "gone"] = "active"
+    final_reason: str = ""
+
+    def build_template(self, host: str, port: int, user_agent: str, content_type: str) -> None:
+        """(Re)build the NOTIFY template after the target or the peer's transport changed."""
+        transport = self.peer.transport
+        self.template = NotifyTemplate(
+            target=self.target,
+            via=f"SIP/2.0/{transport.upper()} {host}:{port}",
+            route=self.route,
+            from_=self.local,
+            to=self.remote,
+            call_id=self.key[0],
+            contact=contact_uri(transport, host, port),
+            event=self.event,
+            user_agent=user_agent,
+            content_type=content_type,
+        )
+
+
+@dataclass(eq=False, slots=True)
+class NotifyTransaction:
+    """A NOTIFY client transaction (non-INVITE, RFC 3261 §17.1.2)."""
+
+    branch: str
+    subscription: Subscription
+    data: bytes  # retransmissions resend exactly these bytes
+    peer: Peer
+    timeout_at: float  # Timer F: 64*T1 after the first send
+    interval: float  # current retransmission interval (Timer E); 0 on reliable transports
+    final: bool  # carries Subscription-State: terminated
+    proceeding: bool = False  # got a 1xx: retransmit every T2 from now on

@@ -1,0 +1,187 @@
+"""Thin asyncio glue around the Notifier: UDP and TCP listeners and one loop timer (aioquic style).
+
+On every input: hand it to the core with loop.time(), send what the core wants sent, re-arm the
+single timer for the core's next deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bridge.sip.message import ParseError, Request, Response, StreamFramer
+from bridge.sip.notifier import Notifier
+from bridge.sip.subscription import Peer
+
+__all__ = ["SipService", "start_sip"]
+
+logger = logging.getLogger("bridge.sip")
+_UDP_MAX = 65507  # largest UDP payload over IPv4
+
+
+class SipService:
+    """Running SIP listeners feeding one Notifier; create it with start_sip()."""
+
+    def __init__(self, notifier: Notifier, max_datagram: int, max_message: int) -> None:
+        self.notifier = notifier
+        self.max_datagram = min(max_datagram, _UDP_MAX)
+        self.max_message = max_message
+        self.udp: list[asyncio.DatagramTransport] = []
+        self.tcp: list[asyncio.Server] = []
+        self._loop = asyncio.get_running_loop()
+        self._streams: dict[Peer, _Stream] = {}
+        self._dialing: dict[Peer, list[bytes]] = {}  # queued while a connection is being opened
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self.on_disconnect: Callable[[Peer], None] | None = None  # e.g. for metrics and tests
+
+    def resource_changed(self, resource: str) -> None:
+        """Tell the watchers of resource about its new state."""
+        self.notifier.resource_changed(resource, self._loop.time())
+        self._flush()
+
+    def received(self, message: bytes | Request | Response, peer: Peer) -> None:
+        """Feed one datagram or framed message to the core."""
+        self.notifier.receive(message, peer, self._loop.time())
+        self._flush()
+
+    def connections(self) -> list[Peer]:
+        """Peers with an open TCP connection."""
+        return list(self._streams)
+
+    async def close(self) -> None:
+        """Stop listening, drop connections and the timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for transport in self.udp:
+            transport.close()
+        for server in self.tcp:
+            server.close()
+        for stream in list(self._streams.values()):
+            stream.transport.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for server in self.tcp:
+            await server.wait_closed()
+
+    def _flush(self) -> None:
+        for data, peer in self.notifier.outgoing():
+            if peer.transport == "udp":
+                self.udp[0].sendto(data, (peer.host, peer.port))
+            elif (stream := self._streams.get(peer)) is not None:
+                stream.transport.write(data)
+            elif peer in self._dialing:
+                self._dialing[peer].append(data)
+            else:
+                # The connection the SUBSCRIBE came on is gone: open one to the same address.
+                self._dialing[peer] = [data]
+                task = self._loop.create_task(self._dial(peer))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        when = self.notifier.next_timer()
+        if self._timer is not None and self._timer.when() != when:
+            self._timer.cancel()
+            self._timer = None
+        if when is not None and self._timer is None:
+            self._timer = self._loop.call_at(when, self._on_timer, when)
+
+    def _on_timer(self, when: float) -> None:
+        self._timer = None
+        # The loop may run a timer a hair before its time; never let the core see "too early".
+        self.notifier.handle_timer(max(self._loop.time(), when))
+        self._flush()
+
+    async def _dial(self, peer: Peer) -> None:
+        try:
+            await self._loop.create_connection(lambda: _Stream(self, peer), peer.host, peer.port)
+        except OSError as exc:
+            logger.info("cannot connect to %s: %s; dropping %d messages", peer, exc,
+                        len(self._dialing.pop(peer, [])))  # fmt: skip
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, service: SipService) -> None:
+        self.service = service
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        peer = Peer("udp", str(addr[0]), addr[1])
+        if len(data) > self.service.max_datagram:
+            logger.info("dropped a %d-byte datagram from %s: too large", len(data), peer)
+            return
+        self.service.received(data, peer)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("UDP error: %s", exc)  # e.g. ICMP port unreachable from a dead phone
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(self, service: SipService, peer: Peer | None = None) -> None:
+        self.service = service
+        self.peer = peer
+        self.framer = StreamFramer(service.max_message)
+        self.transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.peer is None:
+            host, port = transport.get_extra_info("peername")[:2]
+            self.peer = Peer("tcp", host, port)
+        self.service._streams[self.peer] = self
+        for data in self.service._dialing.pop(self.peer, []):
+            transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None
+        try:
+            messages = self.framer.feed(data)
+        except ParseError as exc:
+            logger.info("closing TCP connection from %s: %s", self.peer, exc.reason)
+            self.transport.close()
+            return
+        if self.framer.pings:
+            self.transport.write(b"\r\n" * self.framer.pings)  # RFC 5626 pong
+            self.framer.pings = 0
+        for message in messages:
+            self.service.received(message, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.service._streams.get(self.peer) is self:
+            del self.service._streams[self.peer]
+            if self.service.on_disconnect is not None:
+                self.service.on_disconnect(self.peer)
+
+
+async def start_sip(
+    notifier: Notifier,
+    udp_addrs: Sequence[tuple[str, int]],
+    tcp_addrs: Sequence[tuple[str, int]],
+    *,
+    max_datagram: int = 16384,
+    max_message: int = 65535,
+) -> SipService:
+    """Bind the listeners. A notifier contact with port 0 gets the first bound port of its kind."""
+    loop = asyncio.get_running_loop()
+    service = SipService(notifier, max_datagram, max_message)
+    try:
+        for host, port in udp_addrs:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Datagrams(service), local_addr=(host, port)
+            )
+            service.udp.append(transport)
+        for host, port in tcp_addrs:
+            service.tcp.append(await loop.create_server(lambda: _Stream(service), host, port))
+    except OSError:
+        await service.close()
+        raise
+    bound = {
+        "udp": [t.get_extra_info("sockname") for t in service.udp],
+        "tcp": [s.sockets[0].getsockname() for s in service.tcp],
+    }
+    for transport_name, names in bound.items():
+        host, port = notifier.contact(transport_name)
+        if port == 0 and names:
+            notifier.set_contact(transport_name, host, names[0][1])
+    return service

@@ -1,0 +1,250 @@
+"""AMI event mapping and wire parsing, over the real Asterisk 22 recordings."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.asterisk.ami_events import needs_ids, parse_frames, to_events
+from bridge.events import (
+    AsteriskEvent,
+    ChannelGone,
+    ChannelSeen,
+    ChannelState,
+    DeviceStateChanged,
+    DialBegan,
+    DialEnded,
+    ExtensionHint,
+    HoldChanged,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "asterisk-22.10.1"
+SCENARIOS = sorted(p.parent.name for p in FIXTURES.glob("*/ami-wire.jsonl"))
+
+
+def asterisk_frames(scenario: str) -> list[dict[str, str]]:
+    """Everything Asterisk said in a recording, reassembled from its reads."""
+    frames: list[dict[str, str]] = []
+    pending = ""
+    for line in (FIXTURES / scenario / "ami-wire.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["dir"] == "asterisk":
+            new, pending = parse_frames(pending + record["data"])
+            frames += new
+    assert pending == ""
+    return frames
+
+
+def mapped(scenario: str) -> list[AsteriskEvent]:
+    return [ev for frame in asterisk_frames(scenario) for ev in to_events(frame)]
+
+
+def seen(events: list[AsteriskEvent], name: str) -> list[ChannelSeen]:
+    return [e for e in events if isinstance(e, ChannelSeen) and e.name == name]
+
+
+# --- parse_frames -------------------------------------------------------------------------
+
+
+def test_banner_sits_on_top_of_first_message_and_is_skipped() -> None:
+    wire = (
+        "Asterisk Call Manager/11.0.0\r\n"
+        "Response: Success\r\nMessage: Authentication accepted\r\n\r\n"
+    )
+    frames, rest = parse_frames(wire)
+    assert frames == [{"Response": "Success", "Message": "Authentication accepted"}]
+    assert rest == ""
+
+
+def test_banner_alone_stays_in_the_remainder() -> None:
+    assert parse_frames("Asterisk Call Manager/11.0.0\r\n") == (
+        [],
+        "Asterisk Call Manager/11.0.0\r\n",
+    )
+
+
+def test_remainder_is_kept_verbatim_and_completed_later() -> None:
+    frames, rest = parse_frames("Event: Hangup\r\nUniqueid: 1.2\r\n\r\nEvent: Newst")
+    assert frames == [{"Event": "Hangup", "Uniqueid": "1.2"}]
+    assert rest == "Event: Newst"
+    frames, rest = parse_frames(rest + "ate\r\nAccountCode: \r\n\r")
+    assert frames == [] and rest.endswith("\r")
+    frames, rest = parse_frames(rest + "\n")
+    assert frames == [{"Event": "Newstate", "AccountCode": ""}] and rest == ""
+
+
+def test_values_keep_colons_and_first_repeated_header_wins() -> None:
+    frames, _ = parse_frames("Event: X\nValue: a:b: c\nValue: second\n\n")
+    assert frames == [{"Event": "X", "Value": "a:b: c"}]
+
+
+def test_split_reads_give_the_same_messages_as_one_read() -> None:
+    wire = "".join(
+        json.loads(line)["data"]
+        for line in (FIXTURES / "ring-cancel" / "ami-wire.jsonl").read_text().splitlines()
+        if json.loads(line)["dir"] == "asterisk"
+    )
+    whole, _ = parse_frames(wire)
+    for step in (1, 7, 500):
+        frames: list[dict[str, str]] = []
+        pending = ""
+        for i in range(0, len(wire), step):
+            new, pending = parse_frames(pending + wire[i : i + step])
+            frames += new
+        assert frames == whole
+
+
+@given(st.text())
+def test_parse_frames_never_raises(text: str) -> None:
+    frames, rest = parse_frames(text)
+    assert all(frames)
+    assert text.endswith(rest)
+
+
+# --- to_events over the recordings -------------------------------------------------------
+
+
+def test_pickup_replaces_ringing_leg() -> None:
+    events = mapped("pickup-replaces")
+    ringing = [e for e in seen(events, "PJSIP/202-00000008") if e.state is ChannelState.RINGING]
+    assert ringing, "the leg to 202 must be seen ringing"
+    for ev in ringing:
+        assert ev.uniqueid == "1795325554.8"
+        assert ev.dialed is True
+        assert ev.linkedid == "1795325554.7"
+        assert (ev.connected_num, ev.connected_name) == ("201", "Phone 201")
+        assert needs_ids(ev)
+    kinds = {frame.get("Event") for frame in asterisk_frames("pickup-replaces")}
+    assert {"Newstate", "CoreShowChannel"} <= kinds  # ringing seen live and in the list
+
+
+def test_pickup_replaces_dial_ends_on_the_picker() -> None:
+    events = mapped("pickup-replaces")
+    assert DialBegan("1795325554.7", "1795325554.8") in events
+    picker = seen(events, "PJSIP/203-00000009")[0]
+    assert DialEnded("1795325554.7", picker.uniqueid, "ANSWER") in events
+    assert ChannelGone("1795325554.8", 0) in events
+
+
+def test_dialed_is_decided_only_from_evidence() -> None:
+    events = mapped("pickup-replaces")
+    leg = seen(events, "PJSIP/202-00000008")
+    assert leg[0].state is ChannelState.DOWN and leg[0].dialed is True  # Newchannel, PJSIP, Down
+    assert leg[1].dialed is None  # NewConnectedLine in Down proves nothing
+    caller = seen(events, "PJSIP/201-00000007")
+    assert caller[0].state is ChannelState.RING and caller[0].dialed is False
+    assert [e.dialed for e in caller if e.state is ChannelState.UP] == [None]
+    assert seen(events, "PJSIP/203-00000009")[0].dialed is False  # the picker called in
+
+
+def test_unknown_connected_line_becomes_empty() -> None:
+    first = seen(mapped("ring-cancel"), "PJSIP/201-00000003")[0]
+    assert (first.connected_num, first.connected_name) == ("", "")
+    assert (first.caller_num, first.caller_name) == ("201", "Phone 201")
+
+
+def test_dial_begin_also_reports_the_dialled_leg_first() -> None:
+    frame = next(f for f in asterisk_frames("ring-cancel") if f.get("Event") == "DialBegin")
+    dest, began = to_events(frame)
+    assert isinstance(dest, ChannelSeen) and isinstance(began, DialBegan)
+    assert (dest.name, dest.uniqueid, dest.dialed) == (
+        "PJSIP/202-00000004",
+        began.dest_uniqueid,
+        True,
+    )
+    assert dest.connected_num == "201"
+
+
+def test_hold_device_and_extension_states() -> None:
+    events = mapped("answer-hold-resume")
+    holds = [e for e in events if isinstance(e, HoldChanged)]
+    assert [h.on_hold for h in holds] == [True, False]
+    assert DeviceStateChanged("PJSIP/202", "ONHOLD") in events
+    hints = [e for e in mapped("ring-while-busy") if isinstance(e, ExtensionHint)]
+    assert ExtensionHint("202", "internal", "PJSIP/202", 9) in hints  # InUse&Ringing
+
+
+def test_the_flood_maps_to_nothing() -> None:
+    for scenario in SCENARIOS:
+        for frame in asterisk_frames(scenario):
+            if frame.get("Event", "").startswith(("VarSet", "Newexten", "Bridge", "DialState")):
+                assert to_events(frame) == []
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_recording_maps_without_loss_of_channels(scenario: str) -> None:
+    events = mapped(scenario)
+    created = {e.uniqueid for e in events if isinstance(e, ChannelSeen)}
+    gone = {e.uniqueid for e in events if isinstance(e, ChannelGone)}
+    assert gone <= created
+    # only pickup-replaces ends with its call still up
+    assert (created - gone == set()) is (scenario != "pickup-replaces")
+
+
+# --- malformed input ---------------------------------------------------------------------
+
+
+BASE = {
+    "Event": "Newstate", "Channel": "PJSIP/202-00000008", "ChannelState": "5",
+    "Uniqueid": "1.8", "Linkedid": "1.7",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"Uniqueid": ""},
+        {"Channel": ""},
+        {"ChannelState": "Ringing"},
+        {"ChannelState": "42"},
+        {"ChannelState": "-1"},
+    ],
+)
+def test_malformed_channel_events_give_nothing(
+    change: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "bridge.asterisk.ami_events")
+    assert to_events({**BASE, **change}) == []
+    assert "malformed" in caplog.text
+
+
+def test_other_malformed_events() -> None:
+    assert to_events({}) == []
+    assert to_events({"Event": "Hangup"}) == []
+    assert to_events({"Event": "DialEnd", "Uniqueid": "1", "DestUniqueid": "2"}) == []
+    assert to_events({"Event": "ExtensionStatus", "Exten": "202", "Status": "busy"}) == []
+    assert to_events({"Event": "DeviceStateChange", "Device": "PJSIP/202"}) == []
+    assert to_events({"Event": "Hangup", "Uniqueid": "1.8", "Cause": "x"}) == [
+        ChannelGone("1.8", 0)
+    ]
+    dial = {"Event": "DialBegin", "Uniqueid": "1.7", "DestUniqueid": "1.8"}
+    assert to_events(dial) == [DialBegan("1.7", "1.8")]  # a bad Dest block keeps the dial
+    odd: dict[str, object] = {**BASE, "Channel": ["PJSIP/1", "PJSIP/2"]}
+    assert to_events(odd) == []  # type: ignore[arg-type]
+
+
+def test_header_case_does_not_matter() -> None:
+    (ev,) = to_events({k.upper(): v for k, v in BASE.items()})
+    assert isinstance(ev, ChannelSeen) and ev.state is ChannelState.RINGING
+
+
+@given(
+    st.dictionaries(st.sampled_from([*BASE, "Event", "Cause", "Status", "DestUniqueid"]), st.text())
+)
+def test_to_events_never_raises(msg: dict[str, str]) -> None:
+    for event in ("Newchannel", "Hangup", "DialBegin", "DialEnd", "ExtensionStatus", "Hold"):
+        to_events({**msg, "Event": event})
+    to_events(msg)
+
+
+def test_needs_ids_only_for_dialled_ringing_pjsip_legs() -> None:
+    leg = ChannelSeen("1.8", "PJSIP/202-00000008", ChannelState.RINGING, dialed=True)
+    assert needs_ids(leg)
+    assert not needs_ids(ChannelSeen("1.8", "PJSIP/202-00000008", ChannelState.RINGING))
+    assert not needs_ids(ChannelSeen("1.8", "PJSIP/202-00000008", ChannelState.UP, dialed=True))
+    assert not needs_ids(ChannelSeen("1.8", "Local/202@x-1;1", ChannelState.RINGING, dialed=True))

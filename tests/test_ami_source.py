@@ -1,0 +1,336 @@
+"""AmiSource against the replayed Asterisk (RecordedAmiServer) over a real TCP socket."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypeGuard
+
+import pytest
+
+from bridge.asterisk.ami import AmiSource
+from bridge.asterisk.ami_events import needs_ids, to_events
+from bridge.demo.ami_server import RecordedAmiServer, event_matches
+from bridge.events import (
+    AsteriskEvent,
+    ChannelGone,
+    ChannelSeen,
+    ChannelState,
+    DeviceStateChanged,
+    ExtensionHint,
+    LegIds,
+    ResyncFinished,
+    ResyncStarted,
+    SourceLost,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "asterisk-22.10.1"
+CSV = (FIXTURES / "pickup-replaces" / "replaces.csv").read_text().splitlines()[1].split(";")
+PICKUP_IDS = LegIds("1795325554.8", *CSV)
+RINGING_DONE = event_matches(Event="DialState", DestChannel="PJSIP/202-00000008")
+WAIT = 5.0
+
+Events = list[AsteriskEvent]
+
+
+class Collector:
+    """The on_event callback: records and lets a test await a condition on what arrived."""
+
+    def __init__(self) -> None:
+        self.events: Events = []
+        self._tick = asyncio.Event()
+
+    def __call__(self, event: AsteriskEvent) -> None:
+        self.events.append(event)
+        self._tick.set()
+        self._tick = asyncio.Event()
+
+    async def until(self, predicate: Callable[[Events], bool]) -> Events:
+        async with asyncio.timeout(WAIT):
+            while not predicate(self.events):
+                await self._tick.wait()
+        return self.events
+
+    async def count(self, kind: type, n: int = 1) -> Events:
+        return await self.until(lambda evs: sum(isinstance(e, kind) for e in evs) >= n)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RecordedAmiServer]:
+    async with RecordedAmiServer(FIXTURES, speed=0) as srv:
+        yield srv
+
+
+@asynccontextmanager
+async def running(
+    server: RecordedAmiServer, secret: str = "bridgesecret", getvar_timeout: float = 1.0
+) -> AsyncIterator[tuple[AmiSource, Collector]]:
+    collector = Collector()
+    source = AmiSource(
+        "127.0.0.1",
+        server.port,
+        "bridge",
+        secret,
+        collector,
+        backoff_min=0.05,
+        getvar_timeout=getvar_timeout,
+    )
+    task = asyncio.create_task(source.run())
+    try:
+        yield source, collector
+    finally:
+        await source.stop()
+        await asyncio.wait_for(task, WAIT)
+
+
+def recorded(
+    server: RecordedAmiServer,
+    scenario: str,
+    until: Callable[[Mapping[str, str]], bool] | None = None,
+) -> Events:
+    """What the tracker should get for a scenario's call/system events, LegIds not included."""
+    out: Events = []
+    for event in server.scenarios[scenario].events:
+        if {"call", "system"} & set(event.headers.get("Privilege", "").split(",")):
+            out += to_events(event.headers)
+        if until is not None and until(event.headers):
+            break
+    return out
+
+
+def after_resync(events: Events) -> Events:
+    return events[len(events) - events[::-1].index(ResyncFinished()) :]
+
+
+def ringing(event: AsteriskEvent) -> TypeGuard[ChannelSeen]:
+    return isinstance(event, ChannelSeen) and needs_ids(event)
+
+
+async def test_login_mask_resync_and_live_events(server: RecordedAmiServer) -> None:
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        assert source.connected
+        assert server.logins[-1]["Events"] == "call,system"
+        snapshot = got.events[:]
+        assert snapshot[0] == ResyncStarted() and snapshot[-1] == ResyncFinished()
+        assert [type(e) for e in snapshot[1:-1]] == [DeviceStateChanged] * 6 + [ExtensionHint] * 6
+
+        await server.play("ring-answer-hangup")
+        expected = recorded(server, "ring-answer-hangup")
+        await got.until(lambda evs: len(after_resync(evs)) >= len(expected))
+        assert after_resync(got.events) == expected  # no LegIds: this recording has no ids
+    sent = {name for kind, name, _ in server.log if kind == "event"}
+    assert "Newchannel" in sent
+    assert not sent & {"VarSet", "Newexten"}  # the mask kept the flood on Asterisk's side
+
+
+async def test_pickup_ids_are_read_at_once_and_delivered_first(server: RecordedAmiServer) -> None:
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        await server.play("pickup-replaces", until=RINGING_DONE)
+        expected = recorded(server, "pickup-replaces", RINGING_DONE)
+        await got.until(lambda evs: len(after_resync(evs)) > len(expected))
+        live = after_resync(got.events)
+        at = live.index(PICKUP_IDS)
+        leg = live[at + 1]
+        assert ringing(leg) and leg.uniqueid == PICKUP_IDS.uniqueid
+        assert leg.state is ChannelState.RINGING
+        assert live[:at] + live[at + 1 :] == expected
+    getvars = [kind for kind, name, _ in server.log if name == "Getvar" and kind != "event"]
+    assert getvars == ["recv"] * 3 + ["send"] * 3  # all three asked before the first answer
+
+
+async def test_a_slow_getvar_holds_later_events_back(server: RecordedAmiServer) -> None:
+    server.getvar_delay = 0.1
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        await server.play("pickup-replaces", until=RINGING_DONE)
+        expected = recorded(server, "pickup-replaces", RINGING_DONE)
+        await got.until(lambda evs: len(after_resync(evs)) > len(expected))
+        live = after_resync(got.events)
+        assert live.index(PICKUP_IDS) == next(i for i, e in enumerate(expected) if ringing(e))
+        assert [e for e in live if e != PICKUP_IDS] == expected
+
+
+async def test_a_leg_that_hangs_up_does_not_wait_for_its_ids(server: RecordedAmiServer) -> None:
+    server.getvar_delay = 0.5
+    async with running(server, getvar_timeout=WAIT) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        await server.play("pickup-replaces")  # the leg rings, then is picked up and hangs up
+        expected = recorded(server, "pickup-replaces")
+        await got.until(lambda evs: len(after_resync(evs)) >= len(expected))
+        assert after_resync(got.events) == expected
+        assert ("send", "Getvar") not in {(kind, name) for kind, name, _ in server.log}
+
+
+async def test_getvar_timeout_delivers_without_ids(
+    server: RecordedAmiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.getvar_delay = 0.3
+    async with running(server, getvar_timeout=0.05) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        await server.play("pickup-replaces", until=RINGING_DONE)
+        expected = recorded(server, "pickup-replaces", RINGING_DONE)
+        await got.until(lambda evs: len(after_resync(evs)) >= len(expected))
+        assert after_resync(got.events) == expected
+    assert "Getvar for PJSIP/202-00000008 timed out" in caplog.text
+
+
+async def test_each_ringing_leg_is_asked_once(server: RecordedAmiServer) -> None:
+    # ring-while-busy reports the leg to 202 ringing twice (Newstate, then DialBegin)
+    server.getvar_delay = 0.05  # the first lookup is surely still in flight at the second
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        await server.play("ring-while-busy")
+        expected = recorded(server, "ring-while-busy")
+        await got.until(lambda evs: len(after_resync(evs)) >= len(expected))
+        assert after_resync(got.events) == expected  # the recording has no ids for those legs
+    legs = {e.uniqueid for e in expected if isinstance(e, ChannelSeen) and needs_ids(e)}
+    assert len(legs) == 2 and sum(map(ringing, expected)) == 3
+    assert sum(1 for kind, name, _ in server.log if (kind, name) == ("recv", "Getvar")) == 3 * 2
+
+
+async def test_live_events_during_resync_are_kept_in_order(server: RecordedAmiServer) -> None:
+    async def call_starts_meanwhile(action: Mapping[str, str]) -> None:
+        if (
+            action["Action"] == "CoreShowChannels"
+            and not server.scenarios["pickup-replaces"].position
+        ):
+            await server.play("pickup-replaces", until=RINGING_DONE)
+
+    server.before_answer = call_starts_meanwhile
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        events = got.events
+        lists_end = 1 + 12
+        live = recorded(server, "pickup-replaces", RINGING_DONE)
+        at = next(i for i, e in enumerate(live) if ringing(e))
+        assert events[lists_end:][: len(live) + 1] == [*live[:at], PICKUP_IDS, *live[at:]]
+        snapshot = events[lists_end + len(live) + 1 :]
+        assert [type(e) for e in snapshot] == [LegIds, ChannelSeen, ChannelSeen, ResyncFinished]
+        assert snapshot[0] == PICKUP_IDS and ringing(snapshot[1])
+
+
+async def test_reconnect_after_drop_resyncs_the_ringing_leg(server: RecordedAmiServer) -> None:
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        await server.play("pickup-replaces", until=RINGING_DONE)
+        await got.until(lambda evs: PICKUP_IDS in evs)
+        before = len(got.events)
+        server.drop_clients()
+        await got.count(ResyncFinished, 2)
+        again = got.events[before:]
+        assert again[0] == SourceLost() and again[1] == ResyncStarted()
+        assert again.count(SourceLost()) == 1
+        assert [e for e in again if isinstance(e, LegIds)] == [PICKUP_IDS]
+        leg = again[again.index(PICKUP_IDS) + 1]
+        assert ringing(leg) and leg.uniqueid == PICKUP_IDS.uniqueid
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        assert source.connected
+        await server.play("pickup-replaces")
+        await got.until(lambda evs: ChannelGone(PICKUP_IDS.uniqueid, 0) in evs)
+
+
+async def test_wrong_secret_is_logged_once_and_retried_with_backoff(
+    server: RecordedAmiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "bridge.asterisk.ami")
+    loop = asyncio.get_running_loop()
+    async with running(server, secret="guess") as (source, got):
+
+        def attempts(n: int) -> Callable[[], bool]:
+            return lambda: len(server.logins) >= n
+
+        times: list[float] = []
+        for n in range(1, 5):
+            await asyncio.wait_for(server.wait_until(attempts(n)), WAIT)
+            times.append(loop.time())
+        assert not source.connected and got.events == []
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] < gaps[1] < gaps[2]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "Authentication failed" in warnings[0].getMessage()
+
+
+class LogSeen(logging.Handler):
+    """Lets a test await a log line: the only trace a failed connect attempt leaves."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text, self.seen = text, asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+async def test_asterisk_not_there_yet(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = RecordedAmiServer(FIXTURES, port=port, speed=0)
+    refused = LogSeen("cannot connect")
+    logging.getLogger("bridge.asterisk.ami").addHandler(refused)
+    try:
+        async with running(server) as (source, _):
+            await asyncio.wait_for(refused.seen.wait(), WAIT)
+            await server.start()
+            await asyncio.wait_for(source.synced.wait(), WAIT)
+    finally:
+        logging.getLogger("bridge.asterisk.ami").removeHandler(refused)
+        await server.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("cannot connect" in w for w in warnings) == 1
+
+
+async def test_garbage_from_asterisk_never_crashes(
+    server: RecordedAmiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        server.send_raw(
+            b"\xff\xfe\x00 not AMI at all\r\n\r\nResponse: Nonsense\r\nActionID: nobody\r\n\r\n"
+            b"Event: Newstate\r\nChannelState: banana\r\nUniqueid: 1\r\n\r\nEvent: Hangup\r\n\r\n"
+        )
+        await server.play("ring-cancel")
+        await got.until(lambda evs: ChannelGone("1795325527.3", 127) in evs)
+        assert SourceLost() not in got.events  # harmless garbage: same connection
+
+        server.send_raw(b"Event: Hangup\r\nEvent: Hangup\r\n\r\n")  # trips panoramisk itself
+        await got.count(ResyncFinished, 2)
+        server.send_raw(b"x" * (2 << 20))  # a message that never ends
+        await got.count(ResyncFinished, 3)
+        assert got.events.count(SourceLost()) == 2
+        assert source.connected
+    assert "unreadable data from AMI" in caplog.text
+
+
+async def test_stop_while_logging_in_returns_at_once() -> None:
+    login_sent = asyncio.Event()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1000)  # takes the Login, never answers: the login would time out
+        login_sent.set()
+        await reader.read(1000)
+
+    mute_server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    async with mute_server:
+        port = mute_server.sockets[0].getsockname()[1]
+        source = AmiSource("127.0.0.1", port, "bridge", "secret", Collector())
+        task = asyncio.create_task(source.run())
+        await asyncio.wait_for(login_sent.wait(), WAIT)
+        await source.stop()
+        await asyncio.wait_for(task, 1.0)  # well below the 5 s login timeout
+        assert not source.connected
+
+
+async def test_stop_logs_off_without_source_lost(server: RecordedAmiServer) -> None:
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+    assert ("recv", "Logoff") in {(kind, name) for kind, name, _ in server.log}
+    assert SourceLost() not in got.events and not source.connected

@@ -1,0 +1,156 @@
+"""The configuration file: defaults, overrides, and errors that name the bad setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.__main__ import main
+from bridge.config import ConfigError, ListenAddress, load
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "etc" / "snom-blf-bridge.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bridge.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_file_is_valid_and_starts_the_demo() -> None:
+    config = load(SHIPPED)
+    assert not config.ami.configured
+    assert config.sip.udp == (ListenAddress("0.0.0.0", 5065),)
+    assert config.ami.events == "call,system"
+    assert config.watch.extensions is None
+
+
+def test_defaults_without_a_file() -> None:
+    config = load(None)
+    assert config.sip.min_expires == 60
+    assert config.sip.default_expires == 600
+    assert config.sip.max_expires == 3600
+    assert not config.watch.outgoing_blinks
+
+
+def test_overrides_are_toml_or_bare_strings(tmp_path: Path) -> None:
+    path = write(tmp_path, "[ami]\nusername = 'bridge'\nsecret = 's'\n")
+    config = load(
+        path,
+        [
+            'sip.udp=["127.0.0.1:0", "[::1]:5070"]',
+            "sip.tcp=[]",
+            "ami.port=5039",
+            "ami.host=pbx.example.com",
+            "watch.extensions=[201, '202']",
+        ],
+    )
+    assert config.sip.udp == (ListenAddress("127.0.0.1", 0), ListenAddress("::1", 5070))
+    assert config.sip.tcp == ()
+    assert config.ami.port == 5039
+    assert config.ami.host == "pbx.example.com"
+    assert config.watch.extensions == frozenset({"201", "202"})
+
+
+def test_secret_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "ami.secret").write_text("s3cret\n", encoding="utf-8")
+    path = write(tmp_path, "[ami]\nusername = 'bridge'\nsecret_file = 'ami.secret'\n")
+    assert load(path).ami.secret == "s3cret"
+
+
+def test_secret_file_from_systemd_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "ami.secret").write_text("from-systemd", encoding="utf-8")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    path = write(tmp_path, "[ami]\nusername = 'bridge'\nsecret_file = 'ami.secret'\n")
+    assert load(path).ami.secret == "from-systemd"
+
+
+def test_secret_never_in_repr(tmp_path: Path) -> None:
+    path = write(tmp_path, "[ami]\nusername = 'bridge'\nsecret = 'topsecret'\n")
+    assert "topsecret" not in repr(load(path))
+
+
+@pytest.mark.parametrize(
+    ("text", "override", "named"),
+    [
+        ("[sip]\nudp = ['127.0.0.1:99999']\n", None, "sip.udp[0]"),
+        ("[sip]\nudp = ['127.0.0.1:5060', 'nohostport']\n", None, "sip.udp[1]"),
+        ("[sip]\nmin_expires = 'soon'\n", None, "sip.min_expires"),
+        ("[sip]\nmin_expires = 900\n", None, "sip.default_expires"),
+        ("[ami]\nport = 0\n", None, "ami.port"),
+        ("[ami]\nusername = 'x'\n", None, "ami.secret"),
+        ("[ami]\nsecret_file = 'missing.secret'\n", None, "ami.secret_file"),
+        ("[ami]\nbogus = 1\n", None, "ami.bogus"),
+        ("[nonsense]\nx = 1\n", None, "[nonsense]"),
+        ("[watch]\nextensions = ['20 1']\n", None, "watch.extensions[0]"),
+        ("[watch]\noutgoing_blinks = 'yes'\n", None, "watch.outgoing_blinks"),
+        ("[log]\nlevel = 'loud'\n", None, "log.level"),
+        ("", "sip.max_expires=-5", "sip.max_expires"),
+        ("", "justtext", "section.key=value"),
+        ("[sip\n", None, "not valid TOML"),
+    ],
+)
+def test_errors_name_the_setting(
+    tmp_path: Path, text: str, override: str | None, named: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(path, [override] if override else [])
+    assert named in str(info.value)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load(tmp_path / "nope.toml")
+
+
+def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(SHIPPED)]) == 0
+    out = capsys.readouterr()
+    assert "OK (demo PBX)" in out.out
+    assert "demo PBX" in out.err  # the warning that no Asterisk is configured
+
+    bad = write(tmp_path, "[sip]\nudp = ['127.0.0.1:70000']\n")
+    assert main(["check-config", str(bad)]) == 2
+    assert "sip.udp[0]" in capsys.readouterr().err
+
+
+def test_check_config_warns_about_a_loopback_domain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "[ami]\nusername = 'b'\nsecret = 's'\n")
+    assert main(["check-config", str(path)]) == 0
+    assert "sip.domain" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs_as_module() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "check-config", str(SHIPPED)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "OK" in done.stdout
+
+
+def test_run_with_a_broken_config_exits_2(tmp_path: Path) -> None:
+    bad = write(tmp_path, "[sip]\ndomain = 'a b'\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "sip.domain" in done.stderr

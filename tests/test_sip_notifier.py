@@ -1,0 +1,581 @@
+"""Tests for bridge.sip.notifier: every subscription rule, driven with a fake clock."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.sip.message import Request, Response, build_response, parse_message
+from bridge.sip.notifier import Notifier, NotifierSettings, Peer
+
+PHONE = Peer("udp", "192.0.2.10", 40000)  # the source address: differs from Via (NAT)
+TCP_PHONE = Peer("tcp", "192.0.2.11", 40001)
+CONTACTS = {"udp": ("198.51.100.1", 5060), "tcp": ("198.51.100.1", 5061)}
+
+
+class Doc:
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+    def body(self, version: int) -> bytes:
+        return f'<dialog-info version="{version}" state="{self.state}"/>'.encode()
+
+
+class Source:
+    """In-memory DocumentSource: resource -> a word standing for its state."""
+
+    def __init__(self) -> None:
+        self.states = {"202": "idle", "203": "idle"}
+
+    def knows(self, resource: str) -> bool:
+        return resource in self.states
+
+    def document(self, resource: str) -> Doc:
+        return Doc(self.states[resource])
+
+
+def subscribe(
+    *,
+    resource: str = "202",
+    call_id: str = "call-1",
+    from_tag: str = "ft1",
+    to_tag: str | None = None,
+    cseq: int = 1,
+    branch: str = "z9hG4bK-1",
+    expires: int | None = 600,
+    transport: str = "UDP",
+    method: str = "SUBSCRIBE",
+    drop: tuple[str, ...] = (),
+    **extra: str,
+) -> bytes:
+    """A SUBSCRIBE as a phone behind NAT sends it; keyword args add or replace headers."""
+    headers = {
+        "Via": f"SIP/2.0/{transport} 10.0.0.5:5060;branch={branch};rport",
+        "From": f"<sip:203@pbx.example>;tag={from_tag}",
+        "To": f"<sip:{resource}@pbx.example>" + (f";tag={to_tag}" if to_tag else ""),
+        "Call-ID": call_id,
+        "CSeq": f"{cseq} {method}",
+        "Contact": "<sip:203@10.0.0.5:5060>",
+        "Event": "dialog",
+        "Accept": "application/dialog-info+xml",
+        "Max-Forwards": "70",
+    }
+    if expires is not None:
+        headers["Expires"] = str(expires)
+    headers.update({k.replace("_", "-"): v for k, v in extra.items()})
+    lines = [f"{method} sip:{resource}@pbx.example SIP/2.0"]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k not in drop]
+    return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+class Bridge:
+    """A Notifier plus helpers to feed it and read what it sends.
+
+    What it sends comes back parsed, typed Any: each test asserts what it expects to get.
+    """
+
+    def __init__(self, **kwargs: float) -> None:
+        self.source = Source()
+        self.n = Notifier(self.source, NotifierSettings(contacts=CONTACTS, **kwargs))  # type: ignore[arg-type]
+
+    def send(self, data: bytes, now: float = 0.0, peer: Peer = PHONE) -> list[Any]:
+        self.n.receive(data, peer, now)
+        return self.drain(peer)
+
+    def drain(self, peer: Peer | None = PHONE) -> list[Any]:
+        out = self.n.outgoing()
+        if peer is not None:
+            assert all(p == peer for _, p in out), out
+        return [parse_message(data) for data, _ in out]
+
+    def tick(self, now: float) -> list[Any]:
+        self.n.handle_timer(now)
+        return self.drain()
+
+    def answer(self, notify: Request | Response, status: int = 200, now: float = 0.0,
+               peer: Peer = PHONE) -> list[Any]:  # fmt: skip
+        assert isinstance(notify, Request) and notify.method == "NOTIFY"
+        return self.send(build_response(notify, status).to_bytes(), now, peer)
+
+    def subscribed(self, now: float = 0.0, **kw: str | int) -> tuple[Response, Request]:
+        """SUBSCRIBE, check the 200 + NOTIFY pair, answer the NOTIFY."""
+        ok, notify = self.send(subscribe(**kw), now)
+        assert isinstance(ok, Response) and ok.status == 200
+        assert isinstance(notify, Request)
+        assert self.answer(notify, now=now) == []
+        return ok, notify
+
+
+def state_of(notify: Request | Response) -> str | None:
+    return notify.headers.get("Subscription-State")
+
+
+# ----------------------------------------------------------------- creating a subscription
+
+
+def test_subscribe_gets_200_then_a_full_notify() -> None:
+    b = Bridge()
+    ok, notify = b.send(subscribe())
+    assert isinstance(ok, Response) and ok.status == 200
+    to_tag = ok.to_addr().tag
+    assert to_tag
+    assert ok.headers.get("Expires") == "600"
+    assert ok.headers.get("Contact") == "<sip:198.51.100.1:5060>"
+    via = ok.vias()[0]
+    assert (via.received, via.param_rport if hasattr(via, "param_rport") else None) is not None
+    assert ("rport", "40000") in via.params and via.received == "192.0.2.10"
+
+    assert isinstance(notify, Request) and notify.method == "NOTIFY"
+    assert notify.uri == "sip:203@10.0.0.5:5060"  # the subscriber's Contact
+    nvia = notify.vias()[0]
+    assert nvia.transport == "UDP" and (nvia.host, nvia.port) == ("198.51.100.1", 5060)
+    assert nvia.branch is not None and nvia.branch.startswith("z9hG4bK") and nvia.rport
+    assert notify.headers.get("Max-Forwards") == "70"
+    assert notify.from_addr().tag == to_tag and notify.from_addr().uri.user == "202"
+    assert notify.to_addr().tag == "ft1" and notify.to_addr().uri.user == "203"
+    assert notify.call_id() == "call-1"
+    assert (notify.cseq().seq, notify.cseq().method) == (1, "NOTIFY")
+    assert notify.headers.get("Contact") == "<sip:198.51.100.1:5060>"
+    assert notify.headers.get("Event") == "dialog"
+    assert state_of(notify) == "active;expires=600"
+    assert notify.headers.get("Content-Type") == "application/dialog-info+xml"
+    assert notify.body == b'<dialog-info version="0" state="idle"/>'
+    assert b.n.stats().subscriptions == 1 and b.n.stats().watchers == {"202": 1}
+    (watcher,) = b.n.watchers("202")
+    assert watcher.peer == PHONE and watcher.expires_at == 600.0
+
+
+def test_expires_default_and_clamp() -> None:
+    b = Bridge()
+    ok, _ = b.send(subscribe(expires=None))
+    assert ok.headers.get("Expires") == "3600"
+    ok, notify = b.send(subscribe(expires=99999, call_id="c2", branch="z9hG4bK-2"))
+    assert ok.headers.get("Expires") == "3600" and state_of(notify) == "active;expires=3600"
+
+
+def test_tcp_subscription_uses_tcp_contact_and_via() -> None:
+    b = Bridge()
+    ok, notify = b.send(subscribe(transport="TCP"), peer=TCP_PHONE)
+    assert ok.headers.get("Contact") == "<sip:198.51.100.1:5061;transport=tcp>"
+    assert notify.vias()[0].transport == "TCP" and notify.vias()[0].port == 5061
+
+
+def test_event_id_is_echoed_and_record_route_becomes_route() -> None:
+    b = Bridge()
+    ok, notify = b.send(subscribe(Event="dialog;id=7", Record_Route="<sip:p1;lr>, <sip:p2;lr>"))
+    assert ok.list_values("Record-Route") == ["<sip:p1;lr>", "<sip:p2;lr>"]
+    assert notify.headers.get("Event") == "dialog;id=7"
+    assert notify.headers.get_all("Route") == ["<sip:p1;lr>", "<sip:p2;lr>"]
+
+
+def test_fetch_with_expires_zero_gets_one_final_notify_with_state() -> None:
+    b = Bridge()
+    ok, notify = b.send(subscribe(expires=0))
+    assert ok.status == 200 and ok.headers.get("Expires") == "0"
+    assert state_of(notify) == "terminated;reason=timeout"
+    assert notify.body == b'<dialog-info version="0" state="idle"/>'
+    assert b.n.stats().subscriptions == 0
+    assert b.answer(notify) == []
+
+
+# ----------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "header"),
+    [
+        (subscribe(expires=59), 423, ("Min-Expires", "60")),
+        (subscribe(Event="presence"), 489, ("Allow-Events", "dialog")),
+        (subscribe(drop=("Event",)), 489, ("Allow-Events", "dialog")),
+        (subscribe(resource="999"), 404, None),
+        (subscribe(Accept="application/pidf+xml"), 406, ("Accept", "application/dialog-info+xml")),
+        (subscribe(Accept=""), 406, None),
+        (subscribe(to_tag="not-ours"), 481, None),
+        (subscribe(method="INVITE"), 405, ("Allow", "OPTIONS, SUBSCRIBE")),
+        (subscribe(method="PUBLISH"), 405, ("Allow", "OPTIONS, SUBSCRIBE")),
+        (subscribe(method="CANCEL"), 481, None),
+        (subscribe(Require="100rel"), 420, ("Unsupported", "100rel")),
+    ],
+)
+def test_refusals(data: bytes, status: int, header: tuple[str, str] | None) -> None:
+    b = Bridge()
+    (response,) = b.send(data)
+    assert isinstance(response, Response) and response.status == status
+    assert response.to_addr().tag  # every final answer carries a To tag
+    if header is not None:
+        assert response.headers.get(header[0]) == header[1]
+    assert b.n.stats().subscriptions == 0
+
+
+def test_accept_wildcards_and_lists_are_fine() -> None:
+    b = Bridge()
+    assert b.send(subscribe(Accept="application/*"))[0].status == 200
+    data = subscribe(Accept="multipart/related, application/dialog-info+xml;q=1", call_id="x")
+    assert b.send(data)[0].status == 200
+
+
+def test_request_uri_without_user_is_404() -> None:
+    data = subscribe().replace(b"SUBSCRIBE sip:202@pbx.example", b"SUBSCRIBE sip:pbx.example")
+    (response,) = Bridge().send(data)
+    assert isinstance(response, Response) and response.status == 404
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (subscribe(drop=("Call-ID",)), "missing Call-ID"),
+        (subscribe(drop=("From",)), "missing From"),
+        (subscribe(drop=("To",)), "missing To"),
+        (subscribe(drop=("CSeq",)), "missing CSeq"),
+        (subscribe(drop=("Contact",)), "missing Contact"),
+        (subscribe(From="<sip:203@pbx.example>"), "missing From tag"),
+        (subscribe(Expires="soon"), "malformed Expires"),
+        (subscribe(CSeq="1 OPTIONS"), "CSeq method differs"),
+        (subscribe(CSeq="one SUBSCRIBE"), "malformed CSeq"),
+        (subscribe(Contact="<sip:broken"), "bad Contact"),
+        (subscribe(Event="dialog;"), "bad parameter name in Event"),
+        (subscribe(From="<sip:203@h;tag=x"), "bad From"),
+        (subscribe().replace(b"Max-Forwards: 70", b"Max-Forwards 70"), "malformed header line"),
+        (subscribe().replace(b"Content-Length: 0", b"Content-Length: 50"), "body shorter"),
+    ],
+)
+def test_malformed_requests_get_400_naming_the_problem(data: bytes, problem: str) -> None:
+    (response,) = Bridge().send(data)
+    assert isinstance(response, Response) and response.status == 400
+    assert problem in response.reason
+    assert response.call_id() if b"Call-ID" in data else True
+    assert response.vias()[0].branch == "z9hG4bK-1"
+
+
+def test_garbage_without_request_line_or_via_is_dropped_with_a_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    b = Bridge()
+    with caplog.at_level(logging.INFO, logger="bridge.sip"):
+        assert b.send(b"\x16\x03\x01 hello") == []
+        assert b.send(subscribe(drop=("Via",))) == []
+        assert b.send(b"\r\n\r\n") == []  # keep-alive: silently ignored
+    assert [r.name for r in caplog.records] == ["bridge.sip", "bridge.sip"]
+    assert "dropped" in caplog.records[0].getMessage()
+
+
+def test_options_and_ack() -> None:
+    b = Bridge()
+    (ok,) = b.send(subscribe(method="OPTIONS"))
+    assert isinstance(ok, Response) and ok.status == 200
+    assert ok.headers.get("Allow-Events") == "dialog" and ok.headers.get("Allow")
+    assert b.send(subscribe(method="ACK")) == []
+
+
+# ----------------------------------------------------------------- transactions
+
+
+def test_udp_retransmitted_subscribe_gets_the_same_answer_and_no_new_notify() -> None:
+    b = Bridge()
+    b.n.receive(subscribe(), PHONE, 0.0)
+    first_ok = b.n.outgoing()[0][0]
+    b.n.receive(subscribe(), PHONE, 0.4)
+    assert b.n.outgoing() == [(first_ok, PHONE)]
+    assert b.n.stats().subscriptions == 1 and b.n.stats().server_transactions == 1
+    b.n.handle_timer(32.0)
+    assert b.n.stats().server_transactions == 0  # the cache lives 64*T1
+    b.n.outgoing()  # (the NOTIFY timed out meanwhile)
+
+
+def test_notify_retransmission_schedule_and_timeout_on_udp(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.sip")
+    b = Bridge()
+    b.n.receive(subscribe(), PHONE, 0.0)
+    _, (notify_bytes, _) = b.n.outgoing()
+    times = []
+    now = 0.0
+    while (deadline := b.n.next_timer()) is not None and deadline < 600:
+        now = deadline
+        b.n.handle_timer(now)
+        for data, peer in b.n.outgoing():
+            assert (data, peer) == (notify_bytes, PHONE)  # same bytes, same destination
+            times.append(now)
+        if b.n.stats().subscriptions == 0:
+            break
+    assert times == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+    assert now == 32.0  # 64*T1: the subscription is gone, without a final NOTIFY
+    assert b.n.stats().notifies_in_flight == 0 and b.n.watchers("202") == []
+    assert "timed out" in caplog.text
+
+
+def test_provisional_answer_slows_retransmissions_to_t2() -> None:
+    b = Bridge()
+    _, notify = b.send(subscribe())
+    trying = build_response(notify, 100)
+    assert b.send(trying.to_bytes(), 0.2) == []
+    assert b.tick(0.5) != []  # Timer E was already set: fires once more...
+    assert b.tick(4.4) == []
+    assert len(b.tick(4.5)) == 1  # ...then every T2
+    assert len(b.tick(8.5)) == 1
+    assert b.answer(notify, now=9.0) == []
+    assert b.n.next_timer() == 32.0  # the cached 200 to the SUBSCRIBE
+    b.n.handle_timer(32.0)
+    assert b.n.next_timer() == 600.0  # only the expiry is left
+    assert b.n.stats().subscriptions == 1
+
+
+def test_tcp_never_retransmits_but_times_out_after_32s() -> None:
+    b = Bridge()
+    b.send(subscribe(transport="TCP"), peer=TCP_PHONE)
+    assert b.n.next_timer() == 32.0
+    b.n.handle_timer(31.9)
+    assert b.n.outgoing() == []
+    b.n.handle_timer(32.0)
+    assert b.n.outgoing() == [] and b.n.stats().subscriptions == 0
+
+
+@pytest.mark.parametrize("status", [481, 408, 500, 603])
+def test_notify_failure_removes_the_subscription_without_a_final_notify(status: int) -> None:
+    b = Bridge()
+    _, notify = b.send(subscribe())
+    assert b.answer(notify, status) == []
+    assert b.n.stats().subscriptions == 0 and b.n.next_timer() == 32.0  # only the cached 200
+    b.n.resource_changed("202", 1.0)
+    assert b.drain() == []
+
+
+def test_stray_and_unparseable_responses_are_ignored() -> None:
+    b = Bridge()
+    _, notify = b.subscribed()
+    assert b.answer(notify) == []  # a retransmitted 200: its transaction is gone
+    assert b.send(b"SIP/2.0 200 OK\r\nCSeq: 1 NOTIFY\r\n\r\n") == []
+    assert b.n.stats().subscriptions == 1
+
+
+# ----------------------------------------------------------------- changes, coalescing
+
+
+def test_changes_bump_cseq_and_version_by_one() -> None:
+    b = Bridge()
+    b.subscribed()
+    for i, word in enumerate(["early", "confirmed", "terminated"], start=1):
+        b.source.states["202"] = word
+        b.n.resource_changed("202", float(i))
+        (notify,) = b.drain()
+        assert notify.cseq().seq == i + 1
+        assert notify.body == f'<dialog-info version="{i}" state="{word}"/>'.encode()
+        assert state_of(notify) == f"active;expires={600 - i}"
+        b.answer(notify, now=float(i))
+
+
+def test_burst_of_changes_while_in_flight_gives_exactly_one_more_notify() -> None:
+    b = Bridge()
+    _, first = b.send(subscribe())
+    for i in range(10):
+        b.source.states["202"] = f"s{i}"
+        b.n.resource_changed("202", 0.1)
+    assert b.drain() == []  # one NOTIFY in flight at most
+    (second,) = b.answer(first, now=0.2)
+    assert isinstance(second, Request) and second.cseq().seq == 2
+    assert second.body == b'<dialog-info version="1" state="s9"/>'  # the newest state
+    assert b.answer(second, now=0.3) == []
+    assert b.n.next_timer() == 32.0  # nothing else queued (the cached 200 expires at 32)
+
+
+def test_other_resources_and_unwatched_ones_are_left_alone() -> None:
+    b = Bridge()
+    b.subscribed()
+    b.n.resource_changed("203", 1.0)
+    b.n.resource_changed("nobody", 1.0)
+    assert b.drain() == []
+
+
+def test_resource_that_disappears_ends_with_noresource() -> None:
+    b = Bridge()
+    b.subscribed()
+    del b.source.states["202"]
+    b.n.resource_changed("202", 1.0)
+    (final,) = b.drain()
+    assert state_of(final) == "terminated;reason=noresource" and final.body == b""
+    assert "Content-Type" not in final.headers
+    assert b.n.stats().subscriptions == 0
+
+
+# ----------------------------------------------------------------- refresh, unsubscribe, expiry
+
+
+def test_refresh_in_dialog_answers_200_and_notifies_current_state() -> None:
+    b = Bridge()
+    ok, _ = b.subscribed()
+    tag = ok.to_addr().tag
+    assert tag is not None
+    b.source.states["202"] = "early"
+    ok2, notify = b.send(subscribe(to_tag=tag, cseq=2, branch="z9hG4bK-2", expires=300), 500.0)
+    assert isinstance(ok2, Response) and ok2.status == 200 and ok2.to_addr().tag == tag
+    assert ok2.headers.get("Expires") == "300"
+    assert notify.cseq().seq == 2 and state_of(notify) == "active;expires=300"
+    assert notify.body == b'<dialog-info version="1" state="early"/>'
+    b.answer(notify, now=500.0)
+    b.n.handle_timer(600.0)  # the first expiry no longer applies
+    assert b.drain() == [] and b.n.stats().subscriptions == 1
+    assert b.n.next_timer() == 800.0
+
+
+def test_refresh_follows_the_phone_to_a_new_address_and_contact() -> None:
+    b = Bridge()
+    ok, _ = b.subscribed()
+    moved = Peer("udp", "192.0.2.99", 41000)
+    tag = ok.to_addr().tag or ""
+    data = subscribe(to_tag=tag, cseq=2, branch="z9hG4bK-2", Contact="<sip:203@10.9.9.9:5070>")
+    _, notify = b.send(data, 10.0, peer=moved)
+    assert notify.uri == "sip:203@10.9.9.9:5070"
+    b.answer(notify, now=10.0, peer=moved)
+    b.n.resource_changed("202", 11.0)
+    assert [p for _, p in b.n.outgoing()] == [moved]
+
+
+def test_refresh_during_a_notify_in_flight_is_coalesced() -> None:
+    b = Bridge()
+    ok, first = b.send(subscribe())
+    data = subscribe(to_tag=ok.to_addr().tag, cseq=2, branch="z9hG4bK-2")
+    (ok2,) = b.send(data, 0.1)
+    assert ok2.status == 200
+    (second,) = b.answer(first, now=0.2)
+    assert second.cseq().seq == 2
+
+
+def test_refresh_rules_481_500_423() -> None:
+    b = Bridge()
+    ok, _ = b.subscribed()
+    tag = ok.to_addr().tag
+    assert tag is not None
+    other_id = subscribe(to_tag=tag, cseq=2, branch="z9hG4bK-a", Event="dialog;id=9")
+    assert b.send(other_id)[0].status == 481
+    old_cseq = subscribe(to_tag=tag, cseq=1, branch="z9hG4bK-b")
+    assert b.send(old_cseq)[0].status == 500
+    too_short = subscribe(to_tag=tag, cseq=3, branch="z9hG4bK-c", expires=10)
+    (refused,) = b.send(too_short)
+    assert refused.status == 423 and refused.headers.get("Min-Expires") == "60"
+    wrong_call = subscribe(to_tag=tag, cseq=4, branch="z9hG4bK-d", call_id="other")
+    assert b.send(wrong_call)[0].status == 481
+    assert b.n.stats().subscriptions == 1
+
+
+def test_unsubscribe_answers_then_sends_a_final_notify_and_forgets() -> None:
+    b = Bridge()
+    ok, _ = b.subscribed()
+    tag = ok.to_addr().tag
+    ok2, final = b.send(subscribe(to_tag=tag, cseq=2, branch="z9hG4bK-2", expires=0), 5.0)
+    assert ok2.status == 200 and ok2.headers.get("Expires") == "0"
+    assert state_of(final) == "terminated;reason=timeout"
+    assert final.cseq().seq == 2 and final.body == b'<dialog-info version="1" state="idle"/>'
+    assert b.n.stats().subscriptions == 0
+    assert b.answer(final, now=5.0) == []
+    again = subscribe(to_tag=tag, cseq=3, branch="z9hG4bK-3")
+    assert b.send(again, 6.0)[0].status == 481
+
+
+def test_unsubscribe_while_a_notify_is_in_flight_waits_for_it() -> None:
+    b = Bridge()
+    ok, first = b.send(subscribe())
+    (ok2,) = b.send(subscribe(to_tag=ok.to_addr().tag, cseq=2, branch="z9hG4bK-2", expires=0))
+    assert ok2.status == 200
+    b.n.resource_changed("202", 0.1)  # no longer watched: ignored
+    (final,) = b.answer(first, now=0.2)
+    assert state_of(final) == "terminated;reason=timeout" and final.cseq().seq == 2
+    assert b.answer(final, now=0.3) == []
+    assert b.n.next_timer() == 32.0
+
+
+def test_expiry_sends_a_final_notify_and_removes() -> None:
+    b = Bridge()
+    b.subscribed()
+    assert b.n.next_timer() == 32.0  # the cached 200 goes first
+    b.tick(32.0)
+    assert b.n.next_timer() == 600.0
+    assert b.tick(599.9) == []
+    (final,) = b.tick(600.0)
+    assert state_of(final) == "terminated;reason=timeout"
+    assert b.n.stats().subscriptions == 0
+    assert b.answer(final, now=600.1) == []
+    assert b.n.next_timer() is None
+
+
+# ----------------------------------------------------------------- scale and heap hygiene
+
+
+def test_many_subscriptions_and_refreshes_keep_the_heap_small() -> None:
+    b = Bridge()
+    tags = []
+    for i in range(2000):
+        b.n.receive(subscribe(call_id=f"c{i}", branch=f"z9hG4bK-{i}"), PHONE, 0.0)
+        out = b.n.outgoing()
+        ok, notify = (parse_message(d) for d, _ in out)
+        tags.append(ok.to_addr().tag)
+        b.n.receive(build_response(notify, 200).to_bytes(), PHONE, 0.0)
+    b.n.handle_timer(40.0)  # the 2000 cached answers expire
+    for round_ in range(1, 6):  # every refresh leaves one stale expiry entry behind
+        for i, tag in enumerate(tags):
+            data = subscribe(
+                call_id=f"c{i}", to_tag=tag, cseq=round_ + 1, branch=f"z9hG4bK-{round_}-{i}"
+            )
+            b.n.receive(data, PHONE, 40.0 + round_)
+        for data, _ in b.n.outgoing():
+            msg = parse_message(data)
+            if isinstance(msg, Request):
+                b.n.receive(build_response(msg, 200).to_bytes(), PHONE, 40.0 + round_)
+    stats = b.n.stats()
+    assert stats.subscriptions == 2000 and stats.notifies_in_flight == 0
+    assert stats.timer_entries <= 2 * 2000 + 64
+    b.n.handle_timer(10_000.0)
+    assert b.n.stats().subscriptions == 0 and len(b.n.outgoing()) == 2000
+
+
+# ----------------------------------------------------------------- robustness
+
+_MUTATIONS = [b"\r\n", b":", b";", b"<", b">", b'"', b" ", b"tag=", b"\x00", b"\xff", b"0",
+              b"SIP/2.0", b"z9hG4bK", b"Expires: 0\r\n", b"To: <sip:a@b>;tag=x\r\n"]  # fmt: skip
+
+
+@settings(
+    max_examples=800, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.sampled_from(["new", "refresh", "notify-answer", "random"]),
+    st.lists(
+        st.tuples(st.integers(0, 420), st.integers(0, 6), st.sampled_from(_MUTATIONS)),
+        max_size=5,
+    ),
+    st.binary(max_size=300),
+    st.sampled_from([PHONE, TCP_PHONE]),
+)
+def test_garbage_never_crashes_receive(
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+    edits: list[tuple[int, int, bytes]],
+    noise: bytes,
+    peer: Peer,
+) -> None:
+    """Mutated requests (new and in-dialog), mutated NOTIFY answers and random bytes."""
+    b = Bridge()
+    b.n.receive(subscribe(transport=peer.transport.upper()), peer, 0.0)
+    ok, notify = (parse_message(d) for d, _ in b.n.outgoing())
+    tag = ok.to_addr().tag
+    data = {
+        "new": subscribe(call_id="c2", branch="z9hG4bK-9", Record_Route="<sip:p;lr>"),
+        "refresh": subscribe(to_tag=tag, cseq=2, branch="z9hG4bK-2"),
+        "notify-answer": build_response(notify, 200).to_bytes(),
+        "random": noise,
+    }[kind]
+    for pos, cut, token in edits:
+        data = data[:pos] + token + data[pos + cut :]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="bridge.sip"):
+        b.n.receive(data, peer, 1.0)
+        b.n.resource_changed("202", 2.0)
+        for out, _ in b.n.outgoing():
+            parse_message(out)  # whatever we send must be well-formed
+        b.n.handle_timer(10_000.0)
+        b.n.outgoing()
+    assert caplog.records == []  # no "internal error" was swallowed
