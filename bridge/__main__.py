@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from bridge import __version__
+from bridge.app import run_until_signalled
 from bridge.config import Config, ConfigError, load
 
 DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
@@ -102,8 +103,6 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
     log = logging.getLogger("bridge")
     for warning in config_warnings(config):
         log.warning("config: %s", warning)
-    from bridge.app import run_until_signalled  # the app pulls in asyncio/lxml/panoramisk
-
     try:
         asyncio.run(run_until_signalled(config, force_demo=demo))
     except OSError as exc:

@@ -7,17 +7,17 @@ bodies, LED messages, the web panel). They are immutable so one instance can be 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Direction(str, Enum):
+class Direction(StrEnum):
     """RFC 4235 ``direction``: who sent the INVITE, seen from the watched entity."""
 
     INITIATOR = "initiator"  # the entity's own outgoing call
     RECIPIENT = "recipient"  # a call to the entity
 
 
-class DialogState(str, Enum):
+class DialogState(StrEnum):
     """RFC 4235 dialog states the bridge reports."""
 
     TRYING = "trying"
@@ -61,3 +61,28 @@ class EntityState:
     exten: str
     dialogs: tuple[Dialog, ...] = ()
     known: bool = True  # False while Asterisk is unreachable: the state is not trustworthy
+
+    def summary(self) -> str:
+        """One line for the log, what the key shows: ``ringing, caller Phone 201 <201>, …``."""
+        if not self.known:
+            return "unknown (Asterisk unreachable)"
+        if not self.dialogs:
+            return "idle"
+        return "; ".join(_describe(d) for d in self.dialogs)
+
+
+def _describe(dialog: Dialog) -> str:
+    party = _party(dialog)
+    if dialog.state is DialogState.EARLY and dialog.direction is Direction.RECIPIENT:
+        ids = "pickup ids ready" if dialog.pickup is not None else "no pickup ids"
+        return f"ringing, caller {party}, {ids}"
+    if dialog.state in (DialogState.TRYING, DialogState.PROCEEDING, DialogState.EARLY):
+        return f"calling {party}"
+    hold = " (on hold)" if dialog.local_held or dialog.remote_held else ""
+    return f"in a call with {party}{hold}"
+
+
+def _party(dialog: Dialog) -> str:
+    if dialog.remote_name and dialog.remote_num:
+        return f"{dialog.remote_name} <{dialog.remote_num}>"
+    return dialog.remote_name or dialog.remote_num or "an unknown party"

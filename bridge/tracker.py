@@ -139,6 +139,12 @@ class CallTracker:
             return self._settings.watch
         return frozenset(self._hints)
 
+    def watchable(self, exten: str) -> bool:
+        """Whether a phone may watch this extension (O(1); ``extensions()`` builds a set)."""
+        if self._settings.watch is not None:
+            return exten in self._settings.watch
+        return exten in self._hints
+
     def channels_needing_ids(self) -> frozenset[str]:
         """Uniqueids of ringing incoming PJSIP legs of watched extensions still without LegIds."""
         return frozenset(self._needing_ids)

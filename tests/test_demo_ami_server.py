@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import filecmp
 import itertools
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from bridge.demo.ami_server import (
     RecordedAmiServer,
     bundled_recordings,
     event_matches,
+    offered_calls,
     parse_event_mask,
 )
 
@@ -248,6 +250,35 @@ def test_bundled_recordings_are_the_fixtures() -> None:
     assert names == sorted(p.parent.name for p in FIXTURES.glob("*/ami-wire.jsonl"))
     for name in names:
         for file in (bundled / name).iterdir():
-            assert file.name in ("ami-wire.jsonl", "replaces.csv")
+            assert file.name in ("ami-wire.jsonl", "replaces.csv") or (
+                file.name.startswith("sip-") and file.suffix == ".log"
+            )
             assert filecmp.cmp(file, FIXTURES / name / file.name, shallow=False)
     assert set(RecordedAmiServer().scenarios) == set(names)
+
+
+def test_ids_read_from_the_phone_trace_match_the_recorded_getvar() -> None:
+    # pickup-replaces has both: Getvar answers recorded on AMI (replaces.csv) and 202's trace.
+    trace = (FIXTURES / "pickup-replaces" / "sip-202.log").read_text()
+    assert offered_calls(trace) == [tuple(CSV)]
+
+
+async def test_getvar_of_a_ringing_leg_without_recorded_getvar_comes_from_the_trace(
+    server: RecordedAmiServer,
+) -> None:
+    # ring-cancel recorded no Getvar; 202's trace shows the INVITE Asterisk sent and 202's 180.
+    trace = (FIXTURES / "ring-cancel" / "sip-202.log").read_text()
+    call_id = re.search(r"^Call-ID: (\S+)", trace, re.M)
+    asterisk_tag = re.search(r"^From: .*;tag=(\S+)", trace, re.M)
+    phone_tag = re.search(r"^To: .*;tag=(\S+)", trace, re.M)
+    assert call_id and asterisk_tag and phone_tag
+    client = await RawClient.connect(server)
+    await client.login("off")
+    await server.play("ring-cancel", until=event_matches(Event="Newstate", ChannelState="5"))
+    got = []
+    for variable in ("call-id", "local_tag", "remote_tag"):
+        (answer,) = await client.action(
+            "Getvar", Channel="PJSIP/202-00000004", Variable=f"CHANNEL(pjsip,{variable})"
+        )
+        got.append(answer["Value"])
+    assert got == [call_id[1], asterisk_tag[1], phone_tag[1]]

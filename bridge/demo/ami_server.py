@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,13 @@ _LISTS = {
 _LIST_NAMES = {name.lower(): name for name in _LISTS}
 _ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(pjsip,remote_tag)")
 _MAX_PENDING = 1 << 20
+# SIPp -trace_msg: a dashed line with a time stamp, "UDP message received [n] bytes :", a blank
+# line, then the message up to the next dashed line.
+_TRACE_BLOCK = re.compile(
+    r"^-{20,}[^\n]*\n(?:UDP|TCP) message (received|sent)[^\n]*\n\n(.*?)(?=^-{20,}|\Z)", re.M | re.S
+)
+_TRACE_HEADER = re.compile(r"^([A-Za-z-]+):[ \t]*(.*)$", re.M)
+_TAG = re.compile(r";\s*tag=([^;>\s]+)")
 
 Headers = dict[str, str]
 Getvars = dict[tuple[str, str], str]  # (channel name, variable) → value
@@ -140,6 +148,7 @@ def load_scenario(directory: Path) -> Scenario:
             key = (action.get("Channel", ""), action.get("Variable", ""))
             getvars[key] = frames[0].get("Value", "")
     _add_replaces(directory / "replaces.csv", getvars, events)
+    _add_sip_traces(directory, getvars, events)
     return Scenario(directory.name, events, answers, getvars, booted)
 
 
@@ -161,6 +170,53 @@ def _add_replaces(path: Path, getvars: Getvars, events: list[RecordedEvent]) -> 
         if channel and len(values) == len(_ID_VARIABLES):
             for variable, value in zip(_ID_VARIABLES, values, strict=True):
                 getvars.setdefault((channel, variable), value)
+
+
+def _add_sip_traces(directory: Path, getvars: Getvars, events: list[RecordedEvent]) -> None:
+    """Ids of ringing legs nobody asked Getvar for, from the phones' own SIP traces.
+
+    ``sip-<ext>….log`` shows every call Asterisk offered that phone: the INVITE it received
+    (Call-ID, Asterisk's From tag) and the 18x it answered (its own To tag). They are exactly what
+    ``CHANNEL(pjsip,call-id|local_tag|remote_tag)`` of Asterisk's leg to the phone return, so the
+    n-th offered call of a trace is the n-th leg to that phone that went Ringing.
+    """
+    offered: dict[str, list[tuple[str, str, str]]] = {}
+    for path in sorted(directory.glob("sip-*.log")):
+        exten = path.stem.split("-")[1]
+        offered.setdefault(exten, []).extend(offered_calls(path.read_text(encoding="utf-8")))
+    legs: dict[str, list[str]] = {}
+    for event in events:
+        channel = event.headers.get("Channel", "")
+        if event.headers.get("ChannelState") == "5" and channel.startswith("PJSIP/"):
+            exten = channel[len("PJSIP/") :].rpartition("-")[0]
+            if channel not in legs.setdefault(exten, []):
+                legs[exten].append(channel)
+    for exten, channels in legs.items():
+        for channel, ids in zip(channels, offered.get(exten, []), strict=False):
+            for variable, value in zip(_ID_VARIABLES, ids, strict=True):
+                getvars.setdefault((channel, variable), value)
+
+
+def offered_calls(trace: str) -> list[tuple[str, str, str]]:
+    """(Call-ID, Asterisk's tag, the phone's tag) of each call offered to the traced phone."""
+    asterisk_tags: dict[str, str] = {}
+    phone_tags: dict[str, str] = {}
+    for direction, message in _TRACE_BLOCK.findall(trace):
+        start, _, rest = message.replace("\r\n", "\n").partition("\n")
+        head = rest.partition("\n\n")[0]
+        headers = {name.lower(): value for name, value in _TRACE_HEADER.findall(head)}
+        call_id = headers.get("call-id", "").strip()
+        to_tag, from_tag = _tag(headers.get("to", "")), _tag(headers.get("from", ""))
+        if direction == "received" and start.startswith("INVITE ") and not to_tag and from_tag:
+            asterisk_tags.setdefault(call_id, from_tag)
+        elif direction == "sent" and start.startswith("SIP/2.0 18") and to_tag:
+            phone_tags.setdefault(call_id, to_tag)
+    return [(cid, tag, phone_tags[cid]) for cid, tag in asterisk_tags.items() if cid in phone_tags]
+
+
+def _tag(value: str) -> str:
+    match = _TAG.search(value)
+    return match[1] if match else ""
 
 
 def load_recordings(directory: Path) -> dict[str, Scenario]:

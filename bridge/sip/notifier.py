@@ -122,6 +122,12 @@ class Notifier:
         """The host/port used in Contact and Via for a transport."""
         return self._contacts[transport]
 
+    def contact_for(self, peer: Peer) -> tuple[str, int]:
+        """The host/port written into Contact and Via of what goes to this peer."""
+        if self.settings.contact_from_local and peer.local is not None:
+            return peer.local
+        return self._contacts[peer.transport]
+
     def receive(self, message: Request | Response | bytes, peer: Peer, now: float) -> None:
         """Handle a datagram (bytes) or an already framed message from peer."""
         try:
@@ -264,7 +270,7 @@ class Notifier:
 
     def _accept(self, x: _Exchange, sub: Subscription, expires: int) -> None:
         """Send the 200 for a SUBSCRIBE (the NOTIFY must follow it, never precede it)."""
-        host, port = self._contacts[x.peer.transport]
+        host, port = self.contact_for(x.peer)
         headers = [
             ("Expires", str(expires)),
             ("Contact", contact_uri(x.peer.transport, host, port)),
@@ -333,7 +339,7 @@ class Notifier:
             self._send_notify(sub, x.now)
 
     def _build_template(self, sub: Subscription) -> None:
-        host, port = self._contacts[sub.peer.transport]
+        host, port = self.contact_for(sub.peer)
         sub.build_template(host, port, self.settings.user_agent, self.settings.content_type)
 
     # ----------------------------------------------------------------- NOTIFY

@@ -26,6 +26,10 @@ class Peer:
     transport: Transport
     host: str
     port: int
+    # Our own address of this flow (the socket or connection the message came in on), so the
+    # answer leaves from where the phone sent to and our Contact names an address it can reach.
+    # Routing detail, not identity: a peer is its remote address.
+    local: tuple[str, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,9 @@ class NotifierSettings:
     t1: float = 0.5  # RFC 3261 timers; tests shrink them to keep retransmission tests short
     t2: float = 4.0
     content_type: str = "application/dialog-info+xml"
+    # True: Contact/Via name the local address the request arrived on (Peer.local) when known;
+    # False: always the configured contacts (an installer set sip.contact_host).
+    contact_from_local: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.min_expires <= self.default_expires <= self.max_expires:

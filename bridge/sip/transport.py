@@ -7,7 +7,10 @@ single timer for the core's next deadline.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,6 +22,26 @@ __all__ = ["SipService", "start_sip"]
 
 logger = logging.getLogger("bridge.sip")
 _UDP_MAX = 65507  # largest UDP payload over IPv4
+_ROUTE_CACHE = 4096  # remembered "which of our addresses reaches this phone" answers
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def local_address_towards(host: str) -> str | None:
+    """The address the kernel would send from to reach host (connecting a UDP socket only
+    looks the route up; nothing is sent), or None when there is no route."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None
 
 
 class SipService:
@@ -35,6 +58,7 @@ class SipService:
         self._dialing: dict[Peer, list[bytes]] = {}  # queued while a connection is being opened
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._routes: OrderedDict[str, str] = OrderedDict()  # phone host → our address to it
         self.on_disconnect: Callable[[Peer], None] | None = None  # e.g. for metrics and tests
 
     def resource_changed(self, resource: str) -> None:
@@ -66,10 +90,33 @@ class SipService:
         for server in self.tcp:
             await server.wait_closed()
 
+    def udp_local(self, bound: tuple[str, int], remote_host: str) -> tuple[str, int]:
+        """Our address for a datagram that came in on a socket bound to ``bound``: a wildcard
+        bind (0.0.0.0) is resolved to the address that routes to the phone."""
+        host, port = bound
+        if not _is_wildcard(host):
+            return bound
+        local = self._routes.get(remote_host)
+        if local is None:
+            local = local_address_towards(remote_host) or host
+            self._routes[remote_host] = local
+            if len(self._routes) > _ROUTE_CACHE:
+                self._routes.popitem(last=False)
+        return local, port
+
+    def _udp_socket_for(self, peer: Peer) -> asyncio.DatagramTransport:
+        # Answer from the socket the phone sent to: a NAT only lets the reply through from there.
+        if peer.local is not None and len(self.udp) > 1:
+            for transport in self.udp:
+                host, port = transport.get_extra_info("sockname")[:2]
+                if port == peer.local[1] and (_is_wildcard(host) or host == peer.local[0]):
+                    return transport
+        return self.udp[0]
+
     def _flush(self) -> None:
         for data, peer in self.notifier.outgoing():
             if peer.transport == "udp":
-                self.udp[0].sendto(data, (peer.host, peer.port))
+                self._udp_socket_for(peer).sendto(data, (peer.host, peer.port))
             elif (stream := self._streams.get(peer)) is not None:
                 stream.transport.write(data)
             elif peer in self._dialing:
@@ -104,9 +151,15 @@ class SipService:
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, service: SipService) -> None:
         self.service = service
+        self.bound: tuple[str, int] = ("0.0.0.0", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        host, port = transport.get_extra_info("sockname")[:2]
+        self.bound = (str(host), int(port))
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        peer = Peer("udp", str(addr[0]), addr[1])
+        host = str(addr[0])
+        peer = Peer("udp", host, addr[1], self.service.udp_local(self.bound, host))
         if len(data) > self.service.max_datagram:
             logger.info("dropped a %d-byte datagram from %s: too large", len(data), peer)
             return
@@ -128,7 +181,8 @@ class _Stream(asyncio.Protocol):
         self.transport = transport
         if self.peer is None:
             host, port = transport.get_extra_info("peername")[:2]
-            self.peer = Peer("tcp", host, port)
+            local_host, local_port = transport.get_extra_info("sockname")[:2]
+            self.peer = Peer("tcp", host, port, (str(local_host), int(local_port)))
         self.service._streams[self.peer] = self
         for data in self.service._dialing.pop(self.peer, []):
             transport.write(data)

@@ -1,0 +1,389 @@
+"""The whole bridge over real sockets: a replayed Asterisk 22 on AMI, SIPp as the watching phone.
+
+Each recording in tests/fixtures/asterisk-22.10.1 is played into a running ``Bridge``; a SIPp
+watcher subscribed to 202 collects the NOTIFYs. Every body is validated against the RFC 4235
+schema, and the sequence of key states is compared with what the recording's README says the
+phones did (written out by hand here, not derived from the bridge's own code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from sipp import SippResult, SippWatcher, TracedMessage, parse_trace
+
+from bridge.app import Bridge
+from bridge.config import load
+from bridge.demo.ami_server import RecordedAmiServer, event_matches
+
+FIXTURES = Path(__file__).parent / "fixtures"
+RECORDINGS = FIXTURES / "asterisk-22.10.1"
+SCHEMA = etree.XMLSchema(etree.parse(str(FIXTURES / "schemas" / "dialog-info.xsd")))
+NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
+DOMAIN = "pbx.example.test"
+SPEED = 4.0  # recorded gaps of 2-3 s become 0.5-0.75 s: every state still gets its own NOTIFY
+IDLE_MS = 2500  # SIPp ends after this long without a NOTIFY
+
+
+def config_for(server: RecordedAmiServer, *extra: str) -> list[str]:
+    return [
+        f"ami.port={server.port}",
+        "ami.username=bridge",
+        "ami.secret=bridgesecret",
+        "ami.reconnect_min=0.05",
+        "ami.reconnect_max=0.2",
+        'sip.udp=["127.0.0.1:0"]',
+        'sip.tcp=["127.0.0.1:0"]',
+        f"sip.domain={DOMAIN}",
+        *extra,
+    ]
+
+
+async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    # Polled: the conditions span the tracker, the notifier and the AMI source, which share no
+    # change signal a test could wait on.
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running_bridge(server: RecordedAmiServer, *extra: str) -> AsyncIterator[Bridge]:
+    bridge = Bridge(load(None, config_for(server, *extra)))
+    await bridge.start()
+    try:
+        assert bridge.source is not None
+        await asyncio.wait_for(bridge.source.synced.wait(), 5)
+        yield bridge
+    finally:
+        await bridge.stop()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RecordedAmiServer]:
+    async with RecordedAmiServer(RECORDINGS, speed=SPEED) as srv:
+        yield srv
+
+
+def dialogs(notify: TracedMessage) -> list[etree._Element]:
+    """The <dialog> elements of a NOTIFY body, after checking it against the XSD."""
+    doc = etree.fromstring(notify.body)
+    SCHEMA.assertValid(doc)
+    return list(doc.findall("d:dialog", NS))
+
+
+def key_state(notify: TracedMessage) -> str:
+    """What a Snom key shows, in a compact notation: ``idle`` or ``state/direction[/held]`` per
+    dialog, joined by ``+``."""
+    parts = []
+    for d in dialogs(notify):
+        held = d.find("d:*/d:target/d:param[@pname='+sip.rendering'][@pval='no']", NS) is not None
+        parts.append(
+            f"{d.findtext('d:state', namespaces=NS)}/{d.get('direction')}" + "/held" * held
+        )
+    return "+".join(parts) or "idle"
+
+
+def collapsed(states: list[str]) -> list[str]:
+    return [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+
+
+def check_notify_sequence(result: SippResult, resource: str = "202") -> list[TracedMessage]:
+    """Headers, CSeq and version of every NOTIFY of one subscription; returns them."""
+    assert result.ok, result.output
+    notifies = result.notifies
+    assert notifies, "no NOTIFY arrived"
+    cseqs = [n.cseq for n in notifies]
+    assert cseqs == list(range(cseqs[0], cseqs[0] + len(cseqs))), cseqs
+    versions = [int(etree.fromstring(n.body).get("version")) for n in notifies]
+    assert versions == list(range(len(notifies))), versions
+    for n in notifies:
+        assert n.header("Event") == "dialog"
+        assert n.header("Content-Type") == "application/dialog-info+xml"
+        assert (n.header("Subscription-State") or "").startswith("active;expires=")
+        entity = etree.fromstring(n.body).get("entity")
+        assert entity == f"sip:{resource}@{DOMAIN}"
+    return notifies
+
+
+async def watch_scenario(
+    server: RecordedAmiServer, bridge: Bridge, scenario: str, transport: str = "udp"
+) -> SippResult:
+    async with SippWatcher(
+        "202",
+        bridge.bound(transport),
+        transport,
+        idle_ms=IDLE_MS,  # type: ignore[arg-type]
+    ) as watcher:
+        await eventually(lambda: bridge.notifier.stats().subscriptions == 1)
+        await server.play(scenario)
+        return await watcher.finish()
+
+
+# What 202's key goes through in each recording (see the fixtures' README).
+EXPECTED = {
+    "ring-cancel": ["idle", "early/recipient", "idle"],
+    "ring-answer-hangup": ["idle", "early/recipient", "confirmed/recipient", "idle"],
+    "pickup-replaces": ["idle", "early/recipient", "idle"],
+    # 202's own call: steady (confirmed) from the start, never blinking.
+    "outbound-from-202": ["idle", "confirmed/initiator", "idle"],
+    # 201 holds: 202's remote side renders no media.
+    "answer-hold-resume": [
+        "idle",
+        "early/recipient",
+        "confirmed/recipient",
+        "confirmed/recipient/held",
+        "confirmed/recipient",
+        "idle",
+    ],
+    # 202 talks to 205 (its own call) when 201 rings it: two dialogs while the second rings.
+    "ring-while-busy": [
+        "idle",
+        "confirmed/initiator",
+        "confirmed/initiator+early/recipient",
+        "confirmed/initiator",
+        "idle",
+    ],
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(EXPECTED))
+async def test_each_recording_gives_the_right_key_states(
+    server: RecordedAmiServer, scenario: str
+) -> None:
+    async with running_bridge(server) as bridge:
+        result = await watch_scenario(server, bridge, scenario)
+    notifies = check_notify_sequence(result)
+    assert collapsed([key_state(n) for n in notifies]) == EXPECTED[scenario]
+
+
+def replaces_csv(scenario: str) -> list[str]:
+    return (RECORDINGS / scenario / "replaces.csv").read_text().splitlines()[1].split(";")
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_pickup_ids_are_those_of_the_ringing_leg(
+    server: RecordedAmiServer, transport: str
+) -> None:
+    async with running_bridge(server) as bridge:
+        result = await watch_scenario(server, bridge, "pickup-replaces", transport)
+    ringing = [
+        d
+        for n in check_notify_sequence(result)
+        for d in dialogs(n)
+        if d.findtext("d:state", namespaces=NS) == "early"
+    ]
+    assert ringing
+    call_id, asterisk_tag, phone_tag = replaces_csv("pickup-replaces")
+    for d in ringing:
+        # replaces.csv: call-id;local_tag;remote_tag as Asterisk reads them on its leg to 202.
+        assert (d.get("call-id"), d.get("remote-tag"), d.get("local-tag")) == (
+            call_id,
+            asterisk_tag,
+            phone_tag,
+        )
+        # The caller is shown; the pickup INVITE goes to the ringing extension on the PBX.
+        identity = d.find("d:remote/d:identity", NS)
+        assert identity is not None
+        assert (identity.text, identity.get("display")) == (f"sip:201@{DOMAIN}", "Phone 201")
+        target = d.find("d:remote/d:target", NS)
+        assert target is not None and target.get("uri") == f"sip:202@{DOMAIN}"
+        assert d.findtext("d:local/d:identity", namespaces=NS) == f"sip:202@{DOMAIN}"
+    # The Replaces a Snom builds from it (call-id;to-tag=remote-tag;from-tag=local-tag) is the
+    # one that really took the call over on Asterisk 22 (the picker's recorded INVITE).
+    d = ringing[0]
+    built = f"{d.get('call-id')};to-tag={d.get('remote-tag')};from-tag={d.get('local-tag')}"
+    picker = (RECORDINGS / "pickup-replaces" / "sip-203-picker.log").read_text()
+    match = re.search(r"^Replaces: (.+?)\r?$", picker, re.M)
+    assert match is not None and match[1] == built
+
+
+def offered_to(trace: str) -> tuple[str, str, str]:
+    """(Call-ID, Asterisk's tag, the phone's tag) of the call Asterisk offered a traced phone,
+    read with the tests' own SIPp trace parser."""
+    messages = parse_trace((RECORDINGS / trace).read_bytes())
+    invite = next(m for m in messages if m.direction == "received" and m.method == "INVITE")
+    ringing = next(m for m in messages if m.direction == "sent" and m.status == 180)
+    from_tag = (invite.header("From") or "").rpartition(";tag=")[2]
+    to_tag = (ringing.header("To") or "").rpartition(";tag=")[2]
+    return invite.header("Call-ID") or "", from_tag, to_tag
+
+
+async def test_ring_while_busy_second_call_carries_its_own_pickup_ids(
+    server: RecordedAmiServer,
+) -> None:
+    async with running_bridge(server) as bridge:
+        result = await watch_scenario(server, bridge, "ring-while-busy")
+    # The ringing leg is the call 201 → 202 that 202's "in" trace shows arriving.
+    call_id, asterisk_tag, phone_tag = offered_to("ring-while-busy/sip-202-in.log")
+    both = [ds for n in check_notify_sequence(result) if len(ds := dialogs(n)) == 2]
+    assert both, "never two dialogs at once"
+    for busy, ringing in both:
+        assert busy.get("call-id") is None  # a call in progress cannot be picked up
+        assert busy.get("id") != ringing.get("id")
+        assert (ringing.get("call-id"), ringing.get("remote-tag"), ringing.get("local-tag")) == (
+            call_id,
+            asterisk_tag,
+            phone_tag,
+        )
+
+
+async def test_outgoing_call_blinks_only_when_configured(server: RecordedAmiServer) -> None:
+    async with running_bridge(server, "watch.outgoing_blinks=true") as bridge:
+        result = await watch_scenario(server, bridge, "outbound-from-202")
+    states = collapsed([key_state(n) for n in check_notify_sequence(result)])
+    # RFC 4235 for the caller: trying, early while 205 rings, confirmed when it answers.
+    assert states == ["idle", "trying/initiator", "early/initiator", "confirmed/initiator", "idle"]
+
+
+async def test_watcher_of_the_caller_sees_the_callee(server: RecordedAmiServer) -> None:
+    async with (
+        running_bridge(server) as bridge,
+        SippWatcher("201", bridge.bound("udp"), idle_ms=IDLE_MS) as watcher,
+    ):
+        await eventually(lambda: bridge.notifier.stats().subscriptions == 1)
+        await server.play("ring-answer-hangup")
+        result = await watcher.finish()
+    notifies = check_notify_sequence(result, "201")
+    assert collapsed([key_state(n) for n in notifies]) == ["idle", "confirmed/initiator", "idle"]
+    remote = {
+        (i.text, i.get("display"))
+        for n in notifies
+        for d in dialogs(n)
+        if (i := d.find("d:remote/d:identity", NS)) is not None
+    }
+    assert (f"sip:202@{DOMAIN}", "Phone 202") in remote
+    assert all(d.get("call-id") is None for n in notifies for d in dialogs(n))
+
+
+RINGING_202 = event_matches(Event="Newstate", ChannelState="5")
+
+
+def ringing(bridge: Bridge, exten: str) -> bool:
+    return any(d.state == "early" for d in bridge.tracker.state(exten).dialogs)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        # Cancelled while the bridge was cut off: the resync must not leave the key blinking.
+        ("ring-cancel", ["idle", "early/recipient", "idle"]),
+        # Answered while cut off: after the resync the key is steady, then the call ends.
+        ("ring-answer-hangup", ["idle", "early/recipient", "confirmed/recipient", "idle"]),
+    ],
+)
+async def test_ami_lost_mid_call_and_restored(
+    server: RecordedAmiServer, scenario: str, expected: list[str]
+) -> None:
+    server.speed = 0  # the pace is set by hand here
+    async with running_bridge(server) as bridge:
+        source = bridge.source
+        assert source is not None
+        async with SippWatcher("202", bridge.bound("udp"), idle_ms=IDLE_MS) as watcher:
+            await eventually(lambda: bridge.notifier.stats().subscriptions == 1)
+            await server.play(scenario, until=RINGING_202)
+            await eventually(lambda: ringing(bridge, "202"))
+            await server.close()  # Asterisk goes away: connections cut, port closed
+            await eventually(lambda: not source.connected)
+            if scenario == "ring-cancel":
+                await server.play(scenario)  # the rest of the call, unseen by the bridge
+            else:
+                await server.play(scenario, until=event_matches(Event="DialEnd"))
+            await server.start()  # back on the same port
+            await eventually(source.synced.is_set)
+            await server.play(scenario)
+            result = await watcher.finish()
+    assert collapsed([key_state(n) for n in check_notify_sequence(result)]) == expected
+    assert bridge.tracker.state("202").dialogs == ()
+
+
+def sip_request(lines: list[str], port: int, body: str = "") -> bytes:
+    head = "\r\n".join(lines).replace("PORT", str(port))
+    return f"{head}\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode()
+
+
+def subscribe(port: int, user: str = "202", *extra: str, expires: int = 600) -> bytes:
+    return sip_request(
+        [
+            f"SUBSCRIBE sip:{user}@127.0.0.1 SIP/2.0",
+            "Via: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-" + str(abs(hash((user, extra)))),
+            "From: <sip:watcher@127.0.0.1>;tag=w1",
+            f"To: <sip:{user}@127.0.0.1>",
+            f"Call-ID: edge-{user}-{abs(hash(extra))}@127.0.0.1",
+            "CSeq: 1 SUBSCRIBE",
+            "Contact: <sip:watcher@127.0.0.1:PORT>",
+            f"Expires: {expires}",
+            *(extra or ("Event: dialog",)),
+        ],
+        port,
+    )
+
+
+async def test_subscribe_edge_cases_get_the_right_answer_and_the_service_keeps_running(
+    server: RecordedAmiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_bridge(server) as bridge:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        port = sock.getsockname()[1]
+        target = bridge.bound("udp")
+
+        async def ask(data: bytes) -> str:
+            await loop.sock_sendto(sock, data, target)
+            while True:
+                async with asyncio.timeout(3):
+                    reply = (await loop.sock_recv(sock, 65535)).decode()
+                if reply.startswith("SIP/2.0"):
+                    return reply
+
+        cases = [
+            (subscribe(port, "999"), "404"),  # no hint for 999
+            (subscribe(port, "202", "Event: presence"), "489"),
+            (subscribe(port, "202", "Event: dialog", expires=5), "423"),
+            (subscribe(port, "202").replace(b"CSeq: 1 ", b"CSeq: one "), "400"),
+            (
+                sip_request(
+                    [
+                        "INVITE sip:202@127.0.0.1 SIP/2.0",
+                        "Via: SIP/2.0/UDP 127.0.0.1:PORT;branch=z9hG4bK-inv",
+                        "From: <sip:a@b>;tag=1",
+                        "To: <sip:202@b>",
+                        "Call-ID: inv",
+                        "CSeq: 1 INVITE",
+                    ],
+                    port,
+                ),
+                "405",
+            ),
+        ]
+        for data, status in cases:
+            reply = await ask(data)
+            assert reply.split(" ", 2)[1] == status, reply
+            if status == "423":
+                assert re.search(r"^Min-Expires: 60\r$", reply, re.M)
+            if status == "489":
+                assert re.search(r"^Allow-Events: dialog\r$", reply, re.M)
+        for garbage in (b"\x00\xff garbage", b"SUBSCRIBE sip:202@x SIP/2.0\r\nVia: broken"):
+            await loop.sock_sendto(sock, garbage, target)
+        sock.close()
+        # Still serving: a real watcher subscribes, refreshes and unsubscribes.
+        async with SippWatcher(
+            "202", target, idle_ms=500, refresh=True, unsubscribe=True, expires=120
+        ) as watcher:
+            result = await watcher.finish()
+        assert result.ok, result.output
+        states = [n.header("Subscription-State") or "" for n in result.notifies]
+        assert states[0].startswith("active;expires=")
+        assert states[-1] == "terminated;reason=timeout"
+        assert bridge.notifier.stats().subscriptions == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
