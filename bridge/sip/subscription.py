@@ -31,6 +31,10 @@ class Peer:
     # Routing detail, not identity: a peer is its remote address.
     local: tuple[str, int] | None = field(default=None, compare=False)
 
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
 
 @dataclass(frozen=True, slots=True)
 class NotifierSettings:

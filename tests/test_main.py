@@ -1,0 +1,63 @@
+"""The command line as an installer uses it: the README's run command, as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from lxml import etree
+from sipp import SCENARIOS, SippWatcher, free_port
+
+ROOT = Path(__file__).parent.parent
+SHIPPED = ROOT / "etc" / "snom-blf-bridge.toml"
+SCHEMA = etree.XMLSchema(
+    etree.parse(str(Path(__file__).parent / "fixtures/schemas/dialog-info.xsd"))
+)
+NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
+
+
+async def test_shipped_config_runs_the_demo_pbx_and_a_phone_can_pick_up() -> None:
+    port = free_port()
+    listen = f'["127.0.0.1:{port}"]'
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "run", "--config", str(SHIPPED),
+        "--set", f"sip.udp={listen}", "--set", f"sip.tcp={listen}",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    log: list[str] = []
+    try:
+        async with asyncio.timeout(10):
+            while "listening for SUBSCRIBEs" not in (
+                line := (await process.stderr.readline()).decode()
+            ):
+                assert line, f"the bridge ended before listening: {''.join(log)}"
+                log.append(line)
+        async with SippWatcher(
+            "202", ("127.0.0.1", port), scenario=SCENARIOS / "watch-until-pickup.xml", timeout=30
+        ) as watcher:
+            result = await watcher.finish()
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            _, rest = await process.communicate()
+    log.append(rest.decode())
+    assert process.returncode == 0, "".join(log)
+    assert result.ok, result.output
+    *active, final = result.notifies
+    assert (final.header("Subscription-State") or "") == "terminated;reason=timeout"
+    pickable = []
+    for notify in active:
+        doc = etree.fromstring(notify.body)
+        SCHEMA.assertValid(doc)
+        pickable += doc.xpath("d:dialog[@call-id][d:state='early']", namespaces=NS)
+    assert pickable, "no NOTIFY carried a ringing call with a call-id"
+    for dialog in pickable:
+        assert dialog.get("local-tag") and dialog.get("remote-tag")
+        assert dialog.get("direction") == "recipient"
+    text = "".join(log)
+    assert "202: ringing, caller Phone 201 <201>, pickup ids ready" in text
+    assert "Traceback" not in text
