@@ -103,8 +103,11 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
     log = logging.getLogger("bridge")
     for warning in config_warnings(config):
         log.warning("config: %s", warning)
+    def reload() -> Config:
+        return load(path, overrides)
+
     try:
-        asyncio.run(run_until_signalled(config, force_demo=demo))
+        asyncio.run(run_until_signalled(config, force_demo=demo, reload=reload))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -1,58 +1,71 @@
 """The running bridge: Asterisk source → CallTracker → dialog-info → SIP notifier.
 
-This module wires the pieces and owns the lifecycle (start, stop, signals); the protocol and
-call logic live in the pieces themselves.
+This module wires the pieces and owns the lifecycle (start, reload, stop, signals); the protocol
+and call logic live in the pieces themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import signal
+import time
+from collections.abc import Callable
 
 from bridge.asterisk.ami import AmiSource
-from bridge.config import Config, ListenAddress
+from bridge.config import Config, ConfigError, ListenAddress
 from bridge.demo.ami_server import RecordedAmiServer, bundled_recordings
 from bridge.dialoginfo import DialogInfoDocument, RenderSettings, render
-from bridge.events import AsteriskEvent, ResyncFinished
+from bridge.events import AsteriskEvent, ResyncFinished, SourceLost
 from bridge.sip.notifier import Notifier, NotifierSettings
+from bridge.sip.subscription import DialogKey
 from bridge.sip.transport import SipService, start_sip
+from bridge.store import StoreError, SubscriptionStore
 from bridge.tracker import CallTracker, TrackerSettings
 
 log = logging.getLogger("bridge")
 
 DEMO_PAUSE = 3.0  # seconds of quiet between two replayed calls in the demo loop
+# Settings a running bridge cannot take over: they need new sockets or another store file.
+RESTART_ONLY = (
+    "sip.udp", "sip.tcp", "sip.max_message_size", "sip.contact_host", "store.path", "demo.enabled"
+)  # fmt: skip
 
 
 class Documents:
     """The notifier's document source: each extension's state rendered once per change."""
 
     def __init__(self, tracker: CallTracker, settings: RenderSettings) -> None:
-        self._tracker = tracker
-        self._settings = settings
+        self.tracker = tracker
+        self.settings = settings
         self._rendered: dict[str, DialogInfoDocument] = {}
 
     def knows(self, resource: str) -> bool:
         """Whether phones may watch this extension."""
-        return self._tracker.watchable(resource)
+        return self.tracker.watchable(resource)
 
     def document(self, resource: str) -> DialogInfoDocument:
         """The current body of an extension, rendered at most once per state."""
         doc = self._rendered.get(resource)
         if doc is None:
-            doc = self._rendered[resource] = render(self._tracker.state(resource), self._settings)
+            doc = self._rendered[resource] = render(self.tracker.state(resource), self.settings)
         return doc
 
     def changed(self, exten: str) -> bool:
         """Forget the old rendering; True when the new body differs from it (or none was
         rendered), i.e. when watchers must be told."""
         old = self._rendered.pop(exten, None)
-        if old is None or not self._tracker.watchable(exten):
+        if old is None or not self.tracker.watchable(exten):
             return True
         new = self.document(exten)
         return (new.prefix, new.suffix) != (old.prefix, old.suffix)
+
+    def forget_all(self) -> None:
+        """Drop every rendering (the tracker or the render settings were replaced)."""
+        self._rendered.clear()
 
 
 def _contacts(config: Config) -> dict[str, tuple[str, int]]:
@@ -66,48 +79,76 @@ def _contacts(config: Config) -> dict[str, tuple[str, int]]:
     return out
 
 
+def _tracker_settings(config: Config) -> TrackerSettings:
+    return TrackerSettings(
+        outgoing_blinks=config.watch.outgoing_blinks, watch=config.watch.extensions
+    )
+
+
+def _notifier_settings(config: Config) -> NotifierSettings:
+    sip = config.sip
+    return NotifierSettings(
+        min_expires=sip.min_expires,
+        default_expires=sip.default_expires,
+        max_expires=sip.max_expires,
+        contacts=_contacts(config),
+        user_agent=sip.user_agent,
+        contact_from_local=not sip.contact_host,
+    )
+
+
+def _domain(config: Config) -> str:
+    return config.sip.domain or config.ami.host
+
+
+def _changed_settings(old: Config, new: Config) -> set[str]:
+    """Dotted names of the settings that differ between two configurations."""
+    out = set()
+    for section in ("ami", "sip", "watch", "store"):
+        a, b = getattr(old, section), getattr(new, section)
+        for f in dataclasses.fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                out.add(f"{section}.{f.name}")
+    if old.log_level != new.log_level:
+        out.add("log.level")
+    if old.demo != new.demo:
+        out.add("demo.enabled")
+    return out
+
+
 class Bridge:
-    """One running bridge; ``start()``, then ``stop()``."""
+    """One running bridge; ``start()``, then ``stop()``; ``reload()`` in between."""
 
     def __init__(self, config: Config, *, demo: bool = False) -> None:
         self.config = config
         self.demo = demo
-        self.tracker = CallTracker(
-            TrackerSettings(
-                outgoing_blinks=config.watch.outgoing_blinks, watch=config.watch.extensions
-            )
-        )
-        self.domain = config.sip.domain or config.ami.host
+        self.tracker = self._new_tracker(config)
+        self.domain = _domain(config)
         self.documents = Documents(self.tracker, RenderSettings(self.domain))
-        sip = config.sip
-        self.notifier = Notifier(
-            self.documents,
-            NotifierSettings(
-                min_expires=sip.min_expires,
-                default_expires=sip.default_expires,
-                max_expires=sip.max_expires,
-                contacts=_contacts(config),
-                user_agent=sip.user_agent,
-                contact_from_local=not sip.contact_host,
-            ),
-        )
+        self.notifier = Notifier(self.documents, _notifier_settings(config))
         self.sip: SipService | None = None
         self.source: AmiSource | None = None
+        self.store: SubscriptionStore | None = None
         self.demo_pbx: RecordedAmiServer | None = None
+        self._source_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._store_failed = False  # the last write failed: the next one rewrites everything
+
+    @staticmethod
+    def _new_tracker(config: Config) -> CallTracker:
+        tracker = CallTracker(_tracker_settings(config))
+        # Nothing is known before the first sync; the sync then reports every extension as
+        # changed, which sends resumed subscriptions their first NOTIFY.
+        tracker.apply(SourceLost(), 0.0)
+        return tracker
 
     async def start(self) -> None:
-        """Bind the SIP listeners and start following Asterisk (or the demo PBX)."""
-        sip, ami = self.config.sip, self.config.ami
-        host, port, username, secret = ami.host, ami.port, ami.username, ami.secret
+        """Resume stored subscriptions, bind the SIP listeners, follow Asterisk (or the demo)."""
+        sip = self.config.sip
         try:
             if self.demo:
-                secret = secrets.token_hex(16)
-                self.demo_pbx = RecordedAmiServer(bundled_recordings(), username="demo",
-                                                  secret=secret)  # fmt: skip
-                await self.demo_pbx.start()
-                host, port, username = self.demo_pbx.host, self.demo_pbx.port, "demo"
-                self._tasks.append(asyncio.create_task(self._demo_loop(), name="demo-pbx"))
+                await self._start_demo_pbx()
+            self._open_store()
             self.sip = await start_sip(
                 self.notifier,
                 [(a.host, a.port) for a in sip.udp],
@@ -118,6 +159,58 @@ class Bridge:
         except BaseException:
             await self.stop()
             raise
+        self._start_source()
+        if self.store is not None:
+            self._tasks.append(asyncio.create_task(self._flush_store(), name="store"))
+        listening = [f"udp {t.get_extra_info('sockname')[1]}" for t in self.sip.udp] + [
+            f"tcp {s.sockets[0].getsockname()[1]}" for s in self.sip.tcp
+        ]
+        assert self.source is not None
+        log.info(
+            "listening for SUBSCRIBEs on %s; following %s; URIs name %s",
+            ", ".join(listening), self._origin(), self.domain,
+        )  # fmt: skip
+
+    def _origin(self) -> str:
+        assert self.source is not None
+        where = f"{self.source.host}:{self.source.port}"
+        if self.demo:
+            return f"the demo PBX (recorded Asterisk 22 calls, AMI on {where})"
+        return f"Asterisk AMI {self.config.ami.username}@{where}"
+
+    async def _start_demo_pbx(self) -> None:
+        self.demo_pbx = RecordedAmiServer(
+            bundled_recordings(), username="demo", secret=secrets.token_hex(16)
+        )
+        await self.demo_pbx.start()
+        self._tasks.append(asyncio.create_task(self._demo_loop(), name="demo-pbx"))
+
+    def _open_store(self) -> None:
+        path = self.config.store.path
+        if not path:
+            log.info("store.path is empty: subscriptions are not kept across restarts")
+            return
+        try:
+            self.store = SubscriptionStore(path)
+            snapshots = self.store.load()
+        except (StoreError, OSError) as exc:
+            log.error("store.path: %s; running without keeping subscriptions", exc)
+            self.store = None
+            return
+        now = asyncio.get_running_loop().time()
+        resumed = self.notifier.restore(snapshots, now)
+        # Reserve the resumed subscriptions' new CSeq/version blocks before any NOTIFY uses them.
+        self.store.write(*self.notifier.take_changes(now))
+        if resumed:
+            log.info("resumed %d subscriptions from %s", resumed, path)
+
+    def _start_source(self) -> None:
+        ami = self.config.ami
+        host, port, username, secret = ami.host, ami.port, ami.username, ami.secret
+        if self.demo_pbx is not None:
+            pbx = self.demo_pbx
+            host, port, username, secret = pbx.host, pbx.port, pbx.username, pbx.secret
+        self.notifier.ready = self.config.watch.extensions is not None
         self.source = AmiSource(
             host,
             port,
@@ -129,19 +222,17 @@ class Bridge:
             backoff_max=ami.reconnect_max,
             getvar_timeout=ami.getvar_timeout,
         )
-        self._tasks.append(asyncio.create_task(self.source.run(), name="ami-source"))
-        listening = [f"udp {t.get_extra_info('sockname')[1]}" for t in self.sip.udp] + [
-            f"tcp {s.sockets[0].getsockname()[1]}" for s in self.sip.tcp
-        ]
-        origin = (
-            f"the demo PBX (recorded Asterisk 22 calls, AMI on {host}:{port})"
-            if self.demo
-            else f"Asterisk AMI {username}@{host}:{port}"
-        )
-        log.info(
-            "listening for SUBSCRIBEs on %s; following %s; URIs name %s",
-            ", ".join(listening), origin, self.domain,
-        )  # fmt: skip
+        self._source_task = asyncio.create_task(self.source.run(), name="ami-source")
+
+    async def _stop_source(self) -> None:
+        if self.source is not None:
+            await self.source.stop()
+        if self._source_task is not None:
+            try:
+                await asyncio.wait_for(self._source_task, 5.0)
+            except Exception:
+                log.exception("the AMI source did not stop cleanly")
+            self._source_task = None
 
     def bound(self, transport: str) -> tuple[str, int]:
         """The first address a transport's listener is bound to (for tests and the log)."""
@@ -153,30 +244,115 @@ class Bridge:
         return str(host), int(port)
 
     async def stop(self) -> None:
-        """Log off Asterisk, close the listeners; idempotent."""
-        if self.source is not None:
-            await self.source.stop()
+        """Stop without ending any subscription: they are stored with their exact CSeq and
+        version, and the next start resumes them. Idempotent."""
+        await self._stop_source()
         for task in self._tasks:
-            if task.get_name() != "ami-source":
-                task.cancel()
+            task.cancel()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=5.0)
-            for task in pending:
-                task.cancel()
+            done, _ = await asyncio.wait(self._tasks, timeout=5.0)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("%s failed", task.get_name(), exc_info=task.exception())
         self._tasks.clear()
+        if self.sip is not None:
+            await self.sip.close()  # from here on no NOTIFY can go out
+            self.sip = None
+        if self.store is not None:
+            snapshots = self.notifier.snapshot_all(asyncio.get_running_loop().time(), exact=True)
+            try:
+                self.store.write(snapshots, replace_all=True)
+                log.info("kept %d subscriptions in %s", len(snapshots), self.store.path)
+            except Exception as exc:
+                log.error("store.path: could not keep the subscriptions: %s", exc)
+            self.store.close()
+            self.store = None
         if self.demo_pbx is not None:
             await self.demo_pbx.close()
             self.demo_pbx = None
-        if self.sip is not None:
-            await self.sip.close()
-            self.sip = None
+
+    async def reload(self, config: Config) -> None:
+        """Take over a new configuration without dropping a subscription."""
+        changed = _changed_settings(self.config, config)
+        if not changed:
+            log.info("reload: nothing changed")
+            return
+        kept = sorted(changed.intersection(RESTART_ONLY))
+        if kept:
+            log.warning("reload: %s only change on a restart; keeping the old value(s)",
+                        ", ".join(kept))  # fmt: skip
+            config = self._with_old_values(config, kept)
+        old, self.config = self.config, config
+        if "log.level" in changed:
+            logging.getLogger().setLevel(config.log_level.upper())
+        self.notifier.settings = _notifier_settings(config)
+        restart_source = any(name.startswith("ami.") for name in changed)
+        if _tracker_settings(config) != _tracker_settings(old):
+            self.tracker = self._new_tracker(config)
+            self.documents.tracker = self.tracker
+            restart_source = True  # the new tracker learns everything from a fresh sync
+        if _domain(config) != self.domain:
+            self.domain = _domain(config)
+            self.documents.settings = RenderSettings(self.domain)
+        self.documents.forget_all()
+        if restart_source and not self.demo:
+            await self._stop_source()
+            self.tracker.apply(SourceLost(), asyncio.get_running_loop().time())
+            self._start_source()
+        else:
+            # Same source and tracker: only the bodies may differ (the domain changed).
+            for resource in self.notifier.resources():
+                self._notify(resource)
+        log.info("reloaded: %s", ", ".join(sorted(changed - set(kept))) or "nothing")
+
+    def _with_old_values(self, config: Config, names: list[str]) -> Config:
+        sections: dict[str, dict[str, object]] = {}
+        for name in names:
+            section, _, key = name.partition(".")
+            if section == "demo":
+                config = dataclasses.replace(config, demo=self.config.demo)
+            else:
+                sections.setdefault(section, {})[key] = getattr(getattr(self.config, section), key)
+        for section, values in sections.items():
+            config = dataclasses.replace(
+                config, **{section: dataclasses.replace(getattr(config, section), **values)}
+            )
+        return config
 
     async def _demo_loop(self) -> None:
         assert self.demo_pbx is not None
         await self.demo_pbx.loop_forever(pause=DEMO_PAUSE)
+
+    async def _flush_store(self) -> None:
+        """Write what changed, in one transaction per interval, off the event loop."""
+        assert self.store is not None
+        store, interval = self.store, self.config.store.flush_interval
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            if not (self.notifier.has_changes or self._store_failed):
+                continue
+            now = loop.time()
+            whole = self._store_failed  # after a failed write, rewrite everything
+            removed: list[DialogKey] = []
+            if whole:
+                changed = self.notifier.snapshot_all(now)
+            else:
+                changed, removed = self.notifier.take_changes(now)
+            try:
+                await asyncio.to_thread(store.write, changed, removed, replace_all=whole)
+            except Exception as exc:
+                if not self._store_failed:
+                    log.error("store.path: writing %s failed: %s; retrying", store.path, exc)
+                self._store_failed = True
+            else:
+                if self._store_failed:
+                    log.info("store.path: %s is written again", store.path)
+                self._store_failed = False
+
+    def _notify(self, exten: str) -> None:
+        if self.documents.changed(exten) and self.sip is not None:
+            self.sip.resource_changed(exten)
 
     def _on_event(self, event: AsteriskEvent) -> None:
         """Every normalized Asterisk event, in order: update the tracker, notify the watchers."""
@@ -187,6 +363,11 @@ class Bridge:
                 if self.sip is not None:
                     self.sip.resource_changed(exten)
         if isinstance(event, ResyncFinished):
+            self.notifier.ready = True
+            # Watchers of extensions that lost their hint (or were resumed for one) are told.
+            for resource in self.notifier.resources():
+                if not self.tracker.watchable(resource):
+                    self._notify(resource)
             extensions = sorted(self.tracker.extensions())
             log.info(
                 "in sync with Asterisk; %d watchable extensions: %s",
@@ -194,19 +375,41 @@ class Bridge:
             )  # fmt: skip
 
 
-async def run_until_signalled(config: Config, *, force_demo: bool = False) -> None:
-    """Run the bridge until SIGTERM or SIGINT."""
+async def run_until_signalled(
+    config: Config, *, force_demo: bool = False, reload: Callable[[], Config] | None = None
+) -> None:
+    """Run the bridge until SIGTERM or SIGINT; SIGHUP reloads the configuration (``reload``
+    reads it again; a broken file is logged and the running configuration kept)."""
     bridge = Bridge(config, demo=force_demo or config.demo or not config.ami.configured)
     await bridge.start()
     stop = asyncio.Event()
+    hup = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    started = time.monotonic()
     try:
-        await stop.wait()
-        log.info("stopping")
+        while not stop.is_set():
+            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(hup.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if hup.is_set() and not stop.is_set():
+                hup.clear()
+                if reload is None:
+                    log.warning("SIGHUP: no configuration file to reload")
+                    continue
+                try:
+                    new = reload()
+                except ConfigError as exc:
+                    log.error("reload refused, keeping the running configuration: %s", exc)
+                    continue
+                await bridge.reload(new)
+        log.info("stopping after %.0f s", time.monotonic() - started)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in handled:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         await bridge.stop()

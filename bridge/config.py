@@ -7,6 +7,7 @@ they are checked exactly like the file.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import tomllib
@@ -76,6 +77,17 @@ class WatchConfig:
     outgoing_blinks: bool = False
 
 
+DEFAULT_STORE = "/var/lib/snom-blf-bridge/subscriptions.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where subscriptions are kept across restarts; an empty path keeps them in memory only."""
+
+    path: str = DEFAULT_STORE
+    flush_interval: float = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration."""
@@ -86,6 +98,7 @@ class Config:
     log_level: str = "info"
     demo: bool = False
     source_file: str = ""
+    store: StoreConfig = StoreConfig()
 
 
 _SECTIONS: dict[str, set[str]] = {
@@ -100,6 +113,7 @@ _SECTIONS: dict[str, set[str]] = {
     "watch": {"extensions", "outgoing_blinks"},
     "log": {"level"},
     "demo": {"enabled"},
+    "store": {"path", "flush_interval"},
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -157,11 +171,22 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     if level not in _LOG_LEVELS:
         raise ConfigError(f"log.level: {level!r} is not one of {', '.join(_LOG_LEVELS)}")
     demo = _bool(_table(raw, "demo"), "demo.enabled", False)
-    return Config(ami=ami, sip=sip, watch=watch, log_level=level, demo=demo)
+    store = _store(_table(raw, "store"), base_dir or Path.cwd())
+    return Config(ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store)
 
 
 def _replace_source(config: Config, source: str) -> Config:
-    return Config(config.ami, config.sip, config.watch, config.log_level, config.demo, source)
+    return dataclasses.replace(config, source_file=source)
+
+
+def _store(t: Mapping[str, Any], base_dir: Path) -> StoreConfig:
+    path = _str(t, "store.path", DEFAULT_STORE).strip()
+    if path and not Path(path).is_absolute():
+        path = str(base_dir / path)  # relative to the config file, like ami.secret_file
+    if path and Path(path).is_dir():
+        raise ConfigError(f"store.path: {path} is a directory; name a file in it")
+    interval = _number(t, "store.flush_interval", 1.0, low=0.05, high=60)
+    return StoreConfig(path=path, flush_interval=interval)
 
 
 def _table(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -43,6 +43,7 @@ def config_for(server: RecordedAmiServer, *extra: str) -> list[str]:
         'sip.udp=["127.0.0.1:0"]',
         'sip.tcp=["127.0.0.1:0"]',
         f"sip.domain={DOMAIN}",
+        "store.path=",  # these tests keep nothing; tests/test_restart.py covers the store
         *extra,
     ]
 

@@ -18,12 +18,13 @@ SCHEMA = etree.XMLSchema(
 NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
 
 
-async def test_shipped_config_runs_the_demo_pbx_and_a_phone_can_pick_up() -> None:
+async def test_shipped_config_runs_the_demo_pbx_and_a_phone_can_pick_up(tmp_path: Path) -> None:
     port = free_port()
     listen = f'["127.0.0.1:{port}"]'
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge", "run", "--config", str(SHIPPED),
         "--set", f"sip.udp={listen}", "--set", f"sip.tcp={listen}",
+        "--set", f"store.path={tmp_path / 'subscriptions.sqlite3'}",
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert process.stderr is not None

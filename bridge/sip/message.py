@@ -55,6 +55,7 @@ REASONS = {
     405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
     420: "Bad Extension", 423: "Interval Too Brief", 481: "Call/Transaction Does Not Exist",
     489: "Bad Event", 500: "Server Internal Error", 501: "Not Implemented",
+    503: "Service Unavailable",
 }  # fmt: skip
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")

@@ -20,6 +20,7 @@ from bridge.sip.subscription import (
     NotifyTransaction,
     Peer,
     Subscription,
+    SubscriptionSnapshot,
     contact_uri,
 )
 from bridge.sip.timers import TimerQueue
@@ -42,6 +43,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("bridge.sip")
+
+# Before the first sync with Asterisk nobody knows which extensions exist: a phone asking then
+# is told to come back (503 + Retry-After) rather than that its extension does not exist (404).
+NOT_READY_RETRY_AFTER = 5
 
 
 class SupportsBody(Protocol):
@@ -111,6 +116,10 @@ class Notifier:
         self._out: list[tuple[bytes, Peer]] = []
         self._branch_prefix = f"z9hG4bK{secrets.token_hex(4)}."
         self._branch_counter = itertools.count(1)
+        # What the store has not heard yet: subscriptions to (re)write, dialogs to delete.
+        self._changed: dict[DialogKey, Subscription] = {}
+        self._removed: set[DialogKey] = set()
+        self.ready = True  # False: the document source cannot tell yet which resources exist
 
     # ----------------------------------------------------------------- public API
 
@@ -195,6 +204,56 @@ class Notifier:
             server_transactions=len(self._answers),
             timer_entries=self._timers.heap_size,
         )
+
+    # ----------------------------------------------------------------- persistence
+
+    def take_changes(self, now: float) -> tuple[list[SubscriptionSnapshot], list[DialogKey]]:
+        """What changed for the store since the last call: snapshots to write, keys to delete."""
+        changed = [sub.snapshot(now) for sub in self._changed.values()]
+        removed = list(self._removed)
+        self._changed.clear()
+        self._removed.clear()
+        return changed, removed
+
+    @property
+    def has_changes(self) -> bool:
+        """Whether take_changes() has anything."""
+        return bool(self._changed or self._removed)
+
+    def snapshot_all(self, now: float, *, exact: bool = False) -> list[SubscriptionSnapshot]:
+        """Every active subscription (and no pending change: this is all the store needs).
+
+        ``exact``: with the CSeq and version in use instead of the lease bounds, for a clean
+        stop; no NOTIFY may be sent after such a snapshot.
+        """
+        self._changed.clear()
+        self._removed.clear()
+        return [sub.snapshot(now, exact=exact) for sub in self._subs.values()]
+
+    def resources(self) -> list[str]:
+        """Resources that have watchers now."""
+        return list(self._by_resource)
+
+    def restore(self, snapshots: list[SubscriptionSnapshot], now: float) -> int:
+        """Take over subscriptions of an earlier process; returns how many were resumed.
+
+        No NOTIFY goes out here: the next state change of each resource (the first sync with
+        Asterisk changes every one) sends it, continuing CSeq and version.
+        """
+        resumed = 0
+        for snap in snapshots:
+            if snap.expires_in <= 0 or snap.key in self._subs or snap.peer.transport not in (
+                "udp", "tcp"
+            ):
+                continue
+            sub = Subscription.resume(snap, now)
+            self._build_template(sub)
+            self._subs[sub.key] = sub
+            self._by_resource.setdefault(sub.resource, {})[sub.key] = sub
+            self._timers.schedule(sub, sub.expires_at)
+            self._changed[sub.key] = sub  # its new lease must reach the store
+            resumed += 1
+        return resumed
 
     def watchers(self, resource: str) -> list[WatcherInfo]:
         """The active subscriptions to one resource."""
@@ -283,7 +342,10 @@ class Notifier:
         req, now = x.req, x.now
         resource = req.request_uri().user
         if resource is None or not self._source.knows(resource):
-            self._answer(x, Answer(404))
+            if resource is not None and not self.ready:
+                self._answer(x, Answer(503, (("Retry-After", str(NOT_READY_RETRY_AFTER)),)))
+            else:
+                self._answer(x, Answer(404))
             return
         event, contact = req.event(), req.contact()
         assert event is not None and contact is not None  # screen_subscribe checked them
@@ -333,6 +395,7 @@ class Notifier:
             return
         sub.expires_at = x.now + expires
         self._timers.schedule(sub, sub.expires_at)
+        self._changed[sub.key] = sub  # new expiry, maybe a new address or Contact
         if sub.in_flight is not None:
             sub.dirty = True  # coalesce: one NOTIFY with the newest state after the current one
         else:
@@ -357,6 +420,8 @@ class Notifier:
             state = f"active;expires={max(0, int(sub.expires_at - now))}"
         sub.cseq += 1
         sub.dirty = False
+        if sub.lease_ran_out() and not final:
+            self._changed[sub.key] = sub
         branch = f"{self._branch_prefix}{next(self._branch_counter):x}"
         assert sub.template is not None
         data = sub.template.render(branch, sub.cseq, state, body)
@@ -373,6 +438,8 @@ class Notifier:
         if sub.state != "active":
             return
         self._subs.pop(sub.key, None)
+        self._changed.pop(sub.key, None)
+        self._removed.add(sub.key)
         watchers = self._by_resource.get(sub.resource, {})
         watchers.pop(sub.key, None)
         if not watchers:

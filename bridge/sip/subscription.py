@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = [
+    "SEQUENCE_LEASE",
     "DialogKey",
     "NotifierSettings",
     "NotifyTemplate",
     "NotifyTransaction",
     "Peer",
     "Subscription",
+    "SubscriptionSnapshot",
     "contact_uri",
 ]
 
@@ -117,6 +119,35 @@ def contact_uri(transport: str, host: str, port: int) -> str:
 
 DialogKey = tuple[str, str, str]  # Call-ID, remote (From) tag, local (our To) tag
 
+# CSeq and version numbers are handed out in blocks: the store only hears of a subscription when
+# it starts a new block, and what it holds is an upper bound of every number already sent. After
+# a crash the resumed NOTIFY jumps ahead instead of repeating a CSeq the phone has seen.
+SEQUENCE_LEASE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSnapshot:
+    """Everything needed to resume a subscription in another process (see the store).
+
+    ``cseq``: no NOTIFY of this dialog was sent with a higher CSeq; the next uses ``cseq + 1``.
+    ``version``: the dialog-info version the next NOTIFY may carry (no lower one is unsent).
+    ``expires_in``: seconds left when the snapshot was taken.
+    """
+
+    key: DialogKey
+    resource: str
+    peer: Peer
+    event: str
+    event_id: str | None
+    local: str
+    remote: str
+    target: str
+    route: tuple[str, ...]
+    remote_cseq: int
+    cseq: int
+    version: int
+    expires_in: float
+
 
 @dataclass(eq=False, slots=True)
 class Subscription:
@@ -142,6 +173,58 @@ class Subscription:
     # "gone" = nothing more to send.
     state: Literal["active", "terminating", "gone"] = "active"
     final_reason: str = ""
+    cseq_bound: int = 0  # end of the current CSeq lease (what the store was last told)
+    version_bound: int = 0  # end of the current version lease
+
+    def lease_ran_out(self) -> bool:
+        """Start new leases when half of the current ones is used; True when it did (the store
+        must hear of this subscription)."""
+        half = SEQUENCE_LEASE // 2
+        if self.cseq + half <= self.cseq_bound and self.version + half <= self.version_bound:
+            return False
+        self.cseq_bound = self.cseq + SEQUENCE_LEASE
+        self.version_bound = self.version + SEQUENCE_LEASE
+        return True
+
+    def snapshot(self, now: float, *, exact: bool = False) -> SubscriptionSnapshot:
+        """This subscription for the store: the lease bounds, or with ``exact`` the numbers in
+        use (only when no NOTIFY can follow before the process ends)."""
+        return SubscriptionSnapshot(
+            key=self.key,
+            resource=self.resource,
+            peer=self.peer,
+            event=self.event,
+            event_id=self.event_id,
+            local=self.local,
+            remote=self.remote,
+            target=self.target,
+            route=self.route,
+            remote_cseq=self.remote_cseq,
+            cseq=self.cseq if exact else self.cseq_bound,
+            version=self.version if exact else self.version_bound,
+            expires_in=max(0.0, self.expires_at - now),
+        )
+
+    @classmethod
+    def resume(cls, snap: SubscriptionSnapshot, now: float) -> Subscription:
+        """A subscription continued from a snapshot taken by an earlier process."""
+        sub = cls(
+            key=snap.key,
+            resource=snap.resource,
+            peer=snap.peer,
+            event=snap.event,
+            event_id=snap.event_id,
+            local=snap.local,
+            remote=snap.remote,
+            target=snap.target,
+            route=snap.route,
+            expires_at=now + snap.expires_in,
+            remote_cseq=snap.remote_cseq,
+            cseq=snap.cseq,
+            version=snap.version,
+        )
+        sub.lease_ran_out()  # a fresh lease, stored before anything is sent under it
+        return sub
 
     def build_template(self, host: str, port: int, user_agent: str, content_type: str) -> None:
         """(Re)build the NOTIFY template after the target or the peer's transport changed."""
