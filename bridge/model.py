@@ -64,11 +64,10 @@ class EntityState:
 
     def summary(self) -> str:
         """One line for the log, what the key shows: ``ringing, caller Phone 201 <201>, …``."""
-        if not self.known:
-            return "unknown (Asterisk unreachable)"
         if not self.dialogs:
-            return "idle"
-        return "; ".join(_describe(d) for d in self.dialogs)
+            return "idle" if self.known else "unknown (no word from Asterisk yet)"
+        calls = "; ".join(_describe(d) for d in self.dialogs)
+        return calls if self.known else f"{calls} (last known, not confirmed by Asterisk)"
 
 
 def _describe(dialog: Dialog) -> str:

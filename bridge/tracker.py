@@ -163,7 +163,7 @@ class CallTracker:
             case DialEnded():
                 dirty = self._on_dial_ended(event)
             case LegIds():
-                dirty = self._on_leg_ids(event)
+                dirty = self._on_leg_ids(event, now)
             case HoldChanged():
                 dirty = self._on_hold(event, now)
             case ExtensionHint():
@@ -269,8 +269,10 @@ class CallTracker:
             dirty |= self._extens_of(caller.device)
         return dirty
 
-    def _on_leg_ids(self, ev: LegIds) -> set[str]:
-        if (ch := self._channels.get(ev.uniqueid)) is None:
+    def _on_leg_ids(self, ev: LegIds, now: float) -> set[str]:
+        # The AMI source delivers a leg's ids just before the event that made it ask; in a
+        # resync that event is the first word about the channel, so keep the ids for it.
+        if (ch := self._get_or_placeholder(ev.uniqueid, now)) is None:
             return set()
         ch.ids = ev
         return self._extens_of(ch.device)

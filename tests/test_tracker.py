@@ -284,6 +284,18 @@ def test_events_about_unknown_channels_are_ignored() -> None:
     assert t.state("202") == EntityState("202")
 
 
+def test_ids_delivered_before_the_first_word_of_their_channel_are_kept() -> None:
+    # A resync on a fresh tracker (restart, or a call that began while AMI was down): the AMI
+    # source hands over a ringing leg's LegIds just before its CoreShowChannel.
+    t = tracker()
+    t.apply(ResyncStarted(), 1)
+    assert t.apply(LegIds("100.2", "call-1", "asterisk-tag", "phone-tag"), 1) == set()
+    t.apply(seen("100.2", LEG_202, RINGING, "100.1", dialed=True), 1)
+    t.apply(ResyncFinished(), 1)
+    pickup = only(t.state("202")).pickup
+    assert pickup is not None and pickup.call_id == "call-1"
+
+
 def test_a_hangup_seen_first_leaves_a_bounded_tombstone() -> None:
     t = tracker(max_tombstones=3)
     assert t.apply(ChannelGone("100.2"), 1) == set()

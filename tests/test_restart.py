@@ -1,0 +1,177 @@
+"""Restarting the bridge under live phones: SIGTERM, SIGKILL and SIGHUP, with SIPp watching.
+
+The bridge runs as a real process (python -m bridge run) against the replayed Asterisk; a SIPp
+watcher subscribed to 202 must go on receiving NOTIFYs in the same dialog across the restart,
+never a terminated one, with CSeq and version only ever going up (by exactly one across a clean
+stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from sipp import SippWatcher, TracedMessage, free_port
+from test_app import RECORDINGS, RINGING_202, collapsed, key_state
+
+from bridge.demo.ami_server import RecordedAmiServer
+
+ROOT = Path(__file__).parent.parent
+
+
+class BridgeProcess:
+    """``python -m bridge run`` with its stderr collected line by line."""
+
+    def __init__(self, config: Path, sip_port: int, ami_port: int, store: Path) -> None:
+        listen = f'["127.0.0.1:{sip_port}"]'
+        self.args = [
+            "-m", "bridge", "run", "--config", str(config),
+            "--set", f"ami.port={ami_port}", "--set", "ami.username=bridge",
+            "--set", "ami.secret=bridgesecret", "--set", f"sip.udp={listen}",
+            "--set", f"sip.tcp={listen}", "--set", "sip.domain=pbx.test",
+            "--set", f"store.path={store}", "--set", "store.flush_interval=0.1",
+            "--set", "log.level=debug",
+        ]  # fmt: skip
+        self.lines: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._tick = asyncio.Event()
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, *self.args, cwd=ROOT, stderr=asyncio.subprocess.PIPE
+        )
+        self._reader = asyncio.create_task(self._read())
+        await self.wait_for("in sync with Asterisk")
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while line := await self.process.stderr.readline():
+            self.lines.append(line.decode())
+            self._tick.set()
+            self._tick = asyncio.Event()
+
+    async def wait_for(self, text: str, count: int = 1) -> None:
+        async with asyncio.timeout(10):
+            while sum(text in line for line in self.lines) < count:
+                assert self._reader is not None
+                if self._reader.done():
+                    raise AssertionError("the bridge ended:\n" + "".join(self.lines))
+                await self._tick.wait()
+
+    async def end(self, sig: signal.Signals) -> int:
+        assert self.process is not None and self._reader is not None
+        self.process.send_signal(sig)
+        async with asyncio.timeout(10):
+            code = await self.process.wait()
+            await self._reader
+        return code
+
+    async def close(self) -> None:
+        """Kill it if still running and collect it (no process or pipe left behind)."""
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+        if self._reader is not None:
+            await self._reader
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RecordedAmiServer]:
+    async with RecordedAmiServer(RECORDINGS, speed=4) as srv:
+        yield srv
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "bridge.toml"
+    path.write_text("# everything comes from --set\n")
+    return path
+
+
+def versions(notifies: list[TracedMessage]) -> list[int]:
+    return [int(etree.fromstring(n.body).get("version")) for n in notifies if n.body]
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+async def test_a_restart_keeps_every_subscription(
+    server: RecordedAmiServer, config: Path, tmp_path: Path, how: signal.Signals
+) -> None:
+    sip_port = free_port()
+    store = tmp_path / "subscriptions.sqlite3"
+    first = BridgeProcess(config, sip_port, server.port, store)
+    second = BridgeProcess(config, sip_port, server.port, store)
+    try:
+        await first.start()
+        async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=4000) as watcher:
+            await first.wait_for("subscribed to 202")
+            await server.play("ring-cancel", until=RINGING_202)
+            await first.wait_for("202: ringing")
+            await asyncio.sleep(0.5)  # several store flushes: the crash finds the lease stored
+            code = await first.end(how)
+            assert code == (0 if how is signal.SIGTERM else -signal.SIGKILL), first.log
+            await second.start()
+            await second.wait_for("resumed 1 subscriptions")
+            await second.wait_for("202: ringing")
+            await server.play("ring-cancel")
+            await second.wait_for("202: idle")
+            result = await watcher.finish()
+    finally:
+        await first.close()
+        await second.close()
+    assert result.ok, result.output
+    notifies = result.notifies
+    assert all(
+        (n.header("Subscription-State") or "").startswith("active;") for n in notifies
+    ), "a phone was told its subscription ended"
+    assert len({n.header("Call-ID") for n in notifies}) == 1
+    assert len({n.header("From") for n in notifies}) == 1  # our tag: the same dialog
+    cseqs, docs = [n.cseq for n in notifies], versions(notifies)
+    assert cseqs == sorted(set(cseqs)) and docs == sorted(set(docs)), (cseqs, docs)
+    if how is signal.SIGTERM:  # stored exactly: the next NOTIFY continues at +1
+        assert cseqs == list(range(1, len(cseqs) + 1)), cseqs
+        assert docs == list(range(len(docs))), docs
+    # The first process's last NOTIFY and the second's first: one ringing key, then idle.
+    assert collapsed([key_state(n) for n in notifies]) == ["idle", "early/recipient", "idle"]
+    assert "Traceback" not in first.log + second.log
+
+
+async def test_sighup_reloads_without_dropping_the_watcher(
+    server: RecordedAmiServer, config: Path, tmp_path: Path
+) -> None:
+    sip_port = free_port()
+    bridge = BridgeProcess(config, sip_port, server.port, tmp_path / "s.sqlite3")
+    try:
+        await bridge.start()
+        async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=3000) as watcher:
+            await bridge.wait_for("subscribed to 202")
+            # Report outgoing calls as RFC 4235 does: the tracker is rebuilt from a resync.
+            await asyncio.to_thread(config.write_text, "[watch]\noutgoing_blinks = true\n")
+            assert bridge.process is not None
+            bridge.process.send_signal(signal.SIGHUP)
+            await bridge.wait_for("reloaded: watch.outgoing_blinks")
+            await bridge.wait_for("in sync with Asterisk", count=2)
+            await asyncio.to_thread(config.write_text, "[watch\nbroken")
+            bridge.process.send_signal(signal.SIGHUP)
+            await bridge.wait_for("reload refused")
+            await server.play("outbound-from-202")
+            await bridge.wait_for("202: idle")
+            result = await watcher.finish()
+        assert await bridge.end(signal.SIGTERM) == 0
+    finally:
+        await bridge.close()
+    assert result.ok, result.output
+    states = collapsed([key_state(n) for n in result.notifies])
+    assert "early/initiator" in states, states  # the reloaded setting is in force
+    assert all("active;" in (n.header("Subscription-State") or "") for n in result.notifies)
