@@ -508,8 +508,9 @@ def test_expiry_sends_a_final_notify_and_removes() -> None:
 def test_many_subscriptions_and_refreshes_keep_the_heap_small() -> None:
     b = Bridge()
     tags = []
-    for i in range(2000):
-        b.n.receive(subscribe(call_id=f"c{i}", branch=f"z9hG4bK-{i}"), PHONE, 0.0)
+    for i in range(2000):  # 2000 different phones (one watcher each) behind one address
+        phone = f"<sip:{1000 + i}@pbx.example>;tag=ft1"
+        b.n.receive(subscribe(call_id=f"c{i}", branch=f"z9hG4bK-{i}", From=phone), PHONE, 0.0)
         out = b.n.outgoing()
         ok, notify = (parse_message(d) for d, _ in out)
         tags.append(ok.to_addr().tag)
@@ -579,3 +580,29 @@ def test_garbage_never_crashes_receive(
         b.n.handle_timer(10_000.0)
         b.n.outgoing()
     assert caplog.records == []  # no "internal error" was swallowed
+
+
+def test_a_phone_that_resubscribes_in_a_new_dialog_replaces_the_old_one() -> None:
+    b = Bridge()
+    b.subscribed(call_id="before-reboot", from_tag="a")
+    ok, notify = b.send(subscribe(call_id="after-reboot", from_tag="b", branch="z9hG4bK-2"))
+    assert ok.status == 200 and notify.headers.get("Call-ID") == "after-reboot"
+    b.answer(notify)
+    # The forgotten dialog is dropped without a word to the phone, and gets no more NOTIFYs.
+    assert [w.call_id for w in b.n.watchers("202")] == ["after-reboot"]
+    b.source.states["202"] = "ringing"
+    b.n.resource_changed("202", 1.0)
+    (update,) = b.drain()
+    assert update.headers.get("Call-ID") == "after-reboot"
+    _, removed = b.n.take_changes(1.0)
+    assert ("before-reboot", "a") in {k[:2] for k in removed}
+
+
+def test_two_phones_or_two_resources_are_separate_watchers() -> None:
+    b = Bridge()
+    b.subscribed(call_id="one", from_tag="a")
+    b.subscribed(call_id="two", from_tag="b", branch="z9hG4bK-2", Contact="<sip:204@10.0.0.6>")
+    b.source.states["203"] = "idle"
+    b.subscribed(call_id="three", from_tag="c", branch="z9hG4bK-3", resource="203")
+    assert sorted(w.call_id for w in b.n.watchers("202")) == ["one", "two"]
+    assert b.n.stats().subscriptions == 3

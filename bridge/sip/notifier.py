@@ -21,6 +21,7 @@ from bridge.sip.subscription import (
     Peer,
     Subscription,
     SubscriptionSnapshot,
+    WatcherKey,
     contact_uri,
 )
 from bridge.sip.timers import TimerQueue
@@ -110,6 +111,9 @@ class Notifier:
         self._contacts = dict(settings.contacts)
         self._subs: dict[DialogKey, Subscription] = {}
         self._by_resource: dict[str, dict[DialogKey, Subscription]] = {}
+        # One subscription per watcher: a phone that re-subscribes under a new Call-ID without
+        # ending the old dialog (a reboot, a lost 200) replaces it instead of doubling up.
+        self._by_watcher: dict[WatcherKey, Subscription] = {}
         self._client_tx: dict[str, NotifyTransaction] = {}  # by Via branch
         self._answers = ResponseCache(64 * settings.t1)
         self._timers: TimerQueue[Subscription | NotifyTransaction] = TimerQueue()
@@ -248,9 +252,7 @@ class Notifier:
                 continue
             sub = Subscription.resume(snap, now)
             self._build_template(sub)
-            self._subs[sub.key] = sub
-            self._by_resource.setdefault(sub.resource, {})[sub.key] = sub
-            self._timers.schedule(sub, sub.expires_at)
+            self._index(sub, now)
             self._changed[sub.key] = sub  # its new lease must reach the store
             resumed += 1
         return resumed
@@ -368,11 +370,21 @@ class Notifier:
         if expires == 0:  # a fetch (RFC 6665 §4.4.3): one NOTIFY with the state, then done
             sub.state, sub.final_reason = "terminating", "timeout"
         else:
-            self._subs[sub.key] = sub
-            self._by_resource.setdefault(resource, {})[sub.key] = sub
-            self._timers.schedule(sub, sub.expires_at)
+            self._index(sub, now)
             logger.info("%s subscribed to %s for %d s", x.peer, resource, expires)
         self._send_notify(sub, now)
+
+    def _index(self, sub: Subscription, now: float) -> None:
+        """Make an active subscription findable; it replaces an older one of the same watcher."""
+        older = self._by_watcher.get(sub.watcher_key())
+        if older is not None and older is not sub:
+            logger.info("%s re-subscribed to %s in a new dialog; the old one is dropped",
+                        sub.peer, sub.resource)  # fmt: skip
+            self._terminate(older, now, "", notify=False)  # the phone has forgotten it
+        self._subs[sub.key] = sub
+        self._by_resource.setdefault(sub.resource, {})[sub.key] = sub
+        self._by_watcher[sub.watcher_key()] = sub
+        self._timers.schedule(sub, sub.expires_at)
 
     def _refresh(self, x: _Exchange, sub: Subscription, expires: int) -> None:
         event, cseq = x.req.event(), x.req.cseq().seq
@@ -385,8 +397,11 @@ class Notifier:
         sub.remote_cseq = cseq
         sub.peer = x.peer  # the phone may have moved (NAT rebinding): follow its latest source
         contact = x.req.contact()
-        if contact is not None:
+        if contact is not None and contact.uri.raw != sub.target:
+            if self._by_watcher.get(sub.watcher_key()) is sub:
+                del self._by_watcher[sub.watcher_key()]
             sub.target = contact.uri.raw  # SUBSCRIBE is a target refresh request (RFC 6665)
+            self._by_watcher[sub.watcher_key()] = sub
         self._build_template(sub)
         self._accept(x, sub, expires)
         if expires == 0:
@@ -440,6 +455,8 @@ class Notifier:
         self._subs.pop(sub.key, None)
         self._changed.pop(sub.key, None)
         self._removed.add(sub.key)
+        if self._by_watcher.get(sub.watcher_key()) is sub:
+            del self._by_watcher[sub.watcher_key()]
         watchers = self._by_resource.get(sub.resource, {})
         watchers.pop(sub.key, None)
         if not watchers:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+
+from bridge.sip.headers import ParseError, parse_name_addr
 
 __all__ = [
     "SEQUENCE_LEASE",
@@ -15,6 +18,7 @@ __all__ = [
     "Peer",
     "Subscription",
     "SubscriptionSnapshot",
+    "WatcherKey",
     "contact_uri",
 ]
 
@@ -118,6 +122,7 @@ def contact_uri(transport: str, host: str, port: int) -> str:
 
 
 DialogKey = tuple[str, str, str]  # Call-ID, remote (From) tag, local (our To) tag
+WatcherKey = tuple[str, str, str, str | None]  # resource, From URI, Contact URI, Event id
 
 # CSeq and version numbers are handed out in blocks: the store only hears of a subscription when
 # it starts a new block, and what it holds is an upper bound of every number already sent. After
@@ -173,8 +178,18 @@ class Subscription:
     # "gone" = nothing more to send.
     state: Literal["active", "terminating", "gone"] = "active"
     final_reason: str = ""
+    remote_aor: str = ""  # the From URI without tag, parsed once (see watcher_key)
     cseq_bound: int = 0  # end of the current CSeq lease (what the store was last told)
     version_bound: int = 0  # end of the current version lease
+
+    def watcher_key(self) -> WatcherKey:
+        """Who watches what: the same phone (address of record and contact) on the same
+        resource; From tags and Call-IDs change when a phone starts a new dialog."""
+        if not self.remote_aor:
+            self.remote_aor = self.remote  # unreadable From kept whole: only matches itself
+            with contextlib.suppress(ParseError):
+                self.remote_aor = parse_name_addr(self.remote).uri.raw
+        return (self.resource, self.remote_aor, self.target, self.event_id)
 
     def lease_ran_out(self) -> bool:
         """Start new leases when half of the current ones is used; True when it did (the store
