@@ -133,6 +133,7 @@ class Bridge:
         self._source_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._store_failed = False  # the last write failed: the next one rewrites everything
+        self._stale_rings: asyncio.TimerHandle | None = None
 
     @staticmethod
     def _new_tracker(config: Config) -> CallTracker:
@@ -247,6 +248,8 @@ class Bridge:
         """Stop without ending any subscription: they are stored with their exact CSeq and
         version, and the next start resumes them. Idempotent."""
         await self._stop_source()
+        if self._stale_rings is not None:
+            self._stale_rings.cancel()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -350,6 +353,24 @@ class Bridge:
                     log.info("store.path: %s is written again", store.path)
                 self._store_failed = False
 
+    def _asterisk_lost(self) -> None:
+        timeout = self.config.watch.stale_ring_timeout
+        log.warning(
+            "Asterisk is unreachable: keys keep their last known state until it is back%s",
+            f"; ringing keys stop blinking after {timeout:g} s" if timeout else "",
+        )
+        if timeout and self._stale_rings is None:
+            self._stale_rings = asyncio.get_running_loop().call_later(timeout, self._expire_rings)
+
+    def _expire_rings(self) -> None:
+        self._stale_rings = None
+        changed = self.tracker.expire_rings()
+        if changed:
+            log.warning("no word from Asterisk for %g s: %d ringing keys stop blinking",
+                        self.config.watch.stale_ring_timeout, len(changed))  # fmt: skip
+        for exten in sorted(changed):
+            self._notify(exten)
+
     def _notify(self, exten: str) -> None:
         if self.documents.changed(exten) and self.sip is not None:
             self.sip.resource_changed(exten)
@@ -362,7 +383,12 @@ class Bridge:
                 log.info("%s: %s", exten, self.tracker.state(exten).summary())
                 if self.sip is not None:
                     self.sip.resource_changed(exten)
+        if isinstance(event, SourceLost):
+            self._asterisk_lost()
         if isinstance(event, ResyncFinished):
+            if self._stale_rings is not None:
+                self._stale_rings.cancel()
+                self._stale_rings = None
             self.notifier.ready = True
             # Watchers of extensions that lost their hint (or were resumed for one) are told.
             for resource in self.notifier.resources():

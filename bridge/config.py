@@ -75,6 +75,7 @@ class WatchConfig:
 
     extensions: frozenset[str] | None = None  # None: every extension with a hint
     outgoing_blinks: bool = False
+    stale_ring_timeout: float = 60.0  # 0: ringing keys blink until Asterisk is back
 
 
 DEFAULT_STORE = "/var/lib/snom-blf-bridge/subscriptions.sqlite3"
@@ -110,7 +111,7 @@ _SECTIONS: dict[str, set[str]] = {
         "udp", "tcp", "domain", "contact_host", "min_expires", "default_expires", "max_expires",
         "max_message_size", "user_agent",
     },
-    "watch": {"extensions", "outgoing_blinks"},
+    "watch": {"extensions", "outgoing_blinks", "stale_ring_timeout"},
     "log": {"level"},
     "demo": {"enabled"},
     "store": {"path", "flush_interval"},
@@ -280,7 +281,9 @@ def _watch(t: Mapping[str, Any]) -> WatchConfig:
                 raise ConfigError(f"watch.extensions[{i}]: {name!r} is not an extension")
         extensions = frozenset(names) if names else None
     return WatchConfig(
-        extensions=extensions, outgoing_blinks=_bool(t, "watch.outgoing_blinks", False)
+        extensions=extensions,
+        outgoing_blinks=_bool(t, "watch.outgoing_blinks", False),
+        stale_ring_timeout=_number(t, "watch.stale_ring_timeout", 60.0, low=0, high=86400),
     )
 
 

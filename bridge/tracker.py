@@ -91,6 +91,7 @@ class _Channel:
     on_hold: bool = False
     ids: LegIds | None = None
     dial_ended: bool = False  # Dial() gave up on this leg (CANCEL, BUSY, NOANSWER, …)
+    ring_expired: bool = False  # rang for too long without word from Asterisk: not shown
     peers: dict[str, None] = field(default_factory=dict)  # linked by Dial, either side
     dests: dict[str, None] = field(default_factory=dict)  # legs this channel's Dial() rings
 
@@ -189,6 +190,7 @@ class CallTracker:
         ch = self._channels.get(ev.uniqueid) or self._create(ev.uniqueid, now)
         dirty: set[str] = set()
         ch.epoch = self._epoch
+        ch.ring_expired = False  # Asterisk speaks of it: its word counts again
         if ev.name and ev.name != ch.name:
             device = _device_of_channel(ev.name)
             if device != ch.device:
@@ -316,6 +318,19 @@ class CallTracker:
             self._resyncing = False
         return self._refresh(dirty) | self._set_known(True)
 
+    def expire_rings(self) -> set[str]:
+        """While Asterisk is unreachable, stop showing calls that are still ringing (no ring
+        lasts that long, and none can be picked up meanwhile); answered calls stay. Returns the
+        extensions that changed. A resync shows whatever is really going on."""
+        if self._known:
+            return set()
+        dirty: set[str] = set()
+        for ch in self._channels.values():
+            if ch.state is not ChannelState.UP and not ch.ring_expired:
+                ch.ring_expired = True
+                dirty |= self._extens_of(ch.device)
+        return self._refresh(dirty)
+
     def _set_known(self, known: bool) -> set[str]:
         if known == self._known:
             return set()
@@ -357,6 +372,8 @@ class CallTracker:
         # Also keeps the set of legs whose pickup ids the source adapter should fetch.
         self._needing_ids.discard(ch.uniqueid)
         if ch.state is None or ch.dial_ended:
+            return None
+        if ch.ring_expired and ch.state is not ChannelState.UP:
             return None
         direction = self._direction(ch)
         if ch.state is ChannelState.UP:

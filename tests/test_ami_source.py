@@ -68,7 +68,10 @@ async def server() -> AsyncIterator[RecordedAmiServer]:
 
 @asynccontextmanager
 async def running(
-    server: RecordedAmiServer, secret: str = "bridgesecret", getvar_timeout: float = 1.0
+    server: RecordedAmiServer,
+    secret: str = "bridgesecret",
+    getvar_timeout: float = 1.0,
+    ping_interval: float = 10.0,
 ) -> AsyncIterator[tuple[AmiSource, Collector]]:
     collector = Collector()
     source = AmiSource(
@@ -79,6 +82,7 @@ async def running(
         collector,
         backoff_min=0.05,
         getvar_timeout=getvar_timeout,
+        ping_interval=ping_interval,
     )
     task = asyncio.create_task(source.run())
     try:
@@ -338,3 +342,28 @@ async def test_stop_logs_off_without_source_lost(server: RecordedAmiServer) -> N
         await asyncio.wait_for(source.synced.wait(), WAIT)
     assert ("recv", "Logoff") in {(kind, name) for kind, name, _ in server.log}
     assert SourceLost() not in got.events and not source.connected
+
+
+async def test_a_silent_asterisk_is_noticed_by_ping_and_reconnected(
+    server: RecordedAmiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Asterisk hangs (or the TCP connection is half-open): the socket stays up, nothing answers.
+    hang = asyncio.Event()
+    silenced = 0
+
+    async def stall_first_ping(frame: Mapping[str, str]) -> None:
+        nonlocal silenced
+        if frame.get("Action") == "Ping" and not silenced:
+            silenced += 1
+            await hang.wait()
+
+    server.before_answer = stall_first_ping
+    try:
+        async with running(server, ping_interval=0.2) as (source, got):
+            await got.count(ResyncFinished, 2)
+            assert [e for e in got.events if isinstance(e, SourceLost)] == [SourceLost()]
+            assert source.connected
+            assert sum("did not answer a Ping" in r.message for r in caplog.records) == 1
+            assert sum("lost the AMI connection" in r.message for r in caplog.records) == 1
+    finally:
+        hang.set()

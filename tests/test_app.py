@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import re
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -387,4 +389,81 @@ async def test_subscribe_edge_cases_get_the_right_answer_and_the_service_keeps_r
         assert states[0].startswith("active;expires=")
         assert states[-1] == "terminated;reason=timeout"
         assert bridge.notifier.stats().subscriptions == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_ringing_key_stops_blinking_when_asterisk_stays_away(
+    server: RecordedAmiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.speed = 0
+    async with running_bridge(server, "watch.stale_ring_timeout=0.5") as bridge:
+        source = bridge.source
+        assert source is not None
+        async with SippWatcher("202", bridge.bound("udp"), idle_ms=IDLE_MS) as watcher:
+            await eventually(lambda: bridge.notifier.stats().subscriptions == 1)
+            await server.play("ring-cancel", until=RINGING_202)
+            await eventually(lambda: ringing(bridge, "202"))
+            await server.close()
+            await eventually(lambda: bridge.tracker.state("202").dialogs == ())  # 0.5 s later
+            # Asterisk back, the call still ringing there (only the bridge lost sight of it).
+            await server.start()
+            await eventually(source.synced.is_set)
+            await eventually(lambda: ringing(bridge, "202"))
+            await server.play("ring-cancel")
+            result = await watcher.finish()
+    states = collapsed([key_state(n) for n in check_notify_sequence(result)])
+    assert states == ["idle", "early/recipient", "idle", "early/recipient", "idle"]
+    assert sum("Asterisk is unreachable" in r.message for r in caplog.records) == 1
+
+
+def mutations(seed: int, count: int) -> list[bytes]:
+    """Valid SUBSCRIBEs cut, spliced and sprinkled with bytes SIP parsers trip over."""
+    rng = random.Random(seed)
+    base = subscribe(5060, "202")
+    nasty = [
+        b"\r\n", b"\x00", b"\xff\xfe", b":", b";tag=", b"<", b"Content-Length: 99999\r\n",
+        b"Expires: -1\r\n", b"CSeq: 1 INVITE\r\n", b"Via: SIP/2.0/UDP\r\n", b" " * 300,
+    ]  # fmt: skip
+    out = []
+    for _ in range(count):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(data) + 1)
+            if rng.random() < 0.5:
+                data[at:at] = rng.choice(nasty)
+            else:
+                del data[at : at + rng.randint(1, 40)]
+        out.append(bytes(data))
+    return out
+
+
+async def test_garbage_on_every_input_never_stops_the_service(
+    server: RecordedAmiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    inputs = mutations(seed=4235, count=1500)
+    async with running_bridge(server) as bridge:
+        loop = asyncio.get_running_loop()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        udp.setblocking(False)
+        for data in [*inputs, os.urandom(1200), b"\x00" * 20000, b"SUBSCRIBE"]:
+            await loop.sock_sendto(udp, data, bridge.bound("udp"))
+        udp.close()
+        for data in [inputs[7], b"SUBSCRIBE sip:202@x SIP/2.0\r\nContent-Length: 100\r\n\r\nshort",
+                     os.urandom(3000), b"\r\n" * 5000]:  # fmt: skip
+            _, writer = await asyncio.open_connection(*bridge.bound("tcp"))
+            writer.write(data)
+            await writer.drain()
+            writer.close()
+        server.send_raw(b"Event: Newchannel\r\nChannelState: 99\r\nUniqueid: x\r\n\r\n")
+        server.send_raw(b"Event: Hangup\r\nUniqueid: no-such-channel\r\n\r\n")
+        server.send_raw(b"\x00\xff garbage without end")
+        await asyncio.sleep(0.5)
+        # Still whole: a phone subscribes and sees a call ring and end.
+        assert bridge.source is not None
+        await eventually(bridge.source.synced.is_set)
+        result = await watch_scenario(server, bridge, "ring-cancel")
+        assert collapsed([key_state(n) for n in check_notify_sequence(result)]) == EXPECTED[
+            "ring-cancel"
+        ]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -198,7 +198,18 @@ async def test_tcp_keepalive_pong_and_garbage_closes(bridge: Bridge) -> None:
     writer.write(b"\r\n\r\n")
     assert await asyncio.wait_for(reader.readexactly(2), 5) == b"\r\n"
     writer.write(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP h;branch=z9hG4bK1\r\n\r\n")
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # no Content-Length: closed
+    # No Content-Length on a stream: told why, then the connection is closed.
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.startswith(b"SIP/2.0 400 Bad Request (missing Content-Length on a stream)\r\n")
+    writer.close()
+
+
+async def test_tcp_garbage_without_a_request_line_is_closed_without_answer(
+    bridge: Bridge,
+) -> None:
+    reader, writer = await asyncio.open_connection(*bridge.address("tcp"))
+    writer.write(b"\x16\x03\x01 this is TLS or noise\r\n\r\n")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
 
 

@@ -271,6 +271,23 @@ def test_source_lost_makes_every_entity_unknown_until_resync() -> None:
     assert only(t.state("202")).state is EARLY
 
 
+def test_rings_expire_while_asterisk_is_away_but_answered_calls_stay() -> None:
+    t = tracker()
+    call_201_to_202(t)  # 202 rings
+    t.apply(seen("200.1", "PJSIP/205-00000009", UP, "200.1", caller=("206", "")), 2)  # 205 talks
+    assert t.expire_rings() == set()  # Asterisk is there: its word stands
+    t.apply(SourceLost(), 3)
+    assert t.expire_rings() == {"201", "202"}
+    assert t.state("202").dialogs == () and not t.state("202").known
+    assert only(t.state("205")).state is CONFIRMED
+    assert t.expire_rings() == set()
+    # Back: the resync shows the leg still ringing (only AMI was away), so it blinks again.
+    t.apply(ResyncStarted(), 4)
+    t.apply(seen("100.2", LEG_202, RINGING, "100.1"), 4)
+    t.apply(ResyncFinished(), 4)
+    assert only(t.state("202")).state is EARLY
+
+
 def test_events_about_unknown_channels_are_ignored() -> None:
     t = tracker()
     for event in (

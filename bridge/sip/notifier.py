@@ -159,6 +159,10 @@ class Notifier:
         except Exception:  # a bug must not take the listener down; tests assert none is logged
             logger.exception("internal error handling a message from %s", peer)
 
+    def reject(self, exc: ParseError, peer: Peer, now: float) -> None:
+        """A message the transport could not frame: answer 400 if it has somewhere to go."""
+        self._malformed(exc, peer, now)
+
     def resource_changed(self, resource: str, now: float) -> None:
         """The resource's state changed: notify its watchers (coalesced per subscription)."""
         subs = self._by_resource.get(resource)

@@ -192,7 +192,11 @@ class _Stream(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except ParseError as exc:
+            # The stream cannot be resynchronised: say what was wrong (400, when the request
+            # was readable enough to answer), then close once that is written.
             logger.info("closing TCP connection from %s: %s", self.peer, exc.reason)
+            self.service.notifier.reject(exc, self.peer, self.service._loop.time())
+            self.service._flush()
             self.transport.close()
             return
         if self.framer.pings:
