@@ -15,6 +15,7 @@ from benchmarks.render import SETTINGS
 from benchmarks.timing import REPEAT, Row, median
 from bridge.app import Documents
 from bridge.events import AsteriskEvent, ChannelGone, ChannelSeen, ChannelState, ExtensionHint
+from bridge.pickup import PickupPolicy
 from bridge.sip.notifier import Notifier
 from bridge.tracker import CallTracker
 
@@ -27,7 +28,8 @@ class Chain:
     def __init__(self) -> None:
         self.tracker = CallTracker()
         self.tracker.apply(ExtensionHint(EXTEN, "internal", f"PJSIP/{EXTEN}", 0), 0.0)
-        self.documents = Documents(self.tracker, SETTINGS)
+        # Everyone may pick up: one variant per change, as with a pickup group shared by all.
+        self.documents = Documents(self.tracker, SETTINGS, PickupPolicy("everyone"))
         self.notifier = Notifier(self.documents)
 
     def deliver(self, event: AsteriskEvent, now: float) -> None:

@@ -36,8 +36,8 @@ class OneExtension:
         """Only the one extension can be watched."""
         return resource == RESOURCE
 
-    def document(self, resource: str) -> DialogInfoDocument:
-        """The extension's current rendering."""
+    def document(self, resource: str, watcher: str) -> DialogInfoDocument:
+        """The extension's current rendering (the same for every watcher here)."""
         return self._documents[self._current]
 
     def flip(self) -> None:

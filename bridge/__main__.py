@@ -81,6 +81,19 @@ def config_warnings(config: Config) -> list[str]:
     warnings = []
     if not config.ami.configured and not config.demo:
         warnings.append("ami.username is empty: the bridge will run its demo PBX, not Asterisk")
+    for path in config.security.secret_files:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & 0o004:
+            warnings.append(f"{path} holds secrets and is readable by everyone: chmod o-r {path}")
+    if config.security.auth == "off" and config.security.pickup != "nobody":
+        allow = ", ".join(config.security.allow)
+        warnings.append(
+            "security.auth is off: watchers are known by their From user, which any device can "
+            f"claim, so the pickup ids are only as safe as security.allow ({allow})"
+        )
     if config.ami.configured and not config.sip.domain and config.ami.host in (
         "127.0.0.1", "::1", "localhost"
     ):

@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from bridge.asterisk.ami import AmiSource
 from bridge.config import Config, ConfigError, ListenAddress
 from bridge.demo.ami_server import RecordedAmiServer, bundled_recordings
 from bridge.dialoginfo import DialogInfoDocument, RenderSettings, render
-from bridge.events import AsteriskEvent, ResyncFinished, SourceLost
+from bridge.events import AsteriskEvent, EndpointGroups, ResyncFinished, SourceLost
+from bridge.pickup import PickupPolicy
+from bridge.sip.access import AccessLimits, SourceGate
+from bridge.sip.digest import DigestAuthenticator
 from bridge.sip.notifier import Notifier, NotifierSettings
 from bridge.sip.subscription import DialogKey
 from bridge.sip.transport import SipService, start_sip
@@ -36,36 +40,68 @@ RESTART_ONLY = (
 
 
 class Documents:
-    """The notifier's document source: each extension's state rendered once per change."""
+    """The notifier's document source: each extension's state rendered once per change and
+    variant (which of its ringing calls the watcher may pick up), never once per watcher."""
 
-    def __init__(self, tracker: CallTracker, settings: RenderSettings) -> None:
+    def __init__(
+        self, tracker: CallTracker, settings: RenderSettings, policy: PickupPolicy
+    ) -> None:
         self.tracker = tracker
         self.settings = settings
-        self._rendered: dict[str, DialogInfoDocument] = {}
+        self.policy = policy
+        # Per extension: its variants by the set of dialogs whose ids are shown; the key None
+        # (every id) is the yardstick for "did anything change".
+        self._rendered: dict[str, dict[frozenset[str] | None, DialogInfoDocument]] = {}
+        # Per extension: the body each class of watchers gets (see PickupPolicy.class_of).
+        self._by_class: dict[str, dict[Hashable, DialogInfoDocument]] = {}
 
     def knows(self, resource: str) -> bool:
         """Whether phones may watch this extension."""
         return self.tracker.watchable(resource)
 
-    def document(self, resource: str) -> DialogInfoDocument:
-        """The current body of an extension, rendered at most once per state."""
-        doc = self._rendered.get(resource)
+    def document(self, resource: str, watcher: str) -> DialogInfoDocument:
+        """The current body of an extension as this watcher may see it."""
+        cls = self.policy.class_of(watcher)
+        by_class = self._by_class.setdefault(resource, {})
+        doc = by_class.get(cls)
         if doc is None:
-            doc = self._rendered[resource] = render(self.tracker.state(resource), self.settings)
+            state = self.tracker.state(resource)
+            pickable = [d for d in state.dialogs if d.pickup is not None]
+            allowed = frozenset(
+                d.id
+                for d in pickable
+                if d.pickup is not None and self.policy.allows(cls, d.pickup.endpoint, resource)
+            )
+            # Every id allowed is the same body as the yardstick: render it once.
+            doc = by_class[cls] = self._variant(
+                resource, None if len(allowed) == len(pickable) else allowed
+            )
+        return doc
+
+    def _variant(self, resource: str, allowed: frozenset[str] | None) -> DialogInfoDocument:
+        variants = self._rendered.setdefault(resource, {})
+        doc = variants.get(allowed)
+        if doc is None:
+            state = self.tracker.state(resource)
+            doc = variants[allowed] = render(state, self.settings, allowed)
+            if None not in variants:  # the yardstick of changed(), for watched extensions
+                variants[None] = render(state, self.settings)
         return doc
 
     def changed(self, exten: str) -> bool:
-        """Forget the old rendering; True when the new body differs from it (or none was
-        rendered), i.e. when watchers must be told."""
-        old = self._rendered.pop(exten, None)
+        """Forget the old renderings; True when the new state differs from the old one (or
+        nothing was rendered), i.e. when watchers must be told."""
+        self._by_class.pop(exten, None)
+        old = self._rendered.pop(exten, {}).get(None)
         if old is None or not self.tracker.watchable(exten):
             return True
-        new = self.document(exten)
+        new = self._variant(exten, None)
         return (new.prefix, new.suffix) != (old.prefix, old.suffix)
 
     def forget_all(self) -> None:
-        """Drop every rendering (the tracker or the render settings were replaced)."""
+        """Drop every rendering (tracker, render settings or policy changed)."""
         self._rendered.clear()
+        self._by_class.clear()
 
 
 def _contacts(config: Config) -> dict[str, tuple[str, int]]:
@@ -101,14 +137,47 @@ def _domain(config: Config) -> str:
     return config.sip.domain or config.ami.host
 
 
+def _render_settings(config: Config) -> RenderSettings:
+    return RenderSettings(_domain(config), show_caller=config.security.show_caller)
+
+
+def _policy(config: Config, old: PickupPolicy | None = None) -> PickupPolicy:
+    policy = PickupPolicy(config.security.pickup, config.security.pickup_rules)
+    if old is not None:  # the groups learned from Asterisk stay valid across a reload
+        policy.adopt_groups(old)
+    return policy
+
+
+def _limits(config: Config) -> AccessLimits:
+    sec = config.security
+    return AccessLimits(
+        allow=tuple(ipaddress.ip_network(n, strict=False) for n in sec.allow),
+        requests_per_second=sec.requests_per_second,
+        burst=sec.burst,
+        subscriptions_per_source=sec.max_subscriptions_per_source,
+        subscriptions_total=sec.max_subscriptions,
+    )
+
+
+def _authenticator(config: Config) -> DigestAuthenticator | None:
+    sec = config.security
+    if sec.auth != "digest":
+        return None
+    return DigestAuthenticator(
+        sec.realm or _domain(config), dict(sec.users), nonce_lifetime=sec.nonce_lifetime
+    )
+
+
 def _changed_settings(old: Config, new: Config) -> set[str]:
     """Dotted names of the settings that differ between two configurations."""
     out = set()
-    for section in ("ami", "sip", "watch", "store"):
+    for section in ("ami", "sip", "watch", "store", "security"):
         a, b = getattr(old, section), getattr(new, section)
         for f in dataclasses.fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
                 out.add(f"{section}.{f.name}")
+    if old.security.users != new.security.users:  # kept out of == so it never gets printed
+        out.add("security.users_file")
     if old.log_level != new.log_level:
         out.add("log.level")
     if old.demo != new.demo:
@@ -124,8 +193,14 @@ class Bridge:
         self.demo = demo
         self.tracker = self._new_tracker(config)
         self.domain = _domain(config)
-        self.documents = Documents(self.tracker, RenderSettings(self.domain))
-        self.notifier = Notifier(self.documents, _notifier_settings(config))
+        self.policy = _policy(config)
+        self.documents = Documents(self.tracker, _render_settings(config), self.policy)
+        self.notifier = Notifier(
+            self.documents,
+            _notifier_settings(config),
+            gate=SourceGate(_limits(config)),
+            auth=_authenticator(config),
+        )
         self.sip: SipService | None = None
         self.source: AmiSource | None = None
         self.store: SubscriptionStore | None = None
@@ -294,9 +369,14 @@ class Bridge:
             self.tracker = self._new_tracker(config)
             self.documents.tracker = self.tracker
             restart_source = True  # the new tracker learns everything from a fresh sync
-        if _domain(config) != self.domain:
-            self.domain = _domain(config)
-            self.documents.settings = RenderSettings(self.domain)
+        self.domain = _domain(config)
+        self.documents.settings = _render_settings(config)
+        self.policy = self.documents.policy = _policy(config, self.policy)
+        self.notifier.gate.limits = _limits(config)
+        if (config.security.auth, config.security.realm) != (old.security.auth, old.security.realm):
+            self.notifier.auth = _authenticator(config)
+        elif self.notifier.auth is not None:
+            self.notifier.auth.set_users(dict(config.security.users))
         self.documents.forget_all()
         if restart_source and not self.demo:
             await self._stop_source()
@@ -353,6 +433,13 @@ class Bridge:
                     log.info("store.path: %s is written again", store.path)
                 self._store_failed = False
 
+    def _policy_changed(self) -> None:
+        """Who may pick up changed: watchers of ringing extensions get their bodies again."""
+        self.documents.forget_all()
+        for resource in self.notifier.resources():
+            if any(d.pickup is not None for d in self.tracker.state(resource).dialogs):
+                self._notify(resource)
+
     def _asterisk_lost(self) -> None:
         timeout = self.config.watch.stale_ring_timeout
         log.warning(
@@ -383,6 +470,10 @@ class Bridge:
                 log.info("%s: %s", exten, self.tracker.state(exten).summary())
                 if self.sip is not None:
                     self.sip.resource_changed(exten)
+        if isinstance(event, EndpointGroups) and self.policy.set_groups(
+            event.endpoint, event.call_groups, event.pickup_groups
+        ):
+            self._policy_changed()
         if isinstance(event, SourceLost):
             self._asterisk_lost()
         if isinstance(event, ResyncFinished):

@@ -78,6 +78,33 @@ class WatchConfig:
     stale_ring_timeout: float = 60.0  # 0: ringing keys blink until Asterisk is back
 
 
+DEFAULT_ALLOW = (
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+    "169.254.0.0/16", "fc00::/7", "fe80::/10",
+)  # fmt: skip
+PICKUP_MODES = ("group", "rules", "everyone", "nobody")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Who may watch, who may pick up, and the limits that keep a flood harmless."""
+
+    allow: tuple[str, ...] = DEFAULT_ALLOW
+    auth: str = "off"  # "digest": SUBSCRIBEs must authenticate
+    realm: str = ""  # empty: the SIP domain
+    users: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    users_file: str = ""
+    nonce_lifetime: float = 300.0
+    pickup: str = "group"
+    pickup_rules: dict[str, frozenset[str]] = field(default_factory=dict)
+    show_caller: bool = True
+    requests_per_second: float = 20.0
+    burst: int = 50
+    max_subscriptions: int = 20000
+    max_subscriptions_per_source: int = 200
+    secret_files: tuple[str, ...] = ()  # every file a secret was read from (permission check)
+
+
 DEFAULT_STORE = "/var/lib/snom-blf-bridge/subscriptions.sqlite3"
 
 
@@ -100,6 +127,7 @@ class Config:
     demo: bool = False
     source_file: str = ""
     store: StoreConfig = StoreConfig()
+    security: SecurityConfig = SecurityConfig()
 
 
 _SECTIONS: dict[str, set[str]] = {
@@ -115,6 +143,11 @@ _SECTIONS: dict[str, set[str]] = {
     "log": {"level"},
     "demo": {"enabled"},
     "store": {"path", "flush_interval"},
+    "security": {
+        "allow", "auth", "realm", "users_file", "nonce_lifetime", "pickup", "pickup_rules",
+        "show_caller", "requests_per_second", "burst", "max_subscriptions",
+        "max_subscriptions_per_source",
+    },
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -173,7 +206,89 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         raise ConfigError(f"log.level: {level!r} is not one of {', '.join(_LOG_LEVELS)}")
     demo = _bool(_table(raw, "demo"), "demo.enabled", False)
     store = _store(_table(raw, "store"), base_dir or Path.cwd())
-    return Config(ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store)
+    security = _security(_table(raw, "security"), base_dir or Path.cwd())
+    secrets_read = security.secret_files + _ami_secret_files(_table(raw, "ami"), base_dir)
+    security = dataclasses.replace(security, secret_files=secrets_read)
+    return Config(
+        ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store, security=security
+    )
+
+
+def _ami_secret_files(t: Mapping[str, Any], base_dir: Path | None) -> tuple[str, ...]:
+    name = t.get("secret_file")
+    return (str(_secret_path(Path(name), base_dir or Path.cwd())),) if name else ()
+
+
+def _security(t: Mapping[str, Any], base_dir: Path) -> SecurityConfig:
+    allow_raw = t.get("allow", list(DEFAULT_ALLOW))
+    if not isinstance(allow_raw, list) or not all(isinstance(a, str) for a in allow_raw):
+        raise ConfigError('security.allow: must be a list of networks, e.g. ["192.168.0.0/16"]')
+    for i, network in enumerate(allow_raw):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"security.allow[{i}]: {network!r} is not a network") from None
+    auth = _str(t, "security.auth", "off").lower()
+    if auth not in ("off", "digest"):
+        raise ConfigError(f"security.auth: {auth!r} is not one of off, digest")
+    users: dict[str, str] = {}
+    files: tuple[str, ...] = ()
+    users_file = _str(t, "security.users_file", "")
+    if users_file:
+        path = _secret_path(Path(users_file), base_dir)
+        users = _read_users(path)
+        files = (str(path),)
+    if auth == "digest" and not users:
+        raise ConfigError("security.users_file: required (and not empty) when security.auth = "
+                          "\"digest\"")  # fmt: skip
+    pickup = _str(t, "security.pickup", "group").lower()
+    if pickup not in PICKUP_MODES:
+        raise ConfigError(f"security.pickup: {pickup!r} is not one of {', '.join(PICKUP_MODES)}")
+    rules_raw = t.get("pickup_rules", {})
+    if not isinstance(rules_raw, dict):
+        raise ConfigError('security.pickup_rules: must be a table, e.g. { "203" = ["202"] }')
+    rules: dict[str, frozenset[str]] = {}
+    for watcher, extens in rules_raw.items():
+        if not isinstance(extens, list) or not all(isinstance(e, str | int) for e in extens):
+            raise ConfigError(f"security.pickup_rules.{watcher}: must be a list of extensions")
+        rules[str(watcher)] = frozenset(str(e) for e in extens)
+    if pickup == "rules" and not rules:
+        raise ConfigError('security.pickup_rules: needed when security.pickup = "rules"')
+    return SecurityConfig(
+        allow=tuple(allow_raw),
+        auth=auth,
+        realm=_str(t, "security.realm", ""),
+        users=users,
+        users_file=users_file,
+        nonce_lifetime=_number(t, "security.nonce_lifetime", 300.0, low=10, high=86400),
+        pickup=pickup,
+        pickup_rules=rules,
+        show_caller=_bool(t, "security.show_caller", True),
+        requests_per_second=_number(t, "security.requests_per_second", 20.0, low=0, high=1e6),
+        burst=_int(t, "security.burst", 50, low=1, high=1_000_000),
+        max_subscriptions=_int(t, "security.max_subscriptions", 20000, low=0, high=10_000_000),
+        max_subscriptions_per_source=_int(
+            t, "security.max_subscriptions_per_source", 200, low=0, high=10_000_000
+        ),
+        secret_files=files,
+    )
+
+
+def _read_users(path: Path) -> dict[str, str]:
+    """``user = "password"`` lines (TOML); the passwords are never logged or printed."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"security.users_file: cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"security.users_file: {path} is not valid TOML: {exc}") from exc
+    users: dict[str, str] = {}
+    for user, password in raw.items():
+        if not isinstance(password, str) or not password:
+            raise ConfigError(f"security.users_file: {path}: {user}: needs a password string")
+        users[str(user)] = password
+    return users
 
 
 def _replace_source(config: Config, source: str) -> Config:
@@ -225,12 +340,17 @@ def _ami(t: Mapping[str, Any], base_dir: Path) -> AmiConfig:
     )
 
 
-def _read_secret(path: Path, base_dir: Path, name: str) -> str:
+def _secret_path(path: Path, base_dir: Path) -> Path:
+    if path.is_absolute():
+        return path
+    # systemd's LoadCredential= hands secrets over in $CREDENTIALS_DIRECTORY.
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not path.is_absolute():
-        # systemd's LoadCredential= hands secrets over in $CREDENTIALS_DIRECTORY.
-        in_credentials = Path(credentials) / path if credentials else None
-        path = in_credentials if in_credentials and in_credentials.exists() else base_dir / path
+    in_credentials = Path(credentials) / path if credentials else None
+    return in_credentials if in_credentials and in_credentials.exists() else base_dir / path
+
+
+def _read_secret(path: Path, base_dir: Path, name: str) -> str:
+    path = _secret_path(path, base_dir)
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:

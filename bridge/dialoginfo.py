@@ -47,10 +47,12 @@ class RenderSettings:
     ``domain``: the PBX's SIP domain (host[:port]) the phones register to, used in every URI.
     ``pickup_ids``: write call-id/local-tag/remote-tag of ringing calls; a watcher that may not
     pick up (the bridge is the gatekeeper, FACTS.md) gets a body rendered without them.
+    ``show_caller``: write who the other party is; False hides every number and name.
     """
 
     domain: str
     pickup_ids: bool = True
+    show_caller: bool = True
 
     def __post_init__(self) -> None:
         if not self.domain or _BAD_HOST.search(self.domain):
@@ -72,8 +74,13 @@ class DialogInfoDocument:
         return b"".join((self.prefix, str(version).encode("ascii"), self.suffix))
 
 
-def render(state: EntityState, settings: RenderSettings) -> DialogInfoDocument:
-    """Render an entity's state once; per-watcher bodies come from ``DialogInfoDocument.body``."""
+def render(
+    state: EntityState, settings: RenderSettings, pickup_for: frozenset[str] | None = None
+) -> DialogInfoDocument:
+    """Render an entity's state once; per-watcher bodies come from ``DialogInfoDocument.body``.
+
+    ``pickup_for``: ids of the dialogs whose pickup ids may be written (None: all of them).
+    """
     entity = sip_uri(state.exten, settings.domain)
     # lxml-stubs type nsmap keys as str, but None is lxml's key for the default namespace.
     root = etree.Element(_NS + "dialog-info", nsmap={None: NAMESPACE})  # type: ignore[dict-item]
@@ -81,7 +88,8 @@ def render(state: EntityState, settings: RenderSettings) -> DialogInfoDocument:
     root.set("state", "full")
     root.set("entity", entity)
     for dialog in state.dialogs:
-        _append_dialog(root, dialog, entity, settings)
+        ids = settings.pickup_ids and (pickup_for is None or dialog.id in pickup_for)
+        _append_dialog(root, dialog, entity, settings, ids)
     xml = etree.tostring(root, encoding="UTF-8", xml_declaration=False)
     marker = b' version="'
     start = xml.index(marker) + len(marker)
@@ -95,11 +103,11 @@ def sip_uri(user: str, domain: str) -> str:
 
 
 def _append_dialog(
-    root: etree._Element, dialog: Dialog, entity: str, settings: RenderSettings
+    root: etree._Element, dialog: Dialog, entity: str, settings: RenderSettings, ids: bool
 ) -> None:
     element = etree.SubElement(root, _NS + "dialog")
     element.set("id", _clean(dialog.id) or "-")
-    if dialog.pickup is not None and settings.pickup_ids:
+    if dialog.pickup is not None and ids:
         element.set("call-id", _clean(dialog.pickup.call_id))
         element.set("local-tag", _clean(dialog.pickup.local_tag))
         element.set("remote-tag", _clean(dialog.pickup.remote_tag))
@@ -112,7 +120,7 @@ def _append_dialog(
     remote = etree.SubElement(element, _NS + "remote")
     num = _clean(dialog.remote_num).strip()
     name = _WHITESPACE.sub(" ", _clean(dialog.remote_name)).strip()
-    if num or name:
+    if (num or name) and settings.show_caller:
         identity = etree.SubElement(remote, _NS + "identity")
         if name:
             identity.set("display", name)

@@ -114,6 +114,15 @@ class ExtensionHint:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointGroups:
+    """A PJSIP endpoint's call and pickup groups (PJSIPShowEndpoint), for the pickup policy."""
+
+    endpoint: str
+    call_groups: frozenset[int]
+    pickup_groups: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
 class ResyncStarted:
     """The source is about to replay Asterisk's complete current state (after a (re)connect)."""
 
@@ -137,6 +146,7 @@ AsteriskEvent = (
     | HoldChanged
     | DeviceStateChanged
     | ExtensionHint
+    | EndpointGroups
     | ResyncStarted
     | ResyncFinished
     | SourceLost

@@ -38,6 +38,7 @@ class PickupIds:
     call_id: str
     local_tag: str
     remote_tag: str
+    endpoint: str = ""  # the ringing PJSIP endpoint, whose call_group the pickup policy checks
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,18 +47,20 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     cseq INTEGER NOT NULL,
     version INTEGER NOT NULL,
     expires REAL NOT NULL,
+    watcher TEXT NOT NULL,
     PRIMARY KEY (call_id, remote_tag, local_tag)
 );
 """
 _COLUMNS = (
     "call_id, remote_tag, local_tag, resource, transport, host, port, local_host, local_port,"
-    " event, event_id, local_uri, remote_uri, target, route, remote_cseq, cseq, version, expires"
+    " event, event_id, local_uri, remote_uri, target, route, remote_cseq, cseq, version, expires,"
+    " watcher"
 )
-_UPSERT = f"INSERT OR REPLACE INTO subscriptions ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+_UPSERT = f"INSERT OR REPLACE INTO subscriptions ({_COLUMNS}) VALUES ({', '.join('?' * 20)})"
 _DELETE = "DELETE FROM subscriptions WHERE call_id = ? AND remote_tag = ? AND local_tag = ?"
 
 Row = tuple[str, str, str, str, str, str, int, str | None, int | None, str, str | None, str,
-            str, str, str, int, int, int, float]  # fmt: skip
+            str, str, str, int, int, int, float, str]  # fmt: skip
 
 
 class StoreError(Exception):
@@ -179,13 +181,14 @@ def _row(snap: SubscriptionSnapshot, now: float) -> Row:
         snap.cseq,
         snap.version,
         now + snap.expires_in,
+        snap.watcher,
     )
 
 
 def _snapshot(row: tuple[object, ...], now: float) -> SubscriptionSnapshot:
     (call_id, remote_tag, local_tag, resource, transport, host, port, local_host, local_port,
      event, event_id, local_uri, remote_uri, target, route, remote_cseq, cseq, version,
-     expires) = row  # fmt: skip
+     expires, watcher) = row  # fmt: skip
     if transport not in ("udp", "tcp"):
         raise ValueError(f"transport {transport!r}")
     local = (str(local_host), _int(local_port)) if local_host is not None else None
@@ -206,6 +209,7 @@ def _snapshot(row: tuple[object, ...], now: float) -> SubscriptionSnapshot:
         cseq=_int(cseq),
         version=_int(version),
         expires_in=float(str(expires)) - now,
+        watcher=str(watcher),
     )
 
 

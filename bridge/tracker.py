@@ -395,7 +395,8 @@ class CallTracker:
             ids = ch.ids
             if ids is not None and ids.call_id and ids.local_tag and ids.remote_tag:
                 # FACTS.md: the ringing phone's tag is its local-tag, Asterisk's its remote-tag.
-                pickup = PickupIds(ids.call_id, ids.remote_tag, ids.local_tag)
+                endpoint = ch.device.partition("/")[2]
+                pickup = PickupIds(ids.call_id, ids.remote_tag, ids.local_tag, endpoint)
             else:
                 self._needing_ids.add(ch.uniqueid)
         num, name = self._remote_identity(ch)

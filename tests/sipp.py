@@ -166,6 +166,7 @@ class SippWatcher:
         silent: bool = False,
         refresh: bool = False,
         unsubscribe: bool = False,
+        watcher: str = "203",
         scenario: Path = SCENARIOS / "watcher.xml",
         keys: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
@@ -178,7 +179,9 @@ class SippWatcher:
         self.timeout = timeout
         self._flags = [name for name, on in (("silent", silent), ("refresh", refresh),
                        ("unsubscribe", unsubscribe)) if on]  # fmt: skip
-        self._keys = {"expires": str(expires), **(keys or {})}
+        # The phone's identity (From user): an endpoint of the recorded PBX, which the default
+        # pickup policy checks against the ringing endpoint's call group.
+        self._keys = {"expires": str(expires), "watcher": watcher, **(keys or {})}
         self._template = string.Template(scenario.read_text())
         self._idle_ms = idle_ms
         self._extra = list(extra_args)

@@ -22,6 +22,7 @@ from bridge.events import (
     ChannelSeen,
     ChannelState,
     DeviceStateChanged,
+    EndpointGroups,
     ExtensionHint,
     LegIds,
     ResyncFinished,
@@ -43,10 +44,16 @@ class Collector:
 
     def __init__(self) -> None:
         self.events: Events = []
+        self.groups: list[EndpointGroups] = []
         self._tick = asyncio.Event()
 
     def __call__(self, event: AsteriskEvent) -> None:
-        self.events.append(event)
+        # The pickup groups are read in the background after each sync; they interleave with
+        # call events in no fixed order, so they are kept apart (test_pickup_groups_*).
+        if isinstance(event, EndpointGroups):
+            self.groups.append(event)
+        else:
+            self.events.append(event)
         self._tick.set()
         self._tick = asyncio.Event()
 
@@ -367,3 +374,18 @@ async def test_a_silent_asterisk_is_noticed_by_ping_and_reconnected(
             assert sum("lost the AMI connection" in r.message for r in caplog.records) == 1
     finally:
         hang.set()
+
+
+async def test_pickup_groups_of_every_endpoint_are_read_after_the_sync(
+    server: RecordedAmiServer,
+) -> None:
+    server.endpoints["206"]["pickup_group"] = "2,4-5"
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        await got.until(lambda _: len(got.groups) == 6)
+    groups = {g.endpoint: (g.call_groups, g.pickup_groups) for g in got.groups}
+    assert groups["202"] == (frozenset({1}), frozenset({1}))
+    assert groups["206"] == (frozenset({1}), frozenset({2, 4, 5}))
+    asked = [name for kind, name, _ in server.log if kind == "recv"]
+    assert asked.index("PJSIPShowEndpoints") > asked.index("CoreShowChannels")
+    assert asked.count("PJSIPShowEndpoint") == 6

@@ -65,6 +65,8 @@ async def running_bridge(server: RecordedAmiServer, *extra: str) -> AsyncIterato
     try:
         assert bridge.source is not None
         await asyncio.wait_for(bridge.source.synced.wait(), 5)
+        # The pickup groups are read after the sync; a ring before that would show no ids.
+        await eventually(lambda: all(bridge.policy.knows(f"20{i}") for i in range(1, 7)))
         yield bridge
     finally:
         await bridge.stop()

@@ -32,7 +32,7 @@ class Source:
     def knows(self, resource: str) -> bool:
         return resource in self.states
 
-    def document(self, resource: str) -> Doc:
+    def document(self, resource: str, watcher: str) -> Doc:
         return Doc(self.states[resource])
 
 

@@ -94,7 +94,7 @@ def test_ringing_leg_is_early_with_caller_then_confirmed_then_gone() -> None:
     assert (d.remote_num, d.remote_name, d.pickup) == ("201", "Phone 201", None)
     assert t.channels_needing_ids() == {"100.2"}
     assert t.apply(LegIds("100.2", "call-1", "asterisk-tag", "phone-tag"), 2) == {"202"}
-    assert only(t.state("202")).pickup == PickupIds("call-1", "phone-tag", "asterisk-tag")
+    assert only(t.state("202")).pickup == PickupIds("call-1", "phone-tag", "asterisk-tag", "202")
     assert t.channels_needing_ids() == set()
     assert t.apply(seen("100.2", LEG_202, UP, "100.1"), 3) == {"202"}
     d = only(t.state("202"))
@@ -241,7 +241,7 @@ def test_two_calls_are_two_dialogs_in_creation_order() -> None:
             ("100.1", CONFIRMED, "205"),
             ("105.4", EARLY, "201"),
         ]
-        assert dialogs[0].pickup is None and dialogs[1].pickup == PickupIds("c", "ph", "ast")
+        assert dialogs[0].pickup is None and dialogs[1].pickup == PickupIds("c", "ph", "ast", "202")
 
 
 def test_resync_removes_channels_not_seen_again() -> None:
@@ -454,8 +454,11 @@ def test_recording_pickup_replaces() -> None:
     picked = [d.pickup for s in states for d in s.dialogs if d.pickup is not None]
     # csv: call-id;local_tag;remote_tag → call-id=f1, remote-tag=f2, local-tag=f3
     assert picked and set(picked) == {
-        PickupIds(expected.call_id, local_tag=expected.remote_tag, remote_tag=expected.local_tag)
-    }
+        PickupIds(
+            expected.call_id, local_tag=expected.remote_tag, remote_tag=expected.local_tag,
+            endpoint="202",
+        )
+    }  # fmt: skip
     # The same ids as the picker's Replaces header: call-id;to-tag=<remote-tag>;from-tag=<local-tag>
     picker = (RECORDINGS / "pickup-replaces" / "sip-203-picker.log").read_text()
     p = picked[0]
@@ -514,7 +517,9 @@ def test_recording_ring_while_busy() -> None:
     talking, ringing = both.dialogs
     assert (talking.id, talking.remote_num, talking.pickup) == ("1795325833.21", "205", None)
     assert (ringing.id, ringing.remote_num) == (ringing_leg, "201")
-    assert ringing.pickup == PickupIds(expected.call_id, expected.remote_tag, expected.local_tag)
+    assert ringing.pickup == PickupIds(
+        expected.call_id, expected.remote_tag, expected.local_tag, "202"
+    )
 
 
 SCENARIOS = [

@@ -35,17 +35,20 @@ from bridge.events import (
     AsteriskEvent,
     ChannelGone,
     ChannelSeen,
+    EndpointGroups,
     LegIds,
     ResyncFinished,
     ResyncStarted,
     SourceLost,
 )
+from bridge.pickup import parse_groups
 
 log = logging.getLogger(__name__)
 
 ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(pjsip,remote_tag)")
 RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels")
 MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
+GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
 
 IdsTask = asyncio.Task[LegIds | None]
 
@@ -128,11 +131,15 @@ class _Connection:
         self.lists: set[str] = set()  # ActionIDs of resync lists not complete yet
         self._inflight: set[asyncio.Future[Any]] = set()
 
-    def send(self, fields: dict[str, str]) -> tuple[str, asyncio.Future[Any]]:
-        """Send an action; returns its ActionID and the future of its answer."""
+    def send(
+        self, fields: dict[str, str], *, lists: bool = False
+    ) -> tuple[str, asyncio.Future[Any]]:
+        """Send an action; returns its ActionID and the future of its answer. With ``lists``
+        the answer is every message up to the list's ...Complete event (or the lone error)."""
         action = Action(fields)
         assert self.protocol is not None
-        future: asyncio.Future[Any] = self.protocol.send(action)
+        # panoramisk: as_list=None detects a list by "EventList: start"; False takes the first.
+        future: asyncio.Future[Any] = self.protocol.send(action, as_list=None if lists else False)
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
         return str(action.action_id), future
@@ -211,6 +218,7 @@ class AmiSource:
         self._announced = False  # ResyncStarted sent and no SourceLost since
         self._logoff: asyncio.Future[Any] | None = None
         self._attempt: asyncio.Task[bool] | None = None
+        self._groups: asyncio.Task[None] | None = None
         self._last_problem = ""
 
     async def run(self) -> None:
@@ -247,6 +255,8 @@ class AmiSource:
             deliverer.cancel()
             for task in self._ids.values():
                 task.cancel()
+            if self._groups is not None:
+                self._groups.cancel()
 
     async def stop(self) -> None:
         """Log off and make ``run()`` return."""
@@ -334,8 +344,54 @@ class AmiSource:
         def synced() -> None:
             if conn is self._conn and not conn.lost.is_set():
                 self.synced.set()
+                self.refresh_groups()
 
         self._queue.put_nowait(_Item([ResyncFinished()], then=synced))
+
+    def refresh_groups(self) -> None:
+        """Read every PJSIP endpoint's call and pickup groups again (after each sync, and on
+        reload), in the background: the pickup policy needs them, the key states do not."""
+        conn = self._conn
+        if conn is None or not self.connected:
+            return
+        if self._groups is not None and not self._groups.done():
+            self._groups.cancel()
+        self._groups = asyncio.create_task(self._read_groups(conn), name="ami-groups")
+
+    async def _read_groups(self, conn: _Connection) -> None:
+        try:
+            answer = await asyncio.wait_for(
+                conn.send({"Action": "PJSIPShowEndpoints"}, lists=True)[1], 10
+            )
+        except (TimeoutError, asyncio.CancelledError):
+            return
+        listing = [_headers(m) for m in answer] if isinstance(answer, list) else [_headers(answer)]
+        if listing and listing[0].get("Response") == "Error":
+            self._problem(f"cannot read pickup groups: PJSIPShowEndpoints: "
+                          f"{listing[0].get('Message', '')}")  # fmt: skip
+            return
+        names = [h["ObjectName"] for h in listing if h.get("Event") == "EndpointList"
+                 and h.get("ObjectName")]  # fmt: skip
+        window = asyncio.Semaphore(GROUP_QUERIES)
+
+        async def one(name: str) -> None:
+            async with window:
+                action = {"Action": "PJSIPShowEndpoint", "Endpoint": name}
+                try:
+                    detail = await asyncio.wait_for(conn.send(action, lists=True)[1], 10)
+                except TimeoutError:
+                    log.warning("PJSIPShowEndpoint %s: no answer", name)
+                    return
+            for h in map(_headers, detail if isinstance(detail, list) else [detail]):
+                if h.get("Event") == "EndpointDetail":
+                    groups = (
+                        parse_groups(h.get("CallGroup", "")),
+                        parse_groups(h.get("PickupGroup", "")),
+                    )
+                    self._queue.put_nowait(_Item([EndpointGroups(name, *groups)]))
+
+        await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
+        log.debug("read the pickup groups of %d endpoints", len(names))
 
     def _accept(self, events: list[AsteriskEvent]) -> None:
         """Queue mapped events in stream order, starting id lookups for ringing legs."""

@@ -219,6 +219,29 @@ def _tag(value: str) -> str:
     return match[1] if match else ""
 
 
+def load_endpoints(conf: Path) -> dict[str, dict[str, str]]:
+    """The endpoints of a pjsip.conf (templates applied) as option → value, for answering
+    PJSIPShowEndpoint(s) the way the recorded Asterisk would have."""
+    sections: list[tuple[str, list[str], dict[str, str]]] = []
+    templates: dict[str, dict[str, str]] = {}
+    for raw in conf.read_text(encoding="utf-8").splitlines() if conf.exists() else []:
+        line = raw.split(";", 1)[0].strip()
+        if line.startswith("["):
+            name, _, rest = line[1:].partition("]")
+            bases = [b.strip() for b in rest.strip("()").split(",") if b.strip() and b != "!"]
+            options: dict[str, str] = {}
+            for base in bases:
+                options.update(templates.get(base, {}))
+            sections.append((name, bases, options))
+            if rest.startswith("(!"):
+                templates[name] = options
+        elif "=" in line and sections:
+            key, _, value = line.partition("=")
+            sections[-1][2][key.strip()] = value.strip()
+    return {name: opts for name, _, opts in sections
+            if opts.get("type") == "endpoint" and name not in templates}  # fmt: skip
+
+
 def load_recordings(directory: Path) -> dict[str, Scenario]:
     """All scenarios under ``directory`` (or the one scenario that ``directory`` is)."""
     if (directory / "ami-wire.jsonl").exists():
@@ -336,7 +359,11 @@ class RecordedAmiServer:
         speed: float = 1.0,
         auth_fail_delay: float = 0.0,
     ) -> None:
-        self.scenarios = load_recordings(Path(recordings or bundled_recordings()))
+        folder = Path(recordings or bundled_recordings())
+        self.scenarios = load_recordings(folder)
+        # Endpoint options (call_group, pickup_group, …) as PJSIPShowEndpoint reports them;
+        # tests may change them.
+        self.endpoints = load_endpoints(folder / "asterisk-etc" / "pjsip.conf")
         if not self.scenarios:
             raise ValueError(f"no ami-wire.jsonl recordings under {recordings}")
         self.host, self.port = host, port
@@ -515,11 +542,43 @@ class RecordedAmiServer:
             ]
         if action == "getvar":
             return [self._getvar(frame)]
+        if action == "pjsipshowendpoints":
+            return self._endpoint_list()
+        if action == "pjsipshowendpoint":
+            return self._endpoint_detail(frame.get("Endpoint", ""))
         name = frame.get("Action", "")
         text = (
             f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
         )
         return [{"Response": "Error", "Message": text}]
+
+    def _endpoint_list(self) -> list[Headers]:
+        if not self.endpoints:  # Asterisk answers an error, not an empty list
+            return [{"Response": "Error", "Message": "No endpoints found"}]
+        items = [{"Event": "EndpointList", "ObjectType": "endpoint", "ObjectName": name,
+                  "Transport": "", "Aor": opts.get("aors", ""), "DeviceState": "Not in use"}
+                 for name, opts in self.endpoints.items()]  # fmt: skip
+        return [
+            {"Response": "Success", "EventList": "start",
+             "Message": "A listing of Endpoints follows, presented as EndpointList events"},
+            *items,
+            {"Event": "EndpointListComplete", "EventList": "Complete",
+             "ListItems": str(len(items))},
+        ]  # fmt: skip
+
+    def _endpoint_detail(self, name: str) -> list[Headers]:
+        opts = self.endpoints.get(name)
+        if opts is None:
+            return [{"Response": "Error", "Message": "Unable to retrieve endpoint " + name}]
+        detail = {"Event": "EndpointDetail", "ObjectType": "endpoint", "ObjectName": name,
+                  "Context": opts.get("context", ""), "CallGroup": opts.get("call_group", ""),
+                  "PickupGroup": opts.get("pickup_group", "")}  # fmt: skip
+        return [
+            {"Response": "Success", "EventList": "start",
+             "Message": "Following are Events for each object associated with the Endpoint"},
+            detail,
+            {"Event": "EndpointDetailComplete", "EventList": "Complete", "ListItems": "1"},
+        ]  # fmt: skip
 
     def _getvar(self, frame: Mapping[str, str]) -> Headers:
         variable, channel = frame.get("Variable", ""), frame.get("Channel", "")

@@ -13,6 +13,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
+from bridge.sip.access import SourceGate
+from bridge.sip.digest import DigestAuthenticator, Verdict
 from bridge.sip.message import ParseError, Request, Response, build_response, parse_message
 from bridge.sip.subscription import (
     DialogKey,
@@ -65,8 +67,8 @@ class DocumentSource(Protocol):
         """Whether the resource (a Request-URI user part) can be watched."""
         ...
 
-    def document(self, resource: str) -> SupportsBody:
-        """The current state of a known resource."""
+    def document(self, resource: str, watcher: str) -> SupportsBody:
+        """The current state of a known resource, as this watcher may see it."""
         ...
 
 
@@ -105,9 +107,18 @@ class _Exchange:
 class Notifier:
     """Answers SUBSCRIBEs and keeps every subscriber's NOTIFYs flowing."""
 
-    def __init__(self, source: DocumentSource, settings: NotifierSettings | None = None) -> None:
+    def __init__(
+        self,
+        source: DocumentSource,
+        settings: NotifierSettings | None = None,
+        *,
+        gate: SourceGate | None = None,
+        auth: DigestAuthenticator | None = None,
+    ) -> None:
         self.settings = settings = settings or NotifierSettings()
         self._source = source
+        self.gate = gate or SourceGate()
+        self.auth = auth  # None: phones are known by the user part of their From URI
         self._contacts = dict(settings.contacts)
         self._subs: dict[DialogKey, Subscription] = {}
         self._by_resource: dict[str, dict[DialogKey, Subscription]] = {}
@@ -124,6 +135,8 @@ class Notifier:
         self._changed: dict[DialogKey, Subscription] = {}
         self._removed: set[DialogKey] = set()
         self.ready = True  # False: the document source cannot tell yet which resources exist
+        self._per_source: dict[str, int] = {}  # active subscriptions per source address
+        self._over_limit: set[str] = set()  # sources told they have too many, logged once
 
     # ----------------------------------------------------------------- public API
 
@@ -172,12 +185,12 @@ class Notifier:
             for sub in list(subs.values()):
                 self._terminate(sub, now, "noresource")
             return
-        document = self._source.document(resource)  # one rendering for every watcher
+        source = self._source  # renders once per variant; each watcher's is a cache lookup
         for sub in subs.values():
             if sub.in_flight is not None:
                 sub.dirty = True  # coalesce: one NOTIFY with the newest state after this one
             else:
-                self._send_notify(sub, now, document)
+                self._send_notify(sub, now, source.document(resource, sub.watcher))
 
     def outgoing(self) -> list[tuple[bytes, Peer]]:
         """Take everything to send, in order."""
@@ -250,8 +263,10 @@ class Notifier:
         """
         resumed = 0
         for snap in snapshots:
-            if snap.expires_in <= 0 or snap.key in self._subs or snap.peer.transport not in (
-                "udp", "tcp"
+            if (
+                snap.expires_in <= 0
+                or snap.key in self._subs
+                or snap.peer.transport not in ("udp", "tcp")
             ):
                 continue
             sub = Subscription.resume(snap, now)
@@ -290,8 +305,15 @@ class Notifier:
             return  # without a Via there is nowhere to send a response
         if req.method == "ACK":
             return  # only ever acknowledges a final non-2xx we sent to an INVITE
+        admission = self.gate.admit(peer.host, now)
+        if admission.drop:
+            return
         key = ResponseCache.key(req, top)
         x = _Exchange(req, peer, now, key)
+        if admission.status:
+            self._answer(_Exchange(req, peer, now, None), Answer(admission.status,
+                                                                 admission.headers))  # fmt: skip
+            return
         cached = self._answers.get(key)
         if cached is not None:
             self._out.append((cached, peer))  # a retransmission: same answer, nothing new
@@ -310,9 +332,38 @@ class Notifier:
         if isinstance(expires, Answer):
             self._answer(x, expires)
         elif sub is None:
-            self._new_subscription(x, from_tag, expires)
+            watcher = self._identify(x)
+            if watcher is not None:
+                self._new_subscription(x, from_tag, expires, watcher)
         else:
             self._refresh(x, sub, expires)
+
+    def _identify(self, x: _Exchange) -> str | None:
+        """Who subscribes: the digest user (after a challenge), or without authentication the
+        user part of the From URI. None when the request has been answered (401/403/503)."""
+        if self.auth is None:
+            return x.req.from_addr().uri.user or ""
+        outcome = self.auth.check(
+            x.req.headers.get("Authorization"), x.req.method, x.peer.host, x.now
+        )
+        if outcome.verdict is Verdict.OK:
+            return outcome.user
+        if outcome.verdict is Verdict.FORBIDDEN:
+            logger.warning("authentication of %r from %s failed: %s", outcome.user, x.peer,
+                           outcome.reason)  # fmt: skip
+            throttled = self.gate.failed(x.peer.host, x.now)
+            self._answer(
+                x, Answer(throttled.status, throttled.headers) if throttled else Answer(403)
+            )
+            return None
+        if outcome.reason:
+            logger.info("challenging %s again: %s", x.peer, outcome.reason)
+        stale = outcome.verdict is Verdict.STALE
+        challenges = self.auth.challenges(x.peer.host, x.now, stale=stale)
+        # Not cached: a retransmission must not be handed the same nonce twice.
+        x = _Exchange(x.req, x.peer, x.now, None)
+        self._answer(x, Answer(401, tuple(("WWW-Authenticate", c) for c in challenges)))
+        return None
 
     def _answer(self, x: _Exchange, answer: Answer, to_tag: str = "") -> None:
         """Send (and cache, for retransmissions) the answer to a request."""
@@ -344,8 +395,21 @@ class Notifier:
         headers += [("Record-Route", r) for r in x.req.list_values("Record-Route")]
         self._answer(x, Answer(200, tuple(headers)), sub.key[2])
 
-    def _new_subscription(self, x: _Exchange, from_tag: str, expires: int) -> None:
+    def _new_subscription(self, x: _Exchange, from_tag: str, expires: int, watcher: str) -> None:
         req, now = x.req, x.now
+        limits, host = self.gate.limits, x.peer.host
+        over = (limits.subscriptions_total and len(self._subs) >= limits.subscriptions_total) or (
+            limits.subscriptions_per_source
+            and self._per_source.get(host, 0) >= limits.subscriptions_per_source
+        )
+        if over and expires:
+            if host not in self._over_limit:
+                self._over_limit.add(host)
+                logger.warning("refusing more subscriptions from %s: security.max_subscriptions"
+                               "(_per_source) reached", host)  # fmt: skip
+            self._answer(x, Answer(503, (("Retry-After", str(limits.retry_after)),)))
+            return
+        self._over_limit.discard(host)
         resource = req.request_uri().user
         if resource is None or not self._source.knows(resource):
             if resource is not None and not self.ready:
@@ -368,6 +432,7 @@ class Notifier:
             route=tuple(req.list_values("Record-Route")),
             expires_at=now + expires,
             remote_cseq=req.cseq().seq,
+            watcher=watcher,
         )
         self._build_template(sub)
         self._accept(x, sub, expires)
@@ -388,6 +453,8 @@ class Notifier:
         self._subs[sub.key] = sub
         self._by_resource.setdefault(sub.resource, {})[sub.key] = sub
         self._by_watcher[sub.watcher_key()] = sub
+        sub.source = sub.peer.host
+        self._per_source[sub.source] = self._per_source.get(sub.source, 0) + 1
         self._timers.schedule(sub, sub.expires_at)
 
     def _refresh(self, x: _Exchange, sub: Subscription, expires: int) -> None:
@@ -429,7 +496,7 @@ class Notifier:
     def _send_notify(self, sub: Subscription, now: float, doc: SupportsBody | None = None) -> None:
         body = b""
         if doc is not None or self._source.knows(sub.resource):
-            body = (doc or self._source.document(sub.resource)).body(sub.version)
+            body = (doc or self._source.document(sub.resource, sub.watcher)).body(sub.version)
             sub.version += 1
         final = sub.state != "active"
         if final:
@@ -461,6 +528,11 @@ class Notifier:
         self._removed.add(sub.key)
         if self._by_watcher.get(sub.watcher_key()) is sub:
             del self._by_watcher[sub.watcher_key()]
+        left = self._per_source.get(sub.source, 0) - 1
+        if left > 0:
+            self._per_source[sub.source] = left
+        else:
+            self._per_source.pop(sub.source, None)
         watchers = self._by_resource.get(sub.resource, {})
         watchers.pop(sub.key, None)
         if not watchers:

@@ -152,6 +152,7 @@ class SubscriptionSnapshot:
     cseq: int
     version: int
     expires_in: float
+    watcher: str = ""  # who subscribes (digest user, or From user without authentication)
 
 
 @dataclass(eq=False, slots=True)
@@ -178,6 +179,8 @@ class Subscription:
     # "gone" = nothing more to send.
     state: Literal["active", "terminating", "gone"] = "active"
     final_reason: str = ""
+    watcher: str = ""  # who subscribes: decides what the body may show (pickup ids, caller)
+    source: str = ""  # the address it was counted under (per-source limits)
     remote_aor: str = ""  # the From URI without tag, parsed once (see watcher_key)
     cseq_bound: int = 0  # end of the current CSeq lease (what the store was last told)
     version_bound: int = 0  # end of the current version lease
@@ -218,6 +221,7 @@ class Subscription:
             cseq=self.cseq if exact else self.cseq_bound,
             version=self.version if exact else self.version_bound,
             expires_in=max(0.0, self.expires_at - now),
+            watcher=self.watcher,
         )
 
     @classmethod
@@ -237,6 +241,7 @@ class Subscription:
             remote_cseq=snap.remote_cseq,
             cseq=snap.cseq,
             version=snap.version,
+            watcher=snap.watcher,
         )
         sub.lease_ran_out()  # a fresh lease, stored before anything is sent under it
         return sub
