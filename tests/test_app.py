@@ -46,6 +46,7 @@ def config_for(server: RecordedAmiServer, *extra: str) -> list[str]:
         'sip.tcp=["127.0.0.1:0"]',
         f"sip.domain={DOMAIN}",
         "store.path=",  # these tests keep nothing; tests/test_restart.py covers the store
+        "security.requests_per_second=0",  # tests/test_security.py covers the limits
         *extra,
     ]
 

@@ -51,7 +51,8 @@ _CANONICAL = {
     )
 }  # fmt: skip
 REASONS = {
-    100: "Trying", 200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found",
+    100: "Trying", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
     420: "Bad Extension", 423: "Interval Too Brief", 481: "Call/Transaction Does Not Exist",
     489: "Bad Event", 500: "Server Internal Error", 501: "Not Implemented",
