@@ -69,8 +69,10 @@ def _check_config(path: str, overrides: list[str]) -> int:
         return EXIT_CONFIG
     for warning in config_warnings(config):
         print(f"{path}: warning: {warning}", file=sys.stderr)
-    mode = "demo PBX" if config.demo or not config.ami.configured else (
-        f"AMI {config.ami.username}@{config.ami.host}:{config.ami.port}"
+    mode = (
+        "demo PBX"
+        if config.demo or not config.ami.configured
+        else (f"AMI {config.ami.username}@{config.ami.host}:{config.ami.port}")
     )
     print(f"{path}: OK ({mode})")
     return 0
@@ -94,8 +96,10 @@ def config_warnings(config: Config) -> list[str]:
             "security.auth is off: watchers are known by their From user, which any device can "
             f"claim, so the pickup ids are only as safe as security.allow ({allow})"
         )
-    if config.ami.configured and not config.sip.domain and config.ami.host in (
-        "127.0.0.1", "::1", "localhost"
+    if (
+        config.ami.configured
+        and not config.sip.domain
+        and config.ami.host in ("127.0.0.1", "::1", "localhost")
     ):
         warnings.append(
             "sip.domain is empty and ami.host is loopback: URIs in NOTIFYs will name "
@@ -116,6 +120,7 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
     log = logging.getLogger("bridge")
     for warning in config_warnings(config):
         log.warning("config: %s", warning)
+
     def reload() -> Config:
         return load(path, overrides)
 
@@ -130,8 +135,10 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
 def _setup_logging(level: str) -> None:
     # Under systemd the journal stamps every line itself; don't print a second timestamp.
     under_journal = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_journal else (
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if under_journal
+        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import secrets
 import signal
+import ssl
 import time
 from collections.abc import Callable, Hashable
 
@@ -35,7 +36,8 @@ log = logging.getLogger("bridge")
 DEMO_PAUSE = 3.0  # seconds of quiet between two replayed calls in the demo loop
 # Settings a running bridge cannot take over: they need new sockets or another store file.
 RESTART_ONLY = (
-    "sip.udp", "sip.tcp", "sip.max_message_size", "sip.contact_host", "store.path", "demo.enabled"
+    "sip.udp", "sip.tcp", "sip.tls", "sip.tls_certificate", "sip.tls_key",
+    "sip.max_message_size", "sip.contact_host", "store.path", "demo.enabled",
 )  # fmt: skip
 
 
@@ -107,7 +109,9 @@ class Documents:
 def _contacts(config: Config) -> dict[str, tuple[str, int]]:
     """Fallback Contact/Via addresses per transport (port 0: the port once bound)."""
     first = {"udp": config.sip.udp, "tcp": config.sip.tcp}
-    some: ListenAddress = (config.sip.udp or config.sip.tcp)[0]
+    if config.sip.tls:
+        first["tls"] = config.sip.tls
+    some: ListenAddress = (config.sip.udp or config.sip.tcp or config.sip.tls)[0]
     out = {}
     for transport, addresses in first.items():
         address = addresses[0] if addresses else some
@@ -135,6 +139,14 @@ def _notifier_settings(config: Config) -> NotifierSettings:
 
 def _domain(config: Config) -> str:
     return config.sip.domain or config.ami.host
+
+
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    if not config.sip.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.sip.tls_certificate, config.sip.tls_key)
+    return context
 
 
 def _render_settings(config: Config) -> RenderSettings:
@@ -231,6 +243,8 @@ class Bridge:
                 [(a.host, a.port) for a in sip.tcp],
                 max_datagram=sip.max_message_size,
                 max_message=sip.max_message_size,
+                tls_addrs=[(a.host, a.port) for a in sip.tls],
+                tls=_tls_context(self.config),
             )
         except BaseException:
             await self.stop()
@@ -239,7 +253,9 @@ class Bridge:
         if self.store is not None:
             self._tasks.append(asyncio.create_task(self._flush_store(), name="store"))
         listening = [f"udp {t.get_extra_info('sockname')[1]}" for t in self.sip.udp] + [
-            f"tcp {s.sockets[0].getsockname()[1]}" for s in self.sip.tcp
+            f"{kind} {s.sockets[0].getsockname()[1]}"
+            for kind, servers in (("tcp", self.sip.tcp), ("tls", self.sip.tls))
+            for s in servers
         ]
         assert self.source is not None
         log.info(
@@ -316,7 +332,8 @@ class Bridge:
         if transport == "udp":
             host, port = self.sip.udp[0].get_extra_info("sockname")[:2]
         else:
-            host, port = self.sip.tcp[0].sockets[0].getsockname()[:2]
+            servers = self.sip.tls if transport == "tls" else self.sip.tcp
+            host, port = servers[0].sockets[0].getsockname()[:2]
         return str(host), int(port)
 
     async def stop(self) -> None:
@@ -383,9 +400,11 @@ class Bridge:
             self.tracker.apply(SourceLost(), asyncio.get_running_loop().time())
             self._start_source()
         else:
-            # Same source and tracker: only the bodies may differ (the domain changed).
+            # Same source and tracker: only the bodies may differ (domain, policy, privacy).
             for resource in self.notifier.resources():
                 self._notify(resource)
+            if self.source is not None:
+                self.source.refresh_groups()  # "refreshed on reload": Asterisk may have changed
         log.info("reloaded: %s", ", ".join(sorted(changed - set(kept))) or "nothing")
 
     def _with_old_values(self, config: Config, names: list[str]) -> Config:

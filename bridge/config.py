@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import ssl
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,9 @@ class SipConfig:
 
     udp: tuple[ListenAddress, ...] = DEFAULT_LISTEN
     tcp: tuple[ListenAddress, ...] = DEFAULT_LISTEN
+    tls: tuple[ListenAddress, ...] = ()
+    tls_certificate: str = ""  # PEM chain; with tls_key, required when tls is set
+    tls_key: str = ""
     domain: str = ""
     contact_host: str = ""
     min_expires: int = 60
@@ -132,20 +136,46 @@ class Config:
 
 _SECTIONS: dict[str, set[str]] = {
     "ami": {
-        "host", "port", "username", "secret", "secret_file", "events", "getvar_timeout",
-        "reconnect_min", "reconnect_max",
+        "host",
+        "port",
+        "username",
+        "secret",
+        "secret_file",
+        "events",
+        "getvar_timeout",
+        "reconnect_min",
+        "reconnect_max",
     },
     "sip": {
-        "udp", "tcp", "domain", "contact_host", "min_expires", "default_expires", "max_expires",
-        "max_message_size", "user_agent",
+        "udp",
+        "tcp",
+        "tls",
+        "tls_certificate",
+        "tls_key",
+        "domain",
+        "contact_host",
+        "min_expires",
+        "default_expires",
+        "max_expires",
+        "max_message_size",
+        "user_agent",
     },
     "watch": {"extensions", "outgoing_blinks", "stale_ring_timeout"},
     "log": {"level"},
     "demo": {"enabled"},
     "store": {"path", "flush_interval"},
     "security": {
-        "allow", "auth", "realm", "users_file", "nonce_lifetime", "pickup", "pickup_rules",
-        "show_caller", "requests_per_second", "burst", "max_subscriptions",
+        "allow",
+        "auth",
+        "realm",
+        "users_file",
+        "nonce_lifetime",
+        "pickup",
+        "pickup_rules",
+        "show_caller",
+        "requests_per_second",
+        "burst",
+        "max_subscriptions",
         "max_subscriptions_per_source",
     },
 }
@@ -199,7 +229,7 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
                 known = ", ".join(sorted(_SECTIONS[section]))
                 raise ConfigError(f"{section}.{key}: unknown setting (known: {known})")
     ami = _ami(_table(raw, "ami"), base_dir or Path.cwd())
-    sip = _sip(_table(raw, "sip"))
+    sip = _sip(_table(raw, "sip"), base_dir or Path.cwd())
     watch = _watch(_table(raw, "watch"))
     level = _str(_table(raw, "log"), "log.level", "info").lower()
     if level not in _LOG_LEVELS:
@@ -360,7 +390,23 @@ def _read_secret(path: Path, base_dir: Path, name: str) -> str:
     return text
 
 
-def _sip(t: Mapping[str, Any]) -> SipConfig:
+def _tls(t: Mapping[str, Any], base_dir: Path) -> tuple[tuple[ListenAddress, ...], str, str]:
+    tls = _addresses(t, "sip.tls", ())
+    cert, key = _str(t, "sip.tls_certificate", ""), _str(t, "sip.tls_key", "")
+    if not tls:
+        return tls, cert, key
+    if not cert or not key:
+        raise ConfigError("sip.tls_certificate / sip.tls_key: both needed when sip.tls is set")
+    cert, key = str(_secret_path(Path(cert), base_dir)), str(_secret_path(Path(key), base_dir))
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"sip.tls_certificate / sip.tls_key: cannot load {cert} with {key}: "
+                          f"{exc}") from exc  # fmt: skip
+    return tls, cert, key
+
+
+def _sip(t: Mapping[str, Any], base_dir: Path | None = None) -> SipConfig:
     mn = _int(t, "sip.min_expires", 60, low=1, high=86400)
     default = _int(t, "sip.default_expires", 600, low=1, high=86400)
     mx = _int(t, "sip.max_expires", 3600, low=1, high=86400)
@@ -371,14 +417,18 @@ def _sip(t: Mapping[str, Any]) -> SipConfig:
         )
     udp = _addresses(t, "sip.udp", DEFAULT_LISTEN)
     tcp = _addresses(t, "sip.tcp", DEFAULT_LISTEN)
-    if not udp and not tcp:
-        raise ConfigError("sip.udp / sip.tcp: at least one listen address is needed")
+    tls, cert, key = _tls(t, base_dir or Path.cwd())
+    if not udp and not tcp and not tls:
+        raise ConfigError("sip.udp / sip.tcp / sip.tls: at least one listen address is needed")
     domain = _str(t, "sip.domain", "")
-    if any(c in domain for c in " <>\"@;"):
+    if any(c in domain for c in ' <>"@;'):
         raise ConfigError(f"sip.domain: {domain!r} is not a host name or address")
     return SipConfig(
         udp=udp,
         tcp=tcp,
+        tls=tls,
+        tls_certificate=cert,
+        tls_key=key,
         domain=domain,
         contact_host=_str(t, "sip.contact_host", ""),
         min_expires=mn,
@@ -394,10 +444,10 @@ def _watch(t: Mapping[str, Any]) -> WatchConfig:
     if "extensions" in t:
         value = t["extensions"]
         if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
-            raise ConfigError("watch.extensions: must be a list of extensions, e.g. [\"201\"]")
+            raise ConfigError('watch.extensions: must be a list of extensions, e.g. ["201"]')
         names = [str(v).strip() for v in value]
         for i, name in enumerate(names):
-            if not name or any(c in name for c in " <>\"@;:"):
+            if not name or any(c in name for c in ' <>"@;:'):
                 raise ConfigError(f"watch.extensions[{i}]: {name!r} is not an extension")
         extensions = frozenset(names) if names else None
     return WatchConfig(
@@ -417,13 +467,13 @@ def _addresses(
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
-        raise ConfigError(f"{name}: must be a list of \"host:port\" strings")
+        raise ConfigError(f'{name}: must be a list of "host:port" strings')
     return tuple(_address(v, f"{name}[{i}]") for i, v in enumerate(value))
 
 
 def _address(value: Any, name: str) -> ListenAddress:
     if not isinstance(value, str):
-        raise ConfigError(f"{name}: must be a \"host:port\" string")
+        raise ConfigError(f'{name}: must be a "host:port" string')
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
         raise ConfigError(f"{name}: {value!r} is not host:port")
@@ -442,7 +492,7 @@ def _check_host(host: str, name: str) -> None:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not host or any(c in host for c in " /@<>\"") or len(host) > 253:
+        if not host or any(c in host for c in ' /@<>"') or len(host) > 253:
             raise ConfigError(f"{name}: {host!r} is not an IP address or host name") from None
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from bridge.sip.subscription import DialogKey, Peer, SubscriptionSnapshot
+from bridge.sip.subscription import DialogKey, Peer, SubscriptionSnapshot, Transport
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def _snapshot(row: tuple[object, ...], now: float) -> SubscriptionSnapshot:
     (call_id, remote_tag, local_tag, resource, transport, host, port, local_host, local_port,
      event, event_id, local_uri, remote_uri, target, route, remote_cseq, cseq, version,
      expires, watcher) = row  # fmt: skip
-    if transport not in ("udp", "tcp"):
+    if transport not in ("udp", "tcp", "tls"):
         raise ValueError(f"transport {transport!r}")
     local = (str(local_host), _int(local_port)) if local_host is not None else None
     hops = json.loads(str(route))
@@ -198,7 +198,7 @@ def _snapshot(row: tuple[object, ...], now: float) -> SubscriptionSnapshot:
     return SubscriptionSnapshot(
         key=(str(call_id), str(remote_tag), str(local_tag)),
         resource=str(resource),
-        peer=Peer("udp" if transport == "udp" else "tcp", str(host), _int(port), local),
+        peer=Peer(_TRANSPORTS[str(transport)], str(host), _int(port), local),
         event=str(event),
         event_id=None if event_id is None else str(event_id),
         local=str(local_uri),
@@ -211,6 +211,9 @@ def _snapshot(row: tuple[object, ...], now: float) -> SubscriptionSnapshot:
         expires_in=float(str(expires)) - now,
         watcher=str(watcher),
     )
+
+
+_TRANSPORTS: dict[str, Transport] = {"udp": "udp", "tcp": "tcp", "tls": "tls"}
 
 
 def _int(value: object) -> int:

@@ -11,6 +11,8 @@ import hashlib
 import re
 import secrets
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -306,3 +308,64 @@ def test_check_config_warns_about_readable_secrets_and_open_pickup(
     config.write_text('[security]\nauth = "off"\n')
     assert main(["check-config", str(config)]) == 0
     assert "only as safe as security.allow" in capsys.readouterr().err
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "bridge.crt", tmp_path / "bridge.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_sip_over_tls(server: RecordedAmiServer, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    async with running_bridge(
+        server, 'sip.tls=["127.0.0.1:0"]', f"sip.tls_certificate={cert}", f"sip.tls_key={key}"
+    ) as bridge:
+        client = ssl.create_default_context(cafile=str(cert))
+        client.check_hostname = False  # the test certificate names localhost, we dial 127.0.0.1
+        reader, writer = await asyncio.open_connection(*bridge.bound("tls"), ssl=client)
+        host, port = writer.get_extra_info("sockname")[:2]
+        writer.write(
+            (
+                "SUBSCRIBE sip:202@pbx.test SIP/2.0\r\n"
+                f"Via: SIP/2.0/TLS {host}:{port};branch=z9hG4bKtls1;rport\r\n"
+                "From: <sip:203@pbx.test>;tag=t1\r\nTo: <sip:202@pbx.test>\r\n"
+                "Call-ID: tls-1\r\nCSeq: 1 SUBSCRIBE\r\n"
+                f"Contact: <sip:203@{host}:{port};transport=tls>\r\n"
+                "Event: dialog\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+
+        async def message() -> tuple[str, bytes]:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            length = int(re.search(r"^Content-Length: (\d+)", head, re.M)[1])  # type: ignore[index]
+            return head, await reader.readexactly(length)
+
+        def answer(notify: str) -> None:
+            cseq = re.search(r"^CSeq: .*$", notify, re.M)
+            via = re.search(r"^Via: .*$", notify, re.M)
+            assert cseq and via
+            writer.write(f"SIP/2.0 200 OK\r\n{via[0]}\r\nFrom: <sip:202@pbx.test>\r\n"
+                         f"To: <sip:203@pbx.test>\r\nCall-ID: tls-1\r\n{cseq[0]}\r\n"
+                         "Content-Length: 0\r\n\r\n".encode())  # fmt: skip
+
+        async with asyncio.timeout(5):
+            ok, _ = await message()
+            first, body = await message()
+            assert ok.startswith("SIP/2.0 200 OK") and ";transport=tls>" in ok
+            assert first.startswith("NOTIFY ") and "Via: SIP/2.0/TLS " in first
+            assert b"<dialog " not in body
+            answer(first)
+            await server.play("pickup-replaces", until=RINGING_202)
+            while True:  # answer the NOTIFYs until the ringing one, ids and all, arrives
+                head, body = await message()
+                answer(head)
+                if b"<state>early</state>" in body:
+                    break
+        assert b'call-id="' in body
+        writer.close()

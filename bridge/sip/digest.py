@@ -55,9 +55,7 @@ def parse_credentials(value: str) -> dict[str, str] | None:
         if m is None or m.end() == pos:
             return None
         quoted, bare = m.group(2), m.group(3)
-        params[m.group(1).lower()] = (
-            re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
-        )
+        params[m.group(1).lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
         pos = m.end()
     return params
 

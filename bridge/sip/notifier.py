@@ -266,7 +266,7 @@ class Notifier:
             if (
                 snap.expires_in <= 0
                 or snap.key in self._subs
-                or snap.peer.transport not in ("udp", "tcp")
+                or snap.peer.transport not in self._contacts
             ):
                 continue
             sub = Subscription.resume(snap, now)
@@ -512,7 +512,7 @@ class Notifier:
         assert sub.template is not None
         data = sub.template.render(branch, sub.cseq, state, body)
         t1 = self.settings.t1
-        interval = t1 if sub.peer.transport == "udp" else 0.0  # no retransmission on TCP
+        interval = t1 if sub.peer.transport == "udp" else 0.0  # streams do not retransmit
         tx = NotifyTransaction(branch, sub, data, sub.peer, now + 64 * t1, interval, final)
         sub.in_flight = tx
         self._client_tx[branch] = tx

@@ -11,6 +11,7 @@ from bridge.sip.headers import ParseError, parse_name_addr
 
 __all__ = [
     "SEQUENCE_LEASE",
+    "STREAMS",
     "DialogKey",
     "NotifierSettings",
     "NotifyTemplate",
@@ -22,7 +23,8 @@ __all__ = [
     "contact_uri",
 ]
 
-Transport = Literal["udp", "tcp"]
+Transport = Literal["udp", "tcp", "tls"]
+STREAMS = ("tcp", "tls")  # connection-oriented: no retransmission, Via/Contact say which
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +68,8 @@ class NotifierSettings:
             raise ValueError("need 0 < min_expires <= default_expires <= max_expires")
         if not 0 < self.t1 <= self.t2:
             raise ValueError("need 0 < t1 <= t2")
-        if set(self.contacts) != {"udp", "tcp"}:
-            raise ValueError("contacts needs exactly the keys 'udp' and 'tcp'")
+        if not {"udp", "tcp"} <= set(self.contacts) <= {"udp", "tcp", "tls"}:
+            raise ValueError("contacts needs the keys 'udp' and 'tcp' (and 'tls' if used)")
 
 
 class NotifyTemplate:
@@ -118,7 +120,9 @@ class NotifyTemplate:
 
 def contact_uri(transport: str, host: str, port: int) -> str:
     """Our Contact for a transport; transport=tcp keeps in-dialog requests on TCP."""
-    return f"<sip:{host}:{port};transport=tcp>" if transport == "tcp" else f"<sip:{host}:{port}>"
+    if transport in STREAMS:
+        return f"<sip:{host}:{port};transport={transport}>"
+    return f"<sip:{host}:{port}>"
 
 
 DialogKey = tuple[str, str, str]  # Call-ID, remote (From) tag, local (our To) tag

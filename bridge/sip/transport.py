@@ -10,13 +10,14 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import ssl
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from bridge.sip.message import ParseError, Request, Response, StreamFramer
 from bridge.sip.notifier import Notifier
-from bridge.sip.subscription import Peer
+from bridge.sip.subscription import Peer, Transport
 
 __all__ = ["SipService", "start_sip"]
 
@@ -53,6 +54,7 @@ class SipService:
         self.max_message = max_message
         self.udp: list[asyncio.DatagramTransport] = []
         self.tcp: list[asyncio.Server] = []
+        self.tls: list[asyncio.Server] = []
         self._loop = asyncio.get_running_loop()
         self._streams: dict[Peer, _Stream] = {}
         self._dialing: dict[Peer, list[bytes]] = {}  # queued while a connection is being opened
@@ -81,13 +83,13 @@ class SipService:
             self._timer.cancel()
         for transport in self.udp:
             transport.close()
-        for server in self.tcp:
+        for server in self.tcp + self.tls:
             server.close()
         for stream in list(self._streams.values()):
             stream.transport.close()
         for task in list(self._tasks):
             task.cancel()
-        for server in self.tcp:
+        for server in self.tcp + self.tls:
             await server.wait_closed()
 
     def udp_local(self, bound: tuple[str, int], remote_host: str) -> tuple[str, int]:
@@ -121,6 +123,10 @@ class SipService:
                 stream.transport.write(data)
             elif peer in self._dialing:
                 self._dialing[peer].append(data)
+            elif peer.transport == "tls":
+                # A phone does not take TLS connections: without its own, it gets nothing
+                # until it connects again (its refresh, at the latest).
+                logger.info("no TLS connection from %s any more; a message is dropped", peer)
             else:
                 # The connection the SUBSCRIBE came on is gone: open one to the same address.
                 self._dialing[peer] = [data]
@@ -170,9 +176,12 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 class _Stream(asyncio.Protocol):
-    def __init__(self, service: SipService, peer: Peer | None = None) -> None:
+    def __init__(
+        self, service: SipService, peer: Peer | None = None, kind: Transport = "tcp"
+    ) -> None:
         self.service = service
         self.peer = peer
+        self.kind = kind
         self.framer = StreamFramer(service.max_message)
         self.transport: asyncio.Transport
 
@@ -182,7 +191,7 @@ class _Stream(asyncio.Protocol):
         if self.peer is None:
             host, port = transport.get_extra_info("peername")[:2]
             local_host, local_port = transport.get_extra_info("sockname")[:2]
-            self.peer = Peer("tcp", host, port, (str(local_host), int(local_port)))
+            self.peer = Peer(self.kind, host, port, (str(local_host), int(local_port)))
         self.service._streams[self.peer] = self
         for data in self.service._dialing.pop(self.peer, []):
             transport.write(data)
@@ -194,7 +203,7 @@ class _Stream(asyncio.Protocol):
         except ParseError as exc:
             # The stream cannot be resynchronised: say what was wrong (400, when the request
             # was readable enough to answer), then close once that is written.
-            logger.info("closing TCP connection from %s: %s", self.peer, exc.reason)
+            logger.info("closing the connection from %s: %s", self.peer, exc.reason)
             self.service.notifier.reject(exc, self.peer, self.service._loop.time())
             self.service._flush()
             self.transport.close()
@@ -219,6 +228,8 @@ async def start_sip(
     *,
     max_datagram: int = 16384,
     max_message: int = 65535,
+    tls_addrs: Sequence[tuple[str, int]] = (),
+    tls: ssl.SSLContext | None = None,
 ) -> SipService:
     """Bind the listeners. A notifier contact with port 0 gets the first bound port of its kind."""
     loop = asyncio.get_running_loop()
@@ -231,14 +242,22 @@ async def start_sip(
             service.udp.append(transport)
         for host, port in tcp_addrs:
             service.tcp.append(await loop.create_server(lambda: _Stream(service), host, port))
+        for host, port in tls_addrs if tls is not None else ():
+            server = await loop.create_server(
+                lambda: _Stream(service, kind="tls"), host, port, ssl=tls
+            )
+            service.tls.append(server)
     except OSError:
         await service.close()
         raise
     bound = {
         "udp": [t.get_extra_info("sockname") for t in service.udp],
         "tcp": [s.sockets[0].getsockname() for s in service.tcp],
+        "tls": [s.sockets[0].getsockname() for s in service.tls],
     }
     for transport_name, names in bound.items():
+        if not names:
+            continue
         host, port = notifier.contact(transport_name)
         if port == 0 and names:
             notifier.set_contact(transport_name, host, names[0][1])
