@@ -120,7 +120,10 @@ def _append_dialog(
     remote = etree.SubElement(element, _NS + "remote")
     num = _clean(dialog.remote_num).strip()
     name = _WHITESPACE.sub(" ", _clean(dialog.remote_name)).strip()
-    if (num or name) and settings.show_caller:
+    if dialog.remote_hidden:
+        # Withheld by the caller: RFC 3323's anonymous identity, so the key says so.
+        etree.SubElement(remote, _NS + "identity").text = _ANONYMOUS
+    elif (num or name) and settings.show_caller:
         identity = etree.SubElement(remote, _NS + "identity")
         if name:
             identity.set("display", name)

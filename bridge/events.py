@@ -85,6 +85,7 @@ class LegIds:
     call_id: str
     local_tag: str
     remote_tag: str
+    caller_hidden: bool = False  # the caller's presentation is restricted: never show it
 
 
 @dataclass(frozen=True, slots=True)

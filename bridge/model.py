@@ -53,6 +53,7 @@ class Dialog:
     pickup: PickupIds | None = None  # only for a ringing incoming PJSIP leg whose ids are known
     local_held: bool = False  # the entity put the call on hold
     remote_held: bool = False  # the other party put the call on hold
+    remote_hidden: bool = False  # the other party restricted its presentation: never shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,8 @@ def _describe(dialog: Dialog) -> str:
 
 
 def _party(dialog: Dialog) -> str:
+    if dialog.remote_hidden:
+        return "a withheld number"
     if dialog.remote_name and dialog.remote_num:
         return f"{dialog.remote_name} <{dialog.remote_num}>"
     return dialog.remote_name or dialog.remote_num or "an unknown party"

@@ -401,7 +401,12 @@ class CallTracker:
                 self._needing_ids.add(ch.uniqueid)
         num, name = self._remote_identity(ch)
         remote_held = self._held > 0 and any(p.on_hold for p in self._partners(ch))
-        return Dialog(ch.uniqueid, direction, state, num, name, pickup, ch.on_hold, remote_held)
+        hidden = ch.ids is not None and ch.ids.caller_hidden
+        if hidden:
+            num, name = "", ""  # restricted presentation: not even in the log
+        return Dialog(
+            ch.uniqueid, direction, state, num, name, pickup, ch.on_hold, remote_held, hidden
+        )
 
     def _direction(self, ch: _Channel) -> Direction:
         if ch.stated_direction is not None:

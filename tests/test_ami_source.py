@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import socket
@@ -157,7 +158,8 @@ async def test_pickup_ids_are_read_at_once_and_delivered_first(server: RecordedA
         assert leg.state is ChannelState.RINGING
         assert live[:at] + live[at + 1 :] == expected
     getvars = [kind for kind, name, _ in server.log if name == "Getvar" and kind != "event"]
-    assert getvars == ["recv"] * 3 + ["send"] * 3  # all three asked before the first answer
+    # ids and caller presentation, all four asked before the first answer
+    assert getvars == ["recv"] * 4 + ["send"] * 4
 
 
 async def test_a_slow_getvar_holds_later_events_back(server: RecordedAmiServer) -> None:
@@ -204,10 +206,11 @@ async def test_each_ringing_leg_is_asked_once(server: RecordedAmiServer) -> None
         await server.play("ring-while-busy")
         expected = recorded(server, "ring-while-busy")
         await got.until(lambda evs: len(after_resync(evs)) >= len(expected))
-        assert after_resync(got.events) == expected  # the recording has no ids for those legs
+        # The whole call is over before the (slowed) Getvars are answered: no ids to deliver.
+        assert after_resync(got.events) == expected
     legs = {e.uniqueid for e in expected if isinstance(e, ChannelSeen) and needs_ids(e)}
     assert len(legs) == 2 and sum(map(ringing, expected)) == 3
-    assert sum(1 for kind, name, _ in server.log if (kind, name) == ("recv", "Getvar")) == 3 * 2
+    assert sum(1 for kind, name, _ in server.log if (kind, name) == ("recv", "Getvar")) == 4 * 2
 
 
 async def test_live_events_during_resync_are_kept_in_order(server: RecordedAmiServer) -> None:
@@ -389,3 +392,15 @@ async def test_pickup_groups_of_every_endpoint_are_read_after_the_sync(
     asked = [name for kind, name, _ in server.log if kind == "recv"]
     assert asked.index("PJSIPShowEndpoints") > asked.index("CoreShowChannels")
     assert asked.count("PJSIPShowEndpoint") == 6
+
+
+async def test_a_withheld_caller_is_marked_hidden(server: RecordedAmiServer) -> None:
+    leg = "PJSIP/202-00000008"
+    getvars = server.scenarios["pickup-replaces"].getvars
+    getvars[(leg, "CONNECTEDLINE(pres)")] = "prohib_not_screened"
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        await server.play("pickup-replaces", until=RINGING_DONE)
+        await got.until(lambda evs: any(isinstance(e, LegIds) for e in evs))
+    (ids,) = [e for e in got.events if isinstance(e, LegIds)]
+    assert ids == dataclasses.replace(PICKUP_IDS, caller_hidden=True)

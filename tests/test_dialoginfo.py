@@ -231,3 +231,11 @@ def test_every_recorded_state_renders_valid(scenario: str) -> None:
                 assert root.get("entity") == f"sip:{exten}@pbx.example.com"
                 rendered += 1
     assert rendered > 0
+
+
+def test_a_withheld_caller_is_anonymous_whatever_the_settings() -> None:
+    hidden = Dialog("1.2", Direction.RECIPIENT, DialogState.EARLY, "", "", None, remote_hidden=True)
+    root = parse(render(EntityState("202", (hidden,)), PBX).body(0))
+    identity = root.find("d:dialog/d:remote/d:identity", NS)
+    assert identity is not None and identity.text == "sip:anonymous@anonymous.invalid"
+    assert identity.get("display") is None

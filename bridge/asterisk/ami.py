@@ -46,6 +46,9 @@ from bridge.pickup import parse_groups
 log = logging.getLogger(__name__)
 
 ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(pjsip,remote_tag)")
+# How the caller is presented to the ringing phone (allowed…, prohib…, unavailable); read in
+# the same batch so a withheld caller is never shown on anybody's key.
+PRESENTATION = "CONNECTEDLINE(pres)"
 RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels")
 MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
@@ -409,10 +412,10 @@ class AmiSource:
             self._queue.put_nowait(_Item([event], ids))
 
     async def _fetch_ids(self, conn: _Connection, leg: ChannelSeen) -> LegIds | None:
-        """The three Getvars of a leg, in flight at once (never Status: it can deadlock)."""
+        """The Getvars of a leg, in flight at once (never Status: it can deadlock)."""
         futures = [
             conn.send({"Action": "Getvar", "Channel": leg.name, "Variable": v})[1]
-            for v in ID_VARIABLES
+            for v in (*ID_VARIABLES, PRESENTATION)
         ]
         _, pending = await asyncio.wait(futures, timeout=self._getvar_timeout)
         for future in pending:
@@ -422,15 +425,18 @@ class AmiSource:
         if pending:
             log.warning("Getvar for %s timed out after %.1f s", leg.name, self._getvar_timeout)
             return None
+        answers = [{} if f.cancelled() else _headers(f.result()) for f in futures]
         values = []
-        for future in futures:
-            answer = {} if future.cancelled() else _headers(future.result())
+        for answer in answers[: len(ID_VARIABLES)]:
             if answer.get("Response") != "Success" or not answer.get("Value"):
                 problem = answer.get("Message", "empty value")
                 log.warning("no %s for %s: %s", answer.get("Variable", "ids"), leg.name, problem)
                 return None
             values.append(answer["Value"])
-        return LegIds(leg.uniqueid, *values)
+        presentation = answers[-1].get("Value", "").lower()
+        hidden = presentation.startswith(("prohib", "unavailable"))
+        call_id, local_tag, remote_tag = values
+        return LegIds(leg.uniqueid, call_id, local_tag, remote_tag, caller_hidden=hidden)
 
     async def _deliver(self) -> None:
         """The only caller of ``on_event``: strictly in stream order."""
