@@ -7,6 +7,7 @@ single timer for the core's next deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -24,6 +25,10 @@ __all__ = ["SipService", "start_sip"]
 logger = logging.getLogger("bridge.sip")
 _UDP_MAX = 65507  # largest UDP payload over IPv4
 _ROUTE_CACHE = 4096  # remembered "which of our addresses reaches this phone" answers
+# One state change fans out to every watcher at once, and their answers all come back at once:
+# with the kernel's default buffer (about 200 KiB) the answers to a 2,000-NOTIFY fan-out are
+# dropped, the NOTIFYs time out and subscriptions are lost (seen in benchmarks/soak.py).
+UDP_BUFFER = 8 << 20
 
 
 def _is_wildcard(host: str) -> bool:
@@ -31,6 +36,22 @@ def _is_wildcard(host: str) -> bool:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return False
+
+
+def grow_buffers(sock: socket.socket, size: int = UDP_BUFFER) -> int:
+    """Ask for big receive and send buffers; returns the receive buffer the kernel granted.
+    Without CAP_NET_ADMIN the kernel caps the request at net.core.rmem_max."""
+    for force, plain in (
+        ("SO_RCVBUFFORCE", socket.SO_RCVBUF),
+        ("SO_SNDBUFFORCE", socket.SO_SNDBUF),
+    ):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, force, plain), size)
+        except OSError:  # not privileged: take what net.core.[rw]mem_max allows
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
+    granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return granted
 
 
 def local_address_towards(host: str) -> str | None:
@@ -240,6 +261,13 @@ async def start_sip(
                 lambda: _Datagrams(service), local_addr=(host, port)
             )
             service.udp.append(transport)
+            granted = grow_buffers(transport.get_extra_info("socket"))
+            if granted < UDP_BUFFER:  # Linux reports twice what it was asked for
+                logger.warning(
+                    "UDP receive buffer on %s:%d is %d KiB; a large fan-out may lose answers. "
+                    "Raise net.core.rmem_max to %d (sysctl) or grant CAP_NET_ADMIN",
+                    host, port, granted >> 10, UDP_BUFFER,
+                )  # fmt: skip
         for host, port in tcp_addrs:
             service.tcp.append(await loop.create_server(lambda: _Stream(service), host, port))
         for host, port in tls_addrs if tls is not None else ():
