@@ -69,11 +69,12 @@ def _check_config(path: str, overrides: list[str]) -> int:
         return EXIT_CONFIG
     for warning in config_warnings(config):
         print(f"{path}: warning: {warning}", file=sys.stderr)
-    mode = (
-        "demo PBX"
-        if config.demo or not config.ami.configured
-        else (f"AMI {config.ami.username}@{config.ami.host}:{config.ami.port}")
-    )
+    if config.demo or not config.asterisk_configured:
+        mode = "demo PBX"
+    elif config.source == "ari":
+        mode = f"ARI {config.ari.username}@{config.ari.url}"
+    else:
+        mode = f"AMI {config.ami.username}@{config.ami.host}:{config.ami.port}"
     print(f"{path}: OK ({mode})")
     return 0
 
@@ -81,8 +82,14 @@ def _check_config(path: str, overrides: list[str]) -> int:
 def config_warnings(config: Config) -> list[str]:
     """Settings that are valid but probably not what the installer wants."""
     warnings = []
-    if not config.ami.configured and not config.demo:
-        warnings.append("ami.username is empty: the bridge will run its demo PBX, not Asterisk")
+    if not config.asterisk_configured and not config.demo:
+        user = "ari.username" if config.source == "ari" else "ami.username"
+        warnings.append(f"{user} is empty: the bridge will run its demo PBX, not Asterisk")
+    if config.source == "ari" and config.security.pickup == "group":
+        warnings.append(
+            'asterisk.source is "ari", which does not tell the endpoints\' pickup groups: '
+            'nobody gets pickup ids under security.pickup = "group"; use "rules" or "everyone"'
+        )
     for path in config.security.secret_files:
         try:
             mode = os.stat(path).st_mode

@@ -17,7 +17,10 @@ import ssl
 import time
 from collections.abc import Callable, Hashable
 
+from yarl import URL
+
 from bridge.asterisk.ami import AmiSource
+from bridge.asterisk.ari import AriSource
 from bridge.config import Config, ConfigError, ListenAddress
 from bridge.demo.ami_server import RecordedAmiServer, bundled_recordings
 from bridge.dialoginfo import DialogInfoDocument, RenderSettings, render
@@ -138,7 +141,11 @@ def _notifier_settings(config: Config) -> NotifierSettings:
 
 
 def _domain(config: Config) -> str:
-    return config.sip.domain or config.ami.host
+    if config.sip.domain:
+        return config.sip.domain
+    if config.source == "ari":
+        return URL(config.ari.url).host or "127.0.0.1"
+    return config.ami.host
 
 
 def _tls_context(config: Config) -> ssl.SSLContext | None:
@@ -183,7 +190,7 @@ def _authenticator(config: Config) -> DigestAuthenticator | None:
 def _changed_settings(old: Config, new: Config) -> set[str]:
     """Dotted names of the settings that differ between two configurations."""
     out = set()
-    for section in ("ami", "sip", "watch", "store", "security"):
+    for section in ("ami", "ari", "sip", "watch", "store", "security"):
         a, b = getattr(old, section), getattr(new, section)
         for f in dataclasses.fields(a):
             if getattr(a, f.name) != getattr(b, f.name):
@@ -192,6 +199,8 @@ def _changed_settings(old: Config, new: Config) -> set[str]:
         out.add("security.users_file")
     if old.log_level != new.log_level:
         out.add("log.level")
+    if old.source != new.source:
+        out.add("asterisk.source")
     if old.demo != new.demo:
         out.add("demo.enabled")
     return out
@@ -214,7 +223,7 @@ class Bridge:
             auth=_authenticator(config),
         )
         self.sip: SipService | None = None
-        self.source: AmiSource | None = None
+        self.source: AmiSource | AriSource | None = None
         self.store: SubscriptionStore | None = None
         self.demo_pbx: RecordedAmiServer | None = None
         self._source_task: asyncio.Task[None] | None = None
@@ -268,6 +277,8 @@ class Bridge:
         where = f"{self.source.host}:{self.source.port}"
         if self.demo:
             return f"the demo PBX (recorded Asterisk 22 calls, AMI on {where})"
+        if isinstance(self.source, AriSource):
+            return f"Asterisk ARI {self.config.ari.username}@{where}"
         return f"Asterisk AMI {self.config.ami.username}@{where}"
 
     async def _start_demo_pbx(self) -> None:
@@ -303,6 +314,19 @@ class Bridge:
             pbx = self.demo_pbx
             host, port, username, secret = pbx.host, pbx.port, pbx.username, pbx.secret
         self.notifier.ready = self.config.watch.extensions is not None
+        if self.config.source == "ari" and self.demo_pbx is None:
+            ari = self.config.ari
+            self.source = AriSource(
+                ari.url,
+                ari.username,
+                ari.password,
+                self._on_event,
+                app=ari.app,
+                backoff_min=ami.reconnect_min,
+                backoff_max=ami.reconnect_max,
+            )
+            self._source_task = asyncio.create_task(self.source.run(), name="ari-source")
+            return
         self.source = AmiSource(
             host,
             port,
@@ -381,7 +405,7 @@ class Bridge:
         if "log.level" in changed:
             logging.getLogger().setLevel(config.log_level.upper())
         self.notifier.settings = _notifier_settings(config)
-        restart_source = any(name.startswith("ami.") for name in changed)
+        restart_source = any(name.startswith(("ami.", "ari.", "asterisk.")) for name in changed)
         if _tracker_settings(config) != _tracker_settings(old):
             self.tracker = self._new_tracker(config)
             self.documents.tracker = self.tracker
@@ -403,7 +427,7 @@ class Bridge:
             # Same source and tracker: only the bodies may differ (domain, policy, privacy).
             for resource in self.notifier.resources():
                 self._notify(resource)
-            if self.source is not None:
+            if isinstance(self.source, AmiSource):
                 self.source.refresh_groups()  # "refreshed on reload": Asterisk may have changed
         log.info("reloaded: %s", ", ".join(sorted(changed - set(kept))) or "nothing")
 
@@ -516,7 +540,7 @@ async def run_until_signalled(
 ) -> None:
     """Run the bridge until SIGTERM or SIGINT; SIGHUP reloads the configuration (``reload``
     reads it again; a broken file is logged and the running configuration kept)."""
-    bridge = Bridge(config, demo=force_demo or config.demo or not config.ami.configured)
+    bridge = Bridge(config, demo=force_demo or config.demo or not config.asterisk_configured)
     await bridge.start()
     stop = asyncio.Event()
     hup = asyncio.Event()

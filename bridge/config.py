@@ -56,6 +56,16 @@ class AmiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AriConfig:
+    """Where and how to reach Asterisk's REST interface (when asterisk.source = "ari")."""
+
+    url: str = "http://127.0.0.1:8088"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    app: str = "snom-blf-bridge"
+
+
+@dataclass(frozen=True, slots=True)
 class SipConfig:
     """The SIP side: where phones subscribe and what the bridge writes into URIs."""
 
@@ -132,6 +142,13 @@ class Config:
     source_file: str = ""
     store: StoreConfig = StoreConfig()
     security: SecurityConfig = SecurityConfig()
+    source: str = "ami"  # asterisk.source: which interface the events come from
+    ari: AriConfig = AriConfig()
+
+    @property
+    def asterisk_configured(self) -> bool:
+        """True when a real Asterisk is named; without one the bridge runs its demo PBX."""
+        return bool(self.ari.username) if self.source == "ari" else self.ami.configured
 
 
 _SECTIONS: dict[str, set[str]] = {
@@ -164,6 +181,8 @@ _SECTIONS: dict[str, set[str]] = {
     "log": {"level"},
     "demo": {"enabled"},
     "store": {"path", "flush_interval"},
+    "asterisk": {"source"},
+    "ari": {"url", "username", "password", "password_file", "app"},
     "security": {
         "allow",
         "auth",
@@ -238,10 +257,38 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     store = _store(_table(raw, "store"), base_dir or Path.cwd())
     security = _security(_table(raw, "security"), base_dir or Path.cwd())
     secrets_read = security.secret_files + _ami_secret_files(_table(raw, "ami"), base_dir)
-    security = dataclasses.replace(security, secret_files=secrets_read)
+    source = _str(_table(raw, "asterisk"), "asterisk.source", "ami").lower()
+    if source not in ("ami", "ari"):
+        raise ConfigError(f"asterisk.source: {source!r} is not one of ami, ari")
+    ari, ari_files = _ari(_table(raw, "ari"), base_dir or Path.cwd(), needed=source == "ari")
+    security = dataclasses.replace(security, secret_files=secrets_read + ari_files)
     return Config(
-        ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store, security=security
-    )
+        ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store,
+        security=security, source=source, ari=ari,
+    )  # fmt: skip
+
+
+def _ari(
+    t: Mapping[str, Any], base_dir: Path, *, needed: bool
+) -> tuple[AriConfig, tuple[str, ...]]:
+    url = _str(t, "ari.url", "http://127.0.0.1:8088").strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"ari.url: {url!r} must start with http:// or https://")
+    password = _str(t, "ari.password", "")
+    files: tuple[str, ...] = ()
+    password_file = _str(t, "ari.password_file", "")
+    if password and password_file:
+        raise ConfigError("ari.password and ari.password_file: set only one of them")
+    if password_file:
+        password = _read_secret(Path(password_file), base_dir, "ari.password_file")
+        files = (str(_secret_path(Path(password_file), base_dir)),)
+    username = _str(t, "ari.username", "")
+    if needed and username and not password:
+        raise ConfigError("ari.password: required when ari.username is set (or ari.password_file)")
+    app = _str(t, "ari.app", "snom-blf-bridge")
+    if not app or any(c in app for c in "/?&# "):
+        raise ConfigError(f"ari.app: {app!r} is not a usable Stasis application name")
+    return AriConfig(url=url, username=username, password=password, app=app), files
 
 
 def _ami_secret_files(t: Mapping[str, Any], base_dir: Path | None) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from sipp import SippResult, SippWatcher, TracedMessage, parse_trace
 from bridge.app import Bridge
 from bridge.config import load
 from bridge.demo.ami_server import RecordedAmiServer, event_matches
+from bridge.demo.ari_server import RecordedAriServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RECORDINGS = FIXTURES / "asterisk-22.10.1"
@@ -471,3 +472,52 @@ async def test_garbage_on_every_input_never_stops_the_service(
             "ring-cancel"
         ]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@asynccontextmanager
+async def running_over_ari(server: RecordedAriServer, *extra: str) -> AsyncIterator[Bridge]:
+    """The same bridge with asterisk.source = "ari". ARI tells no pickup groups, so the policy
+    is "everyone" (check-config warns about "group" with ARI)."""
+    config = [
+        "asterisk.source=ari",
+        f"ari.url=http://127.0.0.1:{server.port}",
+        "ari.username=bridge",
+        "ari.password=bridgesecret",
+        'sip.udp=["127.0.0.1:0"]',
+        'sip.tcp=["127.0.0.1:0"]',
+        f"sip.domain={DOMAIN}",
+        "store.path=",
+        "security.requests_per_second=0",
+        "security.pickup=everyone",
+        *extra,
+    ]
+    bridge = Bridge(load(None, config))
+    await bridge.start()
+    try:
+        assert bridge.source is not None
+        await asyncio.wait_for(bridge.source.synced.wait(), 5)
+        yield bridge
+    finally:
+        await bridge.stop()
+
+
+@pytest.mark.parametrize("scenario", sorted(EXPECTED))
+async def test_each_recording_over_ari_gives_the_same_key_states(scenario: str) -> None:
+    async with (
+        RecordedAriServer(RECORDINGS, speed=SPEED) as server,
+        running_over_ari(server) as bridge,
+        SippWatcher("202", bridge.bound("udp"), idle_ms=IDLE_MS) as watcher,
+    ):
+        await eventually(lambda: bridge.notifier.stats().subscriptions == 1)
+        await server.play(scenario)
+        result = await watcher.finish()
+    notifies = check_notify_sequence(result)
+    assert collapsed([key_state(n) for n in notifies]) == EXPECTED[scenario]
+    if scenario == "pickup-replaces":
+        call_id, asterisk_tag, phone_tag = replaces_csv("pickup-replaces")
+        early = [d for n in notifies for d in dialogs(n) if d.get("call-id")]
+        assert early and all(
+            (d.get("call-id"), d.get("remote-tag"), d.get("local-tag"))
+            == (call_id, asterisk_tag, phone_tag)
+            for d in early
+        )

@@ -167,4 +167,4 @@ def _known(h: dict[str, str], key: str) -> str:
 
 def _int_or_zero(value: str) -> int:
     # A Hangup must never be lost over an odd Cause: the channel would stay up forever.
-    return int(value) if value.isdigit() else 0
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else 0

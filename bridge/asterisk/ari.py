@@ -1,0 +1,476 @@
+"""The ARI source adapter: Asterisk REST Interface in, normalized events out.
+
+aiohttp on both halves: the event websocket ``/ari/events?app=<app>&subscribeAll=true`` and the
+REST calls of the resync and of the pickup ids. Same contract as the AMI source: ResyncStarted,
+the full state, ResyncFinished after every (re)connect; SourceLost once when an established
+connection goes; one task calls ``on_event``, strictly in order.
+
+Resync ordering. The websocket is opened first, so nothing said afterwards is missed; then the
+REST snapshot is read. Websocket and REST are separate connections, so nothing tells whether an
+event read meanwhile is older or newer than the snapshot. The rule: events read during the
+resync are held back and delivered right after the snapshot, in arrival order, before
+ResyncFinished; nothing is dropped. A held event older than the snapshot only replays history
+the snapshot already holds, and whatever superseded it follows it (held or live); the tracker's
+forward-only channel states and tombstones keep a late Ringing from undoing Up and a late event
+from bringing back a channel that hung up. Every channel a held event names is real (in the
+snapshot, created since, or hung up within the held events), so the ResyncFinished sweep, which
+keeps what was seen since ResyncStarted, stays right.
+
+Pickup ids. A ChannelSeen that needs them (``needs_ids``) waits at its place in the stream: the
+Call-ID is the channel's ``protocol_id``, the tags (and the caller's presentation) are read with
+one multi-variable GET (Asterisk 22.10+) or, where that does not work, single-variable GETs all
+in flight at once; the LegIds goes out just before the ChannelSeen, bounded by ``ids_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import aiohttp
+from yarl import URL
+
+from bridge.asterisk.ami_events import needs_ids
+from bridge.asterisk.ari_events import (
+    DialPairs,
+    bridged,
+    listed_channel,
+    listed_device,
+    listed_endpoint,
+    protocol_ids,
+    to_events,
+)
+from bridge.events import (
+    AsteriskEvent,
+    ChannelGone,
+    ChannelSeen,
+    LegIds,
+    ResyncFinished,
+    ResyncStarted,
+    SourceLost,
+)
+
+log = logging.getLogger(__name__)
+
+CALL_ID = "CHANNEL(pjsip,call-id)"
+LOCAL_TAG = "CHANNEL(pjsip,local_tag)"
+REMOTE_TAG = "CHANNEL(pjsip,remote_tag)"
+PRESENTATION = "CONNECTEDLINE(pres)"  # allowed…, prohib…, unavailable: a withheld caller
+ID_NAMES = (LOCAL_TAG, REMOTE_TAG, PRESENTATION)
+
+IdsTask = asyncio.Task[LegIds | None]
+Answer = tuple[int, object]  # HTTP status, decoded JSON body (None if there was none)
+
+
+class _ResyncFailed(Exception):
+    """A REST call of the resync gave no usable answer."""
+
+
+@dataclass(slots=True)
+class _Item:
+    """One delivery in stream order: events, maybe first waiting for a leg's ids."""
+
+    events: list[AsteriskEvent]
+    ids: IdsTask | None = None
+    then: Callable[[], None] | None = None
+
+
+def _result(task: IdsTask) -> LegIds | None:
+    """A finished id lookup's outcome; cancelled or failed means no ids."""
+    if task.cancelled():
+        return None
+    if task.exception() is not None:
+        log.error("reading leg ids failed", exc_info=task.exception())
+        return None
+    return task.result()
+
+
+def _ari_base(url: str) -> URL:
+    """``http://pbx:8088`` or ``http://pbx:8088/ari`` → the ``…/ari`` root of every call."""
+    parsed = URL(url)
+    path = parsed.path.rstrip("/")
+    if not path.endswith("/ari"):
+        path += "/ari"
+    return parsed.with_path(path).with_query(None).with_fragment(None)
+
+
+def _multi_values(body: object, names: Sequence[str]) -> list[str] | None:
+    """The values a multi-variable GET returned for ``names``, or None if it did not answer them.
+
+    The answer is read leniently (``{"variables": {...}}``, a list of name/value objects, or a
+    flat object) but strictly checked: every asked name must come back with a string value.
+    """
+    found = body.get("variables", body) if isinstance(body, Mapping) else body
+    pairs: dict[str, object] = {}
+    if isinstance(found, Mapping):
+        pairs = {str(k).strip(): v for k, v in found.items()}
+    elif isinstance(found, list):
+        for entry in found:
+            if isinstance(entry, Mapping):
+                name = entry.get("name", entry.get("variable"))
+                pairs[str(name).strip()] = entry.get("value")
+    values = [pairs.get(name) for name in names]
+    strings = [v for v in values if isinstance(v, str)]
+    return strings if len(strings) == len(names) else None
+
+
+def _why(answer: Answer) -> str:
+    status, body = answer
+    message = body.get("message") if isinstance(body, Mapping) else None
+    return f"HTTP {status}" + (f" {message}" if isinstance(message, str) else "")
+
+
+class AriSource:
+    """Asterisk over ARI as a stream of :mod:`bridge.events`, resynced after every connect."""
+
+    def __init__(
+        self,
+        url: str,
+        username: str,
+        password: str,
+        on_event: Callable[[AsteriskEvent], None],
+        *,
+        app: str = "snom-blf-bridge",
+        backoff_min: float = 0.5,
+        backoff_max: float = 30.0,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 5.0,
+        ids_timeout: float = 1.0,
+        ping_interval: float = 10.0,
+    ) -> None:
+        self._base = _ari_base(url)
+        self.host = self._base.host or ""
+        self.port = self._base.port or 0
+        self._username = username
+        self._authorization = aiohttp.encode_basic_auth(username, password)
+        self._on_event = on_event
+        self._app = app
+        self._backoff = (backoff_min, backoff_max)
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._ids_timeout = ids_timeout
+        self._ping_interval = ping_interval
+        self.connected = False  # event websocket up (basic auth accepted)
+        self.synced = asyncio.Event()  # set once ResyncFinished has been delivered
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._ids: dict[str, IdsTask] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._held: list[_Item] | None = None  # events read while a resync is in progress
+        self._dials = DialPairs()
+        self._multi: bool | None = None  # does GET …/variables work? None: not known yet
+        self._stopping = asyncio.Event()
+        self._announced = False  # ResyncStarted sent and no SourceLost since
+        self._attempt: asyncio.Task[bool] | None = None
+        self._last_problem = ""
+
+    async def run(self) -> None:
+        """Connect, resync and stream events until ``stop()`` or cancellation."""
+        self._stopping.clear()
+        deliverer = asyncio.create_task(self._deliver(), name="ari-deliver")
+        failures = 0
+        self._http = aiohttp.ClientSession(headers={"Authorization": self._authorization})
+        try:
+            while not self._stopping.is_set():
+                self._attempt = asyncio.create_task(self._session(self._http))
+                try:
+                    failures = 0 if await self._attempt else failures + 1
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # run() itself is being cancelled
+                    break  # stop() cut a connect attempt short
+                except Exception:  # a bug or a surprise from aiohttp: never end the source
+                    log.exception("ARI session failed")
+                    failures += 1
+                if self._stopping.is_set():
+                    break
+                # after a lost session (failures 0) and a first failure: min; then doubling
+                base = min(self._backoff[1], self._backoff[0] * 2 ** min(max(failures - 1, 0), 30))
+                delay = min(self._backoff[1], base * random.uniform(1.0, 1.25))
+                log.debug("reconnecting to ARI in %.2f s", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+            self._queue.put_nowait(None)
+            await deliverer
+        finally:
+            if self._attempt is not None and not self._attempt.done():
+                self._attempt.cancel()
+            self.connected = False
+            self.synced.clear()
+            deliverer.cancel()
+            self._cancel_ids()
+            await self._http.close()
+
+    async def stop(self) -> None:
+        """Close the websocket and make ``run()`` return."""
+        self._stopping.set()
+        if self._ws is None and self._attempt is not None and not self._attempt.done():
+            self._attempt.cancel()  # do not sit out a connect timeout
+
+    close = stop
+
+    # -- one connection ----------------------------------------------------------------------
+
+    async def _session(self, http: aiohttp.ClientSession) -> bool:
+        """One websocket's life; True when its resync went through (the backoff starts over)."""
+        where = f"{self.host}:{self.port}"
+        url = (self._base / "events").with_query(app=self._app, subscribeAll="true")
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                ws = await http.ws_connect(
+                    url,
+                    heartbeat=self._ping_interval,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0),
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                self._problem(f"ARI login as {self._username!r} refused: 401 Unauthorized")
+            else:
+                self._problem(f"ARI at {where} refused the event websocket: HTTP {exc.status}")
+            return False
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._problem(f"cannot connect to ARI at {where}: {exc or 'timeout'}")
+            return False
+        self._ws, self.connected = ws, True
+        self._cancel_ids()
+        self._dials = DialPairs()  # a new stream: every Dial in progress is news again
+        self._multi = None  # a restarted Asterisk may be another version
+        self._held = []
+        reader = asyncio.create_task(self._read(ws))
+        stopping = asyncio.create_task(self._stopping.wait())
+        established = False
+        try:
+            established = await self._resync(ws, reader, stopping)
+            if established:
+                await asyncio.wait([reader, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._held = None
+            for task in (reader, stopping):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await ws.close()
+            self._ws = None
+            self._cancel_ids()  # waiting items go out without ids at once
+            self.connected = False
+            self.synced.clear()
+        if self._announced and not self._stopping.is_set():
+            why = ws.exception()  # e.g. a ping not answered in time
+            log.warning("lost the ARI connection to %s%s", where, f": {why!r}" if why else "")
+            self._announced = False
+            self._queue.put_nowait(_Item([SourceLost()]))
+        return established
+
+    async def _resync(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        reader: asyncio.Task[None],
+        stopping: asyncio.Task[bool],
+    ) -> bool:
+        """Read the snapshot; queue it, then the events held back meanwhile (module docstring)."""
+        snapshot = asyncio.create_task(self._snapshot())
+        await asyncio.wait([snapshot, reader, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not snapshot.done():
+            snapshot.cancel()
+            if not self._stopping.is_set():
+                self._problem(f"ARI at {self.host}:{self.port} closed the websocket during resync")
+            return False
+        try:
+            items = snapshot.result()
+        except Exception as exc:  # refused, timed out, cut: retried with backoff
+            self._problem(f"ARI resync from {self.host}:{self.port} failed: {exc or repr(exc)}")
+            return False
+        self._last_problem = ""
+        self._announced = True
+        held, self._held = self._held or [], None
+        for item in [_Item([ResyncStarted()]), *items, *held]:
+            self._queue.put_nowait(item)
+
+        def synced() -> None:
+            if ws is self._ws and not ws.closed:
+                self.synced.set()
+
+        self._queue.put_nowait(_Item([ResyncFinished()], then=synced))
+        return True
+
+    async def _snapshot(self) -> list[_Item]:
+        """Asterisk's current state from REST, as items: devices, hints, then channels (each
+        grouped with its call by the bridge it is in)."""
+        # All three finish (none is left running) before a failure is raised.
+        lists = await asyncio.gather(
+            *(self._list(r) for r in ("deviceStates", "endpoints", "bridges", "channels")),
+            return_exceptions=True,
+        )
+        for answer in lists:
+            if isinstance(answer, BaseException):
+                raise answer
+        devices, endpoints, bridges, channels = cast(list[list[object]], lists)
+        in_bridge = bridged(bridges)
+        events: list[AsteriskEvent] = []
+        for device in devices:
+            events += listed_device(device)
+        for endpoint in endpoints:
+            events += listed_endpoint(endpoint)
+        items = self._items(events, {})
+        for channel in channels:
+            uid = channel.get("id") if isinstance(channel, Mapping) else None
+            seen = listed_channel(channel, in_bridge.get(uid, "") if isinstance(uid, str) else "")
+            items += self._items(seen, protocol_ids({"channel": channel}))
+        return items
+
+    async def _list(self, resource: str) -> list[object]:
+        answer = await self._get(self._base / resource, {})
+        status, body = answer
+        if status != 200 or not isinstance(body, list):
+            raise _ResyncFailed(f"GET /ari/{resource}: {_why(answer)}")
+        return body
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Every websocket message, in arrival order, until the connection closes."""
+        async for message in ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                self._receive(message.data)
+            elif message.type is aiohttp.WSMsgType.ERROR:
+                log.debug("ARI websocket error: %s", ws.exception())
+
+    def _receive(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except Exception:  # not JSON, or nested beyond the parser: skip it, keep the stream
+            log.warning("unreadable message from ARI skipped: %.80r", text)
+            return
+        items = self._items(to_events(msg, self._dials), protocol_ids(msg))
+        if self._held is not None:
+            self._held += items
+        else:
+            for item in items:
+                self._queue.put_nowait(item)
+
+    def _problem(self, text: str) -> None:
+        """Log a connect/login problem once; the same problem again only at debug level."""
+        level = logging.DEBUG if text == self._last_problem else logging.WARNING
+        log.log(level, "%s (retrying with backoff)", text)
+        self._last_problem = text
+
+    # -- pickup ids --------------------------------------------------------------------------
+
+    def _items(self, events: list[AsteriskEvent], call_ids: Mapping[str, str]) -> list[_Item]:
+        """Events as items in stream order, starting id lookups for ringing legs."""
+        items = []
+        for event in events:
+            if isinstance(event, ChannelGone):
+                task = self._ids.pop(event.uniqueid, None)
+                if task is not None and not task.done():
+                    task.cancel()
+            ids = None
+            if isinstance(event, ChannelSeen) and needs_ids(event) and self._http is not None:
+                ids = self._ids.get(event.uniqueid)
+                if ids is None or (ids.done() and _result(ids) is None):
+                    call_id = call_ids.get(event.uniqueid, "")
+                    ids = asyncio.create_task(self._fetch_ids(event, call_id))
+                    self._ids[event.uniqueid] = ids
+            items.append(_Item([event], ids))
+        return items
+
+    async def _fetch_ids(self, leg: ChannelSeen, call_id: str) -> LegIds | None:
+        """The leg's Call-ID (its ``protocol_id``, else read too), both tags and how the caller
+        is presented to the ringing phone (read with them, as the AMI source does)."""
+        names = [*ID_NAMES] if call_id else [CALL_ID, *ID_NAMES]
+        try:
+            async with asyncio.timeout(self._ids_timeout):
+                found, why = await self._variables(leg, names)
+        except TimeoutError:
+            log.warning("reading the ids of %s timed out after %.1f s", leg.name, self._ids_timeout)
+            return None
+        if call_id:
+            found[CALL_ID] = call_id
+        for name in (CALL_ID, LOCAL_TAG, REMOTE_TAG):
+            if not found.get(name):
+                log.warning("no %s for %s: %s", name, leg.name, why.get(name, "empty value"))
+                return None
+        # A presentation that cannot be read is not a reason to withhold the pickup ids.
+        hidden = found.get(PRESENTATION, "").lower().startswith(("prohib", "unavailable"))
+        return LegIds(
+            leg.uniqueid, found[CALL_ID], found[LOCAL_TAG], found[REMOTE_TAG], caller_hidden=hidden
+        )
+
+    async def _variables(
+        self, leg: ChannelSeen, names: list[str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """One multi-variable GET if it works, else one GET per variable, all in flight at once.
+
+        Returns the values read, and why the others could not be.
+        """
+        channel = self._base / "channels" / leg.uniqueid
+        multi_failed = False
+        if self._multi is not False:
+            answer = await self._safe_get(channel / "variables", {"variables": ",".join(names)})
+            values = _multi_values(answer[1], names) if answer[0] == 200 else None
+            if values is not None:
+                self._multi = True
+                return dict(zip(names, values, strict=True)), {}
+            multi_failed = True
+        answers = await asyncio.gather(
+            *(self._safe_get(channel / "variable", {"variable": name}) for name in names)
+        )
+        found: dict[str, str] = {}
+        why: dict[str, str] = {}
+        for name, answer in zip(names, answers, strict=True):
+            status, body = answer
+            value = body.get("value") if isinstance(body, Mapping) else None
+            if status == 200 and isinstance(value, str):
+                found[name] = value
+            else:
+                why[name] = _why(answer)
+        if multi_failed and self._multi is None and not why:
+            # Only now is it sure the multi-variable call (not the channel) was the problem.
+            self._multi = False
+            log.info("ARI cannot read several variables at once; reading one per request")
+        return found, why
+
+    async def _safe_get(self, url: URL, params: Mapping[str, str]) -> Answer:
+        """A GET whose transport failure is an answer (status 0) rather than an exception."""
+        try:
+            return await self._get(url, params)
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return 0, {"message": str(exc) or type(exc).__name__}
+
+    async def _get(self, url: URL, params: Mapping[str, str]) -> Answer:
+        assert self._http is not None
+        limit = aiohttp.ClientTimeout(total=self._request_timeout)
+        async with self._http.get(url, params=params, timeout=limit) as response:
+            try:
+                body: object = await response.json(content_type=None)
+            except ValueError:
+                body = None
+            return response.status, body
+
+    def _cancel_ids(self) -> None:
+        for task in self._ids.values():
+            task.cancel()
+        self._ids.clear()
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    async def _deliver(self) -> None:
+        """The only caller of ``on_event``: strictly in stream order."""
+        while (item := await self._queue.get()) is not None:
+            events = item.events
+            if item.ids is not None:
+                await asyncio.wait([item.ids])
+                ids = _result(item.ids)
+                if ids is not None:
+                    events = [ids, *events]
+            for event in events:
+                try:
+                    self._on_event(event)
+                except Exception:
+                    log.exception("event handler failed on %r", event)
+            if item.then is not None:
+                item.then()
