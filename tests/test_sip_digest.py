@@ -1,0 +1,83 @@
+"""Digest authentication rules with a fake clock (the wire tests are in test_security.py)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.sip.digest import DigestAuthenticator, Verdict, answer, parse_credentials
+
+USERS = {"203": "pw-203"}
+URI = "sip:202@pbx"
+
+
+def challenge(auth: DigestAuthenticator, host: str = "10.0.0.5", now: float = 0.0) -> str:
+    return auth.challenges(host, now)[0]
+
+
+def test_answer_within_lifetime_is_ok_then_stale_after() -> None:
+    auth = DigestAuthenticator("pbx", USERS, nonce_lifetime=300)
+    ch = challenge(auth)
+    assert auth.check(answer(ch, "203", "pw-203", "SUBSCRIBE", URI), "SUBSCRIBE", "10.0.0.5",
+                      299).verdict is Verdict.OK  # fmt: skip
+    late = answer(ch, "203", "pw-203", "SUBSCRIBE", URI, nc=2)
+    outcome = auth.check(late, "SUBSCRIBE", "10.0.0.5", 301)
+    assert (outcome.verdict, outcome.reason) == (Verdict.STALE, "nonce expired")
+    assert "stale=true" in auth.challenges("10.0.0.5", 301, stale=True)[0]
+
+
+def test_wrong_password_beats_stale_so_a_guesser_learns_nothing_new() -> None:
+    auth = DigestAuthenticator("pbx", USERS, nonce_lifetime=10)
+    ch = challenge(auth)
+    wrong = answer(ch, "203", "nope", "SUBSCRIBE", URI)
+    assert auth.check(wrong, "SUBSCRIBE", "10.0.0.5", 100).verdict is Verdict.FORBIDDEN
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (None, ""),
+        ("Basic dXNlcjpwdw==", "not a Digest answer"),
+        ('Digest username="203"', "incomplete or unsupported Digest answer"),
+    ],
+)
+def test_unusable_answers_are_challenged_again(header: str | None, reason: str) -> None:
+    outcome = DigestAuthenticator("pbx", USERS).check(header, "SUBSCRIBE", "10.0.0.5", 0)
+    assert (outcome.verdict, outcome.reason) == (Verdict.MISSING, reason)
+
+
+def test_forged_or_foreign_nonces_are_not_accepted() -> None:
+    auth = DigestAuthenticator("pbx", USERS)
+    ch = challenge(auth, host="10.0.0.5")
+    other = answer(ch, "203", "pw-203", "SUBSCRIBE", URI)
+    assert auth.check(other, "SUBSCRIBE", "10.0.0.6", 1).verdict is Verdict.MISSING
+    forged = other.replace('nonce="', 'nonce="0.')
+    assert auth.check(forged, "SUBSCRIBE", "10.0.0.5", 1).verdict is Verdict.MISSING
+    restarted = DigestAuthenticator("pbx", USERS)  # another key: old nonces mean nothing
+    assert restarted.check(other, "SUBSCRIBE", "10.0.0.5", 1).verdict is Verdict.MISSING
+
+
+def test_md5_answer_matches_rfc_2617_arithmetic() -> None:
+    auth = DigestAuthenticator("pbx", USERS)
+    md5 = auth.challenges("10.0.0.5", 0)[1]
+    header = answer(md5, "203", "pw-203", "SUBSCRIBE", URI)
+    p = parse_credentials(header)
+    assert p is not None and p["algorithm"] == "MD5"
+
+    def h(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    ha1, ha2 = h("203:pbx:pw-203"), h(f"SUBSCRIBE:{URI}")
+    expected = h(f"{ha1}:{p['nonce']}:{p['nc']}:{p['cnonce']}:auth:{ha2}")
+    assert p["response"] == expected
+    assert auth.check(header, "SUBSCRIBE", "10.0.0.5", 0).verdict is Verdict.OK
+
+
+@given(st.text(max_size=300))
+def test_any_header_is_judged_without_raising(header: str) -> None:
+    auth = DigestAuthenticator("pbx", USERS)
+    assert auth.check(header, "SUBSCRIBE", "10.0.0.5", 0).verdict in Verdict
+    parse_credentials(header)
