@@ -85,11 +85,6 @@ def config_warnings(config: Config) -> list[str]:
     if not config.asterisk_configured and not config.demo:
         user = "ari.username" if config.source == "ari" else "ami.username"
         warnings.append(f"{user} is empty: the bridge will run its demo PBX, not Asterisk")
-    if config.source == "ari" and config.security.pickup == "group":
-        warnings.append(
-            'asterisk.source is "ari", which does not tell the endpoints\' pickup groups: '
-            'nobody gets pickup ids under security.pickup = "group"; use "rules" or "everyone"'
-        )
     for path in config.security.secret_files:
         try:
             mode = os.stat(path).st_mode

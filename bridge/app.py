@@ -427,7 +427,7 @@ class Bridge:
             # Same source and tracker: only the bodies may differ (domain, policy, privacy).
             for resource in self.notifier.resources():
                 self._notify(resource)
-            if isinstance(self.source, AmiSource):
+            if self.source is not None:
                 self.source.refresh_groups()  # "refreshed on reload": Asterisk may have changed
         log.info("reloaded: %s", ", ".join(sorted(changed - set(kept))) or "nothing")
 

@@ -476,8 +476,8 @@ async def test_garbage_on_every_input_never_stops_the_service(
 
 @asynccontextmanager
 async def running_over_ari(server: RecordedAriServer, *extra: str) -> AsyncIterator[Bridge]:
-    """The same bridge with asterisk.source = "ari". ARI tells no pickup groups, so the policy
-    is "everyone" (check-config warns about "group" with ARI)."""
+    """The same bridge with asterisk.source = "ari" (the default pickup policy, "group", with
+    the groups read over ARI's dynamic configuration API)."""
     config = [
         "asterisk.source=ari",
         f"ari.url=http://127.0.0.1:{server.port}",
@@ -488,7 +488,6 @@ async def running_over_ari(server: RecordedAriServer, *extra: str) -> AsyncItera
         f"sip.domain={DOMAIN}",
         "store.path=",
         "security.requests_per_second=0",
-        "security.pickup=everyone",
         *extra,
     ]
     bridge = Bridge(load(None, config))
@@ -496,6 +495,7 @@ async def running_over_ari(server: RecordedAriServer, *extra: str) -> AsyncItera
     try:
         assert bridge.source is not None
         await asyncio.wait_for(bridge.source.synced.wait(), 5)
+        await eventually(lambda: all(bridge.policy.knows(f"20{i}") for i in range(1, 7)))
         yield bridge
     finally:
         await bridge.stop()

@@ -28,6 +28,7 @@ from bridge.events import (
     ChannelGone,
     ChannelSeen,
     DeviceStateChanged,
+    EndpointGroups,
     ExtensionHint,
     HoldChanged,
     LegIds,
@@ -72,10 +73,18 @@ class Collector:
 
     def __init__(self) -> None:
         self.events: Events = []
+        self.groups: list[EndpointGroups] = []
+        self.everything: Events = []  # both, in delivery order
         self._tick = asyncio.Event()
 
     def __call__(self, event: AsteriskEvent) -> None:
-        self.events.append(event)
+        # The pickup groups are read in the background after each sync; they interleave with
+        # call events in no fixed order, so they are kept apart (test_pickup_groups_*).
+        if isinstance(event, EndpointGroups):
+            self.groups.append(event)
+        else:
+            self.events.append(event)
+        self.everything.append(event)
         self._tick.set()
         self._tick = asyncio.Event()
 
@@ -197,7 +206,8 @@ def pickups(state: EntityState) -> list[tuple[str, str, str] | None]:
 
 
 async def test_the_replayed_asterisk_answers_like_asterisk(server: RecordedAriServer) -> None:
-    assert server.endpoints == ["201", "202", "203", "204", "205", "206"]  # from pjsip.conf
+    assert list(server.endpoints) == ["201", "202", "203", "204", "205", "206"]  # pjsip.conf
+    server.endpoints["203"]["pickup_group"] = "1,3-4"
     base = f"http://127.0.0.1:{server.port}/ari"
     auth = {"Authorization": aiohttp.encode_basic_auth("bridge", "bridgesecret")}
     async with aiohttp.ClientSession() as http:
@@ -232,6 +242,15 @@ async def test_the_replayed_asterisk_answers_like_asterisk(server: RecordedAriSe
         assert (await get(f"{leg}/variable?variable=NOPE"))[0] == 404
         assert (await get(f"{leg}/variable?variable=CHANNEL(pjsip,nope)")) == (200, {"value": ""})
         assert (await get("/channels/9.9/variable?variable=CHANNEL(pjsip,local_tag)"))[0] == 404
+        config = "/asterisk/config/dynamic/res_pjsip/endpoint"
+        status, tuples = await get(f"{config}/203")
+        assert status == 200 and isinstance(tuples, list)
+        assert {"attribute": "call_group", "value": "1"} in tuples
+        assert {"attribute": "pickup_group", "value": "1, 3, 4"} in tuples  # as Asterisk prints
+        assert {"attribute": "context", "value": "internal"} in tuples  # from the template
+        assert await get(f"{config}/299") == (404, {"message": "Object with id '299' not found"})
+        assert (await get("/asterisk/config/dynamic/res_pjsip/nope/201"))[0] == 404
+        assert (await get(f"{config}/201", Authorization="Basic Ym9ndXM6Ym9ndXM="))[0] == 401
         server.multi_variables = False
         assert await get(f"{leg}/variables?variables=A") == (404, {"message": "Resource not found"})
         await server.loop_forever(pause=0, rounds=1)  # the demo loop ends every round clean
@@ -413,6 +432,101 @@ async def test_a_leg_that_hangs_up_does_not_wait_for_its_ids(server: RecordedAri
         await got.until(lambda evs: len(after_resync(evs)) >= len(expected))
         assert loop.time() - start < 0.4  # the lookup was dropped, not waited for
         assert after_resync(got.events) == expected
+
+
+# -- the pickup groups -----------------------------------------------------------------------
+
+CONFIG_PATH = "/ari/asterisk/config/dynamic/res_pjsip/endpoint/"
+
+
+def config_requests(server: RecordedAriServer) -> list[str]:
+    """The endpoints whose configuration was asked for, in order."""
+    return [w.removeprefix(CONFIG_PATH) for k, w in server.log if k == "recv" and CONFIG_PATH in w]
+
+
+async def test_pickup_groups_of_every_endpoint_are_read_after_the_sync(
+    server: RecordedAriServer,
+) -> None:
+    server.endpoints["206"]["pickup_group"] = "2,4-5"
+    AriSource("http://127.0.0.1:1", "bridge", "bridgesecret", Collector()).refresh_groups()
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        await got.until(lambda _: len(got.groups) == 6)
+        first = got.everything.index(got.groups[0])
+        assert got.everything.index(ResyncFinished()) < first  # the sync did not wait for them
+        groups = {g.endpoint: (g.call_groups, g.pickup_groups) for g in got.groups}
+        assert groups.keys() == server.endpoints.keys()
+        assert groups["202"] == (frozenset({1}), frozenset({1}))
+        assert groups["206"] == (frozenset({1}), frozenset({2, 4, 5}))
+        assert sorted(config_requests(server)) == sorted(server.endpoints)
+        # Asked again (a reload): re-listed, and what changed meanwhile is seen.
+        server.endpoints["203"]["call_group"] = "7"
+        source.refresh_groups()
+        await got.until(lambda _: len(got.groups) == 12)
+        assert EndpointGroups("203", frozenset({7}), frozenset({1})) in got.groups[6:]
+        expected = await play_settled(server, "pickup-replaces", got)
+        assert after_resync(got.events) == expected  # the groups took nothing from the stream
+    asked = [w for k, w in server.log if k == "recv"]
+    assert asked.count("/ari/endpoints") == 2  # the sync's list, then the refresh's own
+
+
+async def test_pickup_groups_are_read_at_most_16_at_once(server: RecordedAriServer) -> None:
+    for n in range(300, 340):
+        server.endpoints[str(n)] = dict(server.endpoints["201"])
+    in_flight, peak = 0, 0
+
+    async def slow_config(request: web.Request) -> None:
+        nonlocal in_flight, peak
+        if request.path.startswith(CONFIG_PATH):
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.05)
+            in_flight -= 1
+
+    server.before_answer = slow_config
+    async with running(server) as (_, got):
+        await got.until(lambda _: len(got.groups) == 46)
+    assert peak == 16
+
+
+# What the configuration GET answers → what is logged. A response is made for each request.
+REFUSALS: dict[str, Callable[[], web.HTTPException]] = {
+    "HTTP 403 Forbidden": lambda: web.HTTPForbidden(text='{"message": "Forbidden"}'),
+    "no call_group/pickup_group": lambda: web.HTTPOk(text='[{"attribute": 1}]'),  # a bad body
+}
+
+
+@pytest.mark.parametrize("logged", list(REFUSALS))
+async def test_pickup_groups_refused_are_logged_once_and_do_not_disturb_the_keys(
+    server: RecordedAriServer, caplog: pytest.LogCaptureFixture, logged: str
+) -> None:
+    async def refuse_config(request: web.Request) -> None:
+        if request.path.startswith(CONFIG_PATH):
+            raise REFUSALS[logged]()
+
+    server.before_answer = refuse_config
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        expected = await play_settled(server, "pickup-replaces", got)
+        assert after_resync(got.events) == expected
+        asked = len(config_requests(server))
+        assert 1 <= asked <= 6
+        source.refresh_groups()  # not again on this connection
+        await server.play("ring-cancel")
+        await got.until(lambda evs: ChannelGone("1795325527.3", 127) in evs)
+        assert len(config_requests(server)) == asked
+        # A new connection tries again; the same refusal is not logged again.
+        server.drop_clients()
+        await got.count(ResyncFinished, 2)
+        await asyncio.wait_for(
+            server.wait_until(lambda: len(config_requests(server)) > asked), WAIT
+        )
+        assert source.connected and SourceLost() in got.events
+    assert got.groups == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    refused = [w for w in warnings if "cannot read pickup groups over ARI" in w]
+    assert len(refused) == 1 and logged in refused[0], warnings
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # -- resync and reconnect ---------------------------------------------------------------------

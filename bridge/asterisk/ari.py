@@ -20,6 +20,11 @@ Pickup ids. A ChannelSeen that needs them (``needs_ids``) waits at its place in 
 Call-ID is the channel's ``protocol_id``, the tags (and the caller's presentation) are read with
 one multi-variable GET (Asterisk 22.10+) or, where that does not work, single-variable GETs all
 in flight at once; the LegIds goes out just before the ChannelSeen, bounded by ``ids_timeout``.
+
+Pickup groups. After each sync, in the background, every PJSIP endpoint's ``call_group`` and
+``pickup_group`` are read from ARI's dynamic configuration (``GET /ari/asterisk/config/dynamic/
+res_pjsip/endpoint/<name>``, a list of ConfigTuples) and go out as EndpointGroups, like the AMI
+source's PJSIPShowEndpoint. Over a connection where that fails once, they are not asked again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import contextlib
 import json
 import logging
 import random
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -50,11 +56,13 @@ from bridge.events import (
     AsteriskEvent,
     ChannelGone,
     ChannelSeen,
+    EndpointGroups,
     LegIds,
     ResyncFinished,
     ResyncStarted,
     SourceLost,
 )
+from bridge.pickup import parse_groups
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +71,12 @@ LOCAL_TAG = "CHANNEL(pjsip,local_tag)"
 REMOTE_TAG = "CHANNEL(pjsip,remote_tag)"
 PRESENTATION = "CONNECTEDLINE(pres)"  # allowed…, prohib…, unavailable: a withheld caller
 ID_NAMES = (LOCAL_TAG, REMOTE_TAG, PRESENTATION)
+GROUP_QUERIES = 16  # configuration GETs in flight at once while reading pickup groups
+ENDPOINT_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "endpoint")
 
 IdsTask = asyncio.Task[LegIds | None]
 Answer = tuple[int, object]  # HTTP status, decoded JSON body (None if there was none)
+Groups = tuple[frozenset[int], frozenset[int]]  # call groups, pickup groups
 
 
 class _ResyncFailed(Exception):
@@ -120,6 +131,37 @@ def _multi_values(body: object, names: Sequence[str]) -> list[str] | None:
     return strings if len(strings) == len(names) else None
 
 
+def _pjsip_names(endpoints: Sequence[object]) -> list[str]:
+    """The names of the PJSIP endpoints in a ``GET /ari/endpoints`` answer, in its order."""
+    names: dict[str, None] = {}
+    for endpoint in endpoints:
+        if not isinstance(endpoint, Mapping):
+            continue
+        tech, resource = endpoint.get("technology"), endpoint.get("resource")
+        if isinstance(tech, str) and tech.upper() == "PJSIP" and isinstance(resource, str):
+            names[resource] = None
+    names.pop("", None)
+    return list(names)
+
+
+def _config_groups(body: object) -> Groups | None:
+    """``call_group`` and ``pickup_group`` from a list of ConfigTuples; None if not there.
+
+    Asterisk prints groups as ``1, 3, 4`` (empty for none); parse_groups also takes ranges.
+    """
+    if not isinstance(body, list):
+        return None
+    values: dict[str, str] = {}
+    for entry in body:
+        if isinstance(entry, Mapping):
+            attribute, value = entry.get("attribute"), entry.get("value")
+            if isinstance(attribute, str) and isinstance(value, str):
+                values[attribute] = value
+    if "call_group" not in values or "pickup_group" not in values:
+        return None
+    return parse_groups(values["call_group"]), parse_groups(values["pickup_group"])
+
+
 def _why(answer: Answer) -> str:
     status, body = answer
     message = body.get("message") if isinstance(body, Mapping) else None
@@ -169,6 +211,10 @@ class AriSource:
         self._announced = False  # ResyncStarted sent and no SourceLost since
         self._attempt: asyncio.Task[bool] | None = None
         self._last_problem = ""
+        self._pjsip: list[str] = []  # the PJSIP endpoints of the last snapshot
+        self._groups: asyncio.Task[None] | None = None
+        self._groups_failed = False  # reading groups failed on this connection: not again
+        self._groups_problem = ""  # the last one logged: the same again only at debug level
 
     async def run(self) -> None:
         """Connect, resync and stream events until ``stop()`` or cancellation."""
@@ -206,6 +252,7 @@ class AriSource:
             self.synced.clear()
             deliverer.cancel()
             self._cancel_ids()
+            self._cancel_groups()
             await self._http.close()
 
     async def stop(self) -> None:
@@ -242,6 +289,7 @@ class AriSource:
         self._cancel_ids()
         self._dials = DialPairs()  # a new stream: every Dial in progress is news again
         self._multi = None  # a restarted Asterisk may be another version
+        self._groups_failed = False  # nor may it refuse the configuration API any more
         self._held = []
         reader = asyncio.create_task(self._read(ws))
         stopping = asyncio.create_task(self._stopping.wait())
@@ -257,6 +305,7 @@ class AriSource:
             with contextlib.suppress(Exception):
                 await ws.close()
             self._ws = None
+            self._cancel_groups()  # nothing of this connection may follow its SourceLost
             self._cancel_ids()  # waiting items go out without ids at once
             self.connected = False
             self.synced.clear()
@@ -295,6 +344,7 @@ class AriSource:
         def synced() -> None:
             if ws is self._ws and not ws.closed:
                 self.synced.set()
+                self._start_groups(ws, self._pjsip)  # the snapshot's list is fresh
 
         self._queue.put_nowait(_Item([ResyncFinished()], then=synced))
         return True
@@ -311,6 +361,7 @@ class AriSource:
             if isinstance(answer, BaseException):
                 raise answer
         devices, endpoints, bridges, channels = cast(list[list[object]], lists)
+        self._pjsip = _pjsip_names(endpoints)
         in_bridge = bridged(bridges)
         events: list[AsteriskEvent] = []
         for device in devices:
@@ -357,6 +408,80 @@ class AriSource:
         level = logging.DEBUG if text == self._last_problem else logging.WARNING
         log.log(level, "%s (retrying with backoff)", text)
         self._last_problem = text
+
+    # -- pickup groups -------------------------------------------------------------------------
+
+    def refresh_groups(self) -> None:
+        """Read every PJSIP endpoint's call and pickup groups again (after each sync, and on
+        reload), in the background: the pickup policy needs them, the key states do not.
+
+        A no-op while not synced (a sync reads them anyway) or after they failed on this
+        connection.
+        """
+        ws = self._ws
+        if ws is None or ws.closed or not self.synced.is_set():
+            return
+        self._start_groups(ws, None)
+
+    def _start_groups(self, ws: aiohttp.ClientWebSocketResponse, names: list[str] | None) -> None:
+        if self._groups_failed:
+            return
+        self._cancel_groups()  # a newer read supersedes one still running
+        self._groups = asyncio.create_task(self._read_groups(ws, names), name="ari-groups")
+
+    def _cancel_groups(self) -> None:
+        if self._groups is not None and not self._groups.done():
+            self._groups.cancel()
+        self._groups = None
+
+    async def _read_groups(
+        self, ws: aiohttp.ClientWebSocketResponse, names: list[str] | None
+    ) -> None:
+        """Queue an EndpointGroups per endpoint (``names``, or listed anew), as they come in."""
+        try:
+            if names is None:
+                try:
+                    names = _pjsip_names(await self._list("endpoints"))
+                except Exception as exc:  # refused, cut, timed out: as a refused GET below
+                    self._groups_unreadable(str(exc) or type(exc).__name__)
+                    return
+            window = asyncio.Semaphore(GROUP_QUERIES)
+
+            async def one(name: str) -> None:
+                async with window:
+                    if self._groups_failed:
+                        return  # one refusal is enough: the others would be refused too
+                    url = self._base.joinpath(
+                        *ENDPOINT_CONFIG, urllib.parse.quote(name, safe=""), encoded=True
+                    )
+                    try:
+                        answer = await self._safe_get(url, {})
+                    except TimeoutError:  # aiohttp's total timeout is no ClientError
+                        answer = 0, {"message": f"no answer in {self._request_timeout:g} s"}
+                groups = _config_groups(answer[1]) if answer[0] == 200 else None
+                if groups is None:
+                    why = _why(answer) if answer[0] != 200 else "no call_group/pickup_group"
+                    self._groups_unreadable(f"GET /ari/{'/'.join(ENDPOINT_CONFIG)}/{name}: {why}")
+                elif ws is self._ws and not ws.closed:
+                    self._queue.put_nowait(_Item([EndpointGroups(name, *groups)]))
+
+            await asyncio.gather(*(one(name) for name in names))
+        except Exception:  # a bug here must cost the groups, never the source
+            log.exception("reading pickup groups over ARI failed")
+            return
+        if not self._groups_failed:
+            self._groups_problem = ""
+            log.debug("read the pickup groups of %d endpoints over ARI", len(names))
+
+    def _groups_unreadable(self, why: str) -> None:
+        """Give up on the groups for this connection; a problem that repeats is logged once."""
+        if self._groups_failed:
+            return
+        self._groups_failed = True
+        reason = why.partition(": ")[2] or why  # without the endpoint, which varies
+        level = logging.DEBUG if reason == self._groups_problem else logging.WARNING
+        log.log(level, "cannot read pickup groups over ARI: %s", why)
+        self._groups_problem = reason
 
     # -- pickup ids --------------------------------------------------------------------------
 

@@ -4,14 +4,18 @@ Used by the tests as "the Asterisk" on a real socket. It loads each scenario's r
 websocket (``ari-events.jsonl``), emits those events on demand to every client of
 ``/ari/events``, and answers the REST calls a bridge makes from what the replay has put up so
 far: ``GET /ari/channels``, ``/ari/bridges``, ``/ari/deviceStates``, ``/ari/endpoints`` (the
-endpoints of the recorded PBX's ``asterisk-etc/pjsip.conf``) and channel variables. The pickup
-ids come from the same data as the AMI server's Getvar answers (recorded Getvars,
-``replaces.csv``, SIP traces).
+endpoints of the recorded PBX's ``asterisk-etc/pjsip.conf``), an endpoint's configuration
+(``/ari/asterisk/config/dynamic/res_pjsip/endpoint/<name>``, from that pjsip.conf) and channel
+variables. The pickup ids come from the same data as the AMI server's Getvar answers (recorded
+Getvars, ``replaces.csv``, SIP traces).
 
 Where Asterisk's behaviour is not on record, this is an assumption, said here: the answer of the
 multi-variable ``GET …/variables`` is ``{"variables": {name: value}}`` with names split at commas
 outside parentheses; ``/ari/deviceStates`` lists every device seen (a real Asterisk lists only
-ARI-controlled ``Stasis:`` devices there).
+ARI-controlled ``Stasis:`` devices there); an endpoint's configuration lists the options its
+pjsip.conf section sets (with templates), and ``call_group``/``pickup_group`` always, printed
+as Asterisk prints groups (``1, 3, 4``), where a real Asterisk lists every option of the
+endpoint; only ``res_pjsip``'s ``endpoint`` objects are there.
 """
 
 from __future__ import annotations
@@ -23,21 +27,21 @@ import itertools
 import json
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import BasicAuth, web
 
-from bridge.demo.ami_server import Getvars, load_scenario
+from bridge.demo.ami_server import Getvars, load_endpoints, load_scenario
+from bridge.pickup import parse_groups
 
 log = logging.getLogger(__name__)
 
 Json = dict[str, object]
 EventPredicate = Callable[[Mapping[str, object]], bool]
 REALM = 'Basic realm="Asterisk REST Interface"'
-_SECTION = re.compile(r"^\[([^\]]+)\]\s*(?:\(([^)]*)\))?")
+GROUP_OPTIONS = ("call_group", "pickup_group")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,31 +95,6 @@ def load_ari_recordings(directory: Path) -> dict[str, AriScenario]:
         return {directory.name: load_ari_scenario(directory)}
     folders = sorted(p for p in directory.iterdir() if (p / "ari-events.jsonl").exists())
     return {p.name: load_ari_scenario(p) for p in folders}
-
-
-def pjsip_endpoints(conf: str) -> list[str]:
-    """Names of the endpoints a ``pjsip.conf`` defines (``type = endpoint``, also inherited)."""
-    sections: list[tuple[str, bool, list[str], dict[str, str]]] = []
-    for raw in conf.splitlines():
-        line = raw.split(";", 1)[0].strip()
-        if match := _SECTION.match(line):
-            options = [o.strip() for o in (match[2] or "").split(",") if o.strip()]
-            sections.append((match[1].strip(), "!" in options, options, {}))
-        elif "=" in line and sections:
-            key, _, value = line.partition("=")
-            sections[-1][3].setdefault(key.strip().rstrip(">").strip(), value.strip())
-    templates = {name: values for name, is_template, _, values in sections if is_template}
-
-    def kind(values: dict[str, str], parents: list[str]) -> str:
-        if "type" in values:
-            return values["type"]
-        inherited = (templates[p].get("type", "") for p in parents if p in templates)
-        return next((t for t in inherited if t), "")
-
-    names = [
-        n for n, is_tpl, parents, v in sections if not is_tpl and kind(v, parents) == "endpoint"
-    ]
-    return list(dict.fromkeys(names))
 
 
 def split_variables(value: str) -> list[str]:
@@ -209,6 +188,7 @@ class RecordedAriServer:
         self.scenarios = load_ari_recordings(directory)
         if not self.scenarios:
             raise ValueError(f"no ari-events.jsonl recordings under {directory}")
+        # name → {option: value}: tests may change it (as RecordedAmiServer.endpoints)
         self.endpoints = _find_endpoints(directory, self.scenarios)
         self.host, self.port = host, port
         self.username, self.password = username, password
@@ -238,6 +218,9 @@ class RecordedAriServer:
         app.router.add_get("/ari/deviceStates", self._device_states)
         app.router.add_get("/ari/endpoints", self._endpoints)
         app.router.add_get("/ari/bridges", self._bridges)
+        app.router.add_get(
+            "/ari/asterisk/config/dynamic/{config_class}/{object_type}/{id}", self._config_object
+        )
         app.router.add_route("*", "/ari/{tail:.*}", self._not_found)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -441,6 +424,22 @@ class RecordedAriServer:
     async def _bridges(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(list(self._world.bridges.values()))
 
+    async def _config_object(self, request: web.Request) -> web.StreamResponse:
+        """A sorcery object as ConfigTuples; the 404s carry Asterisk's messages."""
+        match = request.match_info
+        config_class, object_type, name = match["config_class"], match["object_type"], match["id"]
+        if config_class != "res_pjsip":
+            return _error(404, f"configClass '{config_class}' not found")
+        if object_type != "endpoint":
+            return _error(404, f"objectType '{object_type}' not found")
+        options = self.endpoints.get(name)
+        if options is None:
+            return _error(404, f"Object with id '{name}' not found")
+        values = {**dict.fromkeys(GROUP_OPTIONS, ""), **options}
+        for option in GROUP_OPTIONS:
+            values[option] = ", ".join(map(str, sorted(parse_groups(values[option]))))
+        return web.json_response([{"attribute": k, "value": v} for k, v in values.items()])
+
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         return _error(404, "Resource not found")
 
@@ -454,11 +453,14 @@ def _name(channel: Mapping[str, object]) -> str:
     return name if isinstance(name, str) else ""
 
 
-def _find_endpoints(directory: Path, scenarios: Mapping[str, AriScenario]) -> list[str]:
-    """The recorded PBX's PJSIP endpoints: its pjsip.conf, else every PJSIP device recorded."""
+def _find_endpoints(
+    directory: Path, scenarios: Mapping[str, AriScenario]
+) -> dict[str, dict[str, str]]:
+    """The recorded PBX's PJSIP endpoints and their options: its pjsip.conf, else every PJSIP
+    device recorded (with no options)."""
     for etc in (directory / "asterisk-etc", directory.parent / "asterisk-etc"):
         if (etc / "pjsip.conf").exists():
-            return pjsip_endpoints((etc / "pjsip.conf").read_text(encoding="utf-8"))
+            return load_endpoints(etc / "pjsip.conf")
     seen: dict[str, None] = {}
     for sc in scenarios.values():
         for recorded in sc.events:
@@ -466,4 +468,5 @@ def _find_endpoints(directory: Path, scenarios: Mapping[str, AriScenario]) -> li
             device = state.get("name") if isinstance(state, Mapping) else None
             if isinstance(device, str) and device.upper().startswith("PJSIP/"):
                 seen[device.partition("/")[2]] = None
-    return sorted(seen, key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else math.inf, r))
+    names = sorted(seen, key=lambda r: (not r.isdigit(), int(r) if r.isdigit() else math.inf, r))
+    return {name: {"type": "endpoint"} for name in names}
