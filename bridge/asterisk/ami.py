@@ -24,13 +24,13 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 
 from bridge.asterisk.ami_events import needs_ids, to_events
+from bridge.asterisk.delivery import Batch, IdsTask, OrderedEvents, ids_result
 from bridge.events import (
     AsteriskEvent,
     ChannelGone,
@@ -53,7 +53,6 @@ RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels")
 MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
 
-IdsTask = asyncio.Task[LegIds | None]
 
 
 def _headers(message: Any) -> dict[str, str]:
@@ -65,23 +64,6 @@ def _headers(message: Any) -> dict[str, str]:
     return out
 
 
-def _result(task: IdsTask) -> LegIds | None:
-    """A finished id lookup's outcome; cancelled or failed means no ids."""
-    if task.cancelled():
-        return None
-    if task.exception() is not None:
-        log.error("reading leg ids failed", exc_info=task.exception())
-        return None
-    return task.result()
-
-
-@dataclass(slots=True)
-class _Item:
-    """One delivery in stream order: events, maybe first waiting for a leg's ids."""
-
-    events: list[AsteriskEvent]
-    ids: IdsTask | None = None
-    then: Callable[[], None] | None = None
 
 
 class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk has no type hints
@@ -206,7 +188,6 @@ class AmiSource:
     ) -> None:
         self.host, self.port = host, port
         self._username, self._secret = username, secret
-        self._on_event = on_event
         self._events = events  # "call,system": no dialplan class, the VarSet/Newexten flood
         self._backoff = (backoff_min, backoff_max)
         self._ping_interval = ping_interval
@@ -214,7 +195,7 @@ class AmiSource:
         self._connect_timeout = connect_timeout
         self.connected = False  # TCP up and Login accepted
         self.synced = asyncio.Event()  # set once ResyncFinished has been delivered
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._queue = OrderedEvents(on_event)
         self._ids: dict[str, IdsTask] = {}
         self._conn: _Connection | None = None
         self._stopping = asyncio.Event()
@@ -228,7 +209,7 @@ class AmiSource:
         """Connect, resync and stream events until ``stop()`` or cancellation."""
         self._stopping.clear()
         self._logoff = None
-        deliverer = asyncio.create_task(self._deliver(), name="ami-deliver")
+        deliverer = asyncio.create_task(self._queue.deliver(), name="ami-deliver")
         failures = 0
         try:
             while not self._stopping.is_set():
@@ -314,7 +295,7 @@ class AmiSource:
         if self._announced and not self._stopping.is_set():
             log.warning("lost the AMI connection to %s:%s", self.host, self.port)
             self._announced = False
-            self._queue.put_nowait(_Item([SourceLost()]))
+            self._queue.put_nowait(Batch([SourceLost()]))
         return True
 
     async def _keepalive(self, conn: _Connection) -> None:
@@ -338,7 +319,7 @@ class AmiSource:
         """Login accepted (seen in stream order): announce, then ask for the full state."""
         self.connected = True
         self._announced = True
-        self._queue.put_nowait(_Item([ResyncStarted()]))
+        self._queue.put_nowait(Batch([ResyncStarted()]))
         for action in RESYNC_ACTIONS:  # pipelined: Asterisk answers them in order
             action_id, _ = conn.send({"Action": action})
             conn.lists.add(action_id)
@@ -349,7 +330,7 @@ class AmiSource:
                 self.synced.set()
                 self.refresh_groups()
 
-        self._queue.put_nowait(_Item([ResyncFinished()], then=synced))
+        self._queue.put_nowait(Batch([ResyncFinished()], then=synced))
 
     def refresh_groups(self) -> None:
         """Read every PJSIP endpoint's call and pickup groups again (after each sync, and on
@@ -391,7 +372,7 @@ class AmiSource:
                         parse_groups(h.get("CallGroup", "")),
                         parse_groups(h.get("PickupGroup", "")),
                     )
-                    self._queue.put_nowait(_Item([EndpointGroups(name, *groups)]))
+                    self._queue.put_nowait(Batch([EndpointGroups(name, *groups)]))
 
         await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
         log.debug("read the pickup groups of %d endpoints", len(names))
@@ -406,10 +387,10 @@ class AmiSource:
             ids = None
             if isinstance(event, ChannelSeen) and needs_ids(event) and self._conn is not None:
                 ids = self._ids.get(event.uniqueid)
-                if ids is None or (ids.done() and _result(ids) is None):
+                if ids is None or (ids.done() and ids_result(ids) is None):
                     ids = asyncio.create_task(self._fetch_ids(self._conn, event))
                     self._ids[event.uniqueid] = ids
-            self._queue.put_nowait(_Item([event], ids))
+            self._queue.put_nowait(Batch([event], ids))
 
     async def _fetch_ids(self, conn: _Connection, leg: ChannelSeen) -> LegIds | None:
         """The Getvars of a leg, in flight at once (never Status: it can deadlock)."""
@@ -438,19 +419,3 @@ class AmiSource:
         call_id, local_tag, remote_tag = values
         return LegIds(leg.uniqueid, call_id, local_tag, remote_tag, caller_hidden=hidden)
 
-    async def _deliver(self) -> None:
-        """The only caller of ``on_event``: strictly in stream order."""
-        while (item := await self._queue.get()) is not None:
-            events = item.events
-            if item.ids is not None:
-                await asyncio.wait([item.ids])
-                ids = _result(item.ids)
-                if ids is not None:
-                    events = [ids, *events]
-            for event in events:
-                try:
-                    self._on_event(event)
-                except Exception:
-                    log.exception("event handler failed on %r", event)
-            if item.then is not None:
-                item.then()

@@ -36,7 +36,6 @@ import logging
 import random
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import aiohttp
@@ -52,6 +51,7 @@ from bridge.asterisk.ari_events import (
     protocol_ids,
     to_events,
 )
+from bridge.asterisk.delivery import Batch, IdsTask, OrderedEvents, ids_result
 from bridge.events import (
     AsteriskEvent,
     ChannelGone,
@@ -74,7 +74,6 @@ ID_NAMES = (LOCAL_TAG, REMOTE_TAG, PRESENTATION)
 GROUP_QUERIES = 16  # configuration GETs in flight at once while reading pickup groups
 ENDPOINT_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "endpoint")
 
-IdsTask = asyncio.Task[LegIds | None]
 Answer = tuple[int, object]  # HTTP status, decoded JSON body (None if there was none)
 Groups = tuple[frozenset[int], frozenset[int]]  # call groups, pickup groups
 
@@ -83,23 +82,6 @@ class _ResyncFailed(Exception):
     """A REST call of the resync gave no usable answer."""
 
 
-@dataclass(slots=True)
-class _Item:
-    """One delivery in stream order: events, maybe first waiting for a leg's ids."""
-
-    events: list[AsteriskEvent]
-    ids: IdsTask | None = None
-    then: Callable[[], None] | None = None
-
-
-def _result(task: IdsTask) -> LegIds | None:
-    """A finished id lookup's outcome; cancelled or failed means no ids."""
-    if task.cancelled():
-        return None
-    if task.exception() is not None:
-        log.error("reading leg ids failed", exc_info=task.exception())
-        return None
-    return task.result()
 
 
 def _ari_base(url: str) -> URL:
@@ -191,7 +173,6 @@ class AriSource:
         self.port = self._base.port or 0
         self._username = username
         self._authorization = aiohttp.encode_basic_auth(username, password)
-        self._on_event = on_event
         self._app = app
         self._backoff = (backoff_min, backoff_max)
         self._connect_timeout = connect_timeout
@@ -200,11 +181,11 @@ class AriSource:
         self._ping_interval = ping_interval
         self.connected = False  # event websocket up (basic auth accepted)
         self.synced = asyncio.Event()  # set once ResyncFinished has been delivered
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._queue = OrderedEvents(on_event)
         self._ids: dict[str, IdsTask] = {}
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._held: list[_Item] | None = None  # events read while a resync is in progress
+        self._held: list[Batch] | None = None  # events read while a resync is in progress
         self._dials = DialPairs()
         self._multi: bool | None = None  # does GET …/variables work? None: not known yet
         self._stopping = asyncio.Event()
@@ -219,7 +200,7 @@ class AriSource:
     async def run(self) -> None:
         """Connect, resync and stream events until ``stop()`` or cancellation."""
         self._stopping.clear()
-        deliverer = asyncio.create_task(self._deliver(), name="ari-deliver")
+        deliverer = asyncio.create_task(self._queue.deliver(), name="ari-deliver")
         failures = 0
         self._http = aiohttp.ClientSession(headers={"Authorization": self._authorization})
         try:
@@ -313,7 +294,7 @@ class AriSource:
             why = ws.exception()  # e.g. a ping not answered in time
             log.warning("lost the ARI connection to %s%s", where, f": {why!r}" if why else "")
             self._announced = False
-            self._queue.put_nowait(_Item([SourceLost()]))
+            self._queue.put_nowait(Batch([SourceLost()]))
         return established
 
     async def _resync(
@@ -338,7 +319,7 @@ class AriSource:
         self._last_problem = ""
         self._announced = True
         held, self._held = self._held or [], None
-        for item in [_Item([ResyncStarted()]), *items, *held]:
+        for item in [Batch([ResyncStarted()]), *items, *held]:
             self._queue.put_nowait(item)
 
         def synced() -> None:
@@ -346,10 +327,10 @@ class AriSource:
                 self.synced.set()
                 self._start_groups(ws, self._pjsip)  # the snapshot's list is fresh
 
-        self._queue.put_nowait(_Item([ResyncFinished()], then=synced))
+        self._queue.put_nowait(Batch([ResyncFinished()], then=synced))
         return True
 
-    async def _snapshot(self) -> list[_Item]:
+    async def _snapshot(self) -> list[Batch]:
         """Asterisk's current state from REST, as items: devices, hints, then channels (each
         grouped with its call by the bridge it is in)."""
         # All three finish (none is left running) before a failure is raised.
@@ -463,7 +444,7 @@ class AriSource:
                     why = _why(answer) if answer[0] != 200 else "no call_group/pickup_group"
                     self._groups_unreadable(f"GET /ari/{'/'.join(ENDPOINT_CONFIG)}/{name}: {why}")
                 elif ws is self._ws and not ws.closed:
-                    self._queue.put_nowait(_Item([EndpointGroups(name, *groups)]))
+                    self._queue.put_nowait(Batch([EndpointGroups(name, *groups)]))
 
             await asyncio.gather(*(one(name) for name in names))
         except Exception:  # a bug here must cost the groups, never the source
@@ -485,7 +466,7 @@ class AriSource:
 
     # -- pickup ids --------------------------------------------------------------------------
 
-    def _items(self, events: list[AsteriskEvent], call_ids: Mapping[str, str]) -> list[_Item]:
+    def _items(self, events: list[AsteriskEvent], call_ids: Mapping[str, str]) -> list[Batch]:
         """Events as items in stream order, starting id lookups for ringing legs."""
         items = []
         for event in events:
@@ -496,11 +477,11 @@ class AriSource:
             ids = None
             if isinstance(event, ChannelSeen) and needs_ids(event) and self._http is not None:
                 ids = self._ids.get(event.uniqueid)
-                if ids is None or (ids.done() and _result(ids) is None):
+                if ids is None or (ids.done() and ids_result(ids) is None):
                     call_id = call_ids.get(event.uniqueid, "")
                     ids = asyncio.create_task(self._fetch_ids(event, call_id))
                     self._ids[event.uniqueid] = ids
-            items.append(_Item([event], ids))
+            items.append(Batch([event], ids))
         return items
 
     async def _fetch_ids(self, leg: ChannelSeen, call_id: str) -> LegIds | None:
@@ -583,19 +564,3 @@ class AriSource:
 
     # -- delivery ----------------------------------------------------------------------------
 
-    async def _deliver(self) -> None:
-        """The only caller of ``on_event``: strictly in stream order."""
-        while (item := await self._queue.get()) is not None:
-            events = item.events
-            if item.ids is not None:
-                await asyncio.wait([item.ids])
-                ids = _result(item.ids)
-                if ids is not None:
-                    events = [ids, *events]
-            for event in events:
-                try:
-                    self._on_event(event)
-                except Exception:
-                    log.exception("event handler failed on %r", event)
-            if item.then is not None:
-                item.then()
