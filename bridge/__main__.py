@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from bridge import __version__
 from bridge.app import run_until_signalled
 from bridge.config import Config, ConfigError, load
+from bridge.led.buttons import LIGHTS
+from bridge.led.cli import light_key
 
 DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
 EXIT_CONFIG = 2
@@ -26,6 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         return _check_config(args.file, args.set)
+    if args.command == "led":
+        ok, what = asyncio.run(
+            light_key(args.phone, args.key, args.light, label=args.label, dial=args.dial,
+                      action=args.action, domain=args.domain)
+        )  # fmt: skip
+        print(what, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
     return _run(args.config, args.set, demo=args.demo)
 
 
@@ -45,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--demo", action="store_true", help="use the built-in demo PBX")
     _add_set(run)
+    led = sub.add_parser("led", help="light one key of a Snom phone by hand (SIP MESSAGE)")
+    led.add_argument("phone", help="the phone: host[:port] or a SIP URI")
+    led.add_argument("key", type=int, help="the key number (as in the phone's settings)")
+    led.add_argument("light", choices=sorted(LIGHTS), help="what the key shows")
+    led.add_argument("--label", default="", help="the key's label")
+    led.add_argument("--dial", default="", help="what the key dials when pressed")
+    led.add_argument("--action", default="", help="the key's action (default: invite)")
+    led.add_argument("--domain", default="", help="the SIP domain for From/To (default: phone's)")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", help="configuration file to check")
     _add_set(check)

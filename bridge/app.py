@@ -24,10 +24,20 @@ from bridge.asterisk.ari import AriSource
 from bridge.config import Config, ConfigError, ListenAddress
 from bridge.demo.ami_server import RecordedAmiServer, bundled_recordings
 from bridge.dialoginfo import DialogInfoDocument, RenderSettings, render
-from bridge.events import AsteriskEvent, EndpointGroups, ResyncFinished, SourceLost
+from bridge.events import (
+    AsteriskEvent,
+    ContactChanged,
+    DeviceStateChanged,
+    EndpointGroups,
+    ExtensionHint,
+    ResyncFinished,
+    SourceLost,
+)
+from bridge.led.controller import LedController
 from bridge.pickup import PickupPolicy
 from bridge.sip.access import AccessLimits, SourceGate
 from bridge.sip.digest import DigestAuthenticator
+from bridge.sip.message import Response
 from bridge.sip.notifier import Notifier, NotifierSettings
 from bridge.sip.subscription import DialogKey
 from bridge.sip.transport import SipService, start_sip
@@ -230,6 +240,8 @@ class Bridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._store_failed = False  # the last write failed: the next one rewrites everything
         self._stale_rings: asyncio.TimerHandle | None = None
+        self.leds: LedController | None = None
+        self._led_timer: asyncio.TimerHandle | None = None
 
     @staticmethod
     def _new_tracker(config: Config) -> CallTracker:
@@ -258,6 +270,15 @@ class Bridge:
         except BaseException:
             await self.stop()
             raise
+        if self.config.leds:
+            sip_service = self.sip
+            self.leds = LedController(
+                self.config.leds,
+                domain=self.domain,
+                local=sip_service.local_towards,
+                user_agent=self.config.sip.user_agent,
+            )
+            self.notifier.other_responses = self._led_response
         self._start_source()
         if self.store is not None:
             self._tasks.append(asyncio.create_task(self._flush_store(), name="store"))
@@ -337,6 +358,7 @@ class Bridge:
             backoff_min=ami.reconnect_min,
             backoff_max=ami.reconnect_max,
             getvar_timeout=ami.getvar_timeout,
+            contacts=bool(self.config.leds),
         )
         self._source_task = asyncio.create_task(self.source.run(), name="ami-source")
 
@@ -366,6 +388,8 @@ class Bridge:
         await self._stop_source()
         if self._stale_rings is not None:
             self._stale_rings.cancel()
+        if self._led_timer is not None:
+            self._led_timer.cancel()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -476,6 +500,45 @@ class Bridge:
                     log.info("store.path: %s is written again", store.path)
                 self._store_failed = False
 
+    def _led_event(self, event: AsteriskEvent, now: float) -> None:
+        assert self.leds is not None
+        match event:
+            case DeviceStateChanged():
+                self.leds.device_state(event.device, event.state, now)
+            case ExtensionHint():
+                self.leds.hint_state(event.exten, event.status, now)
+            case ContactChanged():
+                self.leds.contact(event.aor, event.uri, now)
+            case _:
+                return
+        self._led_flush()
+
+    def _led_response(self, response: Response, now: float) -> bool:
+        assert self.leds is not None
+        ours = self.leds.receive_response(response, now)
+        self._led_flush()
+        return ours
+
+    def _led_flush(self) -> None:
+        """Send what the LED controller wants sent; re-arm its one timer."""
+        leds, sip = self.leds, self.sip
+        if leds is None or sip is None:
+            return
+        for data, address in leds.outgoing():
+            sip.send_datagram(data, address)
+        if self._led_timer is not None:
+            self._led_timer.cancel()
+            self._led_timer = None
+        when = leds.next_timer()
+        if when is not None:
+            self._led_timer = asyncio.get_running_loop().call_at(when, self._led_tick, when)
+
+    def _led_tick(self, when: float) -> None:
+        self._led_timer = None
+        if self.leds is not None:
+            self.leds.handle_timer(max(asyncio.get_running_loop().time(), when))
+            self._led_flush()
+
     def _policy_changed(self) -> None:
         """Who may pick up changed: watchers of ringing extensions get their bodies again."""
         self.documents.forget_all()
@@ -513,6 +576,8 @@ class Bridge:
                 log.info("%s: %s", exten, self.tracker.state(exten).summary())
                 if self.sip is not None:
                     self.sip.resource_changed(exten)
+        if self.leds is not None:
+            self._led_event(event, now)
         if isinstance(event, EndpointGroups) and self.policy.set_groups(
             event.endpoint, event.call_groups, event.pickup_groups
         ):

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.led.buttons import LIGHTS
+from bridge.led.rules import LedRule
+
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or out of range; the message names it."""
@@ -144,6 +147,7 @@ class Config:
     security: SecurityConfig = SecurityConfig()
     source: str = "ami"  # asterisk.source: which interface the events come from
     ari: AriConfig = AriConfig()
+    leds: tuple[LedRule, ...] = ()  # [[led]] rules
 
     @property
     def asterisk_configured(self) -> bool:
@@ -238,6 +242,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML document into a Config."""
+    leds = _leds(raw.get("led", []))
+    raw = {k: v for k, v in raw.items() if k != "led"}
     for section, table in raw.items():
         if section not in _SECTIONS:
             raise ConfigError(f"[{section}]: unknown section (known: {', '.join(_SECTIONS)})")
@@ -264,7 +270,7 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     security = dataclasses.replace(security, secret_files=secrets_read + ari_files)
     return Config(
         ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store,
-        security=security, source=source, ari=ari,
+        security=security, source=source, ari=ari, leds=leds,
     )  # fmt: skip
 
 
@@ -289,6 +295,60 @@ def _ari(
     if not app or any(c in app for c in "/?&# "):
         raise ConfigError(f"ari.app: {app!r} is not a usable Stasis application name")
     return AriConfig(url=url, username=username, password=password, app=app), files
+
+
+_LED_KEYS = {"phone", "key", "device", "hint", "lights", "default", "label", "dial", "action"}
+
+
+def _leds(raw: Any) -> tuple[LedRule, ...]:
+    """``[[led]]`` tables: one key of one phone following one Asterisk state."""
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise ConfigError("led: must be an array of tables ([[led]])")
+    rules = []
+    for i, t in enumerate(raw):
+        name = f"led[{i}]"
+        for key in t:
+            if key not in _LED_KEYS:
+                raise ConfigError(f"{name}.{key}: unknown setting (known: "
+                                  f"{', '.join(sorted(_LED_KEYS))})")  # fmt: skip
+        phone = str(t.get("phone", "")).strip()
+        if not phone or any(c in phone for c in " <>@;:"):
+            raise ConfigError(f'{name}.phone: the PJSIP AOR of the phone, e.g. "203"')
+        key = t.get("key")
+        if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key <= 999:
+            raise ConfigError(f"{name}.key: the phone's key number (0-999)")
+        device, hint = str(t.get("device", "")), str(t.get("hint", ""))
+        if bool(device) == bool(hint):
+            raise ConfigError(f"{name}: set exactly one of device (e.g. \"Custom:DND201\") "
+                              "and hint (an extension)")  # fmt: skip
+        lights = t.get("lights", {})
+        if not isinstance(lights, dict):
+            raise ConfigError(f'{name}.lights: a table of state = light, e.g. {{ inuse = "on" }}')
+        default = str(t.get("default", "off"))
+        for state, light in [*lights.items(), ("default", default)]:
+            if not isinstance(light, str) or light.lower() not in LIGHTS:
+                where = f"{name}.default" if state == "default" else f"{name}.lights.{state}"
+                known = ", ".join(sorted(LIGHTS))
+                raise ConfigError(f"{where}: {light!r} is not a light ({known})")
+        rules.append(
+            LedRule(
+                phone=phone,
+                key=key,
+                device=device,
+                hint=hint,
+                lights={str(k).lower(): str(v).lower() for k, v in lights.items()},
+                default=default.lower(),
+                label=str(t.get("label", "")),
+                dial=str(t.get("dial", "")),
+                action=str(t.get("action", "")),
+            )
+        )
+    seen: set[tuple[str, int]] = set()
+    for i, rule in enumerate(rules):
+        if (rule.phone, rule.key) in seen:
+            raise ConfigError(f"led[{i}]: key {rule.key} of phone {rule.phone} is ruled twice")
+        seen.add((rule.phone, rule.key))
+    return tuple(rules)
 
 
 def _ami_secret_files(t: Mapping[str, Any], base_dir: Path | None) -> tuple[str, ...]:

@@ -115,6 +115,15 @@ class ExtensionHint:
 
 
 @dataclass(frozen=True, slots=True)
+class ContactChanged:
+    """Where a phone (a PJSIP AOR) is registered (ContactStatus, PJSIPShowContacts); ``uri``
+    empty when the contact is gone or unreachable."""
+
+    aor: str
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointGroups:
     """A PJSIP endpoint's call and pickup groups (PJSIPShowEndpoint), for the pickup policy."""
 
@@ -147,6 +156,7 @@ AsteriskEvent = (
     | HoldChanged
     | DeviceStateChanged
     | ExtensionHint
+    | ContactChanged
     | EndpointGroups
     | ResyncStarted
     | ResyncFinished

@@ -26,7 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-__all__ = ["SCENARIOS", "SippResult", "SippWatcher", "TracedMessage", "free_port", "parse_trace"]
+__all__ = [
+    "SCENARIOS", "SippPhone", "SippResult", "SippWatcher", "TracedMessage", "free_port",
+    "parse_trace",
+]  # fmt: skip
 
 SCENARIOS = Path(__file__).parent / "sipp"
 _BLOCK_RE = re.compile(r"^-{20,} ?(.*)$", re.M)
@@ -235,6 +238,55 @@ class SippWatcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            await self._process.wait()
+        self._dir.cleanup()
+
+
+class SippPhone:
+    """SIPp as a phone that receives requests (scenario tests/sipp/led-phone.xml): it listens on
+    ``port`` and ends after ``idle_ms`` without a request."""
+
+    def __init__(
+        self, *, idle_ms: int = 2000, status: int = 200, reason: str = "OK", timeout: float = 30
+    ) -> None:
+        self.port = free_port()
+        self.timeout = timeout
+        self._text = string.Template((SCENARIOS / "led-phone.xml").read_text()).safe_substitute(
+            idle_ms=idle_ms, status=status, reason=reason
+        )
+        self._dir = tempfile.TemporaryDirectory(prefix="sipp-phone-")
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> SippPhone:
+        workdir = Path(self._dir.name)
+        (workdir / "scenario.xml").write_text(self._text)
+        args = ["-sf", "scenario.xml", "-i", "127.0.0.1", "-p", str(self.port), "-m", "1"]
+        args += ["-nostdin", "-t", "u1", "-trace_msg", "-message_file", "messages.log"]
+        args += ["-timeout", f"{int(self.timeout)}s"]
+        self._process = await asyncio.create_subprocess_exec(
+            "sipp", *args, cwd=workdir, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        await asyncio.sleep(0.2)  # SIPp binds its port before the bridge sends anything
+        return self
+
+    async def finish(self) -> SippResult:
+        """Wait for SIPp to end by itself and read its trace."""
+        assert self._process is not None
+        try:
+            output, _ = await asyncio.wait_for(self._process.communicate(), self.timeout + 5)
+        except TimeoutError:
+            self._process.kill()
+            output, _ = await self._process.communicate()
+        trace = Path(self._dir.name) / "messages.log"
+        messages = parse_trace(trace.read_bytes()) if trace.exists() else []
+        code = self._process.returncode
+        return SippResult(-1 if code is None else code, messages, output.decode())
+
+    async def __aexit__(self, *exc: object) -> None:
         if self._process is not None and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()

@@ -50,6 +50,7 @@ ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(p
 # the same batch so a withheld caller is never shown on anybody's key.
 PRESENTATION = "CONNECTEDLINE(pres)"
 RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels")
+CONTACTS_ACTION = "PJSIPShowContacts"  # where phones are registered, for the LED messages
 MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
 
@@ -155,7 +156,10 @@ class _Connection:
                 self.source._begin_resync(self)
         elif action_id in self.lists:
             if "Event" not in h and h.get("Response") != "Success":
-                log.warning("AMI refused %s: %s", action_id, h.get("Message", ""))
+                message = h.get("Message", "")
+                # "No Contacts found" is how Asterisk says an empty list: nothing wrong.
+                level = logging.DEBUG if "found" in message.lower() else logging.WARNING
+                log.log(level, "AMI refused %s: %s", action_id, message)
                 self._list_done(action_id)
             elif h.get("EventList", "").lower() == "complete":
                 self._list_done(action_id)
@@ -185,6 +189,7 @@ class AmiSource:
         ping_interval: float = 10.0,
         getvar_timeout: float = 1.0,
         connect_timeout: float = 5.0,
+        contacts: bool = False,
     ) -> None:
         self.host, self.port = host, port
         self._username, self._secret = username, secret
@@ -193,6 +198,7 @@ class AmiSource:
         self._ping_interval = ping_interval
         self._getvar_timeout = getvar_timeout
         self._connect_timeout = connect_timeout
+        self._contacts = contacts  # also resync the phones' registrations (LED rules need them)
         self.connected = False  # TCP up and Login accepted
         self.synced = asyncio.Event()  # set once ResyncFinished has been delivered
         self._queue = OrderedEvents(on_event)
@@ -320,7 +326,8 @@ class AmiSource:
         self.connected = True
         self._announced = True
         self._queue.put_nowait(Batch([ResyncStarted()]))
-        for action in RESYNC_ACTIONS:  # pipelined: Asterisk answers them in order
+        actions = (*RESYNC_ACTIONS, CONTACTS_ACTION) if self._contacts else RESYNC_ACTIONS
+        for action in actions:  # pipelined: Asterisk answers them in order
             action_id, _ = conn.send({"Action": action})
             conn.lists.add(action_id)
 

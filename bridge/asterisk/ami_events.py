@@ -27,6 +27,7 @@ from bridge.events import (
     ChannelGone,
     ChannelSeen,
     ChannelState,
+    ContactChanged,
     DeviceStateChanged,
     DialBegan,
     DialEnded,
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 _CHANNEL_EVENTS = frozenset(
     {"newchannel", "newstate", "newcallerid", "newconnectedline", "coreshowchannel"}
 )
+_CONTACT_GONE = frozenset({"removed", "unreachable"})
 _FRAME_END = re.compile(r"\r?\n\r?\n")
 _LINE_END = re.compile(r"\r?\n")
 
@@ -112,6 +114,11 @@ def _map(h: dict[str, str]) -> list[AsteriskEvent]:
             raise _Malformed(f"Status {status!r} is not a number")
         exten, context, hint = _need(h, "exten"), h.get("context", ""), h.get("hint", "")
         return [ExtensionHint(exten, context, hint, int(status))]
+    if event in ("contactstatus", "contactlist"):
+        # ContactStatus says ContactStatus, a ContactList item says Status (both documented).
+        status = (h.get("contactstatus") or h.get("status", "")).lower()
+        uri = "" if status in _CONTACT_GONE else _need(h, "uri")
+        return [ContactChanged(_need(h, "aor"), uri)]
     return []
 
 

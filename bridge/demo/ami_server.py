@@ -219,10 +219,12 @@ def _tag(value: str) -> str:
     return match[1] if match else ""
 
 
-def load_endpoints(conf: Path) -> dict[str, dict[str, str]]:
-    """The endpoints of a pjsip.conf (templates applied) as option → value, for answering
-    PJSIPShowEndpoint(s) the way the recorded Asterisk would have."""
-    sections: list[tuple[str, list[str], dict[str, str]]] = []
+Sections = list[tuple[str, dict[str, str]]]  # (name, options) in file order
+
+
+def _pjsip_sections(conf: Path) -> tuple[Sections, set[str]]:
+    """A pjsip.conf's sections with their templates applied, and the templates' names."""
+    sections: Sections = []
     templates: dict[str, dict[str, str]] = {}
     for raw in conf.read_text(encoding="utf-8").splitlines() if conf.exists() else []:
         line = raw.split(";", 1)[0].strip()
@@ -232,14 +234,29 @@ def load_endpoints(conf: Path) -> dict[str, dict[str, str]]:
             options: dict[str, str] = {}
             for base in bases:
                 options.update(templates.get(base, {}))
-            sections.append((name, bases, options))
+            sections.append((name, options))
             if rest.startswith("(!"):
                 templates[name] = options
         elif "=" in line and sections:
             key, _, value = line.partition("=")
-            sections[-1][2][key.strip()] = value.strip()
-    return {name: opts for name, _, opts in sections
-            if opts.get("type") == "endpoint" and name not in templates}  # fmt: skip
+            sections[-1][1][key.strip()] = value.strip()
+    return sections, set(templates)
+
+
+def load_objects(conf: Path, kind: str) -> dict[str, dict[str, str]]:
+    """The objects of one type (``endpoint``, ``aor``) of a pjsip.conf as option → value, for
+    answering the PJSIPShow… actions the way the recorded Asterisk would have."""
+    sections, templates = _pjsip_sections(conf)
+    return {
+        name: opts
+        for name, opts in sections
+        if opts.get("type") == kind and name not in templates
+    }
+
+
+def load_endpoints(conf: Path) -> dict[str, dict[str, str]]:
+    """The endpoints of a pjsip.conf."""
+    return load_objects(conf, "endpoint")
 
 
 def load_recordings(directory: Path) -> dict[str, Scenario]:
@@ -364,6 +381,13 @@ class RecordedAmiServer:
         # Endpoint options (call_group, pickup_group, …) as PJSIPShowEndpoint reports them;
         # tests may change them.
         self.endpoints = load_endpoints(folder / "asterisk-etc" / "pjsip.conf")
+        # Where each AOR's phone is registered (the static contacts of the recorded PBX);
+        # tests move phones by changing this and emitting a ContactStatus event.
+        self.contacts = {
+            name: opts["contact"]
+            for name, opts in load_objects(folder / "asterisk-etc" / "pjsip.conf", "aor").items()
+            if opts.get("contact")
+        }
         if not self.scenarios:
             raise ValueError(f"no ami-wire.jsonl recordings under {recordings}")
         self.host, self.port = host, port
@@ -544,6 +568,8 @@ class RecordedAmiServer:
             return [self._getvar(frame)]
         if action == "pjsipshowendpoints":
             return self._endpoint_list()
+        if action == "pjsipshowcontacts":
+            return self._contact_list()
         if action == "pjsipshowendpoint":
             return self._endpoint_detail(frame.get("Endpoint", ""))
         name = frame.get("Action", "")
@@ -565,6 +591,24 @@ class RecordedAmiServer:
             {"Event": "EndpointListComplete", "EventList": "Complete",
              "ListItems": str(len(items))},
         ]  # fmt: skip
+
+    def _contact_list(self) -> list[Headers]:
+        if not self.contacts:  # as Asterisk: an error, not an empty list
+            return [{"Response": "Error", "Message": "No Contacts found"}]
+        items = [{"Event": "ContactList", "ObjectType": "contact", "ObjectName": f"{aor};@x",
+                  "Uri": uri, "Aor": aor, "Endpoint": aor, "Status": "NonQualified"}
+                 for aor, uri in self.contacts.items()]  # fmt: skip
+        return [
+            {"Response": "Success", "EventList": "start",
+             "Message": "A listing of Contacts follows, presented as ContactList events"},
+            *items,
+            {"Event": "ContactListComplete", "EventList": "Complete",
+             "ListItems": str(len(items))},
+        ]  # fmt: skip
+
+    def emit(self, event: Mapping[str, str]) -> None:
+        """Send one synthesized event to every client that wants it (tests)."""
+        self._emit(event)
 
     def _endpoint_detail(self, name: str) -> list[Headers]:
         opts = self.endpoints.get(name)

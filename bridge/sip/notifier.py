@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -135,6 +136,8 @@ class Notifier:
         self._changed: dict[DialogKey, Subscription] = {}
         self._removed: set[DialogKey] = set()
         self.ready = True  # False: the document source cannot tell yet which resources exist
+        # Responses to requests of others on the same sockets (True: it was theirs).
+        self.other_responses: Callable[[Response, float], bool] | None = None
         self._per_source: dict[str, int] = {}  # active subscriptions per source address
         self._over_limit: set[str] = set()  # sources told they have too many, logged once
 
@@ -553,8 +556,13 @@ class Notifier:
         except ParseError as exc:
             logger.info("dropped response from %s: %s", peer, exc.reason)
             return
+        if method != "NOTIFY":
+            # Not ours (the LED sender's MESSAGEs share the socket): hand it on.
+            if self.other_responses is None or not self.other_responses(resp, now):
+                logger.debug("stray %d response from %s", resp.status, peer)
+            return
         tx = self._client_tx.get(branch or "")
-        if tx is None or method != "NOTIFY":
+        if tx is None:
             logger.debug("stray %d response from %s", resp.status, peer)
             return
         if resp.status < 200:

@@ -113,6 +113,16 @@ class SipService:
         for server in self.tcp + self.tls:
             await server.wait_closed()
 
+    def send_datagram(self, data: bytes, address: tuple[str, int]) -> None:
+        """Send a request of another core (the LED sender) from the first UDP socket."""
+        if self.udp:
+            self.udp[0].sendto(data, address)
+
+    def local_towards(self, remote_host: str) -> tuple[str, int]:
+        """Our address on the first UDP socket as seen from ``remote_host`` (for a Via)."""
+        host, port = self.udp[0].get_extra_info("sockname")[:2]
+        return self.udp_local((str(host), int(port)), remote_host)
+
     def udp_local(self, bound: tuple[str, int], remote_host: str) -> tuple[str, int]:
         """Our address for a datagram that came in on a socket bound to ``bound``: a wildcard
         bind (0.0.0.0) is resolved to the address that routes to the phone."""
