@@ -37,15 +37,22 @@ typecheck: $(VENV)/.installed-test
 pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
-## SIPp plays the phones in the tests (Debian package sip-tester).
+## SIPp plays the phones in the tests (Debian package sip-tester); chromium shows the live
+## panel to playwright (its test is skipped without it); systemd-analyze checks the unit.
 .PHONY: sipp
 sipp:
-	@command -v sipp >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v sipp >/dev/null 2>&1 || missing="$$missing sip-tester"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else \
-	    echo "SIPp is missing: install it (Debian: sudo apt-get install sip-tester)" >&2; exit 1; \
-	  fi; }
+	    echo "missing:$$missing (Debian: sudo apt-get install$$missing)" >&2; \
+	    command -v sipp >/dev/null 2>&1 || exit 1; \
+	  fi; \
+	fi
 
 ## Benchmarks: figures printed as a table.
 bench: $(VENV)/.installed-test

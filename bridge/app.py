@@ -17,6 +17,7 @@ import ssl
 import time
 from collections.abc import Callable, Hashable
 
+from aiohttp import web
 from yarl import URL
 
 from bridge.asterisk.ami import AmiSource
@@ -35,14 +36,17 @@ from bridge.events import (
 )
 from bridge.led.controller import LedController
 from bridge.pickup import PickupPolicy
+from bridge.service import SystemdNotifier, keep_watchdog
 from bridge.sip.access import AccessLimits, SourceGate
 from bridge.sip.digest import DigestAuthenticator
 from bridge.sip.message import Response
 from bridge.sip.notifier import Notifier, NotifierSettings
 from bridge.sip.subscription import DialogKey
 from bridge.sip.transport import SipService, start_sip
+from bridge.status import BridgeStatus
 from bridge.store import StoreError, SubscriptionStore
 from bridge.tracker import CallTracker, TrackerSettings
+from bridge.web.server import start_web
 
 log = logging.getLogger("bridge")
 
@@ -242,6 +246,8 @@ class Bridge:
         self._stale_rings: asyncio.TimerHandle | None = None
         self.leds: LedController | None = None
         self._led_timer: asyncio.TimerHandle | None = None
+        self.status = BridgeStatus(self, time.monotonic)  # loop.time() is this clock
+        self.web: web.AppRunner | None = None
 
     @staticmethod
     def _new_tracker(config: Config) -> CallTracker:
@@ -282,6 +288,13 @@ class Bridge:
         self._start_source()
         if self.store is not None:
             self._tasks.append(asyncio.create_task(self._flush_store(), name="store"))
+        if self.config.web is not None:
+            where = self.config.web
+            try:
+                self.web = await start_web(self.status, where.host, where.port)
+                log.info("panel and metrics on http://%s/", where)
+            except OSError as exc:  # the panel is a window on the bridge, not the bridge
+                log.error("web.listen: cannot serve on %s: %s; running without it", where, exc)
         listening = [f"udp {t.get_extra_info('sockname')[1]}" for t in self.sip.udp] + [
             f"{kind} {s.sockets[0].getsockname()[1]}"
             for kind, servers in (("tcp", self.sip.tcp), ("tls", self.sip.tls))
@@ -398,6 +411,9 @@ class Bridge:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("%s failed", task.get_name(), exc_info=task.exception())
         self._tasks.clear()
+        if self.web is not None:
+            await self.web.cleanup()
+            self.web = None
         if self.sip is not None:
             await self.sip.close()  # from here on no NOTIFY can go out
             self.sip = None
@@ -570,12 +586,19 @@ class Bridge:
 
     def _on_event(self, event: AsteriskEvent) -> None:
         """Every normalized Asterisk event, in order: update the tracker, notify the watchers."""
+        started = time.perf_counter()
         now = asyncio.get_running_loop().time()
+        self.status.events_total += 1
+        changed = False
         for exten in sorted(self.tracker.apply(event, now)):
             if self.documents.changed(exten):
+                changed = True
                 log.info("%s: %s", exten, self.tracker.state(exten).summary())
                 if self.sip is not None:
                     self.sip.resource_changed(exten)
+        if changed:
+            self.status.histogram.observe(time.perf_counter() - started)
+            self.status.change.fire()
         if self.leds is not None:
             self._led_event(event, now)
         if isinstance(event, EndpointGroups) and self.policy.set_groups(
@@ -600,13 +623,42 @@ class Bridge:
             )  # fmt: skip
 
 
+READY_WAIT = 30.0  # seconds to wait for the first sync before telling systemd we are up
+
+
+def _status_line(bridge: Bridge) -> str:
+    counters = bridge.status.counters()
+    asterisk = "in sync with Asterisk" if counters.synced else "waiting for Asterisk"
+    return f"{counters.subscriptions} subscriptions, {asterisk}"
+
+
+async def _tell_systemd(bridge: Bridge, systemd: SystemdNotifier) -> None:
+    """READY=1 once the source has synced (the keys are right) or, without Asterisk, after
+    READY_WAIT: the bridge still serves what it knows. Then a STATUS line now and then."""
+    assert bridge.source is not None
+    systemd.status(_status_line(bridge))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(bridge.source.synced.wait(), READY_WAIT)
+    systemd.ready(_status_line(bridge))
+    while True:
+        await asyncio.sleep(10)
+        systemd.status(_status_line(bridge))
+
+
 async def run_until_signalled(
     config: Config, *, force_demo: bool = False, reload: Callable[[], Config] | None = None
 ) -> None:
     """Run the bridge until SIGTERM or SIGINT; SIGHUP reloads the configuration (``reload``
-    reads it again; a broken file is logged and the running configuration kept)."""
+    reads it again; a broken file is logged and the running configuration kept). Under
+    systemd (Type=notify) it reports READY, STATUS, RELOADING, STOPPING and pings the watchdog
+    from the event loop."""
     bridge = Bridge(config, demo=force_demo or config.demo or not config.asterisk_configured)
+    systemd = SystemdNotifier()
     await bridge.start()
+    helpers = [
+        asyncio.create_task(_tell_systemd(bridge, systemd), name="systemd-status"),
+        asyncio.create_task(keep_watchdog(systemd, systemd.watchdog_interval()), name="watchdog"),
+    ]
     stop = asyncio.Event()
     hup = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -623,18 +675,21 @@ async def run_until_signalled(
                 waiter.cancel()
             if hup.is_set() and not stop.is_set():
                 hup.clear()
+                systemd.reloading("reloading the configuration")
                 if reload is None:
                     log.warning("SIGHUP: no configuration file to reload")
-                    continue
-                try:
-                    new = reload()
-                except ConfigError as exc:
-                    log.error("reload refused, keeping the running configuration: %s", exc)
-                    continue
-                await bridge.reload(new)
+                else:
+                    try:
+                        await bridge.reload(reload())
+                    except ConfigError as exc:
+                        log.error("reload refused, keeping the running configuration: %s", exc)
+                systemd.ready(_status_line(bridge))  # also after a refusal: still running
         log.info("stopping after %.0f s", time.monotonic() - started)
     finally:
+        systemd.stopping()
         for sig in handled:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(sig)
         await bridge.stop()
+        for task in helpers:  # the watchdog last: the stop above must not look like a hang
+            task.cancel()

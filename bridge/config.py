@@ -148,6 +148,7 @@ class Config:
     source: str = "ami"  # asterisk.source: which interface the events come from
     ari: AriConfig = AriConfig()
     leds: tuple[LedRule, ...] = ()  # [[led]] rules
+    web: ListenAddress | None = ListenAddress("127.0.0.1", 9065)  # panel, /metrics; None: off
 
     @property
     def asterisk_configured(self) -> bool:
@@ -186,6 +187,7 @@ _SECTIONS: dict[str, set[str]] = {
     "demo": {"enabled"},
     "store": {"path", "flush_interval"},
     "asterisk": {"source"},
+    "web": {"listen"},
     "ari": {"url", "username", "password", "password_file", "app"},
     "security": {
         "allow",
@@ -263,6 +265,8 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     store = _store(_table(raw, "store"), base_dir or Path.cwd())
     security = _security(_table(raw, "security"), base_dir or Path.cwd())
     secrets_read = security.secret_files + _ami_secret_files(_table(raw, "ami"), base_dir)
+    listen = _str(_table(raw, "web"), "web.listen", "127.0.0.1:9065").strip()
+    web = _address(listen, "web.listen") if listen else None
     source = _str(_table(raw, "asterisk"), "asterisk.source", "ami").lower()
     if source not in ("ami", "ari"):
         raise ConfigError(f"asterisk.source: {source!r} is not one of ami, ari")
@@ -270,7 +274,7 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     security = dataclasses.replace(security, secret_files=secrets_read + ari_files)
     return Config(
         ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store,
-        security=security, source=source, ari=ari, leds=leds,
+        security=security, source=source, ari=ari, leds=leds, web=web,
     )  # fmt: skip
 
 

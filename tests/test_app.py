@@ -9,6 +9,7 @@ phones did (written out by hand here, not derived from the bridge's own code).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import pytest
 from lxml import etree
 from sipp import SippResult, SippWatcher, TracedMessage, parse_trace
@@ -48,6 +50,7 @@ def config_for(server: RecordedAmiServer, *extra: str) -> list[str]:
         f"sip.domain={DOMAIN}",
         "store.path=",  # these tests keep nothing; tests/test_restart.py covers the store
         "security.requests_per_second=0",  # tests/test_security.py covers the limits
+        "web.listen=",  # off unless a test asks for it (test_panel_and_metrics_*)
         *extra,
     ]
 
@@ -488,6 +491,7 @@ async def running_over_ari(server: RecordedAriServer, *extra: str) -> AsyncItera
         f"sip.domain={DOMAIN}",
         "store.path=",
         "security.requests_per_second=0",
+        "web.listen=",
         *extra,
     ]
     bridge = Bridge(load(None, config))
@@ -521,3 +525,36 @@ async def test_each_recording_over_ari_gives_the_same_key_states(scenario: str) 
             == (call_id, asterisk_tag, phone_tag)
             for d in early
         )
+
+
+async def test_panel_and_metrics_show_what_the_bridge_sees(server: RecordedAmiServer) -> None:
+    server.speed = 0
+    async with running_bridge(server, "web.listen=127.0.0.1:0") as bridge:
+        assert bridge.web is not None
+        host, port = bridge.web.addresses[0][:2]
+        base = f"http://{host}:{port}"
+        async with SippWatcher("202", bridge.bound("udp"), idle_ms=IDLE_MS) as watcher:
+            await eventually(lambda: bridge.notifier.stats().subscriptions == 1)
+            await server.play("pickup-replaces", until=RINGING_202)
+            await eventually(lambda: ringing(bridge, "202"))
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/api/entities") as r:
+                    entities = {e["exten"]: e for e in await r.json()}
+                    raw = json.dumps(entities)
+                async with http.get(f"{base}/metrics") as r:
+                    metrics = await r.text()
+                async with http.get(f"{base}/healthz") as r:
+                    health = r.status
+                async with http.get(f"{base}/api/subscriptions") as r:
+                    subscriptions = await r.json()
+            await server.play("pickup-replaces")
+            await watcher.finish()
+    assert entities["202"]["state"] == "ringing" and "Phone 201" in entities["202"]["caller"]
+    assert entities["204"]["state"] == "idle"
+    call_id = replaces_csv("pickup-replaces")[0]
+    assert call_id not in raw  # the panel never hands out what takes a call
+    assert 'snom_blf_entity_state{exten="202",state="ringing"} 1' in metrics
+    assert re.search(r"^snom_blf_subscriptions 1(\.0)?$", metrics, re.M)
+    assert re.search(r"^snom_blf_event_to_notify_seconds_count [1-9]", metrics, re.M)
+    assert health == 200
+    assert [s["resource"] for s in subscriptions] == ["202"]

@@ -173,7 +173,7 @@ async def led_bridge(server: RecordedAmiServer, tmp_path: Path) -> AsyncIterator
     path.write_text(LED_CONFIG)
     overrides = [f"ami.port={server.port}", "ami.username=bridge", "ami.secret=bridgesecret",
                  'sip.udp=["127.0.0.1:0"]', 'sip.tcp=["127.0.0.1:0"]', "sip.domain=pbx.test",
-                 "store.path="]  # fmt: skip
+                 "store.path=", "web.listen="]  # fmt: skip
     bridge = Bridge(load(path, overrides))
     await bridge.start()
     try:

@@ -9,9 +9,11 @@ stop).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -35,17 +37,19 @@ class BridgeProcess:
             "--set", "ami.secret=bridgesecret", "--set", f"sip.udp={listen}",
             "--set", f"sip.tcp={listen}", "--set", "sip.domain=pbx.test",
             "--set", f"store.path={store}", "--set", "store.flush_interval=0.1",
-            "--set", "log.level=debug",
+            "--set", "log.level=debug", "--set", "web.listen=",
         ]  # fmt: skip
         self.lines: list[str] = []
+        self.env: dict[str, str] = {}
         self.process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._tick = asyncio.Event()
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, *self.args, cwd=ROOT, stderr=asyncio.subprocess.PIPE
-        )
+            sys.executable, *self.args, cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **self.env},
+        )  # fmt: skip
         self._reader = asyncio.create_task(self._read())
         await self.wait_for("in sync with Asterisk")
 
@@ -175,3 +179,51 @@ async def test_sighup_reloads_without_dropping_the_watcher(
     states = collapsed([key_state(n) for n in result.notifies])
     assert "early/initiator" in states, states  # the reloaded setting is in force
     assert all("active;" in (n.header("Subscription-State") or "") for n in result.notifies)
+
+
+async def test_systemd_hears_ready_only_after_the_sync(
+    server: RecordedAmiServer, config: Path, tmp_path: Path
+) -> None:
+    """Type=notify: READY=1 once Asterisk is in sync (the keys are right), STATUS before and
+    after, STOPPING=1 on SIGTERM; here Asterisk takes a second to list its channels."""
+    async def slow_channels(frame: Mapping[str, str]) -> None:
+        if frame.get("Action") == "CoreShowChannels":
+            await asyncio.sleep(1.0)
+
+    server.before_answer = slow_channels
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify.sock"
+    listener.bind(str(path))
+    listener.setblocking(False)
+    bridge = BridgeProcess(config, free_port(), server.port, tmp_path / "s.sqlite3")
+    bridge.env = {"NOTIFY_SOCKET": str(path)}
+    received: list[tuple[float, str]] = []
+    loop = asyncio.get_running_loop()
+
+    async def collect() -> None:
+        while True:
+            data = await loop.sock_recv(listener, 4096)
+            received.append((loop.time(), data.decode()))
+
+    collector = asyncio.create_task(collect())
+    try:
+        started = loop.time()
+        await bridge.start()  # returns once the log says "in sync"
+        await eventually_true(lambda: any("READY=1" in m for _, m in received))
+        assert await bridge.end(signal.SIGTERM) == 0
+        await eventually_true(lambda: any("STOPPING=1" in m for _, m in received))
+    finally:
+        collector.cancel()
+        listener.close()
+        await bridge.close()
+    ready_at = next(t for t, m in received if "READY=1" in m)
+    assert ready_at - started >= 1.0  # not before Asterisk had listed its channels
+    first = received[0][1]
+    assert first.startswith("STATUS=") and "waiting for Asterisk" in first
+    assert "in sync with Asterisk" in next(m for _, m in received if "READY=1" in m)
+
+
+async def eventually_true(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110  (datagrams arrive on another task)
+            await asyncio.sleep(0.02)

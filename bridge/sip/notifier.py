@@ -138,6 +138,8 @@ class Notifier:
         self.ready = True  # False: the document source cannot tell yet which resources exist
         # Responses to requests of others on the same sockets (True: it was theirs).
         self.other_responses: Callable[[Response, float], bool] | None = None
+        self.notifies_sent = 0  # NOTIFY transactions started (retransmissions not counted)
+        self.notifies_failed = 0  # ended by a failure response or a timeout
         self._per_source: dict[str, int] = {}  # active subscriptions per source address
         self._over_limit: set[str] = set()  # sources told they have too many, logged once
 
@@ -519,6 +521,7 @@ class Notifier:
         tx = NotifyTransaction(branch, sub, data, sub.peer, now + 64 * t1, interval, final)
         sub.in_flight = tx
         self._client_tx[branch] = tx
+        self.notifies_sent += 1
         self._timers.schedule(tx, now + interval if interval else tx.timeout_at)
         self._out.append((data, tx.peer))
 
@@ -590,6 +593,7 @@ class Notifier:
             if sub.state == "terminating" or (sub.state == "active" and sub.dirty):
                 self._send_notify(sub, now)
             return
+        self.notifies_failed += 1
         # RFC 6665 §4.2.2: a NOTIFY that times out or gets a failure response ends the
         # subscription. RFC 5057 would keep the dialog on a few codes (e.g. 491, 500 with
         # Retry-After), but a phone that refuses a NOTIFY gains nothing from more of them, and a

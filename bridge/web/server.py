@@ -1,0 +1,180 @@
+"""The HTTP side output: metrics, health, JSON, server-sent events and the live key panel."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import importlib.resources
+import json
+import re
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from bridge.web.metrics import CONTENT_TYPE, render_metrics
+from bridge.web.status import EntityStatus, StatusView, SubscriptionStatus
+
+VIEW: web.AppKey[StatusView] = web.AppKey("view")
+STOPPING = web.AppKey("stopping", asyncio.Event)
+PANEL = web.AppKey("panel", bytes)
+PANEL_CSP = web.AppKey("panel_csp", str)
+
+# A comment line this often keeps proxies from closing an idle stream and finds dead clients.
+SSE_KEEPALIVE = 15.0
+NO_CACHE = {"Cache-Control": "no-store"}
+
+
+def make_app(view: StatusView) -> web.Application:
+    """The web endpoint over a running bridge's ``StatusView``."""
+    app = web.Application()
+    app[VIEW] = view
+    app[STOPPING] = asyncio.Event()
+    app[PANEL] = importlib.resources.files("bridge.web").joinpath("panel.html").read_bytes()
+    app[PANEL_CSP] = _panel_csp(app[PANEL].decode())
+    app.router.add_get("/", panel)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/entities", api_entities)
+    app.router.add_get("/api/subscriptions", api_subscriptions)
+    app.router.add_get("/events", events)
+    app.on_shutdown.append(_stop_streams)
+    return app
+
+
+async def start_web(view: StatusView, host: str, port: int) -> web.AppRunner:
+    """Serve ``make_app(view)`` on host:port (port 0: any); ``await runner.cleanup()`` stops it.
+    The bound address is ``runner.addresses[0]``."""
+    # Short shutdown: the only long requests are event streams, and they end on shutdown.
+    runner = web.AppRunner(make_app(view), handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+def entities_json(view: StatusView) -> list[dict[str, object]]:
+    """Every entity with the watchers of its key, as the panel and /api/entities show them."""
+    watchers: dict[str, list[str]] = {}
+    for sub in view.subscriptions():
+        watchers.setdefault(sub.resource, []).append(sub.watcher)
+    return [_entity(e, sorted(set(watchers.get(e.exten, ())))) for e in view.entities()]
+
+
+def _entity(e: EntityStatus, watchers: Sequence[str]) -> dict[str, object]:
+    return {
+        "exten": e.exten,
+        "state": e.state,
+        "caller": e.caller,
+        "dialogs": [dict(d) for d in e.dialogs],
+        "watchers": list(watchers),
+    }
+
+
+def _subscription(s: SubscriptionStatus) -> dict[str, object]:
+    return {
+        "resource": s.resource,
+        "watcher": s.watcher,
+        "peer": s.peer,
+        "expires_in": round(s.expires_in, 1),
+    }
+
+
+async def panel(request: web.Request) -> web.Response:
+    """The live key panel: one self-contained page."""
+    headers = {
+        **NO_CACHE,
+        "Content-Security-Policy": request.app[PANEL_CSP],
+        "X-Content-Type-Options": "nosniff",
+    }
+    return web.Response(
+        body=request.app[PANEL], content_type="text/html", charset="utf-8", headers=headers
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition format 0.0.4."""
+    view = request.app[VIEW]
+    text = render_metrics(view.counters(), view.latency(), view.entities())
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE, **NO_CACHE})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while Asterisk is connected and synced (the keys are current), 503 otherwise."""
+    counters = request.app[VIEW].counters()
+    if counters.ami_connected and counters.synced:
+        return web.Response(text="ok\n", headers=NO_CACHE)
+    why = "asterisk not connected" if not counters.ami_connected else "asterisk not synced yet"
+    return web.Response(status=503, text=why + "\n", headers=NO_CACHE)
+
+
+async def api_entities(request: web.Request) -> web.Response:
+    """Every watchable extension, its key state, dialogs and watchers."""
+    return web.json_response(entities_json(request.app[VIEW]), headers=NO_CACHE)
+
+
+async def api_subscriptions(request: web.Request) -> web.Response:
+    """Every live subscription."""
+    subs = [_subscription(s) for s in request.app[VIEW].subscriptions()]
+    return web.json_response(subs, headers=NO_CACHE)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the entities now, then again after every change."""
+    view, stopping = request.app[VIEW], request.app[STOPPING]
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # nginx would otherwise hold the stream back
+        }
+    )
+    await response.prepare(request)
+    try:
+        while not stopping.is_set():
+            # Taken before the snapshot: a change while we write is not missed.
+            change = view.next_change()
+            data = json.dumps(entities_json(view), separators=(",", ":"))
+            await response.write(f"data: {data}\n\n".encode())
+            while True:
+                try:
+                    async with asyncio.timeout(SSE_KEEPALIVE):
+                        await _wait_any(change, stopping)
+                    break
+                except TimeoutError:
+                    await response.write(b": keepalive\n\n")
+    except ConnectionResetError:
+        pass  # the browser went away
+    return response
+
+
+async def _wait_any(a: asyncio.Event, b: asyncio.Event) -> None:
+    """Wait until either event is set."""
+    waiters = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _stop_streams(app: web.Application) -> None:
+    app[STOPPING].set()
+
+
+def _panel_csp(html: str) -> str:
+    """A policy allowing only the page's own inline style and script (by hash) and its stream."""
+    hashes = {
+        kind: " ".join(
+            f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+            for body in re.findall(rf"<{kind}>(.*?)</{kind}>", html, re.DOTALL)
+        )
+        for kind in ("style", "script")
+    }
+    return (
+        f"default-src 'none'; style-src {hashes['style']}; script-src {hashes['script']}; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
