@@ -9,11 +9,14 @@ import os
 import sys
 from collections.abc import Sequence
 
+import aiohttp
+
 from bridge import __version__
 from bridge.app import run_until_signalled
 from bridge.config import Config, ConfigError, load
 from bridge.led.buttons import LIGHTS
 from bridge.led.cli import light_key
+from bridge.web.cli import fetch_status, format_status
 
 DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
 EXIT_CONFIG = 2
@@ -28,6 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         return _check_config(args.file, args.set)
+    if args.command == "status":
+        try:
+            entities, health = asyncio.run(fetch_status(args.url))
+        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            print(f"cannot reach the bridge at {args.url}: {exc or 'timeout'} "
+                  "(is it running, and is web.listen set?)", file=sys.stderr)  # fmt: skip
+            return 1
+        print(format_status(entities, health))
+        return 0
     if args.command == "led":
         ok, what = asyncio.run(
             light_key(args.phone, args.key, args.light, label=args.label, dial=args.dial,
@@ -54,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--demo", action="store_true", help="use the built-in demo PBX")
     _add_set(run)
+    status = sub.add_parser("status", help="what a running bridge sees, from its web API")
+    status.add_argument(
+        "--url", default="http://127.0.0.1:9065", help="the bridge's web.listen address"
+    )
     led = sub.add_parser("led", help="light one key of a Snom phone by hand (SIP MESSAGE)")
     led.add_argument("phone", help="the phone: host[:port] or a SIP URI")
     led.add_argument("key", type=int, help="the key number (as in the phone's settings)")

@@ -62,3 +62,44 @@ async def test_shipped_config_runs_the_demo_pbx_and_a_phone_can_pick_up(tmp_path
     text = "".join(log)
     assert "202: ringing, caller Phone 201 <201>, pickup ids ready" in text
     assert "Traceback" not in text
+
+
+async def test_status_command_prints_what_the_running_bridge_sees(tmp_path: Path) -> None:
+    port, web = free_port(), free_port()
+    listen = f'["127.0.0.1:{port}"]'
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "run", "--config", str(SHIPPED),
+        "--set", f"sip.udp={listen}", "--set", f"sip.tcp={listen}",
+        "--set", f"store.path={tmp_path / 's.sqlite3'}", "--set", f"web.listen=127.0.0.1:{web}",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(10):
+            while "in sync with Asterisk" not in (await process.stderr.readline()).decode():
+                pass
+        status = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bridge", "status", "--url", f"http://127.0.0.1:{web}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        output, _ = await asyncio.wait_for(status.communicate(), 20)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await process.communicate()
+    text = output.decode()
+    assert status.returncode == 0, text
+    assert text.splitlines()[0] == "bridge: ok"
+    assert [line.split()[0] for line in text.splitlines()[1:]] == [
+        "201", "202", "203", "204", "205", "206"
+    ]  # fmt: skip
+
+
+async def test_status_command_says_when_no_bridge_answers() -> None:
+    status = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "status", "--url", f"http://127.0.0.1:{free_port()}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(status.communicate(), 20)
+    assert status.returncode == 1
+    assert "cannot reach the bridge" in output.decode()
