@@ -6,7 +6,8 @@ need to understand what Asterisk says on the wire.
 How ``ChannelSeen.dialed`` is decided (True = an outgoing leg Asterisk created to reach a device,
 the only kind of dialog a ``Replaces`` pickup can take over):
 
-- ``CoreShowChannel`` with ``Application: AppDial``: Dial()'s outgoing leg, by definition.
+- A listed channel (``CoreShowChannel``; ARI's channel list) running ``AppDial``: Dial()'s
+  outgoing leg, by definition; running any other application: the device's own call.
 - ``DialBegin``: its ``Dest…`` channel is the leg being dialled.
 - ``ChannelState`` 5 (Ringing): only Asterisk's outgoing legs reach it (on the device's 18x);
   an incoming call stays in 4 (Ring) even while Asterisk sends it 180 (see the recordings).
@@ -132,7 +133,8 @@ def _channel(h: dict[str, str], event: str, prefix: str = "") -> ChannelSeen:
     except ValueError:
         raise _Malformed(f"unknown ChannelState {raw_state}") from None
     name = _need(h, prefix + "channel")
-    dialed = True if prefix else _dialed(event, state, name, h.get("application", ""))
+    how = {"coreshowchannel": "listed", "newchannel": "created"}.get(event, event)
+    dialed = True if prefix else leg_origin(how, state, name, h.get("application", ""))
     return ChannelSeen(
         uniqueid=_need(h, prefix + "uniqueid"),
         name=name,
@@ -146,16 +148,18 @@ def _channel(h: dict[str, str], event: str, prefix: str = "") -> ChannelSeen:
     )
 
 
-def _dialed(event: str, state: ChannelState, name: str, application: str) -> bool | None:
-    """What this one event proves about the channel's origin (rules in the module docstring)."""
+def leg_origin(how: str, state: ChannelState, name: str, application: str) -> bool | None:
+    """What one event proves about a channel's origin, for both sources (rules in the module
+    docstring). ``how``: "listed" (a resync's channel list), "created" (a new channel), or
+    anything else for a change of a known channel."""
     pjsip_down = state is ChannelState.DOWN and name.upper().startswith("PJSIP/")
     if (
-        (event == "coreshowchannel" and application == "AppDial")
+        (how == "listed" and application.startswith("AppDial"))
         or state is ChannelState.RINGING
-        or (event == "newchannel" and pjsip_down)
+        or (how == "created" and pjsip_down)
     ):
         return True
-    if state is ChannelState.RING:
+    if state is ChannelState.RING or (how == "listed" and application):
         return False
     return None
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
+from bridge.asterisk.ami_events import leg_origin
 from bridge.events import (
     AsteriskEvent,
     ChannelGone,
@@ -229,22 +230,8 @@ def _seen(ch: object, how: str, bridge: str = "") -> ChannelSeen:
         connected_num=connected[0],
         connected_name=connected[1],
         linkedid=_text(ch, "linkedid") or bridge,  # module docstring
-        dialed=True if how == "dialed" else _dialed(how, state, name, app),
+        dialed=True if how == "dialed" else leg_origin(how, state, name, app),
     )
-
-
-def _dialed(how: str, state: ChannelState, name: str, app: str) -> bool | None:
-    """What this one event proves about the channel's origin (rules in the module docstring)."""
-    pjsip_down = state is ChannelState.DOWN and name.upper().startswith("PJSIP/")
-    if (
-        (how == "listed" and app == "AppDial")
-        or state is ChannelState.RINGING
-        or (how == "created" and pjsip_down)
-    ):
-        return True
-    if state is ChannelState.RING or (how == "listed" and app):
-        return False
-    return None
 
 
 def _device(obj: object) -> DeviceStateChanged:
