@@ -5,6 +5,7 @@ Every parser here raises only ParseError, whatever the input.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 from urllib.parse import unquote
@@ -23,6 +24,7 @@ __all__ = [
     "parse_uri",
     "parse_via",
     "split_list",
+    "via_branch",
 ]
 
 Params = tuple[tuple[str, str | None], ...]
@@ -32,6 +34,15 @@ _TOKEN_RE = re.compile(_TOKEN)
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 _HOST_RE = re.compile(r"[A-Za-z0-9\-.]+|\[[0-9A-Fa-f:.]+\]")
 _VIA_RE = re.compile(rf"SIP\s*/\s*2\.0\s*/\s*({_TOKEN})\s+([^;\s]+)\s*(.*)", re.DOTALL | re.I)
+_PLAIN_PARAMS_RE = re.compile(rf"(?:;{_TOKEN}(?:=[^;\s\"]+)?)+")
+_PLAIN_VIA_RE = re.compile(
+    rf"SIP/2\.0/({_TOKEN}) ([A-Za-z0-9\-.]+)(?::([0-9]{{1,5}}))?((?:;{_TOKEN}(?:=[^;\s\",<>]+)?)*)"
+)
+_SPACE_RE = re.compile(r"\s")
+# URIs, name-addrs and Event values already parsed (the results are immutable): a SUBSCRIBE's
+# From and To are read several times while it is screened, and a phone sends the same ones on
+# every refresh. Failures are not kept: they raise again, with the same reason.
+_PARSED = 4096
 _CSEQ_RE = re.compile(rf"([0-9]{{1,10}})\s+({_TOKEN})")
 _MAX_DELTA = 2**32 - 1  # RFC 3261 §20.19: larger Expires values are taken as this
 
@@ -59,6 +70,14 @@ def _has_param(params: Params, name: str) -> bool:
 
 def split_list(value: str) -> list[str]:
     """Split a comma-separated header value, ignoring commas inside quotes and <...>."""
+    if '"' not in value:
+        if "<" not in value:  # nothing can hide a comma: the common case
+            return [part for part in map(str.strip, value.split(",")) if part]
+        if "," not in value:  # one <uri> (a Contact): only an unclosed "<" is wrong
+            if value.rfind("<") > value.rfind(">"):
+                raise ParseError("unterminated quote or <...> in list")
+            part = value.strip()
+            return [part] if part else []
     parts: list[str] = []
     start = 0
     quoted = angle = escaped = False
@@ -87,8 +106,16 @@ def split_list(value: str) -> list[str]:
 
 def _parse_params(text: str, what: str) -> Params:
     """Parse `;name=value;flag` (values may be quoted strings); names are lower-cased."""
-    params: list[tuple[str, str | None]] = []
     text = text.strip()
+    if not text:
+        return ()
+    if _PLAIN_PARAMS_RE.fullmatch(text) is not None:  # no blank, no quote: split and done
+        out: list[tuple[str, str | None]] = []
+        for piece in text[1:].split(";"):
+            key, eq, given = piece.partition("=")
+            out.append((key.lower(), given if eq else None))
+        return tuple(out)
+    params: list[tuple[str, str | None]] = []
     while text:
         if text[0] != ";":
             raise ParseError(f"bad parameter in {what}")
@@ -166,6 +193,7 @@ class SipUri:
         return _param(self.params, name)
 
 
+@functools.lru_cache(maxsize=_PARSED)
 def parse_uri(text: str) -> SipUri:
     """Parse a Request-URI or the URI of a name-addr."""
     raw = text.strip()
@@ -174,7 +202,7 @@ def parse_uri(text: str) -> SipUri:
         not colon
         or not rest
         or _SCHEME_RE.fullmatch(scheme) is None
-        or any(c.isspace() for c in raw)
+        or _SPACE_RE.search(raw) is not None  # the same test as str.isspace(), in C
     ):
         raise ParseError(f"bad URI {raw[:40]!r}")
     scheme = scheme.lower()
@@ -213,6 +241,7 @@ class NameAddr:
         return _param(self.params, name)
 
 
+@functools.lru_cache(maxsize=_PARSED)
 def parse_name_addr(text: str) -> NameAddr:
     """Parse `"Name" <uri>;params`, `Name <uri>;params` or `uri;params`."""
     raw = text.strip()
@@ -280,6 +309,12 @@ class Via:
 
 def parse_via(value: str) -> list[Via]:
     """Parse one Via header value (which may hold several comma-separated Vias)."""
+    m = _PLAIN_VIA_RE.fullmatch(value)
+    if m is not None:  # one Via, host name or IPv4, plain parameters: nearly every one
+        port = None if m.group(3) is None else int(m.group(3))
+        if port is None or 0 < port < 65536:
+            params = _parse_params(m.group(4), "Via")
+            return [Via(m.group(1).upper(), m.group(2).lower(), port, params)]
     vias = []
     for part in split_list(value):
         m = _VIA_RE.fullmatch(part)
@@ -290,6 +325,20 @@ def parse_via(value: str) -> list[Via]:
     if not vias:
         raise ParseError("empty Via")
     return vias
+
+
+def via_branch(value: str) -> str | None:
+    """The branch of the first Via in one Via header value; raises ParseError exactly when
+    ``parse_via(value)`` does (the quick way to the transaction a response belongs to)."""
+    m = _PLAIN_VIA_RE.fullmatch(value)
+    if m is None or (m.group(3) is not None and not 0 < int(m.group(3)) < 65536):
+        return parse_via(value)[0].branch
+    # The pattern has checked the parameters already: splitting them is all that is left.
+    for piece in m.group(4).split(";")[1:]:
+        key, eq, given = piece.partition("=")
+        if key.lower() == "branch":
+            return given if eq else None
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +370,7 @@ class EventHeader:
         return _param(self.params, "id")
 
 
+@functools.lru_cache(maxsize=_PARSED)
 def parse_event(value: str) -> EventHeader:
     """Parse `dialog;id=1`."""
     text = value.strip()

@@ -20,6 +20,7 @@ from bridge.sip.headers import (
     parse_uri,
     parse_via,
     split_list,
+    via_branch,
 )
 
 __all__ = [
@@ -69,8 +70,21 @@ T = TypeVar("T")
 
 
 def _key(name: str) -> str:
-    key = name.lower()
-    return _COMPACT.get(key, key) if len(key) == 1 else key
+    key = _KEYS.get(name)
+    if key is None:
+        key = name.lower()
+        key = _COMPACT.get(key, key) if len(key) == 1 else key
+        if len(_KEYS) < _MAX_NAMES:
+            _KEYS[name] = key
+    return key
+
+
+# Header names seen in well-formed lines → (lookup key, name as stored). Phones use a handful of
+# names, so the parser checks and normalizes each only once; bounded against a flood of made-up
+# names (those are then simply checked every time).
+_NAMES: dict[str, tuple[str, str]] = {}
+_MAX_NAMES = 1024
+_KEYS: dict[str, str] = {}  # header name as asked for → its lookup key (same bound)
 
 
 class Headers:
@@ -251,7 +265,62 @@ class Response(Message):
 
 
 def _parse_head(head: bytes) -> Request | Response:
-    """Parse start line and headers (no body). Errors after a request line carry the request."""
+    """Parse start line and headers (no body). Errors after a request line carry the request.
+
+    A plain head (UTF-8, CRLF line ends, no control character, no continuation line, every
+    header line well-formed: nearly every message) is read in one pass; anything else goes to
+    the careful line-by-line reader, which also words the error.
+    """
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return _parse_head_carefully(head)
+    message = _parse_plain_head(text)
+    return message if message is not None else _parse_head_carefully(head)
+
+
+def _parse_plain_head(text: str) -> Request | Response | None:
+    """The one-pass reader of ``_parse_head``; None when the head is not plain after all.
+
+    Plain: every line printable (so no control character, no stray CR or LF; a tab or an odd
+    Unicode character sends the head to the careful reader, which is exact, only slower) and
+    none a continuation line.
+    """
+    lines = text.split("\r\n")
+    start = lines[0]
+    if not start.isprintable():
+        return None
+    message: Request | Response
+    if m := _STATUS_RE.fullmatch(start):
+        message = Response(int(m.group(1)), m.group(2))
+    elif m := _REQUEST_RE.fullmatch(start):
+        message = Request(m.group(1), m.group(2))
+    else:
+        return None
+    items = message.headers._items
+    names = _NAMES
+    for line in lines[1:]:
+        if not line.isprintable() or line[:1] == " ":
+            return None
+        name, colon, value = line.partition(":")
+        known = names.get(name)
+        if known is None:
+            bare = name.rstrip(" \t")
+            if not colon or _TOKEN_RE.fullmatch(bare) is None:
+                return None
+            key = _key(bare)
+            known = (key, _CANONICAL.get(key, bare))
+            if len(names) < _MAX_NAMES:
+                names[name] = known
+        elif not colon:
+            return None
+        items.append((known[0], known[1], value.strip(" \t")))
+    return message
+
+
+def _parse_head_carefully(head: bytes) -> Request | Response:
+    """Line by line, for heads that are not plain: continuation lines, stray control characters,
+    bad UTF-8 or malformed lines (the first problem is reported, the rest still read)."""
     lines = head.split(b"\n")
     try:
         start = lines[0].rstrip(b"\r").decode("utf-8")
@@ -327,7 +396,9 @@ def _head_end(data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
 
 def parse_message(data: bytes) -> Request | Response:
     """Parse one datagram. Content-Length is optional here, and bytes past it are ignored."""
-    offset = len(data) - len(data.lstrip(b"\r\n"))  # RFC 3261 §7.5: skip leading empty lines
+    offset = 0
+    if data[:1] in (b"\r", b"\n"):  # RFC 3261 §7.5: skip leading empty lines
+        offset = len(data) - len(data.lstrip(b"\r\n"))
     end, body_start = _head_end(data, offset)
     if end < 0:
         head = _parse_head(data[offset:].rstrip(b"\r\n"))  # a more precise error if it has one
@@ -341,6 +412,61 @@ def parse_message(data: bytes) -> Request | Response:
         body = body[:length]
     message.body = bytes(body)
     return message
+
+
+def response_ids(data: bytes) -> tuple[int, str | None, str] | None:
+    """(status, top Via branch, CSeq method) of a datagram that is a plain, well-formed response,
+    read without building a message; None for anything else, which ``parse_message`` then reads
+    in full (so a response is accepted or refused exactly as ``parse_message`` + ``vias()`` +
+    ``cseq()`` would: this is only the quick way to the same answer for the 200s to NOTIFYs).
+    """
+    if data[:1] in (b"", b"\r", b"\n"):
+        return None
+    end, body_start = _head_end(data)
+    if end < 0:
+        return None
+    try:
+        lines = data[:end].decode("utf-8").split("\r\n")
+    except UnicodeDecodeError:
+        return None
+    start = lines[0]
+    m = _STATUS_RE.fullmatch(start) if start.isprintable() else None
+    if m is None:
+        return None
+    vias: list[str] = []
+    cseq: str | None = None
+    lengths: set[str] = set()
+    names = _NAMES
+    for line in lines[1:]:
+        if not line.isprintable() or line[:1] == " ":
+            return None
+        name, colon, value = line.partition(":")
+        known = names.get(name)
+        if known is None or not colon:
+            return None  # a name not met yet (or no colon): the full reader decides
+        key = known[0]
+        if key == "via":
+            vias.append(value.strip(" \t"))
+        elif key == "cseq":
+            if cseq is None:
+                cseq = value.strip(" \t")
+        elif key == "content-length":
+            lengths.add(value.strip())
+    if not vias or not cseq or not cseq.strip() or len(lengths) > 1:
+        return None
+    try:
+        if lengths and parse_delta_seconds(lengths.pop(), "") > len(data) - body_start:
+            return None
+        branch = via_branch(vias[0])
+        for value in vias[1:]:
+            parse_via(value)
+        number, _, method = cseq.partition(" ")
+        if not (number.isascii() and number.isdigit() and len(number) <= 10
+                and int(number) < 2**31 and method == "NOTIFY"):  # fmt: skip
+            method = parse_cseq(cseq).method
+    except ParseError:
+        return None
+    return int(m.group(1)), branch, method
 
 
 class StreamFramer:

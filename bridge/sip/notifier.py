@@ -10,13 +10,21 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.sip.access import SourceGate
 from bridge.sip.digest import DigestAuthenticator, Verdict
-from bridge.sip.message import ParseError, Request, Response, build_response, parse_message
+from bridge.sip.message import (
+    ParseError,
+    Request,
+    Response,
+    build_response,
+    parse_message,
+    response_ids,
+)
 from bridge.sip.subscription import (
     DialogKey,
     NotifierSettings,
@@ -163,8 +171,14 @@ class Notifier:
         """Handle a datagram (bytes) or an already framed message from peer."""
         try:
             if isinstance(message, bytes | bytearray):
-                if not message.strip(b"\r\n"):
+                if message[:1] in (b"", b"\r", b"\n") and not message.strip(b"\r\n"):
                     return  # CRLF keep-alive
+                if message.startswith(b"SIP/2.0 ") and (ids := response_ids(message)):
+                    # A 200 to a NOTIFY of ours (the most common datagram): no full parse.
+                    tx = self._client_tx.get(ids[1] or "")
+                    if tx is not None and ids[2] == "NOTIFY" and ids[0] >= 200:
+                        self._finish(tx, now, ids[0])
+                        return
                 try:
                     message = parse_message(bytes(message))
                 except ParseError as exc:
@@ -416,6 +430,8 @@ class Notifier:
             return
         self._over_limit.discard(host)
         resource = req.request_uri().user
+        if resource is not None:
+            resource = sys.intern(resource)  # one copy per extension, not per subscription
         if resource is None or not self._source.knows(resource):
             if resource is not None and not self.ready:
                 self._answer(x, Answer(503, (("Retry-After", str(NOT_READY_RETRY_AFTER)),)))
@@ -508,7 +524,9 @@ class Notifier:
             state = f"terminated;reason={sub.final_reason}"
             sub.state = "gone"
         else:
-            state = f"active;expires={max(0, int(sub.expires_at - now))}"
+            # + 1 µs: (now + 600) - now is 599.99999999999 when the sum crosses a power of two
+            # (the clock near 8192 s, 16384 s, ...), and a fresh grant must say 600.
+            state = f"active;expires={max(0, int(sub.expires_at - now + 1e-6))}"
         sub.cseq += 1
         sub.dirty = False
         if sub.lease_ran_out() and not final:
@@ -587,6 +605,8 @@ class Notifier:
         """A NOTIFY transaction ended: with a final status, or timed out (None)."""
         del self._client_tx[tx.branch]
         self._timers.cancel(tx)
+        # The timer heap keeps a cancelled entry until it surfaces: not the NOTIFY's bytes too.
+        tx.data = b""
         sub = tx.subscription
         sub.in_flight = None
         if status is not None and status < 300:

@@ -79,7 +79,7 @@ class NotifyTemplate:
     join of a few byte strings (the same subscription sends many NOTIFYs).
     """
 
-    __slots__ = ("_head", "_middle", "_tail")
+    __slots__ = ("_common", "_dialog", "_head", "_tail")
 
     def __init__(
         self,
@@ -96,11 +96,14 @@ class NotifyTemplate:
         content_type: str,
     ) -> None:
         self._head = f"NOTIFY {target} SIP/2.0\r\nVia: {via};rport;branch=".encode()
+        # What is this dialog's own, and what it shares with every dialog on the same address
+        # (kept once, see _shared: with tens of thousands of subscriptions it adds up).
         fields = [("Max-Forwards", "70")] + [("Route", r) for r in route]
-        fields += [("From", from_), ("To", to), ("Call-ID", call_id), ("Contact", contact)]
-        fields += [("Event", event), ("User-Agent", user_agent)]
-        self._middle = "".join(f"\r\n{n}: {v}" for n, v in fields).encode() + b"\r\nCSeq: "
-        self._tail = f"\r\nContent-Type: {content_type}".encode()
+        fields += [("From", from_), ("To", to), ("Call-ID", call_id)]
+        self._dialog = "".join(f"\r\n{n}: {v}" for n, v in fields).encode()
+        common = [("Contact", contact), ("Event", event), ("User-Agent", user_agent)]
+        self._common = _shared("".join(f"\r\n{n}: {v}" for n, v in common).encode() + b"\r\nCSeq: ")
+        self._tail = _shared(f"\r\nContent-Type: {content_type}".encode())
 
     def render(self, branch: str, cseq: int, state: str, body: bytes) -> bytes:
         """The NOTIFY's bytes; Content-Type is only written when there is a body."""
@@ -108,7 +111,8 @@ class NotifyTemplate:
             (
                 self._head,
                 branch.encode(),
-                self._middle,
+                self._dialog,
+                self._common,
                 b"%d NOTIFY\r\nSubscription-State: " % cseq,
                 state.encode(),
                 self._tail if body else b"",
@@ -116,6 +120,20 @@ class NotifyTemplate:
                 body,
             )
         )
+
+
+_SHARED: dict[bytes, bytes] = {}  # template pieces many dialogs have in common, kept once
+_MAX_SHARED = 4096
+
+
+def _shared(piece: bytes) -> bytes:
+    """One copy of a template piece for every dialog that has it (bounded)."""
+    kept = _SHARED.get(piece)
+    if kept is not None:
+        return kept
+    if len(_SHARED) < _MAX_SHARED:
+        _SHARED[piece] = piece
+    return piece
 
 
 def contact_uri(transport: str, host: str, port: int) -> str:

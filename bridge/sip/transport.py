@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -24,11 +25,18 @@ __all__ = ["SipService", "start_sip"]
 
 logger = logging.getLogger("bridge.sip")
 _UDP_MAX = 65507  # largest UDP payload over IPv4
+_RECV_SIZE = 1 << 16  # past any UDP payload: a datagram is never cut short
 _ROUTE_CACHE = 4096  # remembered "which of our addresses reaches this phone" answers
+_PEER_CACHE = 16384  # phone addresses whose Peer is kept for reuse (forgotten all at once)
 # One state change fans out to every watcher at once, and their answers all come back at once:
 # with the kernel's default buffer (about 200 KiB) the answers to a 2,000-NOTIFY fan-out are
 # dropped, the NOTIFYs time out and subscriptions are lost (seen in benchmarks/soak.py).
 UDP_BUFFER = 8 << 20
+# Datagrams read per wake-up of the UDP socket: the stdlib transport reads one per event-loop
+# turn (an epoll call each); a fan-out's 200s arrive by the thousand, so they are read in a
+# batch and what they trigger goes out in one burst (fewer wake-ups of the receivers as well).
+UDP_BATCH = 256
+UDP_SLICE = 32  # ... handled and answered in slices of this many
 
 
 def _is_wildcard(host: str) -> bool:
@@ -54,6 +62,12 @@ def grow_buffers(sock: socket.socket, size: int = UDP_BUFFER) -> int:
     return granted
 
 
+def _backlog(transport: asyncio.DatagramTransport) -> int:
+    """Bytes the transport holds back because the socket was full (1 if it cannot tell)."""
+    size = getattr(transport, "get_write_buffer_size", None)
+    return int(size()) if size is not None else 1
+
+
 def local_address_towards(host: str) -> str | None:
     """The address the kernel would send from to reach host (connecting a UDP socket only
     looks the route up; nothing is sent), or None when there is no route."""
@@ -74,6 +88,7 @@ class SipService:
         self.max_datagram = min(max_datagram, _UDP_MAX)
         self.max_message = max_message
         self.udp: list[asyncio.DatagramTransport] = []
+        self._udp_socks: list[socket.socket] = []  # the sockets of self.udp, in order
         self.tcp: list[asyncio.Server] = []
         self.tls: list[asyncio.Server] = []
         self._loop = asyncio.get_running_loop()
@@ -92,6 +107,16 @@ class SipService:
     def received(self, message: bytes | Request | Response, peer: Peer) -> None:
         """Feed one datagram or framed message to the core."""
         self.notifier.receive(message, peer, self._loop.time())
+        self._flush()
+
+    def received_datagrams(self, batch: list[tuple[bytes, Peer]]) -> None:
+        """Feed datagrams read in one go to the core, then send what they caused at once."""
+        now, receive, limit = self._loop.time(), self.notifier.receive, self.max_datagram
+        for data, peer in batch:
+            if len(data) > limit:
+                logger.info("dropped a %d-byte datagram from %s: too large", len(data), peer)
+            else:
+                receive(data, peer, now)
         self._flush()
 
     def connections(self) -> list[Peer]:
@@ -137,19 +162,33 @@ class SipService:
                 self._routes.popitem(last=False)
         return local, port
 
-    def _udp_socket_for(self, peer: Peer) -> asyncio.DatagramTransport:
+    def _udp_socket_for(self, peer: Peer) -> int:
         # Answer from the socket the phone sent to: a NAT only lets the reply through from there.
         if peer.local is not None and len(self.udp) > 1:
-            for transport in self.udp:
+            for index, transport in enumerate(self.udp):
                 host, port = transport.get_extra_info("sockname")[:2]
                 if port == peer.local[1] and (_is_wildcard(host) or host == peer.local[0]):
-                    return transport
-        return self.udp[0]
+                    return index
+        return 0
+
+    def _send_udp(self, data: bytes, peer: Peer) -> None:
+        index = self._udp_socket_for(peer)
+        transport, address = self.udp[index], (peer.host, peer.port)
+        if _backlog(transport) or transport.is_closing():
+            transport.sendto(data, address)  # keeps the order behind what it has buffered
+            return
+        # Straight to the socket: the transport's sendto does the same after a few checks.
+        try:
+            self._udp_socks[index].sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            transport.sendto(data, address)  # the transport buffers it and waits for room
+        except OSError as exc:
+            logger.debug("UDP error: %s", exc)  # what the transport would report
 
     def _flush(self) -> None:
         for data, peer in self.notifier.outgoing():
             if peer.transport == "udp":
-                self._udp_socket_for(peer).sendto(data, (peer.host, peer.port))
+                self._send_udp(data, peer)
             elif (stream := self._streams.get(peer)) is not None:
                 stream.transport.write(data)
             elif peer in self._dialing:
@@ -186,21 +225,53 @@ class SipService:
 
 
 class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, service: SipService) -> None:
+    def __init__(self, service: SipService, sock: socket.socket) -> None:
         self.service = service
+        self.sock = sock  # the transport's socket: read on directly, see UDP_BATCH
         self.bound: tuple[str, int] = ("0.0.0.0", 0)
+        self.wildcard = True
+        self._peers: dict[tuple[str, int, tuple[str, int]], Peer] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         host, port = transport.get_extra_info("sockname")[:2]
         self.bound = (str(host), int(port))
+        self.wildcard = _is_wildcard(self.bound[0])
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        recvfrom = self.sock.recvfrom
+        batch = [(data, addr)]
+        for _ in range(UDP_BATCH // UDP_SLICE):
+            while len(batch) < UDP_SLICE:
+                try:
+                    batch.append(recvfrom(_RECV_SIZE))
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    self.error_received(exc)
+                    break
+            if batch:
+                self._hand_over(batch)
+            if len(batch) < UDP_SLICE:
+                return  # the socket is empty (or failed): wait for the next wake-up
+            batch = []
+
+    def _hand_over(self, batch: list[tuple[bytes, tuple[str | Any, int]]]) -> None:
+        # A slice at a time: what it causes goes out before the next is read, so the phones
+        # answer while the rest is handled.
+        self.service.received_datagrams([(data, self._peer(addr)) for data, addr in batch])
+
+    def _peer(self, addr: tuple[str | Any, int]) -> Peer:
+        # A phone sends from the same address again and again (every 200, every refresh): one
+        # Peer per address, looked up instead of built per datagram.
         host = str(addr[0])
-        peer = Peer("udp", host, addr[1], self.service.udp_local(self.bound, host))
-        if len(data) > self.service.max_datagram:
-            logger.info("dropped a %d-byte datagram from %s: too large", len(data), peer)
-            return
-        self.service.received(data, peer)
+        local = self.service.udp_local(self.bound, host) if self.wildcard else self.bound
+        key = (host, addr[1], local)
+        peer = self._peers.get(key)
+        if peer is None:
+            if len(self._peers) >= _PEER_CACHE:
+                self._peers.clear()
+            peer = self._peers[key] = Peer("udp", host, addr[1], local)
+        return peer
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("UDP error: %s", exc)  # e.g. ICMP port unreachable from a dead phone
@@ -252,6 +323,27 @@ class _Stream(asyncio.Protocol):
                 self.service.on_disconnect(self.peer)
 
 
+async def _udp_socket(host: str, port: int) -> socket.socket:
+    """A bound, non-blocking UDP socket, as create_datagram_endpoint(local_addr=…) makes it."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    if not infos:
+        raise OSError(f"getaddrinfo({host!r}) returned nothing")
+    error: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            error = error or exc
+            continue
+        return sock
+    assert error is not None
+    raise error
+
+
 async def start_sip(
     notifier: Notifier,
     udp_addrs: Sequence[tuple[str, int]],
@@ -267,11 +359,17 @@ async def start_sip(
     service = SipService(notifier, max_datagram, max_message)
     try:
         for host, port in udp_addrs:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Datagrams(service), local_addr=(host, port)
-            )
+            sock = await _udp_socket(host, port)
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    functools.partial(_Datagrams, service, sock), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
             service.udp.append(transport)
-            granted = grow_buffers(transport.get_extra_info("socket"))
+            service._udp_socks.append(sock)
+            granted = grow_buffers(sock)
             if granted < UDP_BUFFER:  # Linux reports twice what it was asked for
                 logger.warning(
                     "UDP receive buffer on %s:%d is %d KiB; a large fan-out may lose answers. "
