@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +30,7 @@ from panoramisk.ami_protocol import AMIProtocol
 
 from bridge.asterisk.ami_events import needs_ids, to_events
 from bridge.asterisk.delivery import Batch, IdsTask, OrderedEvents, ids_result
+from bridge.asterisk.retry import ProblemLog, reconnect_delay
 from bridge.events import (
     AsteriskEvent,
     ChannelGone,
@@ -55,7 +55,6 @@ MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up 
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
 
 
-
 def _headers(message: Any) -> dict[str, str]:
     """panoramisk's untyped Message as plain headers; a repeated header keeps its first value."""
     out: dict[str, str] = {}
@@ -63,8 +62,6 @@ def _headers(message: Any) -> dict[str, str]:
         first = (value[0] if value else "") if isinstance(value, list) else value
         out[str(key)] = str(first)
     return out
-
-
 
 
 class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk has no type hints
@@ -209,7 +206,7 @@ class AmiSource:
         self._logoff: asyncio.Future[Any] | None = None
         self._attempt: asyncio.Task[bool] | None = None
         self._groups: asyncio.Task[None] | None = None
-        self._last_problem = ""
+        self._problems = ProblemLog(log)
 
     async def run(self) -> None:
         """Connect, resync and stream events until ``stop()`` or cancellation."""
@@ -229,9 +226,7 @@ class AmiSource:
                     break  # stop() cut a connect or login attempt short
                 if self._stopping.is_set():
                     break
-                # after a lost session (failures 0) and a first failure: min; then doubling
-                base = min(self._backoff[1], self._backoff[0] * 2 ** min(max(failures - 1, 0), 30))
-                delay = min(self._backoff[1], base * random.uniform(1.0, 1.25))
+                delay = reconnect_delay(failures, *self._backoff)
                 log.debug("reconnecting to AMI in %.2f s", delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
@@ -268,7 +263,9 @@ class AmiSource:
                 self._connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
-            self._problem(f"cannot connect to AMI at {self.host}:{self.port}: {exc or 'timeout'}")
+            self._problems.report(
+                f"cannot connect to AMI at {self.host}:{self.port}: {exc or 'timeout'}"
+            )
             return False
         self._ids.clear()
         login_action = {"Action": "Login", "Username": self._username, "Secret": self._secret}
@@ -277,11 +274,11 @@ class AmiSource:
         answer = _headers(login.result()) if done and not login.cancelled() else {}
         if answer.get("Response") != "Success":
             reason = answer.get("Message") or ("no answer" if not conn.lost.is_set() else "closed")
-            self._problem(f"AMI login as {self._username!r} failed: {reason}")
+            self._problems.report(f"AMI login as {self._username!r} failed: {reason}")
             conn.close()
             await conn.lost.wait()
             return False
-        self._last_problem = ""
+        self._problems.clear()
         waits = [
             asyncio.create_task(self._keepalive(conn)),
             asyncio.create_task(self._stopping.wait()),
@@ -314,12 +311,6 @@ class AmiSource:
                 log.warning("AMI did not answer a Ping within %.1f s", self._ping_interval)
                 conn.close()
                 return
-
-    def _problem(self, text: str) -> None:
-        """Log a connect/login problem once; the same problem again only at debug level."""
-        level = logging.DEBUG if text == self._last_problem else logging.WARNING
-        log.log(level, "%s (retrying with backoff)", text)
-        self._last_problem = text
 
     def _begin_resync(self, conn: _Connection) -> None:
         """Login accepted (seen in stream order): announce, then ask for the full state."""
@@ -358,7 +349,7 @@ class AmiSource:
             return
         listing = [_headers(m) for m in answer] if isinstance(answer, list) else [_headers(answer)]
         if listing and listing[0].get("Response") == "Error":
-            self._problem(f"cannot read pickup groups: PJSIPShowEndpoints: "
+            self._problems.report(f"cannot read pickup groups: PJSIPShowEndpoints: "
                           f"{listing[0].get('Message', '')}")  # fmt: skip
             return
         names = [h["ObjectName"] for h in listing if h.get("Event") == "EndpointList"
@@ -425,4 +416,3 @@ class AmiSource:
         hidden = presentation.startswith(("prohib", "unavailable"))
         call_id, local_tag, remote_tag = values
         return LegIds(leg.uniqueid, call_id, local_tag, remote_tag, caller_hidden=hidden)
-

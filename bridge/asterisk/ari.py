@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
@@ -52,6 +51,7 @@ from bridge.asterisk.ari_events import (
     to_events,
 )
 from bridge.asterisk.delivery import Batch, IdsTask, OrderedEvents, ids_result
+from bridge.asterisk.retry import ProblemLog, reconnect_delay
 from bridge.events import (
     AsteriskEvent,
     ChannelGone,
@@ -80,8 +80,6 @@ Groups = tuple[frozenset[int], frozenset[int]]  # call groups, pickup groups
 
 class _ResyncFailed(Exception):
     """A REST call of the resync gave no usable answer."""
-
-
 
 
 def _ari_base(url: str) -> URL:
@@ -191,7 +189,7 @@ class AriSource:
         self._stopping = asyncio.Event()
         self._announced = False  # ResyncStarted sent and no SourceLost since
         self._attempt: asyncio.Task[bool] | None = None
-        self._last_problem = ""
+        self._problems = ProblemLog(log)
         self._pjsip: list[str] = []  # the PJSIP endpoints of the last snapshot
         self._groups: asyncio.Task[None] | None = None
         self._groups_failed = False  # reading groups failed on this connection: not again
@@ -218,9 +216,7 @@ class AriSource:
                     failures += 1
                 if self._stopping.is_set():
                     break
-                # after a lost session (failures 0) and a first failure: min; then doubling
-                base = min(self._backoff[1], self._backoff[0] * 2 ** min(max(failures - 1, 0), 30))
-                delay = min(self._backoff[1], base * random.uniform(1.0, 1.25))
+                delay = reconnect_delay(failures, *self._backoff)
                 log.debug("reconnecting to ARI in %.2f s", delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
@@ -259,12 +255,14 @@ class AriSource:
                 )
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 401:
-                self._problem(f"ARI login as {self._username!r} refused: 401 Unauthorized")
+                self._problems.report(f"ARI login as {self._username!r} refused: 401 Unauthorized")
             else:
-                self._problem(f"ARI at {where} refused the event websocket: HTTP {exc.status}")
+                self._problems.report(
+                    f"ARI at {where} refused the event websocket: HTTP {exc.status}"
+                )
             return False
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            self._problem(f"cannot connect to ARI at {where}: {exc or 'timeout'}")
+            self._problems.report(f"cannot connect to ARI at {where}: {exc or 'timeout'}")
             return False
         self._ws, self.connected = ws, True
         self._cancel_ids()
@@ -309,14 +307,18 @@ class AriSource:
         if not snapshot.done():
             snapshot.cancel()
             if not self._stopping.is_set():
-                self._problem(f"ARI at {self.host}:{self.port} closed the websocket during resync")
+                self._problems.report(
+                    f"ARI at {self.host}:{self.port} closed the websocket during resync"
+                )
             return False
         try:
             items = snapshot.result()
         except Exception as exc:  # refused, timed out, cut: retried with backoff
-            self._problem(f"ARI resync from {self.host}:{self.port} failed: {exc or repr(exc)}")
+            self._problems.report(
+                f"ARI resync from {self.host}:{self.port} failed: {exc or repr(exc)}"
+            )
             return False
-        self._last_problem = ""
+        self._problems.clear()
         self._announced = True
         held, self._held = self._held or [], None
         for item in [Batch([ResyncStarted()]), *items, *held]:
@@ -383,12 +385,6 @@ class AriSource:
         else:
             for item in items:
                 self._queue.put_nowait(item)
-
-    def _problem(self, text: str) -> None:
-        """Log a connect/login problem once; the same problem again only at debug level."""
-        level = logging.DEBUG if text == self._last_problem else logging.WARNING
-        log.log(level, "%s (retrying with backoff)", text)
-        self._last_problem = text
 
     # -- pickup groups -------------------------------------------------------------------------
 
@@ -563,4 +559,3 @@ class AriSource:
         self._ids.clear()
 
     # -- delivery ----------------------------------------------------------------------------
-
