@@ -281,9 +281,35 @@ def test_udp_retransmitted_subscribe_gets_the_same_answer_and_no_new_notify() ->
     b.n.receive(subscribe(), PHONE, 0.4)
     assert b.n.outgoing() == [(first_ok, PHONE)]
     assert b.n.stats().subscriptions == 1 and b.n.stats().server_transactions == 1
-    b.n.handle_timer(32.0)
-    assert b.n.stats().server_transactions == 0  # the cache lives 64*T1
+    b.n.handle_timer(31.9)
     b.n.outgoing()  # (the NOTIFY timed out meanwhile)
+    b.n.receive(subscribe(), PHONE, 31.9)
+    assert b.n.outgoing() == [(first_ok, PHONE)]  # still the same bytes after 64*T1 - ε
+    while (deadline := b.n.next_timer()) is not None and deadline <= 64.0:
+        b.n.handle_timer(deadline)  # as the transport does: each timer at its deadline
+    assert b.n.stats().server_transactions == 0  # gone within two lifetimes
+
+
+def test_retransmitted_refresh_and_refusal_get_their_own_answers_byte_for_byte() -> None:
+    b = Bridge()
+    b.n.receive(subscribe(), PHONE, 0.0)
+    ok, _ = b.n.outgoing()
+    tag = parse_message(ok[0]).to_addr().tag
+    refresh = subscribe(to_tag=tag, cseq=2, branch="z9hG4bK-2", expires=300)
+    b.n.receive(refresh, PHONE, 1.0)
+    refreshed = b.n.outgoing()[0]
+    assert parse_message(refreshed[0]).headers.get("Expires") == "300"
+    b.n.receive(refresh, PHONE, 1.5)
+    assert b.n.outgoing() == [refreshed]  # the 200 again, no second NOTIFY
+    refused = subscribe(call_id="call-2", branch="z9hG4bK-3", Event="presence")
+    b.n.receive(refused, PHONE, 2.0)
+    (bad_event,) = b.n.outgoing()
+    assert parse_message(bad_event[0]).status == 489
+    b.n.receive(refused, PHONE, 2.5)
+    assert b.n.outgoing() == [bad_event]  # the same random To tag, byte for byte
+    # Same branch, other Call-ID: not a retransmission, even though the key is only a hash.
+    b.n.receive(subscribe(call_id="call-3", branch="z9hG4bK-3"), PHONE, 3.0)
+    assert [parse_message(d).status for d, _ in b.n.outgoing()[:1]] == [200]
 
 
 def test_notify_retransmission_schedule_and_timeout_on_udp(
@@ -321,6 +347,8 @@ def test_provisional_answer_slows_retransmissions_to_t2() -> None:
     assert b.answer(notify, now=9.0) == []
     assert b.n.next_timer() == 32.0  # the cached 200 to the SUBSCRIBE
     b.n.handle_timer(32.0)
+    assert b.n.next_timer() == 64.0  # the cached 200's generation is dropped
+    b.n.handle_timer(64.0)
     assert b.n.next_timer() == 600.0  # only the expiry is left
     assert b.n.stats().subscriptions == 1
 
@@ -419,7 +447,10 @@ def test_refresh_in_dialog_answers_200_and_notifies_current_state() -> None:
     b.answer(notify, now=500.0)
     b.n.handle_timer(600.0)  # the first expiry no longer applies
     assert b.drain() == [] and b.n.stats().subscriptions == 1
-    assert b.n.next_timer() == 800.0
+    b.n.handle_timer(799.9)
+    assert b.drain() == [] and b.n.stats().subscriptions == 1
+    (final,) = b.tick(800.0)
+    assert state_of(final) == "terminated;reason=timeout"
 
 
 def test_refresh_follows_the_phone_to_a_new_address_and_contact() -> None:
@@ -491,8 +522,10 @@ def test_unsubscribe_while_a_notify_is_in_flight_waits_for_it() -> None:
 def test_expiry_sends_a_final_notify_and_removes() -> None:
     b = Bridge()
     b.subscribed()
-    assert b.n.next_timer() == 32.0  # the cached 200 goes first
+    assert b.n.next_timer() == 32.0  # the cached 200 goes first (its generation ages)
     b.tick(32.0)
+    assert b.n.next_timer() == 64.0  # ... and is dropped
+    b.tick(64.0)
     assert b.n.next_timer() == 600.0
     assert b.tick(599.9) == []
     (final,) = b.tick(600.0)

@@ -25,7 +25,7 @@ from bridge.led.buttons import CONTENT_TYPE, KeyLight, body
 from bridge.led.rules import HINT_STATES, LedRule
 from bridge.sip.headers import ParseError, parse_uri
 from bridge.sip.message import Response
-from bridge.sip.timers import TimerQueue
+from bridge.sip.timers import NO_TIMER, TimerQueue
 
 log = logging.getLogger("bridge.led")
 
@@ -57,6 +57,7 @@ class Phone:
     cseq: int = 0
     call_id: str = field(default_factory=lambda: secrets.token_hex(8))
     from_tag: str = field(default_factory=lambda: secrets.token_hex(4))
+    timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue
 
 
 class LedController:

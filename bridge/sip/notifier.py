@@ -40,6 +40,7 @@ from bridge.sip.uas import (
     EVENT_PACKAGE,
     Answer,
     ResponseCache,
+    SentAnswer,
     screen_request,
     screen_subscribe,
 )
@@ -110,7 +111,7 @@ class _Exchange:
     req: Request
     peer: Peer
     now: float
-    key: tuple[object, ...] | None
+    key: int | None
 
 
 class Notifier:
@@ -333,9 +334,12 @@ class Notifier:
             self._answer(_Exchange(req, peer, now, None), Answer(admission.status,
                                                                  admission.headers))  # fmt: skip
             return
-        cached = self._answers.get(key)
-        if cached is not None:
-            self._out.append((cached, peer))  # a retransmission: same answer, nothing new
+        sent = self._answers.get(key, req.headers.get("i"))
+        if sent is not None:  # a retransmission: the same answer again, nothing new
+            if sent.data:
+                self._out.append((sent.data, peer))
+            else:
+                self._accept(_Exchange(req, peer, now, None), sent.to_tag, sent.expires)
             return
         answer = screen_request(req)
         if answer is not None:
@@ -384,8 +388,11 @@ class Notifier:
         self._answer(x, Answer(401, tuple(("WWW-Authenticate", c) for c in challenges)))
         return None
 
-    def _answer(self, x: _Exchange, answer: Answer, to_tag: str = "") -> None:
-        """Send (and cache, for retransmissions) the answer to a request."""
+    def _answer(
+        self, x: _Exchange, answer: Answer, to_tag: str = "", expires: int | None = None
+    ) -> None:
+        """Send (and cache, for retransmissions) the answer to a request; ``expires`` when it
+        accepts a SUBSCRIBE (the cache then keeps how to build it again, not its bytes)."""
         reason = f"Bad Request ({answer.problem})" if answer.problem is not None else None
         response = build_response(
             x.req,
@@ -399,11 +406,15 @@ class Notifier:
         data = response.to_bytes()
         self._out.append((data, x.peer))
         if x.key is not None:
-            self._answers.put(x.key, data, x.now)
+            call_id = x.req.headers.get("i") or ""
+            if expires is None:
+                self._answers.put(x.key, SentAnswer(call_id, data), x.now)
+            else:
+                self._answers.put(x.key, SentAnswer(call_id, to_tag=to_tag, expires=expires), x.now)
         if answer.status >= 300:
             logger.info("%s from %s: %d %s", x.req.method, x.peer, answer.status, response.reason)
 
-    def _accept(self, x: _Exchange, sub: Subscription, expires: int) -> None:
+    def _accept(self, x: _Exchange, to_tag: str, expires: int) -> None:
         """Send the 200 for a SUBSCRIBE (the NOTIFY must follow it, never precede it)."""
         host, port = self.contact_for(x.peer)
         headers = [
@@ -412,7 +423,7 @@ class Notifier:
         ]
         # RFC 3261 §12.1.1: Record-Route is copied into the answer that creates the dialog.
         headers += [("Record-Route", r) for r in x.req.list_values("Record-Route")]
-        self._answer(x, Answer(200, tuple(headers)), sub.key[2])
+        self._answer(x, Answer(200, tuple(headers)), to_tag, expires)
 
     def _new_subscription(self, x: _Exchange, from_tag: str, expires: int, watcher: str) -> None:
         req, now = x.req, x.now
@@ -456,7 +467,7 @@ class Notifier:
             watcher=watcher,
         )
         self._build_template(sub)
-        self._accept(x, sub, expires)
+        self._accept(x, sub.key[2], expires)
         if expires == 0:  # a fetch (RFC 6665 §4.4.3): one NOTIFY with the state, then done
             sub.state, sub.final_reason = "terminating", "timeout"
         else:
@@ -495,7 +506,7 @@ class Notifier:
             sub.target = contact.uri.raw  # SUBSCRIBE is a target refresh request (RFC 6665)
             self._by_watcher[sub.watcher_key()] = sub
         self._build_template(sub)
-        self._accept(x, sub, expires)
+        self._accept(x, sub.key[2], expires)
         if expires == 0:
             logger.info("%s unsubscribed from %s", x.peer, sub.resource)
             self._terminate(sub, x.now, "timeout")
@@ -533,7 +544,7 @@ class Notifier:
             self._changed[sub.key] = sub
         branch = f"{self._branch_prefix}{next(self._branch_counter):x}"
         assert sub.template is not None
-        data = sub.template.render(branch, sub.cseq, state, body)
+        data = sub.template.render(sub, branch, state, body)
         t1 = self.settings.t1
         interval = t1 if sub.peer.transport == "udp" else 0.0  # streams do not retransmit
         tx = NotifyTransaction(branch, sub, data, sub.peer, now + 64 * t1, interval, final)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from bridge.sip.headers import ParseError, parse_name_addr
+from bridge.sip.timers import NO_TIMER
 
 __all__ = [
     "SEQUENCE_LEASE",
@@ -21,6 +23,7 @@ __all__ = [
     "SubscriptionSnapshot",
     "WatcherKey",
     "contact_uri",
+    "notify_template",
 ]
 
 Transport = Literal["udp", "tcp", "tls"]
@@ -73,67 +76,53 @@ class NotifierSettings:
 
 
 class NotifyTemplate:
-    """A NOTIFY for one subscription dialog, serialized once.
+    """What every NOTIFY sent from one of our addresses has in common: Via sent-by, Contact,
+    Event, User-Agent and Content-Type, kept once for all the dialogs that use it.
 
-    Per send only the Via branch, CSeq, Subscription-State and body change, so rendering is a
-    join of a few byte strings (the same subscription sends many NOTIFYs).
+    The dialog's own fields go in per send, in one format call. Measured: as fast as joining
+    byte strings pre-built per dialog, without a second copy of From, To, Call-ID and target
+    for each of tens of thousands of subscriptions.
     """
 
-    __slots__ = ("_common", "_dialog", "_head", "_tail")
+    __slots__ = ("_content_type", "_trailer", "_via")
 
     def __init__(
         self,
+        transport: str,
+        host: str,
+        port: int,
         *,
-        target: str,
-        via: str,
-        route: Sequence[str],
-        from_: str,
-        to: str,
-        call_id: str,
-        contact: str,
         event: str,
         user_agent: str,
         content_type: str,
     ) -> None:
-        self._head = f"NOTIFY {target} SIP/2.0\r\nVia: {via};rport;branch=".encode()
-        # What is this dialog's own, and what it shares with every dialog on the same address
-        # (kept once, see _shared: with tens of thousands of subscriptions it adds up).
-        fields = [("Max-Forwards", "70")] + [("Route", r) for r in route]
-        fields += [("From", from_), ("To", to), ("Call-ID", call_id)]
-        self._dialog = "".join(f"\r\n{n}: {v}" for n, v in fields).encode()
-        common = [("Contact", contact), ("Event", event), ("User-Agent", user_agent)]
-        self._common = _shared("".join(f"\r\n{n}: {v}" for n, v in common).encode() + b"\r\nCSeq: ")
-        self._tail = _shared(f"\r\nContent-Type: {content_type}".encode())
+        self._via = f"SIP/2.0/{transport.upper()} {host}:{port};rport;branch="
+        contact = contact_uri(transport, host, port)
+        self._trailer = f"\r\nContact: {contact}\r\nEvent: {event}\r\nUser-Agent: {user_agent}"
+        self._content_type = f"\r\nContent-Type: {content_type}"
 
-    def render(self, branch: str, cseq: int, state: str, body: bytes) -> bytes:
-        """The NOTIFY's bytes; Content-Type is only written when there is a body."""
-        return b"".join(
-            (
-                self._head,
-                branch.encode(),
-                self._dialog,
-                self._common,
-                b"%d NOTIFY\r\nSubscription-State: " % cseq,
-                state.encode(),
-                self._tail if body else b"",
-                b"\r\nContent-Length: %d\r\n\r\n" % len(body),
-                body,
-            )
+    def render(self, sub: Subscription, branch: str, state: str, body: bytes) -> bytes:
+        """The NOTIFY's bytes at ``sub.cseq``; Content-Type only when there is a body."""
+        route = "".join(f"\r\nRoute: {r}" for r in sub.route) if sub.route else ""
+        content_type = self._content_type if body else ""
+        head = (
+            f"NOTIFY {sub.target} SIP/2.0\r\nVia: {self._via}{branch}\r\nMax-Forwards: 70{route}"
+            f"\r\nFrom: {sub.local}\r\nTo: {sub.remote}\r\nCall-ID: {sub.key[0]}{self._trailer}"
+            f"\r\nCSeq: {sub.cseq} NOTIFY\r\nSubscription-State: {state}{content_type}"
+            f"\r\nContent-Length: {len(body)}\r\n\r\n"
         )
+        return head.encode() + body
 
 
-_SHARED: dict[bytes, bytes] = {}  # template pieces many dialogs have in common, kept once
-_MAX_SHARED = 4096
-
-
-def _shared(piece: bytes) -> bytes:
-    """One copy of a template piece for every dialog that has it (bounded)."""
-    kept = _SHARED.get(piece)
-    if kept is not None:
-        return kept
-    if len(_SHARED) < _MAX_SHARED:
-        _SHARED[piece] = piece
-    return piece
+@functools.lru_cache(maxsize=1024)
+def notify_template(
+    transport: str, host: str, port: int, *, event: str, user_agent: str, content_type: str
+) -> NotifyTemplate:
+    """The one template of these parameters (a handful exist: per transport, local address and
+    Event id)."""
+    return NotifyTemplate(
+        transport, host, port, event=event, user_agent=user_agent, content_type=content_type
+    )
 
 
 def contact_uri(transport: str, host: str, port: int) -> str:
@@ -206,6 +195,7 @@ class Subscription:
     remote_aor: str = ""  # the From URI without tag, parsed once (see watcher_key)
     cseq_bound: int = 0  # end of the current CSeq lease (what the store was last told)
     version_bound: int = 0  # end of the current version lease
+    timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue
 
     def watcher_key(self) -> WatcherKey:
         """Who watches what: the same phone (address of record and contact) on the same
@@ -269,16 +259,11 @@ class Subscription:
         return sub
 
     def build_template(self, host: str, port: int, user_agent: str, content_type: str) -> None:
-        """(Re)build the NOTIFY template after the target or the peer's transport changed."""
-        transport = self.peer.transport
-        self.template = NotifyTemplate(
-            target=self.target,
-            via=f"SIP/2.0/{transport.upper()} {host}:{port}",
-            route=self.route,
-            from_=self.local,
-            to=self.remote,
-            call_id=self.key[0],
-            contact=contact_uri(transport, host, port),
+        """Pick the NOTIFY template after the peer's transport or our address changed."""
+        self.template = notify_template(
+            self.peer.transport,
+            host,
+            port,
             event=self.event,
             user_agent=user_agent,
             content_type=content_type,
@@ -297,3 +282,4 @@ class NotifyTransaction:
     interval: float  # current retransmission interval (Timer E); 0 on reliable transports
     final: bool  # carries Subscription-State: terminated
     proceeding: bool = False  # got a 1xx: retransmit every T2 from now on
+    timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["TimerQueue"]
+__all__ = ["NO_TIMER", "Timed", "TimerQueue"]
 
-T = TypeVar("T", bound=Hashable)
+NO_TIMER = -1  # Timed.timer_seq of an object without a deadline
+
+
+class Timed(Protocol):
+    """An object a TimerQueue can hold: it carries the sequence number of its valid entry.
+
+    Kept on the object rather than in a dict of the queue: with tens of thousands of
+    subscriptions that dict would cost about 100 bytes each. An object belongs to one queue.
+    """
+
+    timer_seq: int
+
+
+T = TypeVar("T", bound=Timed)
 
 
 class TimerQueue(Generic[T]):
@@ -22,19 +34,22 @@ class TimerQueue(Generic[T]):
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, T]] = []
-        self._live: dict[T, int] = {}  # object -> sequence number of its valid entry
+        self._live = 0  # objects with a deadline
         self._counter = itertools.count()
 
     def schedule(self, obj: T, when: float) -> None:
         """Set (or move) obj's deadline."""
-        seq = next(self._counter)
-        self._live[obj] = seq
+        if obj.timer_seq == NO_TIMER:
+            self._live += 1
+        obj.timer_seq = seq = next(self._counter)
         heapq.heappush(self._heap, (when, seq, obj))
         self._compact_if_needed()
 
     def cancel(self, obj: T) -> None:
         """Forget obj's deadline, if it has one."""
-        if self._live.pop(obj, None) is not None:
+        if obj.timer_seq != NO_TIMER:
+            obj.timer_seq = NO_TIMER
+            self._live -= 1
             self._compact_if_needed()
 
     def next_deadline(self) -> float | None:
@@ -48,11 +63,12 @@ class TimerQueue(Generic[T]):
         if not self._heap or self._heap[0][0] > now:
             return None
         _, _, obj = heapq.heappop(self._heap)
-        del self._live[obj]
+        obj.timer_seq = NO_TIMER
+        self._live -= 1
         return obj
 
     def __len__(self) -> int:
-        return len(self._live)
+        return self._live
 
     @property
     def heap_size(self) -> int:
@@ -60,12 +76,11 @@ class TimerQueue(Generic[T]):
         return len(self._heap)
 
     def _drop_stale_top(self) -> None:
-        heap, live = self._heap, self._live
-        while heap and live.get(heap[0][2]) != heap[0][1]:
+        heap = self._heap
+        while heap and heap[0][2].timer_seq != heap[0][1]:
             heapq.heappop(heap)
 
     def _compact_if_needed(self) -> None:
-        if len(self._heap) > 2 * len(self._live) + 64:
-            live = self._live
-            self._heap = [e for e in self._heap if live.get(e[2]) == e[1]]
+        if len(self._heap) > 2 * self._live + 64:
+            self._heap = [e for e in self._heap if e[2].timer_seq == e[1]]
             heapq.heapify(self._heap)

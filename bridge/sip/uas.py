@@ -6,7 +6,6 @@ SUBSCRIBEs that passed every check.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 from bridge.sip.headers import ParseError, Via
@@ -19,6 +18,7 @@ __all__ = [
     "EVENT_PACKAGE",
     "Answer",
     "ResponseCache",
+    "SentAnswer",
     "granted_expires",
     "screen_request",
     "screen_subscribe",
@@ -104,42 +104,67 @@ def screen_subscribe(req: Request, settings: NotifierSettings, new: bool) -> int
     return granted_expires(req, settings)
 
 
+@dataclass(frozen=True, slots=True)
+class SentAnswer:
+    """What was answered to a request, enough to send the same bytes again.
+
+    The 200 that starts or refreshes a subscription is not kept as bytes: a site powering up
+    subscribes tens of thousands of keys within one cache lifetime, and their answers would
+    outweigh the subscriptions. It is built again from the request (a retransmission carries
+    the same headers), the dialog's tag and the Expires granted. Other answers are rare and are
+    kept as sent (``data``).
+    """
+
+    call_id: str  # checked on a hit: the cache is keyed by a hash
+    data: bytes = b""
+    to_tag: str = ""  # of an accepted SUBSCRIBE (data empty)
+    expires: int = 0
+
+
 class ResponseCache:
     """What is left of server transactions for a notifier: resend the same answer when a
-    request is retransmitted (RFC 3261 §17.2.2), for 64*T1 after it was first answered.
+    request is retransmitted (RFC 3261 §17.2.2), for at least 64*T1 after it was answered.
+
+    Entries are dropped a generation at a time: every ``lifetime`` the current generation
+    becomes the old one and the old one is forgotten, so an answer stays between one and two
+    lifetimes, with no per-entry deadline to keep.
     """
 
     def __init__(self, lifetime: float = 32.0) -> None:
         self.lifetime = lifetime
-        self._answers: dict[tuple[object, ...], bytes] = {}
-        # Every entry lives equally long, so insertion order is expiry order: no heap needed.
-        self._order: deque[tuple[float, tuple[object, ...]]] = deque()
+        self._current: dict[int, SentAnswer] = {}
+        self._previous: dict[int, SentAnswer] = {}
+        self._rotate_at: float | None = None
 
     @staticmethod
-    def key(req: Request, top: Via) -> tuple[object, ...]:
-        """RFC 3261 §17.2.3 matching; Call-ID and CSeq also cover pre-3261 branches."""
+    def key(req: Request, top: Via) -> int:
+        """RFC 3261 §17.2.3 matching (Call-ID and CSeq also cover pre-3261 branches), hashed:
+        one small int per entry instead of a tuple of six strings."""
         headers = req.headers
-        return (top.branch, top.host, top.port, req.method, headers.get("i"), headers.get("CSeq"))
+        return hash(
+            (top.branch, top.host, top.port, req.method, headers.get("i"), headers.get("CSeq"))
+        )
 
-    def get(self, key: tuple[object, ...]) -> bytes | None:
+    def get(self, key: int, call_id: str | None) -> SentAnswer | None:
         """The answer already sent for this request, if still cached."""
-        return self._answers.get(key)
+        sent = self._current.get(key) or self._previous.get(key)
+        return sent if sent is not None and sent.call_id == call_id else None
 
-    def put(self, key: tuple[object, ...], data: bytes, now: float) -> None:
+    def put(self, key: int, answer: SentAnswer, now: float) -> None:
         """Remember an answer."""
-        if key not in self._answers:
-            self._order.append((now + self.lifetime, key))
-        self._answers[key] = data
+        self._current[key] = answer
+        if self._rotate_at is None:
+            self._rotate_at = now + self.lifetime
 
     def expire(self, now: float) -> None:
-        """Forget answers older than the lifetime."""
-        order = self._order
-        while order and order[0][0] <= now:
-            self._answers.pop(order.popleft()[1], None)
+        """Forget the generation that has lived a whole lifetime since its last entry."""
+        while self._rotate_at is not None and self._rotate_at <= now:
+            self._previous, self._current = self._current, {}
+            self._rotate_at = now + self.lifetime if self._previous else None
 
     def next_deadline(self) -> float | None:
         """When expire() next has something to drop."""
-        return self._order[0][0] if self._order else None
+        return self._rotate_at
 
     def __len__(self) -> int:
-        return len(self._answers)
+        return len(self._current) + len(self._previous)
