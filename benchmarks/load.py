@@ -688,26 +688,21 @@ BASE_SETTINGS = (
     "security.pickup=everyone",
     "log.level=warning",
 )
-_UVLOOP_LAUNCHER = (
-    "import sys, uvloop, asyncio; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
-    "from bridge.__main__ import main; sys.exit(main(sys.argv[1:]))"
-)
 
 
 class BridgeProcess:
     """``python -m bridge run`` against the fake Asterisk, in its own process."""
 
     def __init__(
-        self, ami_port: int, *settings: str, uvloop: bool = False, profile: str = ""
+        self, ami_port: int, *settings: str, event_loop: str = "auto", profile: str = ""
     ) -> None:
         self.sip_port = free_udp_port()
         self.settings = [
             *BASE_SETTINGS,
             f"ami.host={HOST}", f"ami.port={ami_port}", "ami.username=bench",
             "ami.secret=bench", f"sip.udp=[\"{HOST}:{self.sip_port}\"]", "sip.tcp=[]",
-            f"sip.domain={HOST}", *settings,
+            f"sip.domain={HOST}", f"runtime.event_loop={event_loop}", *settings,
         ]  # fmt: skip
-        self.uvloop = uvloop
         self.profile = profile  # py-spy writes the bridge's sampled stacks here ("": none)
         self.proc: asyncio.subprocess.Process | None = None
         self._spy: asyncio.subprocess.Process | None = None
@@ -727,7 +722,7 @@ class BridgeProcess:
     async def start(self) -> None:
         """Start the process (it then connects to the fake Asterisk on its own)."""
         args = ["run", *(a for s in self.settings for a in ("--set", s))]
-        prefix = ["-c", _UVLOOP_LAUNCHER] if self.uvloop else ["-m", "bridge"]
+        prefix = ["-m", "bridge"]
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, *prefix, *args, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=self._stderr,

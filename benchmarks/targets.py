@@ -1,4 +1,4 @@
-"""``python -m benchmarks.targets [--quick] [--uvloop]``: the performance targets, measured on the
+"""``python -m benchmarks.targets [--quick] [--loop L]``: the performance targets, measured on the
 real bridge over loopback UDP and TCP, one run each, printed as a table with pass/fail.
 
 The bridge runs as its own process (``python -m bridge run --set …``), so it has one core to
@@ -17,7 +17,8 @@ Targets (issue "Step 7 — Performance"):
 - resync: 5,000 extensions with 500 live calls resynced after a reconnect in under 1 s.
 
 ``--quick`` runs smaller sizes (a smoke run: its figures are not the targets' sizes).
-``--uvloop`` runs the bridge on uvloop's event loop instead (uvloop must be installed).
+``--loop`` sets the bridge's ``runtime.event_loop``: ``auto`` (the default, as shipped: uvloop
+when installed), ``uvloop`` or ``asyncio``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from benchmarks.load import (
     udp_drops,
     wait_until,
 )
+from bridge.event_loop import EVENT_LOOPS, EventLoopUnavailable, choose_event_loop
 
 SMALL_HINTS = [str(1000 + i) for i in range(10)]  # the fan-out and latency PBX
 FANOUT_EXTEN, LATENCY_EXTEN = "1000", "1001"
@@ -80,15 +82,15 @@ class Sizes:
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """How the bridge is run: on uvloop or not, sampled by py-spy into a folder or not."""
+    """How the bridge is run: its event loop, sampled by py-spy into a folder or not."""
 
-    uvloop: bool = False
+    event_loop: str = "auto"
     profile: str = ""  # folder for py-spy's raw stacks, one file per group ("": no sampling)
 
     def bridge(self, group: str, ami_port: int, *settings: str) -> BridgeProcess:
         """The bridge process of one group of targets."""
         profile = f"{self.profile}/{group}.txt" if self.profile else ""
-        return BridgeProcess(ami_port, *settings, uvloop=self.uvloop, profile=profile)
+        return BridgeProcess(ami_port, *settings, event_loop=self.event_loop, profile=profile)
 
 
 # SUBSCRIBE answers are kept 64*T1 = 32 s for retransmissions (RFC 3261 §17.2.2): 33 s after the
@@ -456,6 +458,14 @@ async def memory(sizes: Sizes, opts: Options) -> list[Row]:
 # ---------------------------------------------------------------------------- the table
 
 
+def _loop_name(choice: str) -> str:
+    """What the bridge runs on with this choice (the same rule as its own)."""
+    try:
+        return choose_event_loop(choice)[1]
+    except EventLoopUnavailable:
+        return "uvloop (not installed: the bridge refuses to start)"
+
+
 def table(rows: list[Row]) -> str:
     """Rows aligned in columns: figure, target, result, pass/fail."""
     verdict = {True: "pass", False: "FAIL", None: ""}
@@ -481,14 +491,15 @@ def main() -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--uvloop", action="store_true", help="run the bridge on uvloop")
+    parser.add_argument("--loop", choices=EVENT_LOOPS, default="auto",
+                        help="the bridge's runtime.event_loop (default: auto)")  # fmt: skip
     parser.add_argument("--profile", metavar="DIR", default="",
                         help="sample the bridge with py-spy into DIR/<group>.txt")  # fmt: skip
     parser.add_argument("--only", choices=sorted(RUNS), action="append",
                         help="run only these groups (repeatable)")  # fmt: skip
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
-    opts = Options(args.uvloop, args.profile)
+    opts = Options(args.loop, args.profile)
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     started, load = time.perf_counter(), os.getloadavg()
@@ -503,7 +514,7 @@ def main() -> int:
             print(f"targets: {name}: {exc or 'timed out'}", file=sys.stderr)
             rows.append(Row(f"{name}: run broke", "", str(exc or "timed out")[:60], False))
             broken = True
-    loop = "uvloop" if args.uvloop else "asyncio"
+    loop = _loop_name(args.loop)
     print(f"snom-blf-bridge targets ({'quick' if args.quick else 'full'} sizes), bridge on "
           f"{loop}, Python {platform.python_version()}, {os.cpu_count()} cores; load average "
           f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after (other work on the machine "

@@ -14,6 +14,7 @@ import aiohttp
 from bridge import __version__
 from bridge.app import run_until_signalled
 from bridge.config import Config, ConfigError, load
+from bridge.event_loop import EventLoopUnavailable, choose_event_loop
 from bridge.led.buttons import LIGHTS
 from bridge.led.cli import light_key
 from bridge.web.cli import fetch_status, format_status
@@ -102,13 +103,18 @@ def _check_config(path: str, overrides: list[str]) -> int:
         return EXIT_CONFIG
     for warning in config_warnings(config):
         print(f"{path}: warning: {warning}", file=sys.stderr)
+    try:
+        _, loop_name = choose_event_loop(config.event_loop)
+    except EventLoopUnavailable as exc:
+        print(f"{path}: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if config.demo or not config.asterisk_configured:
         mode = "demo PBX"
     elif config.source == "ari":
         mode = f"ARI {config.ari.username}@{config.ari.url}"
     else:
         mode = f"AMI {config.ami.username}@{config.ami.host}:{config.ami.port}"
-    print(f"{path}: OK ({mode})")
+    print(f"{path}: OK ({mode}, event loop {loop_name})")
     return 0
 
 
@@ -160,7 +166,14 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
         return load(path, overrides)
 
     try:
-        asyncio.run(run_until_signalled(config, force_demo=demo, reload=reload))
+        loop_factory, loop_name = choose_event_loop(config.event_loop)
+    except EventLoopUnavailable as exc:
+        print(f"snom-blf-bridge: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    log.info("event loop: %s", loop_name)
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(run_until_signalled(config, force_demo=demo, reload=reload))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

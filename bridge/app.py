@@ -55,6 +55,7 @@ DEMO_PAUSE = 3.0  # seconds of quiet between two replayed calls in the demo loop
 RESTART_ONLY = (
     "sip.udp", "sip.tcp", "sip.tls", "sip.tls_certificate", "sip.tls_key",
     "sip.max_message_size", "sip.contact_host", "store.path", "demo.enabled",
+    "runtime.event_loop",
 )  # fmt: skip
 
 
@@ -217,6 +218,8 @@ def _changed_settings(old: Config, new: Config) -> set[str]:
         out.add("asterisk.source")
     if old.demo != new.demo:
         out.add("demo.enabled")
+    if old.event_loop != new.event_loop:
+        out.add("runtime.event_loop")
     return out
 
 
@@ -477,6 +480,8 @@ class Bridge:
             section, _, key = name.partition(".")
             if section == "demo":
                 config = dataclasses.replace(config, demo=self.config.demo)
+            elif section == "runtime":
+                config = dataclasses.replace(config, event_loop=self.config.event_loop)
             else:
                 sections.setdefault(section, {})[key] = getattr(getattr(self.config, section), key)
         for section, values in sections.items():

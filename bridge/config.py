@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.event_loop import EVENT_LOOPS
 from bridge.led.buttons import LIGHTS
 from bridge.led.rules import LedRule
 
@@ -149,6 +150,7 @@ class Config:
     ari: AriConfig = AriConfig()
     leds: tuple[LedRule, ...] = ()  # [[led]] rules
     web: ListenAddress | None = ListenAddress("127.0.0.1", 9065)  # panel, /metrics; None: off
+    event_loop: str = "auto"  # runtime.event_loop: auto (uvloop if installed), uvloop, asyncio
 
     @property
     def asterisk_configured(self) -> bool:
@@ -184,6 +186,7 @@ _SECTIONS: dict[str, set[str]] = {
     },
     "watch": {"extensions", "outgoing_blinks", "stale_ring_timeout"},
     "log": {"level"},
+    "runtime": {"event_loop"},
     "demo": {"enabled"},
     "store": {"path", "flush_interval"},
     "asterisk": {"source"},
@@ -270,11 +273,15 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     source = _str(_table(raw, "asterisk"), "asterisk.source", "ami").lower()
     if source not in ("ami", "ari"):
         raise ConfigError(f"asterisk.source: {source!r} is not one of ami, ari")
+    event_loop = _str(_table(raw, "runtime"), "runtime.event_loop", "auto").lower()
+    if event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"runtime.event_loop: {event_loop!r} is not one of "
+                          f"{', '.join(EVENT_LOOPS)}")  # fmt: skip
     ari, ari_files = _ari(_table(raw, "ari"), base_dir or Path.cwd(), needed=source == "ari")
     security = dataclasses.replace(security, secret_files=secrets_read + ari_files)
     return Config(
         ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store,
-        security=security, source=source, ari=ari, leds=leds, web=web,
+        security=security, source=source, ari=ari, leds=leds, web=web, event_loop=event_loop,
     )  # fmt: skip
 
 

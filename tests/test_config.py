@@ -93,6 +93,7 @@ def test_secret_never_in_repr(tmp_path: Path) -> None:
         ("[watch]\nextensions = ['20 1']\n", None, "watch.extensions[0]"),
         ("[watch]\noutgoing_blinks = 'yes'\n", None, "watch.outgoing_blinks"),
         ("[log]\nlevel = 'loud'\n", None, "log.level"),
+        ("[runtime]\nevent_loop = 'twisted'\n", None, "runtime.event_loop"),
         ("", "sip.max_expires=-5", "sip.max_expires"),
         ("", "justtext", "section.key=value"),
         ("[sip\n", None, "not valid TOML"),
@@ -115,7 +116,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", str(SHIPPED)]) == 0
     out = capsys.readouterr()
-    assert "OK (demo PBX)" in out.out
+    assert "OK (demo PBX, event loop " in out.out
     assert "demo PBX" in out.err  # the warning that no Asterisk is configured
 
     bad = write(tmp_path, "[sip]\nudp = ['127.0.0.1:70000']\n")

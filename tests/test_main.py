@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import signal
 import sys
 from pathlib import Path
@@ -62,6 +63,9 @@ async def test_shipped_config_runs_the_demo_pbx_and_a_phone_can_pick_up(tmp_path
     text = "".join(log)
     assert "202: ringing, caller Phone 201 <201>, pickup ids ready" in text
     assert "Traceback" not in text
+    # The shipped file says event_loop = "auto": uvloop where installed (CI installs it).
+    expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio (uvloop is not"
+    assert f"event loop: {expected}" in text
 
 
 async def test_status_command_prints_what_the_running_bridge_sees(tmp_path: Path) -> None:

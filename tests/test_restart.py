@@ -161,10 +161,13 @@ async def test_sighup_reloads_without_dropping_the_watcher(
         async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=3000) as watcher:
             await bridge.wait_for("subscribed to 202")
             # Report outgoing calls as RFC 4235 does: the tracker is rebuilt from a resync.
-            await asyncio.to_thread(config.write_text, "[watch]\noutgoing_blinks = true\n")
+            # The event loop cannot change under a running bridge: kept, and the log says so.
+            new = "[watch]\noutgoing_blinks = true\n[runtime]\nevent_loop = 'asyncio'\n"
+            await asyncio.to_thread(config.write_text, new)
             assert bridge.process is not None
             bridge.process.send_signal(signal.SIGHUP)
             await bridge.wait_for("reloaded: watch.outgoing_blinks")
+            await bridge.wait_for("runtime.event_loop only change on a restart")
             await bridge.wait_for("in sync with Asterisk", count=2)
             await asyncio.to_thread(config.write_text, "[watch\nbroken")
             bridge.process.send_signal(signal.SIGHUP)
