@@ -595,7 +595,8 @@ class Bridge:
         now = asyncio.get_running_loop().time()
         self.status.events_total += 1
         changed = False
-        for exten in sorted(self.tracker.apply(event, now)):
+        dirty = self.tracker.apply(event, now)  # mostly empty: keep that path short
+        for exten in sorted(dirty) if dirty else ():
             if self.documents.changed(exten):
                 changed = True
                 log.info("%s: %s", exten, self.tracker.state(exten).summary())
@@ -606,6 +607,8 @@ class Bridge:
             self.status.change.fire()
         if self.leds is not None:
             self._led_event(event, now)
+        if not isinstance(event, (EndpointGroups, SourceLost, ResyncFinished)):
+            return
         if isinstance(event, EndpointGroups) and self.policy.set_groups(
             event.endpoint, event.call_groups, event.pickup_groups
         ):

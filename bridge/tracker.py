@@ -31,6 +31,7 @@ from bridge.events import (
     ChannelGone,
     ChannelSeen,
     ChannelState,
+    DeviceStateChanged,
     DialBegan,
     DialEnded,
     ExtensionHint,
@@ -157,6 +158,8 @@ class CallTracker:
         match event:
             case ChannelSeen():
                 dirty = self._on_seen(event, now)
+            case DeviceStateChanged():  # says nothing about which call rings; channels do
+                return set()
             case ChannelGone():
                 dirty = self._on_gone(event.uniqueid)
             case DialBegan():
@@ -178,7 +181,7 @@ class CallTracker:
             case SourceLost():
                 self._resyncing = False
                 return self._set_known(False)
-            case _:  # DeviceStateChanged: says nothing about which call rings; channels do.
+            case _:
                 return set()
         return self._refresh(dirty)
 

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.asterisk.ami_events import needs_ids, parse_frames, to_events
+from bridge.asterisk.ami_events import (
+    MAPPED_EVENTS,
+    events_of,
+    needs_ids,
+    parse_frames,
+    to_events,
+)
 from bridge.events import (
     AsteriskEvent,
     ChannelGone,
@@ -240,6 +246,24 @@ def test_to_events_never_raises(msg: dict[str, str]) -> None:
     for event in ("Newchannel", "Hangup", "DialBegin", "DialEnd", "ExtensionStatus", "Hold"):
         to_events({**msg, "Event": event})
     to_events(msg)
+
+
+_EVENT_NAMES = st.sampled_from(
+    sorted({*MAPPED_EVENTS, "Newchannel", "DialBegin", "BridgeEnter", "DialState", "VarSet"})
+) | st.text(max_size=12)
+
+
+@given(_EVENT_NAMES, st.dictionaries(st.sampled_from([*BASE, "DestUniqueid", "Cause"]), st.text()))
+def test_only_the_mapped_events_give_events(name: str, msg: dict[str, str]) -> None:
+    # What lets the AMI adapter skip every other event unread.
+    if to_events({**msg, "Event": name}):
+        assert name.lower() in MAPPED_EVENTS
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_headers_already_in_lower_case_map_alike(scenario: str) -> None:
+    for frame in asterisk_frames(scenario):
+        assert events_of({k.lower(): v for k, v in frame.items()}) == to_events(frame)
 
 
 def test_needs_ids_only_for_dialled_ringing_pjsip_legs() -> None:

@@ -14,7 +14,7 @@ from typing import TypeGuard
 
 import pytest
 
-from bridge.asterisk.ami import AmiSource
+from bridge.asterisk.ami import AmiSource, _ignorable
 from bridge.asterisk.ami_events import needs_ids, to_events
 from bridge.demo.ami_server import RecordedAmiServer, event_matches
 from bridge.events import (
@@ -404,3 +404,139 @@ async def test_a_withheld_caller_is_marked_hidden(server: RecordedAmiServer) -> 
         await got.until(lambda evs: any(isinstance(e, LegIds) for e in evs))
     (ids,) = [e for e in got.events if isinstance(e, LegIds)]
     assert ids == dataclasses.replace(PICKUP_IDS, caller_hidden=True)
+
+
+class TricklingAsterisk:
+    """A bare AMI server that writes everything in pieces of a few bytes, so the bridge's reads
+    end anywhere: inside lines, inside the blank line between messages, inside a character."""
+
+    RINGING_LEG = (
+        "Channel: PJSIP/202-00000001\r\nChannelState: 5\r\nChannelStateDesc: Ringing\r\n"
+        "CallerIDNum: 201\r\nCallerIDName: Jürgen Müller\r\nConnectedLineNum: 201\r\n"
+        "ConnectedLineName: Jürgen Müller\r\nUniqueid: 1795400000.1\r\n"
+        "Linkedid: 1795400000.0\r\n"
+    )
+
+    def __init__(self, piece: int = 3) -> None:
+        self.piece = piece
+        self.port = 0
+        self.actions: list[str] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self._writing = asyncio.Lock()  # one message at a time, however slowly
+
+    async def __aenter__(self) -> TricklingAsterisk:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self.writers:
+            writer.transport.abort()
+
+    async def send(self, writer: asyncio.StreamWriter, text: str) -> None:
+        data = text.encode()
+        async with self._writing:
+            for start in range(0, len(data), self.piece):
+                writer.write(data[start : start + self.piece])
+                await writer.drain()
+                await asyncio.sleep(0)
+
+    async def send_all(self, text: str) -> None:
+        for writer in self.writers:
+            await self.send(writer, text)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        await self.send(writer, "Asterisk Call Manager/11.0.0\r\n")
+        buffer = b""
+        while data := await reader.read(4096):
+            buffer += data
+            while b"\r\n\r\n" in buffer:
+                block, _, buffer = buffer.partition(b"\r\n\r\n")
+                action = dict(line.split(": ", 1) for line in block.decode().split("\r\n"))
+                self.actions.append(action["Action"])
+                await self.send(writer, self._answer(action))
+
+    def _answer(self, action: dict[str, str]) -> str:
+        name, aid = action["Action"], action["ActionID"]
+        if name in ("DeviceStateList", "ExtensionStateList", "CoreShowChannels"):
+            items = ""
+            if name == "CoreShowChannels":
+                items = f"Event: CoreShowChannel\r\nActionID: {aid}\r\n{self.RINGING_LEG}"
+                items += "Application: AppDial\r\nApplicationData: (Outgoing Line)\r\n\r\n"
+            return (
+                f"Response: Success\r\nActionID: {aid}\r\nEventList: start\r\n"
+                f"Message: will follow\r\n\r\n{items}Event: {name}Complete\r\n"
+                f"ActionID: {aid}\r\nEventList: Complete\r\nListItems: {int(bool(items))}\r\n\r\n"
+            )
+        if name == "Getvar":
+            value = {"CONNECTEDLINE(pres)": "allowed_not_screened"}.get(
+                action["Variable"], f"{action['Variable']}-of-{action['Channel']}"
+            )
+            return (
+                f"Response: Success\r\nActionID: {aid}\r\nVariable: {action['Variable']}\r\n"
+                f"Value: {value}\r\n\r\n"
+            )
+        if name in ("Login", "Ping"):
+            return (
+                f"Response: Success\r\nActionID: {aid}\r\nMessage: Authentication accepted\r\n\r\n"
+            )
+        if name == "Logoff":
+            return f"Response: Goodbye\r\nActionID: {aid}\r\nMessage: Thanks\r\n\r\n"
+        return f"Response: Error\r\nActionID: {aid}\r\nMessage: No endpoints found\r\n\r\n"
+
+
+@pytest.mark.parametrize("piece", [1, 3, 7])
+async def test_answers_cut_anywhere_still_resolve_panoramisk_actions(piece: int) -> None:
+    async with TricklingAsterisk(piece) as pbx:
+        got = Collector()
+        source = AmiSource("127.0.0.1", pbx.port, "bridge", "secret", got, backoff_min=0.05)
+        task = asyncio.create_task(source.run())
+        try:
+            # Login, the three lists and the ringing leg's Getvars: every one answered.
+            await asyncio.wait_for(source.synced.wait(), WAIT)
+            ids, leg = got.events[-3:-1]
+            assert isinstance(ids, LegIds) and ids.call_id.endswith("PJSIP/202-00000001")
+            assert isinstance(leg, ChannelSeen) and leg.uniqueid == ids.uniqueid
+            assert leg.caller_name == "Jürgen Müller"  # with ü cut in two by the reads
+            assert pbx.actions.count("Getvar") == 4
+            # An action's future holds panoramisk's Message, as it always did.
+            assert source._conn is not None
+            action = {"Action": "Getvar", "Channel": "PJSIP/9-1", "Variable": "X"}
+            message = await asyncio.wait_for(source._conn.send(action)[1], WAIT)
+            assert message["Value"] == "X-of-PJSIP/9-1" and message.success
+        finally:
+            await source.stop()
+            await asyncio.wait_for(task, WAIT)
+
+
+async def test_shutdown_from_asterisk_reconnects() -> None:
+    async with TricklingAsterisk() as pbx:
+        got = Collector()
+        source = AmiSource("127.0.0.1", pbx.port, "bridge", "secret", got, backoff_min=0.05)
+        task = asyncio.create_task(source.run())
+        try:
+            await asyncio.wait_for(source.synced.wait(), WAIT)
+            await pbx.send_all(
+                "Event: Shutdown\r\nPrivilege: system,all\r\nShutdown: Cleanly\r\n\r\n"
+            )
+            await got.count(ResyncFinished, 2)
+            assert got.events.count(SourceLost()) == 1
+            assert pbx.actions.count("Login") == 2
+        finally:
+            await source.stop()
+            await asyncio.wait_for(task, WAIT)
+
+
+def test_only_events_nobody_reads_are_passed_over_unread() -> None:
+    assert _ignorable("Event: BridgeEnter\r\nPrivilege: call,all\r\nUniqueid: 1.2")
+    assert _ignorable("Event: DialState")
+    assert not _ignorable("Event: Newstate\r\nUniqueid: 1.2")  # mapped
+    assert not _ignorable("Event: NEWSTATE\r\nUniqueid: 1.2")
+    assert not _ignorable("Event: Shutdown\r\nShutdown: Cleanly")  # panoramisk acts on it
+    assert not _ignorable("Event: CoreShowChannelsComplete\r\nActionID: 5")  # ends a list
+    assert not _ignorable("Event: EndpointList\r\nactionid: 5")
+    assert not _ignorable("Event: BridgeEnter\r\nEVENT: Hangup")  # which one? parse it

@@ -1,9 +1,11 @@
 """The AMI source adapter: Asterisk Manager Interface in, normalized events out.
 
-Built on panoramisk's ``AMIProtocol`` (wire parsing, ActionIDs, matching answers to actions) but
-not on its ``Manager``: the Manager reconnects on a fixed 2 s timer with no backoff, resends
-unanswered actions of the old connection after a reconnect (stale Getvars, duplicate lists) and
-pings on its own schedule. This module owns the connection loop, login, keepalive and resync.
+Built on panoramisk's ``AMIProtocol`` (actions, ActionIDs, matching answers to actions; the
+stream itself is read by :mod:`bridge.asterisk.ami_wire`, the same way, for a fraction of the
+cost) but not on its ``Manager``: the Manager reconnects on a fixed 2 s timer with no backoff,
+resends unanswered actions of the old connection after a reconnect (stale Getvars, duplicate
+lists) and pings on its own schedule. This module owns the connection loop, login, keepalive and
+resync.
 
 Ordering. Everything Asterisk says arrives on one ordered TCP stream, and the tracker gets it in
 that order: live events and the items of the resync lists interleaved exactly as they arrived.
@@ -13,7 +15,8 @@ applying both in arrival order is exact, where holding live events back until th
 would let a stale event (say, Ringing) override the fresher snapshot (Up). Nothing is dropped.
 A ChannelSeen that needs the leg's SIP ids (``needs_ids``) waits at its place in the stream for
 its three Getvars (sent at once, bounded by ``getvar_timeout``); its LegIds goes out just before
-it and everything after it waits behind it.
+it and everything after it waits behind it. Events are handed over in batches (everything read
+while the delivering task was busy), never out of that order.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from typing import Any
 
 from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.message import Message
 
-from bridge.asterisk.ami_events import needs_ids, to_events
+from bridge.asterisk.ami_events import MAPPED_EVENTS, events_of, needs_ids
+from bridge.asterisk.ami_wire import MessageSplitter, parse_message
 from bridge.asterisk.delivery import Batch, IdsTask, OrderedEvents, ids_result
 from bridge.asterisk.retry import ProblemLog, reconnect_delay
 from bridge.events import (
@@ -52,6 +57,7 @@ PRESENTATION = "CONNECTEDLINE(pres)"
 RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels")
 CONTACTS_ACTION = "PJSIPShowContacts"  # where phones are registered, for the LED messages
 MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
+BANNER = b"Asterisk Call Manager/"  # Asterisk's first line, with the protocol version
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
 
 
@@ -64,12 +70,25 @@ def _headers(message: Any) -> dict[str, str]:
     return out
 
 
+def _header(message: Any, name: str, default: str = "") -> str:
+    """One header of a panoramisk Message (None: no answer), as ``_headers`` reads it; cheaper
+    than all of them for the four answers of every ringing leg."""
+    value = default if message is None else message.get(name, default)
+    return str((value[0] if value else "") if isinstance(value, list) else value)
+
+
 class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk has no type hints
-    """AMIProtocol that shows every message to the connection first, in arrival order."""
+    """AMIProtocol that reads the stream itself and shows every message to the connection
+    first, in arrival order. panoramisk's own parsing (a case-insensitive dict per message)
+    cost three times as much as the rest of the bridge, so only what panoramisk must see goes
+    through it: answers to its pending actions, and Shutdown."""
+
+    version: str | None  # from the banner; AMIProtocol resets it on connecting
 
     def __init__(self, link: _Connection) -> None:
         super().__init__()
         self.link = link
+        self.splitter = MessageSplitter()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -79,18 +98,70 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk has no type hi
 
     def data_received(self, data: bytes) -> None:
         try:
-            super().data_received(data)
-        except Exception:  # garbage that trips panoramisk: the stream can no longer be trusted
+            self._read(data)
+        except Exception:  # garbage that trips the parser: the stream can no longer be trusted
             log.exception("unreadable data from AMI; reconnecting")
             self.transport.abort()
             return
-        if sum(len(part) for part in self.queue) > MAX_UNPARSED:
+        if self.splitter.pending > MAX_UNPARSED:
             log.error("AMI sent %d bytes without a message end; reconnecting", MAX_UNPARSED)
             self.transport.abort()
 
-    def handle_message(self, message: Any) -> None:
-        self.link.message(_headers(message))
-        super().handle_message(message)
+    def _read(self, data: bytes) -> None:
+        if self.version is None and data.startswith(BANNER):
+            line = data.partition(b"\r\n")[0].decode("utf-8", "ignore")
+            self.version = line.partition("/")[2].strip()
+            self.log.info("protocol version: '%s'", self.version)
+        responses, link = self.responses, self.link
+        for block in self.splitter.feed(data):
+            if block.startswith("Event: ") and _ignorable(block):
+                continue
+            h = parse_message(block)
+            if h is None:
+                continue
+            link.message(h)
+            # What panoramisk's handle_message acts on; every other message it would ignore.
+            if (
+                h.get("actionid") in responses
+                or h.get("commandid") in responses
+                or h.get("event", "").lower() == "shutdown"
+            ):
+                self.handle_message(Message.from_line(block))
+
+
+def _ignorable(block: str) -> bool:
+    """Whether an event (``block`` starts with "Event: ") is one nobody acts on: not mapped,
+    not Shutdown, answering no action. Told without parsing it, for a third of what Asterisk
+    says in a call (bridges, DialState, HangupRequest…); anything unusual is parsed."""
+    end = block.find("\r\n")
+    name = (block[7:end] if end >= 0 else block[7:]).lower()
+    if name in MAPPED_EVENTS or name == "shutdown":
+        return False
+    text = block.lower()
+    # A second Event header is garbage that parse_message must see (and reject).
+    return "actionid: " not in text and "commandid: " not in text and text.count("event: ") == 1
+
+
+class _Action(Action):  # type: ignore[misc]  # panoramisk has no type hints
+    """panoramisk's Action, its ActionID kept as a plain string and its wire text written from
+    the plain fields: read through panoramisk's case-insensitive dict, they made a Getvar (four
+    per ringing leg) cost as much as reading fifty events. Same text, same ActionIDs."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__(fields)
+        self._id = str(self["ActionID"])
+        # As panoramisk writes it: the headers sorted, the ActionID among them, a blank line.
+        lines = sorted({**fields, "ActionID": self._id}.items())
+        self._text = "".join(f"{name}: {value}\r\n" for name, value in lines) + "\r\n"
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    action_id = id
+
+    def __str__(self) -> str:
+        return self._text
 
 
 class _EveryAction:
@@ -119,13 +190,13 @@ class _Connection:
     ) -> tuple[str, asyncio.Future[Any]]:
         """Send an action; returns its ActionID and the future of its answer. With ``lists``
         the answer is every message up to the list's ...Complete event (or the lone error)."""
-        action = Action(fields)
+        action = _Action(fields)
         assert self.protocol is not None
         # panoramisk: as_list=None detects a list by "EventList: start"; False takes the first.
         future: asyncio.Future[Any] = self.protocol.send(action, as_list=None if lists else False)
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
-        return str(action.action_id), future
+        return action.id, future
 
     def close(self) -> None:
         """Drop the connection at once; ``connection_lost`` follows."""
@@ -143,25 +214,25 @@ class _Connection:
         self.lost.set()
 
     def message(self, h: dict[str, str]) -> None:
-        """Every message from Asterisk, in arrival order."""
-        action_id = h.get("ActionID")
+        """Every message from Asterisk, in arrival order; header names in lower case."""
+        action_id = h.get("actionid")
         if action_id is None:
-            if "Event" in h:
-                self.source._accept(to_events(h))
+            if "event" in h:
+                self.source._accept(events_of(h))
         elif action_id == self.login_id:
-            if h.get("Response") == "Success":
+            if h.get("response") == "Success":
                 self.source._begin_resync(self)
         elif action_id in self.lists:
-            if "Event" not in h and h.get("Response") != "Success":
-                message = h.get("Message", "")
+            if "event" not in h and h.get("response") != "Success":
+                message = h.get("message", "")
                 # "No Contacts found" is how Asterisk says an empty list: nothing wrong.
                 level = logging.DEBUG if "found" in message.lower() else logging.WARNING
                 log.log(level, "AMI refused %s: %s", action_id, message)
                 self._list_done(action_id)
-            elif h.get("EventList", "").lower() == "complete":
+            elif h.get("eventlist", "").lower() == "complete":
                 self._list_done(action_id)
-            elif "Event" in h:
-                self.source._accept(to_events(h))
+            elif "event" in h:
+                self.source._accept(events_of(h))
 
     def _list_done(self, action_id: str) -> None:
         self.lists.discard(action_id)
@@ -388,7 +459,7 @@ class AmiSource:
                 if ids is None or (ids.done() and ids_result(ids) is None):
                     ids = asyncio.create_task(self._fetch_ids(self._conn, event))
                     self._ids[event.uniqueid] = ids
-            self._queue.put_nowait(Batch([event], ids))
+            self._queue.add(event, ids)
 
     async def _fetch_ids(self, conn: _Connection, leg: ChannelSeen) -> LegIds | None:
         """The Getvars of a leg, in flight at once (never Status: it can deadlock)."""
@@ -404,15 +475,17 @@ class AmiSource:
         if pending:
             log.warning("Getvar for %s timed out after %.1f s", leg.name, self._getvar_timeout)
             return None
-        answers = [{} if f.cancelled() else _headers(f.result()) for f in futures]
+        answers = [None if f.cancelled() else f.result() for f in futures]
         values = []
         for answer in answers[: len(ID_VARIABLES)]:
-            if answer.get("Response") != "Success" or not answer.get("Value"):
-                problem = answer.get("Message", "empty value")
-                log.warning("no %s for %s: %s", answer.get("Variable", "ids"), leg.name, problem)
+            value = _header(answer, "Value")
+            if _header(answer, "Response") != "Success" or not value:
+                variable = _header(answer, "Variable", "ids")
+                problem = _header(answer, "Message", "empty value")
+                log.warning("no %s for %s: %s", variable, leg.name, problem)
                 return None
-            values.append(answer["Value"])
-        presentation = answers[-1].get("Value", "").lower()
+            values.append(value)
+        presentation = _header(answers[-1], "Value").lower()
         hidden = presentation.startswith(("prohib", "unavailable"))
         call_id, local_tag, remote_tag = values
         return LegIds(leg.uniqueid, call_id, local_tag, remote_tag, caller_hidden=hidden)

@@ -1,7 +1,8 @@
 """AMI events (header dicts) to normalized :mod:`bridge.events`, plus a tiny AMI wire parser.
 
 Pure: no I/O, no clock. Everything the AMI adapter, the replayed test server and the tests
-need to understand what Asterisk says on the wire.
+need to understand what Asterisk says on the wire (the adapter reads the live stream with
+:mod:`bridge.asterisk.ami_wire`; ``parse_frames`` is the lenient reader of the recordings).
 
 How ``ChannelSeen.dialed`` is decided (True = an outgoing leg Asterisk created to reach a device,
 the only kind of dialog a ``Replaces`` pickup can take over):
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 _CHANNEL_EVENTS = frozenset(
     {"newchannel", "newstate", "newcallerid", "newconnectedline", "coreshowchannel"}
 )
+# Every event ``to_events`` maps (lower case); any other gives no events.
+MAPPED_EVENTS = _CHANNEL_EVENTS | {
+    "hangup", "dialbegin", "dialend", "hold", "unhold", "devicestatechange", "extensionstatus",
+    "contactstatus", "contactlist",
+}  # fmt: skip
 _CONTACT_GONE = frozenset({"removed", "unreachable"})
 _FRAME_END = re.compile(r"\r?\n\r?\n")
 _LINE_END = re.compile(r"\r?\n")
@@ -76,18 +82,27 @@ def to_events(msg: Mapping[str, str]) -> list[AsteriskEvent]:
     """Map one AMI event to normalized events; unknown or malformed events give ``[]``."""
     try:
         headers = {str(k).lower(): v for k, v in msg.items() if isinstance(v, str)}
-        return _map(headers)
-    except _Malformed as exc:
-        log.debug("dropping malformed AMI event %s: %s", msg.get("Event", "?"), exc)
     except Exception:  # bad input must never take the adapter down
         log.debug("dropping unreadable AMI event %r", msg, exc_info=True)
+        return []
+    return events_of(headers)
+
+
+def events_of(headers: dict[str, str]) -> list[AsteriskEvent]:
+    """``to_events`` for headers already named in lower case (``parse_message``'s)."""
+    try:
+        return _map(headers)
+    except _Malformed as exc:
+        log.debug("dropping malformed AMI event %s: %s", headers.get("event", "?"), exc)
+    except Exception:  # bad input must never take the adapter down
+        log.debug("dropping unreadable AMI event %r", headers, exc_info=True)
     return []
 
 
 def needs_ids(ev: ChannelSeen) -> bool:
     """True for a ringing PJSIP leg Asterisk dialled: the leg whose SIP ids allow pickup."""
-    pjsip = ev.name.upper().startswith("PJSIP/")
-    return pjsip and ev.state is ChannelState.RINGING and ev.dialed is True
+    ringing = ev.state is ChannelState.RINGING and ev.dialed is True
+    return ringing and ev.name.upper().startswith("PJSIP/")
 
 
 def _map(h: dict[str, str]) -> list[AsteriskEvent]:
@@ -96,6 +111,8 @@ def _map(h: dict[str, str]) -> list[AsteriskEvent]:
         return [_channel(h, event)]
     if event == "hangup":
         return [ChannelGone(_need(h, "uniqueid"), _int_or_zero(h.get("cause", "0")))]
+    if event == "devicestatechange":
+        return [DeviceStateChanged(_need(h, "device"), _need(h, "state"))]
     if event == "dialbegin":
         began = DialBegan(_need(h, "uniqueid"), _need(h, "destuniqueid"))
         try:
@@ -107,8 +124,6 @@ def _map(h: dict[str, str]) -> list[AsteriskEvent]:
         return [DialEnded(_need(h, "uniqueid"), _need(h, "destuniqueid"), _need(h, "dialstatus"))]
     if event in ("hold", "unhold"):
         return [HoldChanged(_need(h, "uniqueid"), on_hold=event == "hold")]
-    if event == "devicestatechange":
-        return [DeviceStateChanged(_need(h, "device"), _need(h, "state"))]
     if event == "extensionstatus":
         status = _need(h, "status")
         if not status.lstrip("-").isdigit():
@@ -123,29 +138,47 @@ def _map(h: dict[str, str]) -> list[AsteriskEvent]:
     return []
 
 
+# The channel block's header names, plain and as the Dest… block of a Dial event.
+_BLOCK = {
+    prefix: tuple(prefix + name for name in (
+        "channelstate", "channel", "uniqueid", "calleridnum", "calleridname",
+        "connectedlinenum", "connectedlinename", "linkedid",
+    ))
+    for prefix in ("", "dest")
+}  # fmt: skip
+_STATES = {str(state.value): state for state in ChannelState}
+_HOW = {"coreshowchannel": "listed", "newchannel": "created"}
+
+
 def _channel(h: dict[str, str], event: str, prefix: str = "") -> ChannelSeen:
     """Build a ChannelSeen from the standard channel block (optionally the ``Dest…`` one)."""
-    raw_state = _need(h, prefix + "channelstate")
+    state_key, channel, uniqueid, cid_num, cid_name, line_num, line_name, linkedid = _BLOCK[prefix]
+    state = _STATES.get(h.get(state_key, ""))
+    if state is None:  # not one of the plain numbers: say what is wrong with it
+        state = _odd_state(_need(h, state_key))
+    name = _need(h, channel)
+    dialed = True if prefix else leg_origin(_HOW.get(event, event), state, name,
+                                            h.get("application", ""))  # fmt: skip
+    return ChannelSeen(
+        _need(h, uniqueid),
+        name,
+        state,
+        _known(h.get(cid_num, "")),
+        _known(h.get(cid_name, "")),
+        _known(h.get(line_num, "")),
+        _known(h.get(line_name, "")),
+        h.get(linkedid, ""),
+        dialed,
+    )
+
+
+def _odd_state(raw_state: str) -> ChannelState:
     if not raw_state.isdigit():
         raise _Malformed(f"ChannelState {raw_state!r} is not a number")
     try:
-        state = ChannelState(int(raw_state))
+        return ChannelState(int(raw_state))
     except ValueError:
         raise _Malformed(f"unknown ChannelState {raw_state}") from None
-    name = _need(h, prefix + "channel")
-    how = {"coreshowchannel": "listed", "newchannel": "created"}.get(event, event)
-    dialed = True if prefix else leg_origin(how, state, name, h.get("application", ""))
-    return ChannelSeen(
-        uniqueid=_need(h, prefix + "uniqueid"),
-        name=name,
-        state=state,
-        caller_num=_known(h, prefix + "calleridnum"),
-        caller_name=_known(h, prefix + "calleridname"),
-        connected_num=_known(h, prefix + "connectedlinenum"),
-        connected_name=_known(h, prefix + "connectedlinename"),
-        linkedid=h.get(prefix + "linkedid", ""),
-        dialed=dialed,
-    )
 
 
 def leg_origin(how: str, state: ChannelState, name: str, application: str) -> bool | None:
@@ -171,8 +204,7 @@ def _need(h: dict[str, str], key: str) -> str:
     return value
 
 
-def _known(h: dict[str, str], key: str) -> str:
-    value = h.get(key, "")
+def _known(value: str) -> str:
     return "" if value == "<unknown>" else value
 
 
