@@ -103,10 +103,19 @@ def device_key(device: str) -> str:
     return f"{tech.casefold()}{sep}{resource}"
 
 
-def _device_of_channel(name: str) -> str:
-    # "PJSIP/202-00000008" → "pjsip/202"; the suffix after the last "-" is Asterisk's sequence.
+def device_of_channel(name: str) -> str:
+    """A channel's device, normalized: "PJSIP/202-00000008" → "pjsip/202" (the suffix after
+    the last "-" is Asterisk's sequence)."""
     base = name.rpartition("-")[0] if "-" in name.partition("/")[2] else name
     return device_key(base)
+
+
+def hint_devices(hint: str) -> tuple[str, ...]:
+    """The devices a hint names, normalized, without repeats:
+    "PJSIP/202&Custom:DND202,CustomPresence:202" → ("pjsip/202", "custom:DND202")."""
+    return tuple(
+        dict.fromkeys(device_key(d) for d in hint.partition(",")[0].split("&") if d.strip())
+    )
 
 
 class CallTracker:
@@ -195,7 +204,7 @@ class CallTracker:
         ch.epoch = self._epoch
         ch.ring_expired = False  # Asterisk speaks of it: its word counts again
         if ev.name and ev.name != ch.name:
-            device = _device_of_channel(ev.name)
+            device = device_of_channel(ev.name)
             if device != ch.device:
                 dirty |= self._extens_of(ch.device)
                 self._index_device(ch, device)
@@ -298,10 +307,7 @@ class CallTracker:
         exten = ev.exten
         if not self._watchable(exten):
             return set()
-        # "PJSIP/202&Custom:DND202,CustomPresence:202": devices before the presence part.
-        devices = tuple(
-            dict.fromkeys(device_key(d) for d in ev.hint.partition(",")[0].split("&") if d.strip())
-        )
+        devices = hint_devices(ev.hint)
         old = self._hints.get(exten, ())
         if exten in self._hints and old == devices:
             return set()

@@ -417,10 +417,12 @@ class TricklingAsterisk:
         "Linkedid: 1795400000.0\r\n"
     )
 
-    def __init__(self, piece: int = 3) -> None:
+    def __init__(self, piece: int = 3, hints: Mapping[str, str] | None = None) -> None:
         self.piece = piece
+        self.hints = dict(hints or {})  # exten → hint, listed by ExtensionStateList
         self.port = 0
         self.actions: list[str] = []
+        self.getvar_channels: list[str] = []
         self.writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
         self._writing = asyncio.Lock()  # one message at a time, however slowly
@@ -458,19 +460,44 @@ class TricklingAsterisk:
                 block, _, buffer = buffer.partition(b"\r\n\r\n")
                 action = dict(line.split(": ", 1) for line in block.decode().split("\r\n"))
                 self.actions.append(action["Action"])
+                if action["Action"] == "Getvar":
+                    self.getvar_channels.append(action["Channel"])
                 await self.send(writer, self._answer(action))
+
+    @staticmethod
+    def ringing_leg(channel: str, uniqueid: str) -> str:
+        """A live Newstate of a leg Asterisk dialled, now ringing."""
+        return (
+            f"Event: Newstate\r\nPrivilege: call,all\r\nChannel: {channel}\r\nChannelState: 5\r\n"
+            f"ChannelStateDesc: Ringing\r\nCallerIDNum: 201\r\nConnectedLineNum: 201\r\n"
+            f"Uniqueid: {uniqueid}\r\nLinkedid: 1795400000.0\r\n\r\n"
+        )
+
+    @staticmethod
+    def extension_status(exten: str, hint: str, action_id: str = "") -> str:
+        """An ExtensionStatus: live, or with ``action_id`` an ExtensionStateList item."""
+        head = f"ActionID: {action_id}\r\n" if action_id else "Privilege: call,all\r\n"
+        return (
+            f"Event: ExtensionStatus\r\n{head}Exten: {exten}\r\nContext: internal\r\n"
+            f"Hint: {hint}\r\nStatus: 0\r\nStatusText: Idle\r\n\r\n"
+        )
 
     def _answer(self, action: dict[str, str]) -> str:
         name, aid = action["Action"], action["ActionID"]
         if name in ("DeviceStateList", "ExtensionStateList", "CoreShowChannels"):
             items = ""
+            count = 0
             if name == "CoreShowChannels":
                 items = f"Event: CoreShowChannel\r\nActionID: {aid}\r\n{self.RINGING_LEG}"
                 items += "Application: AppDial\r\nApplicationData: (Outgoing Line)\r\n\r\n"
+                count = 1
+            elif name == "ExtensionStateList":
+                items = "".join(self.extension_status(*hint, aid) for hint in self.hints.items())
+                count = len(self.hints)
             return (
                 f"Response: Success\r\nActionID: {aid}\r\nEventList: start\r\n"
                 f"Message: will follow\r\n\r\n{items}Event: {name}Complete\r\n"
-                f"ActionID: {aid}\r\nEventList: Complete\r\nListItems: {int(bool(items))}\r\n\r\n"
+                f"ActionID: {aid}\r\nEventList: Complete\r\nListItems: {count}\r\n\r\n"
             )
         if name == "Getvar":
             value = {"CONNECTEDLINE(pres)": "allowed_not_screened"}.get(
@@ -529,6 +556,63 @@ async def test_shutdown_from_asterisk_reconnects() -> None:
         finally:
             await source.stop()
             await asyncio.wait_for(task, WAIT)
+
+
+@asynccontextmanager
+async def bridged(pbx: TricklingAsterisk) -> AsyncIterator[tuple[AmiSource, Collector]]:
+    got = Collector()
+    source = AmiSource("127.0.0.1", pbx.port, "bridge", "secret", got, backoff_min=0.05)
+    task = asyncio.create_task(source.run())
+    try:
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        yield source, got
+    finally:
+        await source.stop()
+        await asyncio.wait_for(task, WAIT)
+
+
+async def ring(pbx: TricklingAsterisk, got: Collector, *legs: str) -> None:
+    """Ring ``legs`` live, one after another, and wait until the last one is delivered."""
+    for channel in legs:
+        await pbx.send(pbx.writers[-1], pbx.ringing_leg(channel, f"1795400100.{channel}"))
+    last = f"1795400100.{legs[-1]}"
+    await got.until(lambda evs: any(isinstance(e, ChannelSeen) and e.uniqueid == last
+                                    for e in evs))  # fmt: skip
+
+
+async def test_only_legs_of_hinted_devices_are_asked_for_their_ids() -> None:
+    # Asterisk reads its hint devices without regard to case; so does the filter.
+    hints = {"202": "PJSIP/202&Custom:dnd202", "203": "pjsip/203,CustomPresence:203"}
+    async with TricklingAsterisk(piece=4096, hints=hints) as pbx, bridged(pbx) as (_, got):
+        # The listed ringing leg (to 202) comes after the hints in the resync: asked about.
+        assert pbx.getvar_channels == ["PJSIP/202-00000001"] * 4
+        # A call between two devices no hint names: no BLF key can show it, nothing is asked.
+        await ring(pbx, got, "PJSIP/305-0000000b", "PJSIP/203-0000000c")
+        assert pbx.getvar_channels[4:] == ["PJSIP/203-0000000c"] * 4
+        ids = [e for e in got.events if isinstance(e, LegIds)]
+        assert [i.call_id.rpartition("-of-")[2] for i in ids] == [
+            "PJSIP/202-00000001", "PJSIP/203-0000000c"
+        ]  # fmt: skip
+        # A hint learnt live counts from its place in the stream on; one that changes
+        # (202 now PJSIP/999) keeps naming what it named until the next resync.
+        await pbx.send_all(pbx.extension_status("305", "PJSIP/305"))
+        await pbx.send_all(pbx.extension_status("202", "PJSIP/999"))
+        await ring(pbx, got, "PJSIP/306-0000000d", "PJSIP/305-0000000e", "PJSIP/202-0000000f")
+        assert pbx.getvar_channels[8:] == ["PJSIP/305-0000000e"] * 4 + ["PJSIP/202-0000000f"] * 4
+
+
+async def test_before_any_hint_every_ringing_leg_is_asked_for_its_ids() -> None:
+    hints = {"202": "PJSIP/202"}
+    async with TricklingAsterisk(piece=4096, hints=hints) as pbx, bridged(pbx) as (_, got):
+        await ring(pbx, got, "PJSIP/305-0000000b")
+        assert "PJSIP/305-0000000b" not in pbx.getvar_channels
+        # After a reconnect to an Asterisk without hints, nothing is left of the old ones.
+        pbx.hints.clear()
+        await pbx.send_all("Event: Shutdown\r\nPrivilege: system,all\r\nShutdown: Cleanly\r\n\r\n")
+        await got.count(ResyncFinished, 2)
+        await ring(pbx, got, "PJSIP/305-0000000c", "PJSIP/306-0000000d")
+        assert pbx.getvar_channels[-8:] == ["PJSIP/305-0000000c"] * 4 + ["PJSIP/306-0000000d"] * 4
+        assert pbx.actions.count("Login") == 2
 
 
 def test_only_events_nobody_reads_are_passed_over_unread() -> None:

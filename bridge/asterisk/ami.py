@@ -14,9 +14,13 @@ event read before a list answer is older than that snapshot and one read after i
 applying both in arrival order is exact, where holding live events back until the lists are done
 would let a stale event (say, Ringing) override the fresher snapshot (Up). Nothing is dropped.
 A ChannelSeen that needs the leg's SIP ids (``needs_ids``) waits at its place in the stream for
-its three Getvars (sent at once, bounded by ``getvar_timeout``); its LegIds goes out just before
-it and everything after it waits behind it. Events are handed over in batches (everything read
-while the delivering task was busy), never out of that order.
+its four Getvars (sent at once, bounded by ``getvar_timeout``); its LegIds goes out just before
+it and everything after it waits behind it. Once the stream has named any hint, only legs of a
+hinted device are asked about: no BLF key can show the others, and their Getvars were most of
+the bridge's work under load. The hints are learnt from the stream itself (ExtensionStatus, live
+and listed), so that decision is exact at each event's place, whatever the tracker has got yet.
+Events are handed over in batches (everything read while the delivering task was busy), never
+out of that order.
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ from bridge.events import (
     ChannelGone,
     ChannelSeen,
     EndpointGroups,
+    ExtensionHint,
     LegIds,
     ResyncFinished,
     ResyncStarted,
     SourceLost,
 )
 from bridge.pickup import parse_groups
+from bridge.tracker import device_of_channel, hint_devices
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,18 @@ def _header(message: Any, name: str, default: str = "") -> str:
     than all of them for the four answers of every ringing leg."""
     value = default if message is None else message.get(name, default)
     return str((value[0] if value else "") if isinstance(value, list) else value)
+
+
+def _hint_devices(hint: str) -> list[str]:
+    """The devices a hint names, keyed as ``_leg_device`` keys a leg's device."""
+    # Read as the tracker reads them, then casefolded whole: a leg fetched for needlessly
+    # costs a Getvar, one wrongly skipped costs the pickup.
+    return [device.casefold() for device in hint_devices(hint)]
+
+
+def _leg_device(channel: str) -> str:
+    """A channel's device ("PJSIP/202-0000001a" -> "pjsip/202"), as the tracker derives it."""
+    return device_of_channel(channel).casefold()
 
 
 class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk has no type hints
@@ -271,6 +289,9 @@ class AmiSource:
         self.synced = asyncio.Event()  # set once ResyncFinished has been delivered
         self._queue = OrderedEvents(on_event)
         self._ids: dict[str, IdsTask] = {}
+        # Devices named by a hint on this connection, learnt in stream order: only a leg of one
+        # can ever show on a BLF key. Empty (no hint seen yet): every leg is worth its ids.
+        self._hinted: set[str] = set()
         self._conn: _Connection | None = None
         self._stopping = asyncio.Event()
         self._announced = False  # ResyncStarted sent and no SourceLost since
@@ -339,6 +360,7 @@ class AmiSource:
             )
             return False
         self._ids.clear()
+        self._hinted.clear()  # the resync's ExtensionStateList names them again
         login_action = {"Action": "Login", "Username": self._username, "Secret": self._secret}
         conn.login_id, login = conn.send({**login_action, "Events": self._events})
         done, _ = await asyncio.wait([login], timeout=self._connect_timeout)
@@ -453,13 +475,27 @@ class AmiSource:
                 task = self._ids.pop(event.uniqueid, None)
                 if task is not None and not task.done():
                     task.cancel()
+            elif isinstance(event, ExtensionHint):
+                # Only added to: a hint that changes keeps its old devices until the next resync.
+                self._hinted.update(_hint_devices(event.hint))
             ids = None
-            if isinstance(event, ChannelSeen) and needs_ids(event) and self._conn is not None:
+            if (
+                isinstance(event, ChannelSeen)
+                and needs_ids(event)
+                and self._conn is not None
+                and self._worth_ids(event)
+            ):
                 ids = self._ids.get(event.uniqueid)
                 if ids is None or (ids.done() and ids_result(ids) is None):
                     ids = asyncio.create_task(self._fetch_ids(self._conn, event))
                     self._ids[event.uniqueid] = ids
             self._queue.add(event, ids)
+
+    def _worth_ids(self, leg: ChannelSeen) -> bool:
+        """Whether a BLF key could show this leg, so that its four Getvars are worth sending."""
+        # Decided when the leg's event is read: a leg already ringing when a hint first names
+        # its device shows no pickup ids unless a later event of that leg arrives (accepted).
+        return not self._hinted or _leg_device(leg.name) in self._hinted
 
     async def _fetch_ids(self, conn: _Connection, leg: ChannelSeen) -> LegIds | None:
         """The Getvars of a leg, in flight at once (never Status: it can deadlock)."""
