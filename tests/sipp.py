@@ -218,15 +218,7 @@ class SippWatcher:
     async def finish(self) -> SippResult:
         """Wait for SIPp to end by itself (killing it after `timeout`) and read its trace."""
         assert self._process is not None, "start() first"
-        try:
-            output, _ = await asyncio.wait_for(self._process.communicate(), self.timeout + 5)
-        except TimeoutError:
-            self._process.kill()
-            output, _ = await self._process.communicate()
-        trace = Path(self._dir.name) / "messages.log"
-        messages = parse_trace(trace.read_bytes()) if trace.exists() else []
-        returncode = self._process.returncode
-        return SippResult(-1 if returncode is None else returncode, messages, output.decode())
+        return await _finished(self._process, Path(self._dir.name), self.timeout)
 
     async def __aenter__(self) -> SippWatcher:
         await self.start()
@@ -238,10 +230,7 @@ class SippWatcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._process is not None and self._process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
-            await self._process.wait()
+        await _ended(self._process)
         self._dir.cleanup()
 
 
@@ -276,19 +265,29 @@ class SippPhone:
     async def finish(self) -> SippResult:
         """Wait for SIPp to end by itself and read its trace."""
         assert self._process is not None
-        try:
-            output, _ = await asyncio.wait_for(self._process.communicate(), self.timeout + 5)
-        except TimeoutError:
-            self._process.kill()
-            output, _ = await self._process.communicate()
-        trace = Path(self._dir.name) / "messages.log"
-        messages = parse_trace(trace.read_bytes()) if trace.exists() else []
-        code = self._process.returncode
-        return SippResult(-1 if code is None else code, messages, output.decode())
+        return await _finished(self._process, Path(self._dir.name), self.timeout)
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._process is not None and self._process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
-            await self._process.wait()
+        await _ended(self._process)
         self._dir.cleanup()
+
+
+async def _finished(process: asyncio.subprocess.Process, workdir: Path, limit: float) -> SippResult:
+    """SIPp's result once it ends by itself (killed ``limit`` + 5 s on), with its trace."""
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), limit + 5)
+    except TimeoutError:
+        process.kill()
+        output, _ = await process.communicate()
+    trace = workdir / "messages.log"
+    messages = parse_trace(trace.read_bytes()) if trace.exists() else []
+    code = process.returncode
+    return SippResult(-1 if code is None else code, messages, output.decode())
+
+
+async def _ended(process: asyncio.subprocess.Process | None) -> None:
+    """Kill SIPp if it still runs, and reap it."""
+    if process is not None and process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
