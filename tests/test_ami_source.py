@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeGuard
 
 import pytest
+from source_events import WAIT, Collector, Events
 
 from bridge.asterisk.ami import AmiSource, _ignorable
 from bridge.asterisk.ami_events import needs_ids, to_events
@@ -23,7 +24,6 @@ from bridge.events import (
     ChannelSeen,
     ChannelState,
     DeviceStateChanged,
-    EndpointGroups,
     ExtensionHint,
     LegIds,
     ResyncFinished,
@@ -35,37 +35,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "asterisk-22.10.1"
 CSV = (FIXTURES / "pickup-replaces" / "replaces.csv").read_text().splitlines()[1].split(";")
 PICKUP_IDS = LegIds("1795325554.8", *CSV)
 RINGING_DONE = event_matches(Event="DialState", DestChannel="PJSIP/202-00000008")
-WAIT = 5.0
-
-Events = list[AsteriskEvent]
-
-
-class Collector:
-    """The on_event callback: records and lets a test await a condition on what arrived."""
-
-    def __init__(self) -> None:
-        self.events: Events = []
-        self.groups: list[EndpointGroups] = []
-        self._tick = asyncio.Event()
-
-    def __call__(self, event: AsteriskEvent) -> None:
-        # The pickup groups are read in the background after each sync; they interleave with
-        # call events in no fixed order, so they are kept apart (test_pickup_groups_*).
-        if isinstance(event, EndpointGroups):
-            self.groups.append(event)
-        else:
-            self.events.append(event)
-        self._tick.set()
-        self._tick = asyncio.Event()
-
-    async def until(self, predicate: Callable[[Events], bool]) -> Events:
-        async with asyncio.timeout(WAIT):
-            while not predicate(self.events):
-                await self._tick.wait()
-        return self.events
-
-    async def count(self, kind: type, n: int = 1) -> Events:
-        return await self.until(lambda evs: sum(isinstance(e, kind) for e in evs) >= n)
 
 
 @pytest.fixture
