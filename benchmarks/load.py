@@ -722,9 +722,8 @@ class BridgeProcess:
     async def start(self) -> None:
         """Start the process (it then connects to the fake Asterisk on its own)."""
         args = ["run", *(a for s in self.settings for a in ("--set", s))]
-        prefix = ["-m", "bridge"]
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, *prefix, *args, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
+            sys.executable, "-m", "bridge", *args, cwd=ROOT, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=self._stderr,
         )  # fmt: skip
         if self.profile:

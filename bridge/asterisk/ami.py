@@ -67,20 +67,20 @@ BANNER = b"Asterisk Call Manager/"  # Asterisk's first line, with the protocol v
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
 
 
+def _first(value: Any) -> str:
+    """A header value of a panoramisk Message: a repeated header (a list) keeps its first."""
+    return str((value[0] if value else "") if isinstance(value, list) else value)
+
+
 def _headers(message: Any) -> dict[str, str]:
-    """panoramisk's untyped Message as plain headers; a repeated header keeps its first value."""
-    out: dict[str, str] = {}
-    for key, value in message.items():
-        first = (value[0] if value else "") if isinstance(value, list) else value
-        out[str(key)] = str(first)
-    return out
+    """panoramisk's untyped Message as plain headers."""
+    return {str(key): _first(value) for key, value in message.items()}
 
 
 def _header(message: Any, name: str, default: str = "") -> str:
     """One header of a panoramisk Message (None: no answer), as ``_headers`` reads it; cheaper
     than all of them for the four answers of every ringing leg."""
-    value = default if message is None else message.get(name, default)
-    return str((value[0] if value else "") if isinstance(value, list) else value)
+    return _first(default if message is None else message.get(name, default))
 
 
 def _hint_devices(hint: str) -> list[str]:
