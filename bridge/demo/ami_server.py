@@ -14,15 +14,17 @@ the call still bridged) get a *synthesized* Hangup, DeviceStateChange and Extens
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from bridge.asterisk.ami_events import parse_frames
 
@@ -94,6 +96,38 @@ class Scenario:
         hi = self.events[self.position].t if self.position < len(self.events) else math.inf
         fits = [a for a in self.answers.get(action, []) if lo <= a.t < hi]
         return fits[-1] if fits else None
+
+
+class _Timed(Protocol):
+    @property
+    def t(self) -> float: ...
+
+
+_E = TypeVar("_E", bound=_Timed)
+_E_co = TypeVar("_E_co", bound=_Timed, covariant=True)
+
+
+class Replay(Protocol[_E_co]):
+    """A recording being replayed: its events in recorded order, how many are already sent."""
+
+    position: int
+
+    @property
+    def events(self) -> Sequence[_E_co]: ...
+
+
+async def paced(replay: Replay[_E], speed: float) -> AsyncGenerator[_E, None]:
+    """The replay's events from where it stands, each counted as sent when handed out and
+    spaced by its recorded gap to the one before, divided by ``speed`` (0: no waiting). The
+    position is read afresh for each event, so a rewind meanwhile is followed."""
+    previous = replay.events[replay.position - 1].t if replay.position else None
+    while replay.position < len(replay.events):
+        event = replay.events[replay.position]
+        gap = event.t - previous if previous is not None and speed > 0 else 0.0
+        await asyncio.sleep(max(gap, 0.0) / (speed or 1.0))
+        previous = event.t
+        replay.position += 1
+        yield event
 
 
 def bundled_recordings() -> Path:
@@ -453,16 +487,11 @@ class RecordedAmiServer:
         """Emit the scenario's events from where it stands; with ``until``, stop right after the
         first matching event (call again to continue). Spaced by ``speed``."""
         sc = self._current = self.scenarios[scenario]
-        previous = sc.events[sc.position - 1].t if sc.position else None
-        while sc.position < len(sc.events):
-            event = sc.events[sc.position]
-            gap = event.t - previous if previous is not None and self.speed > 0 else 0.0
-            await asyncio.sleep(max(gap, 0.0) / (self.speed or 1.0))
-            previous = event.t
-            sc.position += 1
-            self._emit(event.headers)
-            if until is not None and until(event.headers):
-                return
+        async with contextlib.aclosing(paced(sc, self.speed)) as events:
+            async for event in events:
+                self._emit(event.headers)
+                if until is not None and until(event.headers):
+                    return
 
     async def loop_forever(
         self, scenarios: Sequence[str] | None = None, pause: float = 3.0, rounds: int | None = None

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from aiohttp import BasicAuth, web
 
-from bridge.demo.ami_server import Getvars, load_endpoints, load_scenario
+from bridge.demo.ami_server import Getvars, load_endpoints, load_scenario, paced
 from bridge.pickup import parse_groups
 
 log = logging.getLogger(__name__)
@@ -267,17 +267,11 @@ class RecordedAriServer:
     async def play(self, scenario: str, *, until: EventPredicate | None = None) -> None:
         """Emit the scenario's events from where it stands; with ``until``, stop right after the
         first matching event (call again to continue). Spaced by ``speed``."""
-        sc = self.scenarios[scenario]
-        previous = sc.events[sc.position - 1].t if sc.position else None
-        while sc.position < len(sc.events):
-            recorded = sc.events[sc.position]
-            gap = recorded.t - previous if previous is not None and self.speed > 0 else 0.0
-            await asyncio.sleep(max(gap, 0.0) / (self.speed or 1.0))
-            previous = recorded.t
-            sc.position += 1
-            await self.emit(recorded.event)
-            if until is not None and until(recorded.event):
-                return
+        async with contextlib.aclosing(paced(self.scenarios[scenario], self.speed)) as events:
+            async for recorded in events:
+                await self.emit(recorded.event)
+                if until is not None and until(recorded.event):
+                    return
 
     async def loop_forever(self, pause: float = 3.0, rounds: int | None = None) -> None:
         """Demo mode: every scenario in turn, each ended clean, forever (or ``rounds`` times)."""
