@@ -639,3 +639,13 @@ def test_two_phones_or_two_resources_are_separate_watchers() -> None:
     b.subscribed(call_id="three", from_tag="c", branch="z9hG4bK-3", resource="203")
     assert sorted(w.call_id for w in b.n.watchers("202")) == ["one", "two"]
     assert b.n.stats().subscriptions == 3
+
+
+def test_retransmitted_request_without_call_id_gets_the_same_400() -> None:
+    b = Bridge()
+    broken = subscribe(drop=("Call-ID",))
+    b.n.receive(broken, PHONE, 0.0)
+    (first,) = b.n.outgoing()
+    assert parse_message(first[0]).status == 400
+    b.n.receive(broken, PHONE, 0.5)
+    assert b.n.outgoing() == [first]  # the same random To tag: it was cached, not answered anew

@@ -334,7 +334,7 @@ class Notifier:
             self._answer(_Exchange(req, peer, now, None), Answer(admission.status,
                                                                  admission.headers))  # fmt: skip
             return
-        sent = self._answers.get(key, req.headers.get("i"))
+        sent = self._answers.get(key, req.headers.get("i") or "")
         if sent is not None:  # a retransmission: the same answer again, nothing new
             if sent.data:
                 self._out.append((sent.data, peer))

@@ -145,7 +145,7 @@ class ResponseCache:
             (top.branch, top.host, top.port, req.method, headers.get("i"), headers.get("CSeq"))
         )
 
-    def get(self, key: int, call_id: str | None) -> SentAnswer | None:
+    def get(self, key: int, call_id: str) -> SentAnswer | None:
         """The answer already sent for this request, if still cached."""
         sent = self._current.get(key) or self._previous.get(key)
         return sent if sent is not None and sent.call_id == call_id else None
