@@ -98,10 +98,30 @@ class HoldChanged:
 
 @dataclass(frozen=True, slots=True)
 class DeviceStateChanged:
-    """A device's aggregate state (DeviceStateChange), e.g. ``PJSIP/202`` → ``RINGING``."""
+    """A device's aggregate state (DeviceStateChange; ARI DeviceStateChanged), e.g.
+    ``Custom:DND201`` → ``BUSY``: the state of every hint device that is not a channel."""
 
     device: str
-    state: str
+    state: str  # Asterisk's name: NOT_INUSE, INUSE, BUSY, RINGING, RINGINUSE, ONHOLD, …
+
+
+@dataclass(frozen=True, slots=True)
+class CallParked:
+    """A call waits in a parking space (ParkedCall, also listed by the ParkedCalls action)."""
+
+    space: str  # e.g. "701", what a ``park:701@<context>`` hint names
+    uniqueid: str  # the parked channel
+    caller_num: str = ""
+    caller_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallUnparked:
+    """A parked call left its space: retrieved, timed out or hung up (UnParkedCall,
+    ParkedCallTimeOut, ParkedCallGiveUp)."""
+
+    space: str
+    uniqueid: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +175,8 @@ AsteriskEvent = (
     | LegIds
     | HoldChanged
     | DeviceStateChanged
+    | CallParked
+    | CallUnparked
     | ExtensionHint
     | ContactChanged
     | EndpointGroups

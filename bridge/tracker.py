@@ -14,7 +14,9 @@ Decisions (see the recordings in ``tests/fixtures/asterisk-22.10.1``):
   201 holds, the Hold event names ``PJSIP/201-…``, while Asterisk reports the *other* device,
   202, as ONHOLD because it hears the music). The holding side gets ``local_held``, every other
   channel of the same call (same linkedid, or linked by Dial) gets ``remote_held``.
-  DeviceStateChanged is ignored: channel events are the truth.
+  For channel devices DeviceStateChanged is ignored: channel events are the truth. Devices that
+  have no channels (``Custom:``, ``park:``, ``Queue:``…) light their keys from their device
+  states and parked calls (``bridge.hintstate``), next to the channel dialogs of a composite hint.
 - Out-of-order events (ARI) converge: a channel's state only moves forward (Down → Ring(ing) →
   Up), identities are only overwritten by known values, a hangup leaves a bounded tombstone so a
   late event for that channel cannot resurrect it.
@@ -28,6 +30,8 @@ from dataclasses import dataclass, field, replace
 
 from bridge.events import (
     AsteriskEvent,
+    CallParked,
+    CallUnparked,
     ChannelGone,
     ChannelSeen,
     ChannelState,
@@ -41,6 +45,7 @@ from bridge.events import (
     ResyncStarted,
     SourceLost,
 )
+from bridge.hintstate import HintStates, is_channel_device, park_space
 from bridge.model import Dialog, DialogState, Direction, EntityState, PickupIds
 
 # Asterisk writes "<unknown>" for an identity nobody has set; it must never reach a display.
@@ -130,6 +135,7 @@ class CallTracker:
         self._hints: dict[str, tuple[str, ...]] = {}  # watchable exten → device keys
         self._device_extens: dict[str, set[str]] = {}  # device key → watchable extens
         self._states: dict[str, EntityState] = {}  # only entities that differ from idle
+        self._stateful = HintStates()  # devices without channels, parked calls
         self._needing_ids: set[str] = set()
         self._held = 0  # channels on hold; lets the common case skip the partner scan
         self._known = True
@@ -167,8 +173,12 @@ class CallTracker:
         match event:
             case ChannelSeen():
                 dirty = self._on_seen(event, now)
-            case DeviceStateChanged():  # says nothing about which call rings; channels do
-                return set()
+            case DeviceStateChanged():
+                dirty = self._on_device_state(event)
+            case CallParked():
+                dirty = self._on_parked(event)
+            case CallUnparked():
+                dirty = self._extens_of_spaces(self._stateful.unpark(event.uniqueid, event.space))
             case ChannelGone():
                 dirty = self._on_gone(event.uniqueid)
             case DialBegan():
@@ -233,12 +243,39 @@ class CallTracker:
         # and may borrow its caller id.
         return dirty | self._extens_with_peers(ch)
 
+    def _on_device_state(self, ev: DeviceStateChanged) -> set[str]:
+        # A channel device's state says nothing about which call rings; its channels do.
+        device = device_key(ev.device)
+        if not self._stateful.set_state(device, ev.state):
+            return set()
+        return self._extens_of(device)
+
+    def _on_parked(self, ev: CallParked) -> set[str]:
+        if ev.uniqueid in self._tombstones:
+            return set()  # a late word about a call that has hung up
+        num, name = _known_or_empty(ev.caller_num), _known_or_empty(ev.caller_name)
+        if not self._stateful.park(ev.space, ev.uniqueid, num, name, self._epoch):
+            return set()
+        return self._extens_of_spaces({ev.space})
+
+    def _extens_of_spaces(self, spaces: set[str]) -> set[str]:
+        if not spaces:
+            return set()
+        return {
+            exten
+            for device, extens in self._device_extens.items()
+            if park_space(device) in spaces
+            for exten in extens
+        }
+
     def _on_gone(self, uniqueid: str) -> set[str]:
         self._bury(uniqueid)
+        # A parked call that hangs up leaves its space even if Asterisk's word on it is lost.
+        parked_dirty = self._extens_of_spaces(self._stateful.unpark(uniqueid))
         ch = self._channels.pop(uniqueid, None)
         if ch is None:
-            return set()
-        dirty = self._extens_with_peers(ch)
+            return parked_dirty
+        dirty = parked_dirty | self._extens_with_peers(ch)
         if ch.on_hold:
             self._held -= 1
             for partner in self._partners(ch):
@@ -324,6 +361,7 @@ class CallTracker:
             stale = [uid for uid, ch in self._channels.items() if ch.epoch != self._epoch]
             for uid in stale:
                 dirty |= self._on_gone(uid)
+            dirty |= self._extens_of_spaces(self._stateful.sweep(self._epoch))
             self._resyncing = False
         return self._refresh(dirty) | self._set_known(True)
 
@@ -367,14 +405,17 @@ class CallTracker:
         return changed
 
     def _build(self, exten: str) -> EntityState:
+        devices = self._devices_of(exten)
         channels = [
             self._channels[uid]
-            for device in self._devices_of(exten)
+            for device in devices
             for uid in self._device_channels.get(device, ())
         ]
         if len(channels) > 1:
             channels.sort(key=_order)
         dialogs = tuple(d for c in channels if (d := self._dialog(c)) is not None)
+        if not all(map(is_channel_device, devices)):
+            dialogs += self._stateful.dialogs(devices)
         return EntityState(exten, dialogs, self._known)
 
     def _dialog(self, ch: _Channel) -> Dialog | None:

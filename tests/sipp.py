@@ -120,12 +120,7 @@ def parse_trace(text: bytes) -> list[TracedMessage]:
         length = int(headers.get("content-length", ["0"])[0])
         body = rest.encode()[:length]
         direction: Literal["sent", "received"] = "sent" if m.group(2) == "sent" else "received"
-        try:
-            time: float | None = datetime.strptime(
-                stamp.strip(), "%Y-%m-%d %H:%M:%S.%f"
-            ).timestamp()
-        except ValueError:
-            time = None
+        time = _stamp(stamp.strip())
         size = len(head) + 4 + len(body)
         messages.append(
             TracedMessage(
@@ -291,3 +286,15 @@ async def _ended(process: asyncio.subprocess.Process | None) -> None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+
+
+def _stamp(text: str) -> float | None:
+    """A trace block's time: SIPp writes a date, the recordings' own-blf logs epoch seconds."""
+    try:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None

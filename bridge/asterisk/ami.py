@@ -60,7 +60,9 @@ ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(p
 # How the caller is presented to the ringing phone (allowed…, prohib…, unavailable); read in
 # the same batch so a withheld caller is never shown on anybody's key.
 PRESENTATION = "CONNECTEDLINE(pres)"
-RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels")
+# ParkedCalls: who waits in which parking space (res_parking; without it Asterisk answers an
+# error, which ends that list like an empty one).
+RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels", "ParkedCalls")
 CONTACTS_ACTION = "PJSIPShowContacts"  # where phones are registered, for the LED messages
 MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
 BANNER = b"Asterisk Call Manager/"  # Asterisk's first line, with the protocol version
@@ -243,8 +245,10 @@ class _Connection:
         elif action_id in self.lists:
             if "event" not in h and h.get("response") != "Success":
                 message = h.get("message", "")
-                # "No Contacts found" is how Asterisk says an empty list: nothing wrong.
-                level = logging.DEBUG if "found" in message.lower() else logging.WARNING
+                # "No Contacts found" is how Asterisk says an empty list, "Invalid/unknown
+                # command: ParkedCalls" that res_parking is not loaded: nothing wrong.
+                quiet = "found" in message.lower() or "unknown command" in message.lower()
+                level = logging.DEBUG if quiet else logging.WARNING
                 log.log(level, "AMI refused %s: %s", action_id, message)
                 self._list_done(action_id)
             elif h.get("eventlist", "").lower() == "complete":

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 
 from bridge.events import (
     AsteriskEvent,
+    CallParked,
+    CallUnparked,
     ChannelGone,
     ChannelSeen,
     ChannelState,
@@ -45,8 +47,10 @@ _CHANNEL_EVENTS = frozenset(
 # Every event ``to_events`` maps (lower case); any other gives no events.
 MAPPED_EVENTS = _CHANNEL_EVENTS | {
     "hangup", "dialbegin", "dialend", "hold", "unhold", "devicestatechange", "extensionstatus",
-    "contactstatus", "contactlist",
+    "contactstatus", "contactlist", "parkedcall", "unparkedcall", "parkedcalltimeout",
+    "parkedcallgiveup",
 }  # fmt: skip
+_UNPARKED = frozenset({"unparkedcall", "parkedcalltimeout", "parkedcallgiveup"})
 _CONTACT_GONE = frozenset({"removed", "unreachable"})
 _FRAME_END = re.compile(r"\r?\n\r?\n")
 _LINE_END = re.compile(r"\r?\n")
@@ -130,6 +134,12 @@ def _map(h: dict[str, str]) -> list[AsteriskEvent]:
             raise _Malformed(f"Status {status!r} is not a number")
         exten, context, hint = _need(h, "exten"), h.get("context", ""), h.get("hint", "")
         return [ExtensionHint(exten, context, hint, int(status))]
+    if event == "parkedcall":  # also the items of the ParkedCalls action
+        space, uniqueid = _need(h, "parkingspace"), _need(h, "parkeeuniqueid")
+        num, name = h.get("parkeecalleridnum", ""), h.get("parkeecalleridname", "")
+        return [CallParked(space, uniqueid, _known(num), _known(name))]
+    if event in _UNPARKED:
+        return [CallUnparked(_need(h, "parkingspace"), _need(h, "parkeeuniqueid"))]
     if event in ("contactstatus", "contactlist"):
         # ContactStatus says ContactStatus, a ContactList item says Status (both documented).
         status = (h.get("contactstatus") or h.get("status", "")).lower()

@@ -46,7 +46,9 @@ _LISTS = {
     "DeviceStateList": ("DeviceStateChange", "Device State Changes will follow"),
     "ExtensionStateList": ("ExtensionStatus", "Extension Statuses will follow"),
     "CoreShowChannels": ("CoreShowChannel", "Channels will follow"),
+    "ParkedCalls": ("ParkedCall", "Parked calls will follow"),
 }
+_UNPARKED = frozenset({"UnParkedCall", "ParkedCallTimeOut", "ParkedCallGiveUp"})
 _LIST_NAMES = {name.lower(): name for name in _LISTS}
 _ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(pjsip,remote_tag)")
 _MAX_PENDING = 1 << 20
@@ -308,6 +310,7 @@ class _World:
         self.channels: dict[str, Headers] = {}
         self.devices: dict[str, str] = {}
         self.extensions: dict[tuple[str, str], Headers] = {}
+        self.parked: dict[str, Headers] = {}  # parked Uniqueid → its ParkedCall event
         for action in ("devicestatelist", "extensionstatelist"):
             for answer in first.answers.get(action, [])[:1]:
                 for frame in answer.frames:
@@ -322,8 +325,14 @@ class _World:
             self.extensions[(h.get("Exten", ""), h.get("Context", ""))] = {
                 k: h.get(k, "") for k in _EXTENSION_KEYS
             }
+        elif event == "ParkedCall":
+            self.parked[h.get("ParkeeUniqueid", "")] = {k: v for k, v in h.items()
+                                                        if k not in ("Event", "Privilege")}
+        elif event in _UNPARKED:
+            self.parked.pop(h.get("ParkeeUniqueid", ""), None)
         elif event == "Hangup":
             self.channels.pop(uid, None)
+            self.parked.pop(uid, None)
         elif uid and "ChannelState" in h and (event == "Newchannel" or uid in self.channels):
             channel = self.channels.setdefault(uid, {**dict.fromkeys(_SHOWN_KEYS, "")})
             channel.update({k: h.get(k, "") for k in _CHANNEL_KEYS}, Duration="00:00:00")
@@ -339,6 +348,8 @@ class _World:
             return [{"Device": d, "State": s} for d, s in self.devices.items()]
         if action == "ExtensionStateList":
             return [dict(e) for e in self.extensions.values()]
+        if action == "ParkedCalls":
+            return [dict(p) for p in self.parked.values()]
         return [dict(ch) for ch in reversed(self.channels.values())]  # newest first, as Asterisk
 
     def name_of(self, channel: str) -> str | None:
