@@ -361,9 +361,13 @@ class Bridge:
                 app=ari.app,
                 backoff_min=ami.reconnect_min,
                 backoff_max=ami.reconnect_max,
+                hints=self.config.hints,
             )
             self._source_task = asyncio.create_task(self.source.run(), name="ari-source")
             return
+        if self.config.hints:
+            log.warning("[hints] is read only with asterisk.source = \"ari\"; over AMI the keys "
+                        "are Asterisk's own hints (extensions.conf)")  # fmt: skip
         self.source = AmiSource(
             host,
             port,

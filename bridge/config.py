@@ -151,6 +151,8 @@ class Config:
     leds: tuple[LedRule, ...] = ()  # [[led]] rules
     web: ListenAddress | None = ListenAddress("127.0.0.1", 9065)  # panel, /metrics; None: off
     event_loop: str = "auto"  # runtime.event_loop: auto (uvloop if installed), uvloop, asyncio
+    # [hints] exten = "device&device…": the keys ARI cannot list (Asterisk's own under AMI)
+    hints: tuple[tuple[str, str], ...] = ()
 
     @property
     def asterisk_configured(self) -> bool:
@@ -248,7 +250,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML document into a Config."""
     leds = _leds(raw.get("led", []))
-    raw = {k: v for k, v in raw.items() if k != "led"}
+    hints = _hints(raw.get("hints", {}))
+    raw = {k: v for k, v in raw.items() if k not in ("led", "hints")}
     for section, table in raw.items():
         if section not in _SECTIONS:
             raise ConfigError(f"[{section}]: unknown section (known: {', '.join(_SECTIONS)})")
@@ -282,7 +285,30 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     return Config(
         ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store,
         security=security, source=source, ari=ari, leds=leds, web=web, event_loop=event_loop,
+        hints=hints,
     )  # fmt: skip
+
+
+def _hints(t: Any) -> tuple[tuple[str, str], ...]:
+    """``[hints]``: extension → device expression, written as in extensions.conf."""
+    if not isinstance(t, dict):
+        raise ConfigError('hints: must be a table ([hints], e.g. "210" = "Custom:DND201")')
+    out: list[tuple[str, str]] = []
+    for exten, value in t.items():
+        name = str(exten).strip()
+        if not name or any(c in name for c in ' <>"@;:'):
+            raise ConfigError(f"hints.{exten}: {exten!r} is not an extension")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f'hints.{name}: must be a device expression, e.g. "PJSIP/201"')
+        for device in value.partition(",")[0].split("&"):
+            device = device.strip()
+            tech, slash, resource = device.partition("/")
+            prefix, colon, rest = device.partition(":")
+            if not ((slash and tech and resource) or (colon and prefix and rest)) or " " in device:
+                raise ConfigError(f"hints.{name}: {device!r} is not a device (write Tech/resource"
+                                  ' or Prefix:name, joined by "&", e.g. "PJSIP/201&Custom:DND201")')
+        out.append((name, value.strip()))
+    return tuple(out)
 
 
 def _ari(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,26 @@ def test_run_with_a_broken_config_exits_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "sip.domain" in done.stderr
+
+
+def test_hints_table_names_extra_keys_and_rejects_what_is_no_device(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[hints]\n"210" = "Custom:DND201"\n211 = "PJSIP/201&Custom:DND201"\n'
+        '"701" = "park:701@parkedcalls"\n',
+    )
+    assert load(path).hints == (
+        ("210", "Custom:DND201"),
+        ("211", "PJSIP/201&Custom:DND201"),
+        ("701", "park:701@parkedcalls"),
+    )
+    assert load(None, ['hints.212="Queue:sales"']).hints == (("212", "Queue:sales"),)
+    assert load(None).hints == ()
+    for bad, named in [
+        ('"210" = "DND201"', "hints.210: 'DND201' is not a device"),
+        ('"210" = "PJSIP/201&"', "hints.210: '' is not a device"),
+        ('"210" = 7', "hints.210: must be a device expression"),
+        ('"2 10" = "Custom:X"', "hints.2 10: '2 10' is not an extension"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(named)):
+            load(write(tmp_path, f"[hints]\n{bad}\n"))

@@ -25,6 +25,12 @@ Pickup groups. After each sync, in the background, every PJSIP endpoint's ``call
 ``pickup_group`` are read from ARI's dynamic configuration (``GET /ari/asterisk/config/dynamic/
 res_pjsip/endpoint/<name>``, a list of ConfigTuples) and go out as EndpointGroups, like the AMI
 source's PJSIPShowEndpoint. Over a connection where that fails once, they are not asked again.
+
+Hints. ARI lists no hints: every PJSIP endpoint is a key hinted ``PJSIP/<name>``, and the
+configuration's ``[hints]`` add (or redefine) keys with any device expression. ``GET
+/ari/deviceStates`` lists only ARI-controlled ``Stasis:`` devices, so the current state of each
+other device those hints name is read one by one (``GET /ari/deviceStates/<device>``, which asks
+Asterisk's ``ast_device_state``); live changes come as DeviceStateChanged for every device.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from yarl import URL
 from bridge.asterisk.ami_events import needs_ids
 from bridge.asterisk.ari_events import (
     DialPairs,
+    ParkedChannels,
     bridged,
     listed_channel,
     listed_device,
@@ -57,12 +64,15 @@ from bridge.events import (
     ChannelGone,
     ChannelSeen,
     EndpointGroups,
+    ExtensionHint,
     LegIds,
     ResyncFinished,
     ResyncStarted,
     SourceLost,
 )
+from bridge.hintstate import is_channel_device
 from bridge.pickup import parse_groups
+from bridge.tracker import hint_devices
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +175,15 @@ class AriSource:
         request_timeout: float = 5.0,
         ids_timeout: float = 1.0,
         ping_interval: float = 10.0,
+        hints: Sequence[tuple[str, str]] = (),
     ) -> None:
         self._base = _ari_base(url)
+        self._hints = tuple(hints)  # (exten, device expression) from the configuration
+        # The devices of those hints whose state no channel tells, as Asterisk spells them.
+        self._stateful = list(dict.fromkeys(
+            device.strip() for _, hint in self._hints for device in hint.partition(",")[0].split("&")
+            if device.strip() and not is_channel_device(hint_devices(device)[0])
+        ))  # fmt: skip
         self.host = self._base.host or ""
         self.port = self._base.port or 0
         self._username = username
@@ -185,6 +202,7 @@ class AriSource:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._held: list[Batch] | None = None  # events read while a resync is in progress
         self._dials = DialPairs()
+        self._parked = ParkedChannels()
         self._multi: bool | None = None  # does GET …/variables work? None: not known yet
         self._stopping = asyncio.Event()
         self._announced = False  # ResyncStarted sent and no SourceLost since
@@ -267,6 +285,7 @@ class AriSource:
         self._ws, self.connected = ws, True
         self._cancel_ids()
         self._dials = DialPairs()  # a new stream: every Dial in progress is news again
+        self._parked = ParkedChannels()
         self._multi = None  # a restarted Asterisk may be another version
         self._groups_failed = False  # nor may it refuse the configuration API any more
         self._held = []
@@ -344,6 +363,7 @@ class AriSource:
             if isinstance(answer, BaseException):
                 raise answer
         devices, endpoints, bridges, channels = cast(list[list[object]], lists)
+        devices = devices + await self._stateful_devices()
         self._pjsip = _pjsip_names(endpoints)
         in_bridge = bridged(bridges)
         events: list[AsteriskEvent] = []
@@ -351,12 +371,27 @@ class AriSource:
             events += listed_device(device)
         for endpoint in endpoints:
             events += listed_endpoint(endpoint)
+        events += [ExtensionHint(exten, "", hint, 0) for exten, hint in self._hints]
         items = self._items(events, {})
         for channel in channels:
             uid = channel.get("id") if isinstance(channel, Mapping) else None
             seen = listed_channel(channel, in_bridge.get(uid, "") if isinstance(uid, str) else "")
             items += self._items(seen, protocol_ids({"channel": channel}))
         return items
+
+    async def _stateful_devices(self) -> list[object]:
+        """The current state of every stateful device of the configured hints (module
+        docstring); one that cannot be read stays unknown (its key dark) until it changes."""
+        answers = await asyncio.gather(
+            *(self._safe_get(self._base / "deviceStates" / d, {}) for d in self._stateful)
+        )
+        found: list[object] = []
+        for device, answer in zip(self._stateful, answers, strict=True):
+            if answer[0] == 200:
+                found.append(answer[1])
+            else:
+                log.warning("cannot read the state of %s (hints): %s", device, _why(answer))
+        return found
 
     async def _list(self, resource: str) -> list[object]:
         answer = await self._get(self._base / resource, {})
@@ -379,7 +414,7 @@ class AriSource:
         except Exception:  # not JSON, or nested beyond the parser: skip it, keep the stream
             log.warning("unreadable message from ARI skipped: %.80r", text)
             return
-        items = self._items(to_events(msg, self._dials), protocol_ids(msg))
+        items = self._items(to_events(msg, self._dials, self._parked), protocol_ids(msg))
         if self._held is not None:
             self._held += items
         else:

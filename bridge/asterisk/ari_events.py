@@ -18,6 +18,11 @@ understand what Asterisk says on the ``/ari/events`` websocket and in its REST a
 grouping the channels of one call (a hold shows on the other side), comes from bridges instead:
 a channel's ``linkedid`` is the id of the bridge it entered (``ChannelEnteredBridge``; in the
 resync ``GET /ari/bridges``). A ``linkedid`` the channel itself carries would win.
+
+Parked calls: ARI has no ParkedCall event. A parked channel enters its lot's holding bridge
+(``bridge_class`` "parking", named after the lot, not the space) and the space's device
+(``park:<space>@<context>``) turns INUSE right after (recording ``park-retrieve``). ``ParkedCalls``
+pairs the two, oldest waiting channel first; leaving the parking bridge unparks it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from collections.abc import Callable, Mapping
 from bridge.asterisk.ami_events import leg_origin
 from bridge.events import (
     AsteriskEvent,
+    CallParked,
+    CallUnparked,
     ChannelGone,
     ChannelSeen,
     ChannelState,
@@ -37,6 +44,8 @@ from bridge.events import (
     ExtensionHint,
     HoldChanged,
 )
+from bridge.hintstate import park_space
+from bridge.tracker import device_key
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +99,69 @@ class DialPairs:
             del self._pairs[pair]
 
 
-def to_events(msg: object, dials: DialPairs | None = None) -> list[AsteriskEvent]:
+class ParkedChannels:
+    """Which parking space each parked channel is on, told from ARI events (module docstring).
+    Bounded: at most ``limit`` channels are remembered, the oldest dropped first."""
+
+    _IDLE = frozenset({"NOT_INUSE", "UNKNOWN", "UNAVAILABLE", "INVALID"})
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._waiting: dict[str, tuple[str, str]] = {}  # in a parking bridge, space not known
+        self._spaces: dict[str, str] = {}  # channel id → its space
+        self._limit = limit
+
+    def events(self, msg: Mapping[object, object]) -> list[AsteriskEvent]:
+        """The CallParked / CallUnparked an ARI event implies (usually none)."""
+        kind = msg.get("type")
+        if kind == "DeviceStateChanged":
+            return self._space_in_use(msg.get("device_state"))
+        channel = msg.get("channel")
+        uid = channel.get("id") if isinstance(channel, Mapping) else None
+        if not isinstance(channel, Mapping) or not isinstance(uid, str) or not uid:
+            return []
+        if kind == "ChannelDestroyed":
+            self._waiting.pop(uid, None)
+            self._spaces.pop(uid, None)  # the tracker unparks a channel that hangs up
+            return []
+        bridge = msg.get("bridge")
+        parking = isinstance(bridge, Mapping) and bridge.get("bridge_class") == "parking"
+        if kind == "ChannelEnteredBridge" and parking:
+            self._waiting[uid] = _party(channel.get("caller"))
+            while len(self._waiting) > self._limit:
+                del self._waiting[next(iter(self._waiting))]
+        elif kind == "ChannelLeftBridge" and parking:
+            self._waiting.pop(uid, None)
+            space = self._spaces.pop(uid, None)
+            return [CallUnparked(space, uid)] if space else []
+        return []
+
+    def _space_in_use(self, obj: object) -> list[AsteriskEvent]:
+        if not isinstance(obj, Mapping) or not self._waiting:
+            return []
+        space = park_space(device_key(_text(obj, "name")))
+        if space is None or _text(obj, "state").upper() in self._IDLE:
+            return []
+        uid = next(iter(self._waiting))
+        num, name = self._waiting.pop(uid)
+        self._spaces[uid] = space
+        while len(self._spaces) > self._limit:
+            del self._spaces[next(iter(self._spaces))]
+        return [CallParked(space, uid, num, name)]
+
+
+def to_events(
+    msg: object, dials: DialPairs | None = None, parked: ParkedChannels | None = None
+) -> list[AsteriskEvent]:
     """Map one ARI event to normalized events; unknown or malformed events give ``[]``.
 
     With ``dials``, a Dial still in progress is reported only the first time for its pair.
+    With ``parked``, parked calls are told (before the device state that reveals their space).
     """
     try:
         if not isinstance(msg, Mapping):
             raise _Malformed("not a JSON object")
+        if parked is not None:
+            return parked.events(msg) + _map(msg, dials)
         return _map(msg, dials)
     except _Malformed as exc:
         log.debug("dropping malformed ARI event %s: %s", _type_of(msg), exc)

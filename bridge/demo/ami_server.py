@@ -494,6 +494,11 @@ class RecordedAmiServer:
         """Start a scenario over from its first event."""
         self.scenarios[scenario].position = 0
 
+    def select(self, scenario: str) -> None:
+        """Answer actions from this scenario's recording from now on (``play`` selects its
+        scenario too): a client that logs in next is resynced as Asterisk was before it."""
+        self._current = self.scenarios[scenario]
+
     async def play(self, scenario: str, *, until: EventPredicate | None = None) -> None:
         """Emit the scenario's events from where it stands; with ``until``, stop right after the
         first matching event (call again to continue). Spaced by ``speed``."""

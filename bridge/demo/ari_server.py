@@ -216,6 +216,7 @@ class RecordedAriServer:
         app.router.add_get("/ari/channels/{id}/variable", self._variable)
         app.router.add_get("/ari/channels/{id}/variables", self._variables)
         app.router.add_get("/ari/deviceStates", self._device_states)
+        app.router.add_get("/ari/deviceStates/{name}", self._device_state)
         app.router.add_get("/ari/endpoints", self._endpoints)
         app.router.add_get("/ari/bridges", self._bridges)
         app.router.add_get(
@@ -404,6 +405,11 @@ class RecordedAriServer:
 
     async def _device_states(self, request: web.Request) -> web.StreamResponse:
         return web.json_response([{"name": d, "state": s} for d, s in self._world.devices.items()])
+
+    async def _device_state(self, request: web.Request) -> web.StreamResponse:
+        # Asterisk answers any name, with UNKNOWN for a device nobody has set.
+        name = request.match_info["name"]
+        return web.json_response({"name": name, "state": self._world.devices.get(name, "UNKNOWN")})
 
     async def _endpoints(self, request: web.Request) -> web.StreamResponse:
         answer = []
