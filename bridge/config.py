@@ -300,8 +300,8 @@ def _hints(t: Any) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"hints.{exten}: {exten!r} is not an extension")
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f'hints.{name}: must be a device expression, e.g. "PJSIP/201"')
-        for device in value.partition(",")[0].split("&"):
-            device = device.strip()
+        for written in value.partition(",")[0].split("&"):
+            device = written.strip()
             tech, slash, resource = device.partition("/")
             prefix, colon, rest = device.partition(":")
             if not ((slash and tech and resource) or (colon and prefix and rest)) or " " in device:

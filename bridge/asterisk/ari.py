@@ -180,9 +180,9 @@ class AriSource:
         self._base = _ari_base(url)
         self._hints = tuple(hints)  # (exten, device expression) from the configuration
         # The devices of those hints whose state no channel tells, as Asterisk spells them.
+        named = (d.strip() for _, hint in self._hints for d in hint.partition(",")[0].split("&"))
         self._stateful = list(dict.fromkeys(
-            device.strip() for _, hint in self._hints for device in hint.partition(",")[0].split("&")
-            if device.strip() and not is_channel_device(hint_devices(device)[0])
+            d for d in named if d and not is_channel_device(hint_devices(d)[0])
         ))  # fmt: skip
         self.host = self._base.host or ""
         self.port = self._base.port or 0
