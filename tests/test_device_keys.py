@@ -7,7 +7,7 @@ bridge, SIPp watchers on 210 (``Custom:DND201``), 211 (``PJSIP/201&Custom:DND201
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
@@ -28,7 +28,7 @@ from test_app import (
 )
 
 from bridge.app import Bridge
-from bridge.demo.ami_server import RecordedAmiServer
+from bridge.demo.ami_server import RecordedAmiServer, event_matches
 from bridge.demo.ari_server import RecordedAriServer
 
 KEYS = {"device-states": ("210", "211"), "park-retrieve": ("701",)}
@@ -103,3 +103,49 @@ async def test_keys_light_when_asterisks_own_blf_did(source: str, scenario: str)
             }
             target = parked[0].find("d:remote/d:target", NS)
             assert target is not None and target.get("uri") == f"sip:701@{DOMAIN}"
+
+
+async def first_key_state(bridge: Bridge, exten: str) -> tuple[str, list[etree._Element]]:
+    """What a watcher that subscribes now is told first."""
+    async with SippWatcher(exten, bridge.bound("udp"), idle_ms=500) as watcher:
+        result = await watcher.finish()
+    first = check_notify_sequence(result, exten)[0]
+    return key_state(first.body), dialogs(first)
+
+
+@pytest.mark.parametrize("source", ["ami", "ari"])
+async def test_a_bridge_that_connects_late_finds_the_device_states_and_parked_calls(
+    source: str,
+) -> None:
+    async with AsyncExitStack() as stack:
+        if source == "ami":
+            ami = await stack.enter_async_context(RecordedAmiServer(RECORDINGS, speed=0))
+            await ami.play("device-states", until=event_matches(State="RINGINUSE"))
+            await ami.play("park-retrieve", until=event_matches(Event="ParkedCall"))
+            bridge = await stack.enter_async_context(running_bridge(ami))
+        else:
+            ari = await stack.enter_async_context(RecordedAriServer(RECORDINGS, speed=0))
+            await ari.play("device-states", until=device_is("Custom:DND201", "RINGINUSE"))
+            await ari.play("park-retrieve", until=device_is("park:701@parkedcalls", "INUSE"))
+            bridge = await stack.enter_async_context(running_over_ari(ari, *HINTS))
+        # Ringing while in use: Asterisk's own BLF says confirmed (own-blf-210.log).
+        assert (await first_key_state(bridge, "210"))[0] == "confirmed"
+        assert (await first_key_state(bridge, "211"))[0] == "confirmed"
+        state, (parked,) = await first_key_state(bridge, "701")
+        assert state == "confirmed"
+        caller = parked.find("d:remote/d:identity", NS)
+        if source == "ami":  # ParkedCalls lists who waits there
+            assert caller is not None and caller.get("display") == "Phone 201"
+        else:  # ARI tells a parked call only as it is parked: a late bridge sees the space busy
+            assert caller is None
+
+
+def device_is(device: str, state: str) -> Callable[[Mapping[str, object]], bool]:
+    def matches(event: Mapping[str, object]) -> bool:
+        found = event.get("device_state")
+        return isinstance(found, Mapping) and (found.get("name"), found.get("state")) == (
+            device,
+            state,
+        )
+
+    return matches

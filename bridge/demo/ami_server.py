@@ -303,18 +303,26 @@ def load_recordings(directory: Path) -> dict[str, Scenario]:
     return {p.name: load_scenario(p) for p in folders}
 
 
+def _hints_listed(scenario: Scenario) -> int:
+    answers = scenario.answers.get("extensionstatelist", [])[:1]
+    return sum(f.get("Event") == "ExtensionStatus" for a in answers for f in a.frames)
+
+
 class _World:
     """What the replayed Asterisk has up now: channels, device and extension states."""
 
-    def __init__(self, first: Scenario) -> None:
+    def __init__(self, scenarios: Iterable[Scenario]) -> None:
         self.channels: dict[str, Headers] = {}
         self.devices: dict[str, str] = {}
         self.extensions: dict[tuple[str, str], Headers] = {}
         self.parked: dict[str, Headers] = {}  # parked Uniqueid → its ParkedCall event
-        for action in ("devicestatelist", "extensionstatelist"):
-            for answer in first.answers.get(action, [])[:1]:
-                for frame in answer.frames:
-                    self.apply(frame)
+        # Every device and hint any recording listed at its start: newer recordings were made
+        # on a PBX with more hints (210, 211, 701), which the older ones never name.
+        for scenario in scenarios:
+            for action in ("devicestatelist", "extensionstatelist"):
+                for answer in scenario.answers.get(action, [])[:1]:
+                    for frame in answer.frames:
+                        self.apply(frame)
         self.baseline = (dict(self.devices), dict(self.extensions))
 
     def apply(self, h: Mapping[str, str]) -> None:
@@ -443,8 +451,10 @@ class RecordedAmiServer:
         self.before_answer: Callable[[Mapping[str, str]], Awaitable[None]] | None = None
         self.log: list[tuple[str, str, str]] = []  # (recv|send|event, action/event, id/client)
         self.logins: list[Headers] = []
-        self._current = next(iter(self.scenarios.values()))
-        self._world = _World(self._current)
+        # Until a scenario is played (or selected), actions get the answers of the recording
+        # that lists the most hints at its start: the fullest view of the recorded PBX.
+        self._current = max(self.scenarios.values(), key=_hints_listed)
+        self._world = _World(self.scenarios.values())
         self._clients: set[_Client] = set()
         self._numbers = itertools.count(1)
         self._server: asyncio.Server | None = None
