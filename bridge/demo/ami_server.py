@@ -9,6 +9,8 @@ where it stands now (no event between the recorded answer and the current positi
 the answer is built from what the replay has put up so far (``_World``). The same state lets the
 demo loop end every round clean: channels a recording leaves up (``pickup-replaces`` ends with
 the call still bridged) get a *synthesized* Hangup, DeviceStateChange and ExtensionStatus.
+Each round of the demo loop after the first renames the calls' identifiers (``rounds``), so
+that a bridge takes the second round for new calls, not for late news of the first.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from bridge.asterisk.ami_events import parse_frames
+from bridge.demo.rounds import RoundIds
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +458,7 @@ class RecordedAmiServer:
         # that lists the most hints at its start: the fullest view of the recorded PBX.
         self._current = max(self.scenarios.values(), key=_hints_listed)
         self._world = _World(self.scenarios.values())
+        self._ids = RoundIds(0)  # the demo loop's current round
         self._clients: set[_Client] = set()
         self._numbers = itertools.count(1)
         self._server: asyncio.Server | None = None
@@ -515,7 +519,7 @@ class RecordedAmiServer:
         sc = self._current = self.scenarios[scenario]
         async with contextlib.aclosing(paced(sc, self.speed)) as events:
             async for event in events:
-                self._emit(event.headers)
+                self._emit(self._ids.ami(event.headers))
                 if until is not None and until(event.headers):
                     return
 
@@ -525,7 +529,8 @@ class RecordedAmiServer:
         """Demo mode: play the scenarios one after another, end each clean, forever (or
         ``rounds`` times)."""
         names = list(scenarios or self.scenarios)
-        for _ in itertools.count() if rounds is None else range(rounds):
+        for number in itertools.count() if rounds is None else range(rounds):
+            self._ids = RoundIds(number)
             for name in names:
                 self.rewind(name)
                 await self.play(name)
@@ -610,7 +615,7 @@ class RecordedAmiServer:
         if action in _LIST_NAMES:
             recorded = self._current.answer_in_place(action)
             if recorded is not None:
-                return list(recorded.frames)
+                return [self._ids.ami(frame) for frame in recorded.frames]
             name = _LIST_NAMES[action]
             item, message = _LISTS[name]
             items = [{"Event": item, **i} for i in self._world.items(name)]
@@ -686,7 +691,8 @@ class RecordedAmiServer:
         name = self._world.name_of(channel) if channel else ""
         if name is None:
             return {"Response": "Error", "Message": "No such channel"}
-        values = (sc.getvars.get((name, variable)) for sc in self.scenarios.values())
+        recorded = self._ids.recorded_channel(name)
+        values = (sc.getvars.get((recorded, variable)) for sc in self.scenarios.values())
         # A function Asterisk cannot evaluate still gets a Success with an empty Value.
-        value = next((v for v in values if v is not None), "")
+        value = self._ids.variable(variable, next((v for v in values if v is not None), ""))
         return {"Response": "Success", "Variable": variable, "Value": value}

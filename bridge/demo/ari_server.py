@@ -27,13 +27,14 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import BasicAuth, web
 
 from bridge.demo.ami_server import Getvars, load_endpoints, load_scenario, paced
+from bridge.demo.rounds import RoundIds
 from bridge.pickup import parse_groups
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class RecordedAriServer:
         self.log: list[tuple[str, str]] = []  # (recv|send|event|closed, path or event type)
         self.logins: list[tuple[str, bool]] = []  # websocket handshakes: (username, accepted)
         self._world = _World()
+        self._ids = RoundIds(0)  # the demo loop's current round (bridge.demo.rounds)
         self._clients: set[_Client] = set()
         self._numbers = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -270,15 +272,19 @@ class RecordedAriServer:
         first matching event (call again to continue). Spaced by ``speed``."""
         async with contextlib.aclosing(paced(self.scenarios[scenario], self.speed)) as events:
             async for recorded in events:
-                await self.emit(recorded.event)
+                await self.emit(self._ids.ari(recorded.event))
                 if until is not None and until(recorded.event):
                     return
 
-    async def loop_forever(self, pause: float = 3.0, rounds: int | None = None) -> None:
-        """Demo mode: every scenario in turn, each ended clean, forever (or ``rounds`` times)."""
+    async def loop_forever(
+        self, pause: float = 3.0, rounds: int | None = None, scenarios: Sequence[str] = ()
+    ) -> None:
+        """Demo mode: every scenario (or those named) in turn, each ended clean, forever (or
+        ``rounds`` times); each round with fresh call identifiers (bridge.demo.rounds)."""
         done = 0
         while rounds is None or done < rounds:
-            for name in self.scenarios:
+            self._ids = RoundIds(done)
+            for name in scenarios or self.scenarios:
                 self.rewind(name)
                 await self.play(name)
                 for event in self._world.cleanup():
@@ -398,9 +404,10 @@ class RecordedAriServer:
 
     def _value(self, channel: str, variable: str) -> str | None:
         """A variable's value; a function Asterisk cannot evaluate still reads as empty."""
+        recorded = self._ids.recorded_channel(channel)
         for sc in self.scenarios.values():
-            if (value := sc.getvars.get((channel, variable))) is not None:
-                return value
+            if (value := sc.getvars.get((recorded, variable))) is not None:
+                return self._ids.variable(variable, value)
         return "" if variable.endswith(")") else None
 
     async def _device_states(self, request: web.Request) -> web.StreamResponse:
