@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bridge.model import Dialog, DialogState, Direction
+from bridge.model import DEVICE_STATE_DIALOG, Dialog, DialogState, Direction
 
 # ast_devstate_aggregate's order of precedence (main/devicestate.c, state_order[]).
 _PRECEDENCE = {
@@ -38,7 +38,6 @@ _PRECEDENCE = {
 }
 _IN_USE = frozenset({"INUSE", "ONHOLD", "BUSY"})
 _CONFIRMED = frozenset({"INUSE", "BUSY", "ONHOLD", "RINGINUSE"})
-DEVICE_DIALOG = "devstate"  # the id of a device-state dialog (one per key at most)
 
 
 def is_channel_device(device: str) -> bool:
@@ -72,10 +71,10 @@ def aggregate(states: Iterable[str]) -> str:
 def device_dialog(state: str) -> Dialog | None:
     """The one dialog a key shows for an aggregate device state (None: the key is dark)."""
     if state in _CONFIRMED:
-        return Dialog(DEVICE_DIALOG, Direction.RECIPIENT, DialogState.CONFIRMED,
+        return Dialog(DEVICE_STATE_DIALOG, Direction.RECIPIENT, DialogState.CONFIRMED,
                       local_held=state == "ONHOLD")  # fmt: skip
     if state == "RINGING":
-        return Dialog(DEVICE_DIALOG, Direction.RECIPIENT, DialogState.EARLY)
+        return Dialog(DEVICE_STATE_DIALOG, Direction.RECIPIENT, DialogState.EARLY)
     return None
 
 

@@ -17,6 +17,10 @@ class Direction(StrEnum):
     RECIPIENT = "recipient"  # a call to the entity
 
 
+# The id of the one dialog a key gets from device states (``Custom:DND201``), not a channel.
+DEVICE_STATE_DIALOG = "devstate"
+
+
 class DialogState(StrEnum):
     """RFC 4235 dialog states the bridge reports."""
 
@@ -73,6 +77,9 @@ class EntityState:
 
 
 def _describe(dialog: Dialog) -> str:
+    if dialog.id == DEVICE_STATE_DIALOG:
+        busy = "on hold" if dialog.local_held else "in use"
+        return f"{'ringing' if dialog.state is DialogState.EARLY else busy} (device state)"
     party = _party(dialog)
     if dialog.state is DialogState.EARLY and dialog.direction is Direction.RECIPIENT:
         ids = "pickup ids ready" if dialog.pickup is not None else "no pickup ids"

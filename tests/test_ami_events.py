@@ -19,6 +19,8 @@ from bridge.asterisk.ami_events import (
 )
 from bridge.events import (
     AsteriskEvent,
+    CallParked,
+    CallUnparked,
     ChannelGone,
     ChannelSeen,
     ChannelState,
@@ -272,3 +274,14 @@ def test_needs_ids_only_for_dialled_ringing_pjsip_legs() -> None:
     assert not needs_ids(ChannelSeen("1.8", "PJSIP/202-00000008", ChannelState.RINGING))
     assert not needs_ids(ChannelSeen("1.8", "PJSIP/202-00000008", ChannelState.UP, dialed=True))
     assert not needs_ids(ChannelSeen("1.8", "Local/202@x-1;1", ChannelState.RINGING, dialed=True))
+
+
+def test_parked_calls_live_and_listed() -> None:
+    events = [e for e in mapped("park-retrieve") if isinstance(e, CallParked | CallUnparked)]
+    parked = CallParked("701", "1796290418.81", "201", "Phone 201")
+    # Parked live, listed again by the second ParkedCalls, then taken by 203.
+    assert events == [parked, parked, CallUnparked("701", "1796290418.81")]
+    for name in ("ParkedCallTimeOut", "ParkedCallGiveUp"):
+        msg = {"Event": name, "ParkingSpace": "702", "ParkeeUniqueid": "9.1"}
+        assert to_events(msg) == [CallUnparked("702", "9.1")]
+    assert to_events({"Event": "ParkedCall", "ParkingSpace": "701"}) == []  # whose call?

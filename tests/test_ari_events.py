@@ -19,6 +19,7 @@ from bridge.asterisk.ami_events import needs_ids
 from bridge.asterisk.ari_events import (
     STATE_NAMES,
     DialPairs,
+    ParkedChannels,
     bridged,
     listed_channel,
     listed_device,
@@ -29,6 +30,8 @@ from bridge.asterisk.ari_events import (
 from bridge.demo.ami_server import load_scenario
 from bridge.events import (
     AsteriskEvent,
+    CallParked,
+    CallUnparked,
     ChannelGone,
     ChannelSeen,
     ChannelState,
@@ -445,3 +448,26 @@ def test_shuffled_arrivals_converge(scenario: str, seed: int) -> None:
     for _ in range(3):
         rng.shuffle(prefix)
         assert final(prefix) == expected, prefix
+
+
+def test_a_parked_call_is_told_by_the_space_that_turns_busy_after_it_enters_the_lot() -> None:
+    parked = ParkedChannels()
+    events = [e for event in raw("park-retrieve") for e in to_events(event, None, parked)]
+    found = [e for e in events if isinstance(e, CallParked | CallUnparked)]
+    assert found == [
+        CallParked("701", "1796290418.81", "201", "Phone 201"),
+        CallUnparked("701", "1796290418.81"),
+    ]
+    busy = DeviceStateChanged("park:701@parkedcalls", "INUSE")
+    assert events.index(found[0]) == events.index(busy) - 1  # the caller before the state
+    # A space that turns busy with nobody waiting in a lot, or a device that is no space.
+    assert ParkedChannels().events({"type": "DeviceStateChanged",
+                                    "device_state": {"name": "park:702@x", "state": "INUSE"}}) == []
+    lonely = ParkedChannels()
+    entered = first("park-retrieve", "ChannelEnteredBridge")
+    assert lonely.events(entered) == []
+    assert lonely.events({"type": "DeviceStateChanged",
+                          "device_state": {"name": "Custom:DND201", "state": "BUSY"}}) == []
+    assert lonely.events({"type": "ChannelDestroyed", "channel": entered["channel"]}) == []
+    assert lonely.events({"type": "DeviceStateChanged",
+                          "device_state": {"name": "park:701@parkedcalls", "state": "INUSE"}}) == []
