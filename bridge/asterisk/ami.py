@@ -203,6 +203,7 @@ class _Connection:
         self.awaiting_actions: deque[Any] = deque()  # required by AMIProtocol, stays empty
         self.login_id = ""
         self.lists: set[str] = set()  # ActionIDs of resync lists not complete yet
+        self.list_names: dict[str, str] = {}  # ActionID → action, for the log
         self._inflight: set[asyncio.Future[Any]] = set()
 
     def send(
@@ -249,7 +250,8 @@ class _Connection:
                 # command: ParkedCalls" that res_parking is not loaded: nothing wrong.
                 quiet = "found" in message.lower() or "unknown command" in message.lower()
                 level = logging.DEBUG if quiet else logging.WARNING
-                log.log(level, "AMI refused %s: %s", action_id, message)
+                log.log(level, "AMI refused %s: %s", self.list_names.get(action_id, action_id),
+                        message)  # fmt: skip
                 self._list_done(action_id)
             elif h.get("eventlist", "").lower() == "complete":
                 self._list_done(action_id)
@@ -418,6 +420,7 @@ class AmiSource:
         for action in actions:  # pipelined: Asterisk answers them in order
             action_id, _ = conn.send({"Action": action})
             conn.lists.add(action_id)
+            conn.list_names[action_id] = action
 
     def _finish_resync(self, conn: _Connection) -> None:
         def synced() -> None:
