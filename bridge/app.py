@@ -51,6 +51,8 @@ from bridge.web.server import start_web
 log = logging.getLogger("bridge")
 
 DEMO_PAUSE = 3.0  # seconds of quiet between two replayed calls in the demo loop
+# The recordings of keys that follow device states (DND, FreePBX hint, park slot): after the calls.
+DEMO_KEYS_LAST = frozenset({"device-states", "park-retrieve"})
 # Settings a running bridge cannot take over: they need new sockets or another store file.
 RESTART_ONLY = (
     "sip.udp", "sip.tcp", "sip.tls", "sip.tls_certificate", "sip.tls_key",
@@ -289,6 +291,8 @@ class Bridge:
             )
             self.notifier.other_responses = self._led_response
         self._start_source()
+        if self.demo_pbx is not None:  # plays once the source is in sync (_demo_loop)
+            self._tasks.append(asyncio.create_task(self._demo_loop(), name="demo-pbx"))
         if self.store is not None:
             self._tasks.append(asyncio.create_task(self._flush_store(), name="store"))
         if self.config.web is not None:
@@ -322,8 +326,8 @@ class Bridge:
         self.demo_pbx = RecordedAmiServer(
             bundled_recordings(), username="demo", secret=secrets.token_hex(16)
         )
+        self.demo_pbx.select_fullest()  # the panel shows every key from the start
         await self.demo_pbx.start()
-        self._tasks.append(asyncio.create_task(self._demo_loop(), name="demo-pbx"))
 
     def _open_store(self) -> None:
         path = self.config.store.path
@@ -495,8 +499,11 @@ class Bridge:
         return config
 
     async def _demo_loop(self) -> None:
-        assert self.demo_pbx is not None
-        await self.demo_pbx.loop_forever(pause=DEMO_PAUSE)
+        assert self.demo_pbx is not None and self.source is not None
+        # Played once the bridge knows every key (select_fullest), the calls first.
+        await self.source.synced.wait()
+        names = sorted(self.demo_pbx.scenarios, key=lambda name: name in DEMO_KEYS_LAST)
+        await self.demo_pbx.loop_forever(names, pause=DEMO_PAUSE)
 
     async def _flush_store(self) -> None:
         """Write what changed, in one transaction per interval, off the event loop."""

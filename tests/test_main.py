@@ -94,8 +94,9 @@ async def test_status_command_prints_what_the_running_bridge_sees(tmp_path: Path
     text = output.decode()
     assert status.returncode == 0, text
     assert text.splitlines()[0] == "bridge: ok"
+    # Every kind of key from the first sync: phones, a DND key, FreePBX's hint, a park slot.
     assert [line.split()[0] for line in text.splitlines()[1:]] == [
-        "201", "202", "203", "204", "205", "206"
+        "201", "202", "203", "204", "205", "206", "210", "211", "701"
     ]  # fmt: skip
 
 

@@ -454,9 +454,7 @@ class RecordedAmiServer:
         self.before_answer: Callable[[Mapping[str, str]], Awaitable[None]] | None = None
         self.log: list[tuple[str, str, str]] = []  # (recv|send|event, action/event, id/client)
         self.logins: list[Headers] = []
-        # Until a scenario is played (or selected), actions get the answers of the recording
-        # that lists the most hints at its start: the fullest view of the recorded PBX.
-        self._current = max(self.scenarios.values(), key=_hints_listed)
+        self._current = next(iter(self.scenarios.values()))  # see select()
         self._world = _World(self.scenarios.values())
         self._ids = RoundIds(0)  # the demo loop's current round
         self._clients: set[_Client] = set()
@@ -512,6 +510,12 @@ class RecordedAmiServer:
         """Answer actions from this scenario's recording from now on (``play`` selects its
         scenario too): a client that logs in next is resynced as Asterisk was before it."""
         self._current = self.scenarios[scenario]
+
+    def select_fullest(self) -> None:
+        """Select the recording that lists the most hints at its start, the fullest view of the
+        recorded PBX (the older recordings were made before it had hints 210, 211, 701): what
+        the demo's bridge should see at its first login."""
+        self._current = max(self.scenarios.values(), key=_hints_listed)
 
     async def play(self, scenario: str, *, until: EventPredicate | None = None) -> None:
         """Emit the scenario's events from where it stands; with ``until``, stop right after the
