@@ -118,7 +118,8 @@ def test_a_new_registration_resends_every_light_and_refusals_back_off() -> None:
     ((_, data),) = clock.drain()
     clock.answer(data)
     clock.now = 1.0
-    clock.c.contact("203", "sip:203@10.0.0.7:5099", 1.0)  # rebooted, back on another port
+    clock.c.contact("203", "sip:203@10.0.0.7", 1.0, reachable=False)  # rebooted: unregistered,
+    clock.c.contact("203", "sip:203@10.0.0.7:5099", 1.0)  # and back on another port
     ((to, again),) = clock.drain()
     assert to == ("10.0.0.7", 5099) and keys_of(again) == keys_of(data)
     clock.answer(again, 486)
@@ -182,6 +183,12 @@ async def led_bridge(server: RecordedAmiServer, tmp_path: Path) -> AsyncIterator
         await bridge.stop()
 
 
+def contact_status(aor: str, uri: str, status: str = "NonQualified") -> dict[str, str]:
+    """A ContactStatus event as Asterisk 22 sends it (``registrations`` recording)."""
+    return {"Event": "ContactStatus", "Privilege": "system,all", "URI": uri,
+            "ContactStatus": status, "AOR": aor, "EndpointName": aor, "RoundtripUsec": "0"}  # fmt: skip
+
+
 def bodies(messages: list[TracedMessage]) -> list[str]:
     received = [m for m in messages if m.direction == "received" and m.method == "MESSAGE"]
     return [m.body.decode() for m in received]
@@ -189,11 +196,14 @@ def bodies(messages: list[TracedMessage]) -> list[str]:
 
 async def test_keys_follow_asterisk_and_a_reregistration_relights_them(tmp_path: Path) -> None:
     async with RecordedAmiServer(RECORDINGS, speed=0) as server, SippPhone(idle_ms=1500) as phone:
-        server.contacts["203"] = f"sip:203@127.0.0.1:{phone.port}"
-        server.contacts["204"] = "sip:204@127.0.0.1:9"  # nobody there: must not hold 203 up
+        server.static_contacts.clear()  # only the phones registered here
+        server.emit(contact_status("203", f"sip:203@127.0.0.1:{phone.port}"))
+        server.emit(contact_status("204", "sip:204@127.0.0.1:9"))  # nobody: must not hold 203 up
         async with led_bridge(server, tmp_path) as bridge:
             assert bridge.leds is not None
-            confirmed = bridge.leds.phones["203"].confirmed
+            await eventually(lambda: bool(bridge.leds and bridge.leds.phones["203"].contacts))
+            (first,) = bridge.leds.phones["203"].contacts.values()
+            confirmed = first.confirmed
             await eventually(lambda: len(confirmed) == 2)  # the first MESSAGE, both keys
             dnd = {"Event": "DeviceStateChange", "Privilege": "call,all",
                    "Device": "Custom:DND201", "State": "INUSE"}  # fmt: skip
@@ -202,23 +212,20 @@ async def test_keys_follow_asterisk_and_a_reregistration_relights_them(tmp_path:
             await server.play("ring-cancel", until=HINT_202_RINGING)
             await eventually(lambda: confirmed[3].light == "pickup")
             moved = f"sip:203@127.0.0.1:{phone.port};ob"
-            reregistered = {
-                "Event": "ContactStatus", "Privilege": "system,all", "URI": moved,
-                "ContactStatus": "Reachable", "AOR": "203", "EndpointName": "203",
-            }  # fmt: skip
-            server.emit(reregistered)
-            at_203 = bridge.leds.phones["203"]
-            await eventually(lambda: at_203.uri == moved and at_203.in_flight is None)
+            server.emit(contact_status("203", moved, "Reachable"))
+            at_203 = bridge.leds.phones["203"].contacts
+            await eventually(lambda: moved in at_203 and at_203[moved].in_flight is None)
             result = await phone.finish()
             # 204 never answers: its MESSAGE is still being retransmitted (the unit test above
             # follows it into the growing back-off) while 203 got every change at once.
-            assert bridge.leds.phones["204"].in_flight is not None
+            (at_204,) = bridge.leds.phones["204"].contacts.values()
+            assert at_204.in_flight is not None
     got = bodies(result.messages)
     assert got == [
         "k=2\r\nc=off\r\nn=*76201\r\na=invite\r\nl=DND 201\r\n\r\nk=3\r\nc=off\r\nl=202\r\n",
         "k=2\r\nc=on\r\nn=*76201\r\na=invite\r\nl=DND 201\r\n",
         "k=3\r\nc=pickup\r\nl=202\r\n",
-        # re-registered: every key again, as it is now
+        # registered anew (a second contact, on the same socket): every key, as it is now
         "k=2\r\nc=on\r\nn=*76201\r\na=invite\r\nl=DND 201\r\n\r\nk=3\r\nc=pickup\r\nl=202\r\n",
     ], got
 

@@ -21,6 +21,11 @@ Call-ID is the channel's ``protocol_id``, the tags (and the caller's presentatio
 one multi-variable GET (Asterisk 22.10+) or, where that does not work, single-variable GETs all
 in flight at once; the LegIds goes out just before the ChannelSeen, bounded by ``ids_timeout``.
 
+Contacts (for the LED rules). ARI lists no registrations, but an AOR's configuration
+(``GET /ari/asterisk/config/dynamic/res_pjsip/aor/<name>``) has one ``contact`` tuple per
+contact, static and registered alike: the snapshot reads that of every AOR it is asked about
+(``contacts``); ``ContactStatusChange`` events follow each change after that.
+
 Pickup groups. After each sync, in the background, every PJSIP endpoint's ``call_group`` and
 ``pickup_group`` are read from ARI's dynamic configuration (``GET /ari/asterisk/config/dynamic/
 res_pjsip/endpoint/<name>``, a list of ConfigTuples) and go out as EndpointGroups, like the AMI
@@ -43,6 +48,7 @@ from yarl import URL
 from bridge.asterisk.ami_events import needs_ids
 from bridge.asterisk.ari_events import (
     DialPairs,
+    aor_contacts,
     bridged,
     listed_channel,
     listed_device,
@@ -73,6 +79,7 @@ PRESENTATION = "CONNECTEDLINE(pres)"  # allowed…, prohib…, unavailable: a wi
 ID_NAMES = (LOCAL_TAG, REMOTE_TAG, PRESENTATION)
 GROUP_QUERIES = 16  # configuration GETs in flight at once while reading pickup groups
 ENDPOINT_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "endpoint")
+AOR_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "aor")
 
 Answer = tuple[int, object]  # HTTP status, decoded JSON body (None if there was none)
 Groups = tuple[frozenset[int], frozenset[int]]  # call groups, pickup groups
@@ -165,6 +172,7 @@ class AriSource:
         request_timeout: float = 5.0,
         ids_timeout: float = 1.0,
         ping_interval: float = 10.0,
+        contacts: Sequence[str] = (),
     ) -> None:
         self._base = _ari_base(url)
         self.host = self._base.host or ""
@@ -194,6 +202,8 @@ class AriSource:
         self._groups: asyncio.Task[None] | None = None
         self._groups_failed = False  # reading groups failed on this connection: not again
         self._groups_problem = ""  # the last one logged: the same again only at debug level
+        self._contact_aors = tuple(dict.fromkeys(contacts))  # AORs whose contacts a sync reads
+        self._contact_problems: set[str] = set()  # logged at warning level once each
 
     async def run(self) -> None:
         """Connect, resync and stream events until ``stop()`` or cancellation."""
@@ -351,12 +361,32 @@ class AriSource:
             events += listed_device(device)
         for endpoint in endpoints:
             events += listed_endpoint(endpoint)
+        for found in await asyncio.gather(*(self._aor_contacts(a) for a in self._contact_aors)):
+            events += found
         items = self._items(events, {})
         for channel in channels:
             uid = channel.get("id") if isinstance(channel, Mapping) else None
             seen = listed_channel(channel, in_bridge.get(uid, "") if isinstance(uid, str) else "")
             items += self._items(seen, protocol_ids({"channel": channel}))
         return items
+
+    async def _aor_contacts(self, aor: str) -> list[AsteriskEvent]:
+        """Every contact of one AOR; none (and a warning, once) when it cannot be read."""
+        url = self._base.joinpath(*AOR_CONFIG, urllib.parse.quote(aor, safe=""), encoded=True)
+        try:
+            answer = await self._safe_get(url, {})
+        except TimeoutError:  # aiohttp's total timeout is no ClientError
+            answer = 0, {"message": f"no answer in {self._request_timeout:g} s"}
+        if answer[0] == 200:
+            return aor_contacts(aor, answer[1])
+        if answer[0] == 404:
+            problem = f"led: Asterisk has no PJSIP AOR {aor!r}: {_why(answer)}"
+        else:
+            problem = f"cannot read the contacts of {aor} over ARI: {_why(answer)}"
+        level = logging.DEBUG if problem in self._contact_problems else logging.WARNING
+        log.log(level, "%s (GET /ari/%s/%s)", problem, "/".join(AOR_CONFIG), aor)
+        self._contact_problems.add(problem)
+        return []
 
     async def _list(self, resource: str) -> list[object]:
         answer = await self._get(self._base / resource, {})

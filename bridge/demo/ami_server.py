@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from bridge.asterisk.ami_events import parse_frames
+from bridge.demo.contacts import Registrations, static_contacts
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,11 @@ class Scenario:
     getvars: Getvars
     booted: list[Headers]  # FullyBooted, sent right after a successful login
     position: int = 0
+
+    def registrations(self) -> Registrations:
+        """Who was registered as the recording begins: its first ``PJSIPShowContacts`` answer."""
+        answers = self.answers.get("pjsipshowcontacts", [])
+        return Registrations(answers[0].frames if answers else ())
 
     def answer_in_place(self, action: str) -> RecordedAnswer | None:
         """The latest recorded answer taken between the last sent and the next unsent event."""
@@ -361,8 +367,10 @@ class _World:
             if state != idle:
                 out.append({"Event": "DeviceStateChange", **call, "Device": device, "State": idle})
         for key, ext in self.extensions.items():
-            if key in extensions and ext != extensions[key]:
-                out.append({"Event": "ExtensionStatus", **call, **extensions[key]})
+            # A hint the first scenario did not list (device-states' 210) ends idle too.
+            idle = extensions.get(key, {**ext, "Status": "0", "StatusText": "Idle"})
+            if ext != idle:
+                out.append({"Event": "ExtensionStatus", **call, **idle})
         return out
 
 
@@ -415,13 +423,12 @@ class RecordedAmiServer:
         # Endpoint options (call_group, pickup_group, …) as PJSIPShowEndpoint reports them;
         # tests may change them.
         self.endpoints = load_endpoints(folder / "asterisk-etc" / "pjsip.conf")
-        # Where each AOR's phone is registered (the static contacts of the recorded PBX);
-        # tests move phones by changing this and emitting a ContactStatus event.
-        self.contacts = {
-            name: opts["contact"]
-            for name, opts in load_objects(folder / "asterisk-etc" / "pjsip.conf", "aor").items()
-            if opts.get("contact")
-        }
+        # Every AOR's static contacts (the recorded PBX's), and its registrations (see
+        # bridge.demo.contacts); tests change the first, and register phones by emitting
+        # ContactStatus events.
+        self.static_contacts = static_contacts(
+            load_objects(folder / "asterisk-etc" / "pjsip.conf", "aor")
+        )
         if not self.scenarios:
             raise ValueError(f"no ami-wire.jsonl recordings under {recordings}")
         self.host, self.port = host, port
@@ -434,6 +441,7 @@ class RecordedAmiServer:
         self.logins: list[Headers] = []
         self._current = next(iter(self.scenarios.values()))
         self._world = _World(self._current)
+        self.registered = self._current.registrations()
         self._clients: set[_Client] = set()
         self._numbers = itertools.count(1)
         self._server: asyncio.Server | None = None
@@ -483,6 +491,12 @@ class RecordedAmiServer:
         """Start a scenario over from its first event."""
         self.scenarios[scenario].position = 0
 
+    def select(self, scenario: str) -> None:
+        """Make a scenario the current one before anyone logs in: the answers of a login are
+        then its recorded ones, and the phones registered are the ones it lists."""
+        self._current = self.scenarios[scenario]
+        self.registered = self._current.registrations()
+
     async def play(self, scenario: str, *, until: EventPredicate | None = None) -> None:
         """Emit the scenario's events from where it stands; with ``until``, stop right after the
         first matching event (call again to continue). Spaced by ``speed``."""
@@ -514,6 +528,7 @@ class RecordedAmiServer:
 
     def _emit(self, event: Mapping[str, str]) -> None:
         self._world.apply(event)
+        self.registered.apply_ami(event)
         for client in self._clients:
             if client.wants(event):
                 client.send([event])
@@ -598,7 +613,9 @@ class RecordedAmiServer:
         if action == "pjsipshowendpoints":
             return self._endpoint_list()
         if action == "pjsipshowcontacts":
-            return self._contact_list()
+            return self.registered.contact_list()
+        if action == "pjsipshowaors":
+            return self.registered.aor_list(self.static_contacts)
         if action == "pjsipshowendpoint":
             return self._endpoint_detail(frame.get("Endpoint", ""))
         name = frame.get("Action", "")
@@ -618,20 +635,6 @@ class RecordedAmiServer:
              "Message": "A listing of Endpoints follows, presented as EndpointList events"},
             *items,
             {"Event": "EndpointListComplete", "EventList": "Complete",
-             "ListItems": str(len(items))},
-        ]  # fmt: skip
-
-    def _contact_list(self) -> list[Headers]:
-        if not self.contacts:  # as Asterisk: an error, not an empty list
-            return [{"Response": "Error", "Message": "No Contacts found"}]
-        items = [{"Event": "ContactList", "ObjectType": "contact", "ObjectName": f"{aor};@x",
-                  "Uri": uri, "Aor": aor, "Endpoint": aor, "Status": "NonQualified"}
-                 for aor, uri in self.contacts.items()]  # fmt: skip
-        return [
-            {"Response": "Success", "EventList": "start",
-             "Message": "A listing of Contacts follows, presented as ContactList events"},
-            *items,
-            {"Event": "ContactListComplete", "EventList": "Complete",
              "ListItems": str(len(items))},
         ]  # fmt: skip
 
