@@ -19,6 +19,7 @@ from bridge.asterisk.ami_events import needs_ids
 from bridge.asterisk.ari_events import (
     STATE_NAMES,
     DialPairs,
+    aor_contacts,
     bridged,
     listed_channel,
     listed_device,
@@ -32,6 +33,7 @@ from bridge.events import (
     ChannelGone,
     ChannelSeen,
     ChannelState,
+    ContactChanged,
     DeviceStateChanged,
     DialBegan,
     DialEnded,
@@ -445,3 +447,25 @@ def test_shuffled_arrivals_converge(scenario: str, seed: int) -> None:
     for _ in range(3):
         rng.shuffle(prefix)
         assert final(prefix) == expected, prefix
+
+
+# --- contacts (LED rules) -----------------------------------------------------------------
+
+
+def test_contact_changes_and_an_aors_contacts_as_asterisk_22_reports_them() -> None:
+    changes = [ev for msg in raw("contacts") for ev in to_events(msg)]
+    assert changes == [
+        ContactChanged("204", "sip:204@127.0.0.1:5094", True, "204"),
+        ContactChanged("203", "sip:203@127.0.0.1:5093", False, "203"),
+        ContactChanged("204", "sip:204@127.0.0.1:5094", False, "204"),
+    ]
+    # GET /ari/asterisk/config/dynamic/res_pjsip/aor/203: the registered and the static one.
+    tuples = json.loads((RECORDINGS / "contacts" / "ari-aor-203.json").read_text())
+    assert aor_contacts("203", tuples) == [
+        ContactChanged("203", "sip:203@127.0.0.1:5093", listed=True),
+        ContactChanged("203", "sip:203@127.0.0.1:5073", listed=True),
+    ]
+    missing = json.loads((RECORDINGS / "contacts" / "ari-aor-207-missing.json").read_text())
+    assert aor_contacts("207", missing) == []
+    broken = {"type": "ContactStatusChange", "contact_info": {"uri": "sip:x@h"}}
+    assert to_events(broken) == []  # no aor: dropped, not a crash

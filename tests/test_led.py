@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -130,6 +131,69 @@ def test_a_new_registration_resends_every_light_and_refusals_back_off() -> None:
     assert keys_of(retry).startswith("k=2\r\nc=on\r\n")
 
 
+def test_every_contact_of_a_phone_gets_the_lights_and_a_removed_one_no_more() -> None:
+    clock = Clock(DND)
+    clock.c.contact("203", "sip:203@10.0.0.7:5062", 0)  # registered
+    clock.c.contact("203", "sip:203@10.0.0.9", 0, listed=True)  # a static contact=
+    first = clock.drain()
+    assert sorted(a for a, _ in first) == [("10.0.0.7", 5062), ("10.0.0.9", 5060)]
+    for _, data in first:
+        clock.answer(data)
+    clock.c.device_state("Custom:DND201", "INUSE", 0)
+    both = clock.drain()
+    assert sorted(a for a, _ in both) == [("10.0.0.7", 5062), ("10.0.0.9", 5060)]
+    assert {keys_of(d) for _, d in both} == {"k=2\r\nc=on\r\nn=*76201\r\na=invite\r\nl=DND 201\r\n"}
+    for _, data in both:
+        clock.answer(data)
+    clock.c.contact("203", "sip:203@10.0.0.7:5062", 0, reachable=False)  # ContactStatus Removed
+    clock.c.device_state("Custom:DND201", "NOT_INUSE", 0)
+    ((to, data),) = clock.drain()
+    assert to == ("10.0.0.9", 5060) and keys_of(data).startswith("k=2\r\nc=off\r\n")
+    # Gone while a MESSAGE was in flight: its retransmissions stop with it.
+    clock.c.contact("203", "sip:203@10.0.0.9", 0, reachable=False)
+    clock.run_until(60)
+    assert clock.drain() == [] and [t for t, _, _ in clock.sent if t > 0] == []
+    assert not clock.c.phones["203"].reachable
+
+
+def test_a_contact_is_reached_at_its_uri_as_asterisk_reaches_it() -> None:
+    clock = Clock(DND, OTHER)
+    # rewrite_contact: Asterisk stored the REGISTER's source address, and its own parameter.
+    nat = "sip:203@203.0.113.5:40123;x-ast-orig-host=192.168.1.20:5060;ob"
+    clock.c.contact("203", nat, 0)
+    # A rule may name the endpoint where the AOR is called otherwise.
+    clock.c.contact("204-aor", "sip:204@10.0.0.8:5070", 0, endpoint="204")
+    (to_203, data), (to_204, _) = clock.drain()
+    assert to_203 == ("203.0.113.5", 40123) and to_204 == ("10.0.0.8", 5070)
+    assert data.startswith(b"MESSAGE sip:203@203.0.113.5:40123;ob SIP/2.0\r\n")
+    assert clock.c.phones["203"].contacts[nat].uri == nat  # as Asterisk names it (Removed)
+
+
+def test_a_resync_keeps_what_it_lists_drops_the_rest_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock(DND, OTHER, LedRule("205", 1, device="Custom:DND201"))
+    clock.c.contact("203", "sip:203@10.0.0.7", 0)
+    clock.c.contact("204", "sip:204@10.0.0.8", 0)
+    for _, data in clock.drain():
+        clock.answer(data)
+    with caplog.at_level(logging.INFO, "bridge.led"):
+        for _ in range(3):  # three reconnects: 204 unregistered meanwhile, 205 never registers
+            clock.c.sync_started()
+            clock.c.contact("203", "sip:203@10.0.0.7", 1, listed=True)
+            clock.c.sync_finished()
+    assert clock.drain() == []  # 203 listed again: nothing new to tell it
+    assert list(clock.c.phones["203"].contacts) == ["sip:203@10.0.0.7"]
+    assert not clock.c.phones["204"].reachable
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "led: phone 204 has no contact Asterisk knows of (not registered, no static contact=): "
+        "its keys 1 cannot be lit until it registers",
+        "led: phone 205 has no contact Asterisk knows of (not registered, no static contact=): "
+        "its keys 1 cannot be lit until it registers",
+    ]
+
+
 def test_config_names_a_bad_rule(tmp_path: Path) -> None:
     path = tmp_path / "bridge.toml"
     cases = {
@@ -185,8 +249,10 @@ async def led_bridge(server: RecordedAmiServer, tmp_path: Path) -> AsyncIterator
 
 def contact_status(aor: str, uri: str, status: str = "NonQualified") -> dict[str, str]:
     """A ContactStatus event as Asterisk 22 sends it (``registrations`` recording)."""
-    return {"Event": "ContactStatus", "Privilege": "system,all", "URI": uri,
-            "ContactStatus": status, "AOR": aor, "EndpointName": aor, "RoundtripUsec": "0"}  # fmt: skip
+    return {
+        "Event": "ContactStatus", "Privilege": "system,all", "URI": uri, "ContactStatus": status,
+        "AOR": aor, "EndpointName": aor, "RoundtripUsec": "0",
+    }  # fmt: skip
 
 
 def bodies(messages: list[TracedMessage]) -> list[str]:

@@ -368,9 +368,9 @@ class _World:
                 out.append({"Event": "DeviceStateChange", **call, "Device": device, "State": idle})
         for key, ext in self.extensions.items():
             # A hint the first scenario did not list (device-states' 210) ends idle too.
-            idle = extensions.get(key, {**ext, "Status": "0", "StatusText": "Idle"})
-            if ext != idle:
-                out.append({"Event": "ExtensionStatus", **call, **idle})
+            resting = extensions.get(key, {**ext, "Status": "0", "StatusText": "Idle"})
+            if ext != resting:
+                out.append({"Event": "ExtensionStatus", **call, **resting})
         return out
 
 

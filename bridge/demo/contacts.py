@@ -41,7 +41,9 @@ class Registrations:
                 item = {k: v for k, v in frame.items() if k != "ActionID"}
                 self.by_aor.setdefault(aor, {})[frame["Uri"]] = item
 
-    def register(self, aor: str, uri: str, endpoint: str = "", status: str = "NonQualified") -> None:
+    def register(
+        self, aor: str, uri: str, endpoint: str = "", status: str = "NonQualified"
+    ) -> None:
         """A contact appeared or changed state; ``Removed`` takes it away."""
         if status.lower() in _GONE:
             self.by_aor.get(aor, {}).pop(uri, None)
