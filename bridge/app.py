@@ -537,7 +537,7 @@ class Bridge:
             case ResyncStarted():
                 self.leds.sync_started()
             case ResyncFinished():
-                self.leds.sync_finished()
+                self.leds.sync_finished(now)
                 self.status.change.fire()
             case _:
                 return

@@ -181,7 +181,7 @@ def test_a_resync_keeps_what_it_lists_drops_the_rest_and_warns_once(
         for _ in range(3):  # three reconnects: 204 unregistered meanwhile, 205 never registers
             clock.c.sync_started()
             clock.c.contact("203", "sip:203@10.0.0.7", 1, listed=True)
-            clock.c.sync_finished()
+            clock.c.sync_finished(1)
     assert clock.drain() == []  # 203 listed again: nothing new to tell it
     assert list(clock.c.phones["203"].contacts) == ["sip:203@10.0.0.7"]
     assert not clock.c.phones["204"].reachable
@@ -192,6 +192,16 @@ def test_a_resync_keeps_what_it_lists_drops_the_rest_and_warns_once(
         "led: phone 205 has no contact Asterisk knows of (not registered, no static contact=): "
         "its keys 1 cannot be lit until it registers",
     ]
+    # Contacts a resync lists are sent to once the listing is complete: PJSIPShowAors lists a
+    # contact that PJSIPShowContacts then says is unreachable; that one gets nothing.
+    clock.c.sync_started()
+    clock.c.contact("203", "sip:203@10.0.0.7", 2, listed=True)
+    clock.c.contact("204", "sip:204@10.0.0.8:5070", 2, listed=True)
+    clock.c.contact("204", "sip:204@10.0.0.8:5070", 2, reachable=False, listed=True)
+    clock.c.contact("205", "sip:205@10.0.0.5", 2, listed=True)
+    assert clock.drain() == []
+    clock.c.sync_finished(2)
+    assert [to for to, _ in clock.drain()] == [("10.0.0.5", 5060)]
 
 
 def test_config_names_a_bad_rule(tmp_path: Path) -> None:

@@ -125,6 +125,9 @@ class LedController:
         self._out: list[tuple[bytes, Address]] = []
         self._branches = itertools.count(1)
         self._branch_prefix = f"z9hG4bK{secrets.token_hex(4)}.led."
+        # Between sync_started and sync_finished: contacts listed are sent to once the listing
+        # is complete (a contact the AOR lists may turn out unreachable in the next list).
+        self._syncing = False
 
     # ----------------------------------------------------------------- inputs
 
@@ -176,22 +179,27 @@ class LedController:
         if address is None:
             return
         added = phone.contacts[uri] = Contact(phone, uri, target, address)
-        log.info("phone %s is at %s (%s:%d); sending its %d lights", phone.aor, uri, *address,
+        log.info("phone %s is at %s (%s:%d); %d lights to send", phone.aor, uri, *address,
                  len(phone.wanted))  # fmt: skip
-        self._pump(added, now)
+        if not self._syncing:
+            self._pump(added, now)
 
     def sync_started(self) -> None:
         """Asterisk is about to list every contact again (a resync)."""
+        self._syncing = True
         for phone in self.phones.values():
             for contact in phone.contacts.values():
                 contact.listed = False
 
-    def sync_finished(self) -> None:
-        """The resync is over: contacts it did not name are gone; phones left without any are
-        logged (at warning level the first time: a rule that can light nothing)."""
+    def sync_finished(self, now: float) -> None:
+        """The resync is over: contacts it did not name are gone, the others get what they
+        lack; phones left without any are logged (at warning level the first time)."""
+        self._syncing = False
         for phone in self.phones.values():
             for contact in [c for c in phone.contacts.values() if not c.listed]:
                 self._drop(contact, "no longer known to Asterisk")
+            for contact in phone.contacts.values():
+                self._pump(contact, now)
             self._report_unreachable(phone)
 
     def receive_response(self, response: Response, now: float) -> bool:
