@@ -9,6 +9,7 @@ where it stands now (no event between the recorded answer and the current positi
 the answer is built from what the replay has put up so far (``_World``). The same state lets the
 demo loop end every round clean: channels a recording leaves up (``pickup-replaces`` ends with
 the call still bridged) get a *synthesized* Hangup, DeviceStateChange and ExtensionStatus.
+``PJSIPShowContacts`` and ``PJSIPShowAors`` are answered from :mod:`bridge.demo.contacts`.
 """
 
 from __future__ import annotations
