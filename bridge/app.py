@@ -32,6 +32,7 @@ from bridge.events import (
     EndpointGroups,
     ExtensionHint,
     ResyncFinished,
+    ResyncStarted,
     SourceLost,
 )
 from bridge.led.controller import LedController
@@ -366,6 +367,7 @@ class Bridge:
                 backoff_min=ami.reconnect_min,
                 backoff_max=ami.reconnect_max,
                 hints=self.config.hints,
+                contacts=[rule.phone for rule in self.config.leds],
             )
             self._source_task = asyncio.create_task(self.source.run(), name="ari-source")
             return
@@ -540,7 +542,14 @@ class Bridge:
             case ExtensionHint():
                 self.leds.hint_state(event.exten, event.status, now)
             case ContactChanged():
-                self.leds.contact(event.aor, event.uri, now)
+                self.leds.contact(event.aor, event.uri, now, reachable=event.reachable,
+                                  endpoint=event.endpoint, listed=event.listed)  # fmt: skip
+                self.status.change.fire()  # the panel shows which phones are reachable
+            case ResyncStarted():
+                self.leds.sync_started()
+            case ResyncFinished():
+                self.leds.sync_finished(now)
+                self.status.change.fire()
             case _:
                 return
         self._led_flush()

@@ -136,11 +136,21 @@ class ExtensionHint:
 
 @dataclass(frozen=True, slots=True)
 class ContactChanged:
-    """Where a phone (a PJSIP AOR) is registered (ContactStatus, PJSIPShowContacts); ``uri``
-    empty when the contact is gone or unreachable."""
+    """One contact of a phone (a PJSIP AOR): registered, static, changed or gone (AMI
+    ContactStatus, PJSIPShowContacts, PJSIPShowAors; ARI ContactStatusChange, the AOR's
+    configuration). A phone may have several; each is announced on its own.
+
+    ``reachable`` is False when the contact is removed or unreachable: Asterisk sends it
+    nothing then either. ``endpoint`` names the PJSIP endpoint when the event says.
+    ``listed`` is True when the contact comes from a listing (a resync) rather than a change:
+    a listed contact already known is no news.
+    """
 
     aor: str
     uri: str
+    reachable: bool = True
+    endpoint: str = ""
+    listed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from bridge.led.controller import Phone
 from bridge.sip.headers import ParseError, parse_name_addr
 from bridge.web.status import (
     ChangeSignal,
@@ -13,6 +14,7 @@ from bridge.web.status import (
     EntityStatus,
     Histogram,
     HistogramSnapshot,
+    LedPhoneStatus,
     SubscriptionStatus,
     entity_status,
 )
@@ -65,9 +67,27 @@ class BridgeStatus:
         """The event→NOTIFY latencies so far."""
         return self.histogram.snapshot()
 
+    def led_phones(self) -> Sequence[LedPhoneStatus]:
+        """Every phone of an LED rule: reachable or not, and how each contact is doing."""
+        leds = self._bridge.leds
+        if leds is None:
+            return []
+        return [_led_phone(phone) for _, phone in sorted(leds.phones.items())]
+
     def next_change(self) -> asyncio.Event:
-        """Set at the next change of a key or of the subscriptions."""
+        """Set at the next change of a key, of the subscriptions or of a phone's contacts."""
         return self.change.next()
+
+
+def _led_phone(phone: Phone) -> LedPhoneStatus:
+    contacts = []
+    for contact in phone.contacts.values():
+        pending = any(contact.confirmed.get(k) != v for k, v in phone.wanted.items())
+        state = "failing" if contact.failures else "sending" if pending else "lit"
+        host, port = contact.address
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        contacts.append({"uri": contact.uri, "address": address, "state": state})
+    return LedPhoneStatus(phone.aor, phone.reachable, tuple(sorted(phone.wanted)), tuple(contacts))
 
 
 def _uri(name_addr: str) -> str:

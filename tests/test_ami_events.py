@@ -24,6 +24,7 @@ from bridge.events import (
     ChannelGone,
     ChannelSeen,
     ChannelState,
+    ContactChanged,
     DeviceStateChanged,
     DialBegan,
     DialEnded,
@@ -285,3 +286,35 @@ def test_parked_calls_live_and_listed() -> None:
         msg = {"Event": name, "ParkingSpace": "702", "ParkeeUniqueid": "9.1"}
         assert to_events(msg) == [CallUnparked("702", "9.1")]
     assert to_events({"Event": "ParkedCall", "ParkingSpace": "701"}) == []  # whose call?
+
+
+# --- contacts (LED rules) -----------------------------------------------------------------
+
+
+def test_every_contact_of_a_phone_is_learnt_as_asterisk_22_lists_and_reports_it() -> None:
+    contacts = [e for e in mapped("contacts") if isinstance(e, ContactChanged)]
+    static = {f"sip:{n}@127.0.0.1:50{n - 130}" for n in range(201, 207)}
+    # PJSIPShowAors: every AOR's contacts, static and registered; ContactList: the registered
+    # one again (its AOR only in ObjectName); then ContactStatus as 204 comes and both go.
+    listed = [e for e in contacts if e.listed]
+    assert {e.uri for e in listed} == static | {"sip:203@127.0.0.1:5093"}
+    assert all(e.reachable and e.uri.startswith(f"sip:{e.aor}@") for e in listed)
+    assert listed[-1] == ContactChanged("203", "sip:203@127.0.0.1:5093", True, "203", listed=True)
+    assert [e for e in contacts if not e.listed] == [
+        ContactChanged("204", "sip:204@127.0.0.1:5094", True, "204"),
+        ContactChanged("203", "sip:203@127.0.0.1:5093", False, "203"),
+        ContactChanged("204", "sip:204@127.0.0.1:5094", False, "204"),
+    ]
+    # The login-time list of the registrations recording: 203 and 206 (no AOR header there).
+    at_login = [e for e in mapped("registrations") if isinstance(e, ContactChanged)][:2]
+    assert [(e.aor, e.uri, e.endpoint) for e in at_login] == [
+        ("203", "sip:203@127.0.0.1:5083", "203"), ("206", "sip:206@127.0.0.1:5086", "206"),
+    ]  # fmt: skip
+
+
+def test_an_unreachable_listed_contact_and_a_contact_without_an_aor() -> None:
+    item = {"event": "ContactList", "objectname": "203;@0deda0a8", "endpoint": "203",
+            "uri": "sip:203@10.0.0.7", "status": "Unreachable"}  # fmt: skip
+    assert events_of(item) == [ContactChanged("203", "sip:203@10.0.0.7", False, "203", True)]
+    assert events_of({**item, "objectname": ";@0deda0a8"}) == []  # dropped, not a crash
+    assert events_of({"event": "AorList", "objectname": "205", "contacts": ""}) == []

@@ -20,6 +20,7 @@ from bridge.asterisk.ari_events import (
     STATE_NAMES,
     DialPairs,
     ParkedChannels,
+    aor_contacts,
     bridged,
     listed_channel,
     listed_device,
@@ -35,6 +36,7 @@ from bridge.events import (
     ChannelGone,
     ChannelSeen,
     ChannelState,
+    ContactChanged,
     DeviceStateChanged,
     DialBegan,
     DialEnded,
@@ -471,3 +473,25 @@ def test_a_parked_call_is_told_by_the_space_that_turns_busy_after_it_enters_the_
     assert lonely.events({"type": "ChannelDestroyed", "channel": entered["channel"]}) == []
     assert lonely.events({"type": "DeviceStateChanged",
                           "device_state": {"name": "park:701@parkedcalls", "state": "INUSE"}}) == []
+
+
+# --- contacts (LED rules) -----------------------------------------------------------------
+
+
+def test_contact_changes_and_an_aors_contacts_as_asterisk_22_reports_them() -> None:
+    changes = [ev for msg in raw("contacts") for ev in to_events(msg)]
+    assert changes == [
+        ContactChanged("204", "sip:204@127.0.0.1:5094", True, "204"),
+        ContactChanged("203", "sip:203@127.0.0.1:5093", False, "203"),
+        ContactChanged("204", "sip:204@127.0.0.1:5094", False, "204"),
+    ]
+    # GET /ari/asterisk/config/dynamic/res_pjsip/aor/203: the registered and the static one.
+    tuples = json.loads((RECORDINGS / "contacts" / "ari-aor-203.json").read_text())
+    assert aor_contacts("203", tuples) == [
+        ContactChanged("203", "sip:203@127.0.0.1:5093", listed=True),
+        ContactChanged("203", "sip:203@127.0.0.1:5073", listed=True),
+    ]
+    missing = json.loads((RECORDINGS / "contacts" / "ari-aor-207-missing.json").read_text())
+    assert aor_contacts("207", missing) == []
+    broken = {"type": "ContactStatusChange", "contact_info": {"uri": "sip:x@h"}}
+    assert to_events(broken) == []  # no aor: dropped, not a crash

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -118,7 +119,8 @@ def test_a_new_registration_resends_every_light_and_refusals_back_off() -> None:
     ((_, data),) = clock.drain()
     clock.answer(data)
     clock.now = 1.0
-    clock.c.contact("203", "sip:203@10.0.0.7:5099", 1.0)  # rebooted, back on another port
+    clock.c.contact("203", "sip:203@10.0.0.7", 1.0, reachable=False)  # rebooted: unregistered,
+    clock.c.contact("203", "sip:203@10.0.0.7:5099", 1.0)  # and back on another port
     ((to, again),) = clock.drain()
     assert to == ("10.0.0.7", 5099) and keys_of(again) == keys_of(data)
     clock.answer(again, 486)
@@ -127,6 +129,79 @@ def test_a_new_registration_resends_every_light_and_refusals_back_off() -> None:
     clock.run_until(6.1)
     (retry,) = [d for t, _, d in clock.sent if t > 1]
     assert keys_of(retry).startswith("k=2\r\nc=on\r\n")
+
+
+def test_every_contact_of_a_phone_gets_the_lights_and_a_removed_one_no_more() -> None:
+    clock = Clock(DND)
+    clock.c.contact("203", "sip:203@10.0.0.7:5062", 0)  # registered
+    clock.c.contact("203", "sip:203@10.0.0.9", 0, listed=True)  # a static contact=
+    first = clock.drain()
+    assert sorted(a for a, _ in first) == [("10.0.0.7", 5062), ("10.0.0.9", 5060)]
+    for _, data in first:
+        clock.answer(data)
+    clock.c.device_state("Custom:DND201", "INUSE", 0)
+    both = clock.drain()
+    assert sorted(a for a, _ in both) == [("10.0.0.7", 5062), ("10.0.0.9", 5060)]
+    assert {keys_of(d) for _, d in both} == {"k=2\r\nc=on\r\nn=*76201\r\na=invite\r\nl=DND 201\r\n"}
+    for _, data in both:
+        clock.answer(data)
+    clock.c.contact("203", "sip:203@10.0.0.7:5062", 0, reachable=False)  # ContactStatus Removed
+    clock.c.device_state("Custom:DND201", "NOT_INUSE", 0)
+    ((to, data),) = clock.drain()
+    assert to == ("10.0.0.9", 5060) and keys_of(data).startswith("k=2\r\nc=off\r\n")
+    # Gone while a MESSAGE was in flight: its retransmissions stop with it.
+    clock.c.contact("203", "sip:203@10.0.0.9", 0, reachable=False)
+    clock.run_until(60)
+    assert clock.drain() == [] and [t for t, _, _ in clock.sent if t > 0] == []
+    assert not clock.c.phones["203"].reachable
+
+
+def test_a_contact_is_reached_at_its_uri_as_asterisk_reaches_it() -> None:
+    clock = Clock(DND, OTHER)
+    # rewrite_contact: Asterisk stored the REGISTER's source address, and its own parameter.
+    nat = "sip:203@203.0.113.5:40123;x-ast-orig-host=192.168.1.20:5060;ob"
+    clock.c.contact("203", nat, 0)
+    # A rule may name the endpoint where the AOR is called otherwise.
+    clock.c.contact("204-aor", "sip:204@10.0.0.8:5070", 0, endpoint="204")
+    (to_203, data), (to_204, _) = clock.drain()
+    assert to_203 == ("203.0.113.5", 40123) and to_204 == ("10.0.0.8", 5070)
+    assert data.startswith(b"MESSAGE sip:203@203.0.113.5:40123;ob SIP/2.0\r\n")
+    assert clock.c.phones["203"].contacts[nat].uri == nat  # as Asterisk names it (Removed)
+
+
+def test_a_resync_keeps_what_it_lists_drops_the_rest_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock(DND, OTHER, LedRule("205", 1, device="Custom:DND201"))
+    clock.c.contact("203", "sip:203@10.0.0.7", 0)
+    clock.c.contact("204", "sip:204@10.0.0.8", 0)
+    for _, data in clock.drain():
+        clock.answer(data)
+    with caplog.at_level(logging.INFO, "bridge.led"):
+        for _ in range(3):  # three reconnects: 204 unregistered meanwhile, 205 never registers
+            clock.c.sync_started()
+            clock.c.contact("203", "sip:203@10.0.0.7", 1, listed=True)
+            clock.c.sync_finished(1)
+    assert clock.drain() == []  # 203 listed again: nothing new to tell it
+    assert list(clock.c.phones["203"].contacts) == ["sip:203@10.0.0.7"]
+    assert not clock.c.phones["204"].reachable
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "led: phone 204 has no contact Asterisk knows of (not registered, no static contact=): "
+        "its keys 1 cannot be lit until it registers",
+        "led: phone 205 has no contact Asterisk knows of (not registered, no static contact=): "
+        "its keys 1 cannot be lit until it registers",
+    ]
+    # Contacts a resync lists are sent to once the listing is complete: PJSIPShowAors lists a
+    # contact that PJSIPShowContacts then says is unreachable; that one gets nothing.
+    clock.c.sync_started()
+    clock.c.contact("203", "sip:203@10.0.0.7", 2, listed=True)
+    clock.c.contact("204", "sip:204@10.0.0.8:5070", 2, listed=True)
+    clock.c.contact("204", "sip:204@10.0.0.8:5070", 2, reachable=False, listed=True)
+    clock.c.contact("205", "sip:205@10.0.0.5", 2, listed=True)
+    assert clock.drain() == []
+    clock.c.sync_finished(2)
+    assert [to for to, _ in clock.drain()] == [("10.0.0.5", 5060)]
 
 
 def test_config_names_a_bad_rule(tmp_path: Path) -> None:
@@ -182,6 +257,14 @@ async def led_bridge(server: RecordedAmiServer, tmp_path: Path) -> AsyncIterator
         await bridge.stop()
 
 
+def contact_status(aor: str, uri: str, status: str = "NonQualified") -> dict[str, str]:
+    """A ContactStatus event as Asterisk 22 sends it (``registrations`` recording)."""
+    return {
+        "Event": "ContactStatus", "Privilege": "system,all", "URI": uri, "ContactStatus": status,
+        "AOR": aor, "EndpointName": aor, "RoundtripUsec": "0",
+    }  # fmt: skip
+
+
 def bodies(messages: list[TracedMessage]) -> list[str]:
     received = [m for m in messages if m.direction == "received" and m.method == "MESSAGE"]
     return [m.body.decode() for m in received]
@@ -189,11 +272,14 @@ def bodies(messages: list[TracedMessage]) -> list[str]:
 
 async def test_keys_follow_asterisk_and_a_reregistration_relights_them(tmp_path: Path) -> None:
     async with RecordedAmiServer(RECORDINGS, speed=0) as server, SippPhone(idle_ms=1500) as phone:
-        server.contacts["203"] = f"sip:203@127.0.0.1:{phone.port}"
-        server.contacts["204"] = "sip:204@127.0.0.1:9"  # nobody there: must not hold 203 up
+        server.static_contacts.clear()  # only the phones registered here
+        server.emit(contact_status("203", f"sip:203@127.0.0.1:{phone.port}"))
+        server.emit(contact_status("204", "sip:204@127.0.0.1:9"))  # nobody: must not hold 203 up
         async with led_bridge(server, tmp_path) as bridge:
             assert bridge.leds is not None
-            confirmed = bridge.leds.phones["203"].confirmed
+            await eventually(lambda: bool(bridge.leds and bridge.leds.phones["203"].contacts))
+            (first,) = bridge.leds.phones["203"].contacts.values()
+            confirmed = first.confirmed
             await eventually(lambda: len(confirmed) == 2)  # the first MESSAGE, both keys
             dnd = {"Event": "DeviceStateChange", "Privilege": "call,all",
                    "Device": "Custom:DND201", "State": "INUSE"}  # fmt: skip
@@ -202,23 +288,20 @@ async def test_keys_follow_asterisk_and_a_reregistration_relights_them(tmp_path:
             await server.play("ring-cancel", until=HINT_202_RINGING)
             await eventually(lambda: confirmed[3].light == "pickup")
             moved = f"sip:203@127.0.0.1:{phone.port};ob"
-            reregistered = {
-                "Event": "ContactStatus", "Privilege": "system,all", "URI": moved,
-                "ContactStatus": "Reachable", "AOR": "203", "EndpointName": "203",
-            }  # fmt: skip
-            server.emit(reregistered)
-            at_203 = bridge.leds.phones["203"]
-            await eventually(lambda: at_203.uri == moved and at_203.in_flight is None)
+            server.emit(contact_status("203", moved, "Reachable"))
+            at_203 = bridge.leds.phones["203"].contacts
+            await eventually(lambda: moved in at_203 and at_203[moved].in_flight is None)
             result = await phone.finish()
             # 204 never answers: its MESSAGE is still being retransmitted (the unit test above
             # follows it into the growing back-off) while 203 got every change at once.
-            assert bridge.leds.phones["204"].in_flight is not None
+            (at_204,) = bridge.leds.phones["204"].contacts.values()
+            assert at_204.in_flight is not None
     got = bodies(result.messages)
     assert got == [
         "k=2\r\nc=off\r\nn=*76201\r\na=invite\r\nl=DND 201\r\n\r\nk=3\r\nc=off\r\nl=202\r\n",
         "k=2\r\nc=on\r\nn=*76201\r\na=invite\r\nl=DND 201\r\n",
         "k=3\r\nc=pickup\r\nl=202\r\n",
-        # re-registered: every key again, as it is now
+        # registered anew (a second contact, on the same socket): every key, as it is now
         "k=2\r\nc=on\r\nn=*76201\r\na=invite\r\nl=DND 201\r\n\r\nk=3\r\nc=pickup\r\nl=202\r\n",
     ], got
 

@@ -26,6 +26,7 @@ from bridge.web import (
     EntityStatus,
     Histogram,
     HistogramSnapshot,
+    LedPhoneStatus,
     StatusView,
     SubscriptionStatus,
     entity_status,
@@ -68,6 +69,7 @@ class FakeView:
     counts: Counters = field(default_factory=lambda: Counters(3, 10, 1, True, True, 42))
     histogram: Histogram = field(default_factory=Histogram)
     signal: ChangeSignal = field(default_factory=ChangeSignal)
+    phones: list[LedPhoneStatus] = field(default_factory=list)
 
     def set(self, *states: EntityState) -> None:
         for state in states:
@@ -85,6 +87,9 @@ class FakeView:
 
     def latency(self) -> HistogramSnapshot:
         return self.histogram.snapshot()
+
+    def led_phones(self) -> Sequence[LedPhoneStatus]:
+        return list(self.phones)
 
     def next_change(self) -> asyncio.Event:
         return self.signal.next()
@@ -377,5 +382,5 @@ def test_app_factory_builds_without_a_loop_running() -> None:
     app = make_app(_view())
     assert isinstance(app, web.Application)
     assert {r.resource.canonical for r in app.router.routes() if r.resource} >= {
-        "/", "/metrics", "/healthz", "/api/entities", "/api/subscriptions", "/events",
+        "/", "/metrics", "/healthz", "/api/entities", "/api/subscriptions", "/api/leds", "/events",
     }  # fmt: skip

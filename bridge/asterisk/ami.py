@@ -63,7 +63,10 @@ PRESENTATION = "CONNECTEDLINE(pres)"
 # ParkedCalls: who waits in which parking space (res_parking; without it Asterisk answers an
 # error, which ends that list like an empty one).
 RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels", "ParkedCalls")
-CONTACTS_ACTION = "PJSIPShowContacts"  # where phones are registered, for the LED messages
+# Every contact of every phone, for the LED messages: the AORs' contacts (static contact= lines
+# and registrations), then the registrations with their status (an unreachable one is dropped).
+# Asterisk answers them in this order.
+CONTACTS_ACTIONS = ("PJSIPShowAors", "PJSIPShowContacts")
 MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
 BANNER = b"Asterisk Call Manager/"  # Asterisk's first line, with the protocol version
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
@@ -416,7 +419,7 @@ class AmiSource:
         self.connected = True
         self._announced = True
         self._queue.put_nowait(Batch([ResyncStarted()]))
-        actions = (*RESYNC_ACTIONS, CONTACTS_ACTION) if self._contacts else RESYNC_ACTIONS
+        actions = (*RESYNC_ACTIONS, *CONTACTS_ACTIONS) if self._contacts else RESYNC_ACTIONS
         for action in actions:  # pipelined: Asterisk answers them in order
             action_id, _ = conn.send({"Action": action})
             conn.lists.add(action_id)

@@ -47,10 +47,12 @@ _CHANNEL_EVENTS = frozenset(
 # Every event ``to_events`` maps (lower case); any other gives no events.
 MAPPED_EVENTS = _CHANNEL_EVENTS | {
     "hangup", "dialbegin", "dialend", "hold", "unhold", "devicestatechange", "extensionstatus",
-    "contactstatus", "contactlist", "parkedcall", "unparkedcall", "parkedcalltimeout",
+    "contactstatus", "contactlist", "aorlist", "parkedcall", "unparkedcall", "parkedcalltimeout",
     "parkedcallgiveup",
 }  # fmt: skip
 _UNPARKED = frozenset({"unparkedcall", "parkedcalltimeout", "parkedcallgiveup"})
+# ContactStatus values (Asterisk 22: NonQualified, Reachable, Unreachable, Unknown, Removed)
+# after which Asterisk sends the contact nothing.
 _CONTACT_GONE = frozenset({"removed", "unreachable"})
 _FRAME_END = re.compile(r"\r?\n\r?\n")
 _LINE_END = re.compile(r"\r?\n")
@@ -140,12 +142,37 @@ def _map(h: dict[str, str]) -> list[AsteriskEvent]:
         return [CallParked(space, uniqueid, _known(num), _known(name))]
     if event in _UNPARKED:
         return [CallUnparked(_need(h, "parkingspace"), _need(h, "parkeeuniqueid"))]
-    if event in ("contactstatus", "contactlist"):
-        # ContactStatus says ContactStatus, a ContactList item says Status (both documented).
-        status = (h.get("contactstatus") or h.get("status", "")).lower()
-        uri = "" if status in _CONTACT_GONE else _need(h, "uri")
-        return [ContactChanged(_need(h, "aor"), uri)]
+    if event == "contactstatus":
+        live = h.get("contactstatus", "").lower() not in _CONTACT_GONE
+        return [ContactChanged(_need(h, "aor"), _need(h, "uri"), live, h.get("endpointname", ""))]
+    if event == "contactlist":
+        return [_listed_contact(h)]
+    if event == "aorlist":
+        return _aor_contacts(h)
     return []
+
+
+def _listed_contact(h: dict[str, str]) -> ContactChanged:
+    """A ContactList item (PJSIPShowContacts): a registered contact. Asterisk 22 names its AOR
+    only in ``ObjectName`` (``203;@<hash>``), and its endpoint in ``Endpoint``."""
+    aor = h.get("aor") or _need(h, "objectname").partition(";@")[0]
+    if not aor:
+        raise _Malformed("no AOR in ObjectName")
+    live = h.get("status", "").lower() not in _CONTACT_GONE
+    return ContactChanged(aor, _need(h, "uri"), live, h.get("endpoint", ""), listed=True)
+
+
+def _aor_contacts(h: dict[str, str]) -> list[AsteriskEvent]:
+    """An AorList item (PJSIPShowAors): every contact of the AOR, static ``contact=`` lines and
+    registrations alike, as ``Contacts: <aor>/<uri>,<aor>/<uri>``."""
+    aor = _need(h, "objectname")
+    out: list[AsteriskEvent] = []
+    for item in h.get("contacts", "").split(","):
+        owner, slash, uri = item.strip().partition("/")
+        uri = uri if slash else owner
+        if uri:
+            out.append(ContactChanged(aor, uri, listed=True))
+    return out
 
 
 # The channel block's header names, plain and as the Dest… block of a Dial event.

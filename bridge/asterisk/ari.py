@@ -21,6 +21,11 @@ Call-ID is the channel's ``protocol_id``, the tags (and the caller's presentatio
 one multi-variable GET (Asterisk 22.10+) or, where that does not work, single-variable GETs all
 in flight at once; the LegIds goes out just before the ChannelSeen, bounded by ``ids_timeout``.
 
+Contacts (for the LED rules). ARI lists no registrations, but an AOR's configuration
+(``GET /ari/asterisk/config/dynamic/res_pjsip/aor/<name>``) has one ``contact`` tuple per
+contact, static and registered alike: the snapshot reads that of every AOR it is asked about
+(``contacts``); ``ContactStatusChange`` events follow each change after that.
+
 Pickup groups. After each sync, in the background, every PJSIP endpoint's ``call_group`` and
 ``pickup_group`` are read from ARI's dynamic configuration (``GET /ari/asterisk/config/dynamic/
 res_pjsip/endpoint/<name>``, a list of ConfigTuples) and go out as EndpointGroups, like the AMI
@@ -50,6 +55,7 @@ from bridge.asterisk.ami_events import needs_ids
 from bridge.asterisk.ari_events import (
     DialPairs,
     ParkedChannels,
+    aor_contacts,
     bridged,
     listed_channel,
     listed_device,
@@ -83,6 +89,7 @@ PRESENTATION = "CONNECTEDLINE(pres)"  # allowed…, prohib…, unavailable: a wi
 ID_NAMES = (LOCAL_TAG, REMOTE_TAG, PRESENTATION)
 GROUP_QUERIES = 16  # configuration GETs in flight at once while reading pickup groups
 ENDPOINT_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "endpoint")
+AOR_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "aor")
 
 Answer = tuple[int, object]  # HTTP status, decoded JSON body (None if there was none)
 Groups = tuple[frozenset[int], frozenset[int]]  # call groups, pickup groups
@@ -176,6 +183,7 @@ class AriSource:
         ids_timeout: float = 1.0,
         ping_interval: float = 10.0,
         hints: Sequence[tuple[str, str]] = (),
+        contacts: Sequence[str] = (),
     ) -> None:
         self._base = _ari_base(url)
         self._hints = tuple(hints)  # (exten, device expression) from the configuration
@@ -212,6 +220,8 @@ class AriSource:
         self._groups: asyncio.Task[None] | None = None
         self._groups_failed = False  # reading groups failed on this connection: not again
         self._groups_problem = ""  # the last one logged: the same again only at debug level
+        self._contact_aors = tuple(dict.fromkeys(contacts))  # AORs whose contacts a sync reads
+        self._contact_problems: set[str] = set()  # logged at warning level once each
 
     async def run(self) -> None:
         """Connect, resync and stream events until ``stop()`` or cancellation."""
@@ -372,6 +382,8 @@ class AriSource:
         for endpoint in endpoints:
             events += listed_endpoint(endpoint)
         events += [ExtensionHint(exten, "", hint, 0) for exten, hint in self._hints]
+        for found in await asyncio.gather(*(self._aor_contacts(a) for a in self._contact_aors)):
+            events += found
         items = self._items(events, {})
         for channel in channels:
             uid = channel.get("id") if isinstance(channel, Mapping) else None
@@ -392,6 +404,24 @@ class AriSource:
             else:
                 log.warning("cannot read the state of %s (hints): %s", device, _why(answer))
         return found
+
+    async def _aor_contacts(self, aor: str) -> list[AsteriskEvent]:
+        """Every contact of one AOR; none (and a warning, once) when it cannot be read."""
+        url = self._base.joinpath(*AOR_CONFIG, urllib.parse.quote(aor, safe=""), encoded=True)
+        try:
+            answer = await self._safe_get(url, {})
+        except TimeoutError:  # aiohttp's total timeout is no ClientError
+            answer = 0, {"message": f"no answer in {self._request_timeout:g} s"}
+        if answer[0] == 200:
+            return aor_contacts(aor, answer[1])
+        if answer[0] == 404:
+            problem = f"led: Asterisk has no PJSIP AOR {aor!r}: {_why(answer)}"
+        else:
+            problem = f"cannot read the contacts of {aor} over ARI: {_why(answer)}"
+        level = logging.DEBUG if problem in self._contact_problems else logging.WARNING
+        log.log(level, "%s (GET /ari/%s/%s)", problem, "/".join(AOR_CONFIG), aor)
+        self._contact_problems.add(problem)
+        return []
 
     async def _list(self, resource: str) -> list[object]:
         answer = await self._get(self._base / resource, {})

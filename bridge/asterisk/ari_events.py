@@ -38,6 +38,7 @@ from bridge.events import (
     ChannelGone,
     ChannelSeen,
     ChannelState,
+    ContactChanged,
     DeviceStateChanged,
     DialBegan,
     DialEnded,
@@ -63,6 +64,8 @@ STATE_NAMES: dict[str, ChannelState] = {
 }
 # Dial statuses while the attempt is still going (AMI: DialBegin, DialState); any other ends it.
 DIALING = frozenset({"", "RINGING", "PROCEEDING", "PROGRESS"})
+# contact_status values after which Asterisk sends the contact nothing (as on AMI).
+CONTACT_GONE = frozenset({"removed", "unreachable"})
 _CHANNEL_EVENTS = frozenset({"ChannelStateChange", "ChannelConnectedLine", "ChannelCallerId"})
 
 
@@ -205,6 +208,21 @@ def listed_endpoint(obj: object) -> list[AsteriskEvent]:
     return _safely(lambda: _endpoint(obj), "endpoint", obj)
 
 
+def aor_contacts(aor: str, tuples: object) -> list[AsteriskEvent]:
+    """Every contact of an AOR from its configuration (``GET /ari/asterisk/config/dynamic/
+    res_pjsip/aor/<aor>``: ConfigTuples, one ``contact`` per contact, static and registered
+    alike) as listed ContactChanged events."""
+    out: list[AsteriskEvent] = []
+    for entry in tuples if isinstance(tuples, list) else []:
+        if isinstance(entry, Mapping) and entry.get("attribute") == "contact":
+            value = entry.get("value")
+            # Asterisk may print several in one value, comma separated (as AMI's AorList).
+            for uri in value.split(",") if isinstance(value, str) else []:
+                if uri.strip():
+                    out.append(ContactChanged(aor, uri.strip(), listed=True))
+    return out
+
+
 def protocol_ids(msg: object) -> dict[str, str]:
     """Channel id → ``protocol_id`` (the SIP Call-ID on PJSIP) of every channel an event names."""
     out: dict[str, str] = {}
@@ -244,7 +262,21 @@ def _map(msg: Mapping[object, object], dials: DialPairs | None) -> list[Asterisk
         return [_device(msg.get("device_state"))]
     if kind == "EndpointStateChange":
         return _endpoint(msg.get("endpoint"))
+    if kind == "ContactStatusChange":
+        return [_contact(msg)]
     return []
+
+
+def _contact(msg: Mapping[object, object]) -> ContactChanged:
+    info, endpoint = msg.get("contact_info"), msg.get("endpoint")
+    if not isinstance(info, Mapping):
+        raise _Malformed("no contact_info object")
+    aor, uri = _text(info, "aor"), _text(info, "uri")
+    if not aor or not uri:
+        raise _Malformed("contact without aor or uri")
+    live = _text(info, "contact_status").lower() not in CONTACT_GONE
+    resource = _text(endpoint, "resource") if isinstance(endpoint, Mapping) else ""
+    return ContactChanged(aor, uri, live, resource)
 
 
 def _dial(msg: Mapping[object, object], dials: DialPairs | None) -> list[AsteriskEvent]:

@@ -11,6 +11,7 @@ demo loop end every round clean: channels a recording leaves up (``pickup-replac
 the call still bridged) get a *synthesized* Hangup, DeviceStateChange and ExtensionStatus.
 Each round of the demo loop after the first renames the calls' identifiers (``rounds``), so
 that a bridge takes the second round for new calls, not for late news of the first.
+``PJSIPShowContacts`` and ``PJSIPShowAors`` are answered from :mod:`bridge.demo.contacts`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from bridge.asterisk.ami_events import parse_frames
+from bridge.demo.contacts import Registrations, static_contacts
 from bridge.demo.rounds import RoundIds
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,11 @@ class Scenario:
     getvars: Getvars
     booted: list[Headers]  # FullyBooted, sent right after a successful login
     position: int = 0
+
+    def registrations(self) -> Registrations:
+        """Who was registered as the recording begins: its first ``PJSIPShowContacts`` answer."""
+        answers = self.answers.get("pjsipshowcontacts", [])
+        return Registrations(answers[0].frames if answers else ())
 
     def answer_in_place(self, action: str) -> RecordedAnswer | None:
         """The latest recorded answer taken between the last sent and the next unsent event."""
@@ -383,8 +390,10 @@ class _World:
             if state != idle:
                 out.append({"Event": "DeviceStateChange", **call, "Device": device, "State": idle})
         for key, ext in self.extensions.items():
-            if key in extensions and ext != extensions[key]:
-                out.append({"Event": "ExtensionStatus", **call, **extensions[key]})
+            # A hint the first scenario did not list (device-states' 210) ends idle too.
+            resting = extensions.get(key, {**ext, "Status": "0", "StatusText": "Idle"})
+            if ext != resting:
+                out.append({"Event": "ExtensionStatus", **call, **resting})
         return out
 
 
@@ -437,13 +446,12 @@ class RecordedAmiServer:
         # Endpoint options (call_group, pickup_group, …) as PJSIPShowEndpoint reports them;
         # tests may change them.
         self.endpoints = load_endpoints(folder / "asterisk-etc" / "pjsip.conf")
-        # Where each AOR's phone is registered (the static contacts of the recorded PBX);
-        # tests move phones by changing this and emitting a ContactStatus event.
-        self.contacts = {
-            name: opts["contact"]
-            for name, opts in load_objects(folder / "asterisk-etc" / "pjsip.conf", "aor").items()
-            if opts.get("contact")
-        }
+        # Every AOR's static contacts (the recorded PBX's), and its registrations (see
+        # bridge.demo.contacts); tests change the first, and register phones by emitting
+        # ContactStatus events.
+        self.static_contacts = static_contacts(
+            load_objects(folder / "asterisk-etc" / "pjsip.conf", "aor")
+        )
         if not self.scenarios:
             raise ValueError(f"no ami-wire.jsonl recordings under {recordings}")
         self.host, self.port = host, port
@@ -457,6 +465,7 @@ class RecordedAmiServer:
         self._current = next(iter(self.scenarios.values()))  # see select()
         self._world = _World(self.scenarios.values())
         self._ids = RoundIds(0)  # the demo loop's current round
+        self.registered = self._current.registrations()
         self._clients: set[_Client] = set()
         self._numbers = itertools.count(1)
         self._server: asyncio.Server | None = None
@@ -508,14 +517,16 @@ class RecordedAmiServer:
 
     def select(self, scenario: str) -> None:
         """Answer actions from this scenario's recording from now on (``play`` selects its
-        scenario too): a client that logs in next is resynced as Asterisk was before it."""
+        scenario too): a client that logs in next is resynced as Asterisk was before it, and the
+        phones registered are the ones it lists."""
         self._current = self.scenarios[scenario]
+        self.registered = self._current.registrations()
 
     def select_fullest(self) -> None:
         """Select the recording that lists the most hints at its start, the fullest view of the
         recorded PBX (the older recordings were made before it had hints 210, 211, 701): what
         the demo's bridge should see at its first login."""
-        self._current = max(self.scenarios.values(), key=_hints_listed)
+        self.select(max(self.scenarios, key=lambda name: _hints_listed(self.scenarios[name])))
 
     async def play(self, scenario: str, *, until: EventPredicate | None = None) -> None:
         """Emit the scenario's events from where it stands; with ``until``, stop right after the
@@ -549,6 +560,7 @@ class RecordedAmiServer:
 
     def _emit(self, event: Mapping[str, str]) -> None:
         self._world.apply(event)
+        self.registered.apply_ami(event)
         for client in self._clients:
             if client.wants(event):
                 client.send([event])
@@ -633,7 +645,9 @@ class RecordedAmiServer:
         if action == "pjsipshowendpoints":
             return self._endpoint_list()
         if action == "pjsipshowcontacts":
-            return self._contact_list()
+            return self.registered.contact_list()
+        if action == "pjsipshowaors":
+            return self.registered.aor_list(self.static_contacts)
         if action == "pjsipshowendpoint":
             return self._endpoint_detail(frame.get("Endpoint", ""))
         name = frame.get("Action", "")
@@ -653,20 +667,6 @@ class RecordedAmiServer:
              "Message": "A listing of Endpoints follows, presented as EndpointList events"},
             *items,
             {"Event": "EndpointListComplete", "EventList": "Complete",
-             "ListItems": str(len(items))},
-        ]  # fmt: skip
-
-    def _contact_list(self) -> list[Headers]:
-        if not self.contacts:  # as Asterisk: an error, not an empty list
-            return [{"Response": "Error", "Message": "No Contacts found"}]
-        items = [{"Event": "ContactList", "ObjectType": "contact", "ObjectName": f"{aor};@x",
-                  "Uri": uri, "Aor": aor, "Endpoint": aor, "Status": "NonQualified"}
-                 for aor, uri in self.contacts.items()]  # fmt: skip
-        return [
-            {"Response": "Success", "EventList": "start",
-             "Message": "A listing of Contacts follows, presented as ContactList events"},
-            *items,
-            {"Event": "ContactListComplete", "EventList": "Complete",
              "ListItems": str(len(items))},
         ]  # fmt: skip
 

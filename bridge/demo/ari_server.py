@@ -5,7 +5,8 @@ websocket (``ari-events.jsonl``), emits those events on demand to every client o
 ``/ari/events``, and answers the REST calls a bridge makes from what the replay has put up so
 far: ``GET /ari/channels``, ``/ari/bridges``, ``/ari/deviceStates``, ``/ari/endpoints`` (the
 endpoints of the recorded PBX's ``asterisk-etc/pjsip.conf``), an endpoint's configuration
-(``/ari/asterisk/config/dynamic/res_pjsip/endpoint/<name>``, from that pjsip.conf) and channel
+(``/ari/asterisk/config/dynamic/res_pjsip/endpoint/<name>``, from that pjsip.conf), an AOR's
+(``…/res_pjsip/aor/<name>``: its contacts, see :mod:`bridge.demo.contacts`) and channel
 variables. The pickup ids come from the same data as the AMI server's Getvar answers (recorded
 Getvars, ``replaces.csv``, SIP traces).
 
@@ -33,7 +34,8 @@ from pathlib import Path
 
 from aiohttp import BasicAuth, web
 
-from bridge.demo.ami_server import Getvars, load_endpoints, load_scenario, paced
+from bridge.demo.ami_server import Getvars, load_endpoints, load_objects, load_scenario, paced
+from bridge.demo.contacts import Registrations, pjsip_conf, static_contacts
 from bridge.demo.rounds import RoundIds
 from bridge.pickup import parse_groups
 
@@ -61,6 +63,7 @@ class AriScenario:
     events: list[RecordedAriEvent]
     getvars: Getvars
     position: int = 0
+    registered: Registrations = field(default_factory=Registrations)  # as the recording begins
 
 
 def event_is(kind: str, channel: str | None = None, state: str | None = None) -> EventPredicate:
@@ -85,9 +88,11 @@ def load_ari_scenario(directory: Path) -> AriScenario:
         if line.strip():
             record = json.loads(line)
             events.append(RecordedAriEvent(float(record["t"]), dict(record["event"])))
-    has_ami = (directory / "ami-wire.jsonl").exists()
-    getvars = load_scenario(directory).getvars if has_ami else {}
-    return AriScenario(directory.name, events, getvars)
+    ami = load_scenario(directory) if (directory / "ami-wire.jsonl").exists() else None
+    if ami is None:
+        return AriScenario(directory.name, events, {})
+    # The AMI recording of the same scenario says who was registered as it begins.
+    return AriScenario(directory.name, events, ami.getvars, registered=ami.registrations())
 
 
 def load_ari_recordings(directory: Path) -> dict[str, AriScenario]:
@@ -191,6 +196,11 @@ class RecordedAriServer:
             raise ValueError(f"no ari-events.jsonl recordings under {directory}")
         # name → {option: value}: tests may change it (as RecordedAmiServer.endpoints)
         self.endpoints = _find_endpoints(directory, self.scenarios)
+        # Every AOR's options and static contacts; its registrations (bridge.demo.contacts).
+        conf = pjsip_conf(directory)
+        self.aors = load_objects(conf, "aor") if conf is not None else {}
+        self.static_contacts = static_contacts(self.aors)
+        self.registered = Registrations()
         self.host, self.port = host, port
         self.username, self.password = username, password
         self.speed = speed  # 1.0 = recorded pace, 0 = as fast as possible
@@ -267,6 +277,13 @@ class RecordedAriServer:
         """Start a scenario over from its first event."""
         self.scenarios[scenario].position = 0
 
+    def select(self, scenario: str) -> None:
+        """Take the phones registered as a scenario begins as the ones registered now."""
+        self.registered = Registrations(
+            item for contacts in self.scenarios[scenario].registered.by_aor.values()
+            for item in contacts.values()
+        )  # fmt: skip
+
     async def play(self, scenario: str, *, until: EventPredicate | None = None) -> None:
         """Emit the scenario's events from where it stands; with ``until``, stop right after the
         first matching event (call again to continue). Spaced by ``speed``."""
@@ -295,6 +312,7 @@ class RecordedAriServer:
     async def emit(self, event: Mapping[str, object]) -> None:
         """Apply one event to the world and send it to every websocket client."""
         self._world.apply(event)
+        self.registered.apply_ari(event)
         for client in list(self._clients):
             text = json.dumps({**event, "application": client.app})
             try:
@@ -437,6 +455,13 @@ class RecordedAriServer:
         config_class, object_type, name = match["config_class"], match["object_type"], match["id"]
         if config_class != "res_pjsip":
             return _error(404, f"configClass '{config_class}' not found")
+        if object_type == "aor":
+            aor = self.aors.get(name)
+            if aor is None and name not in self.registered.by_aor:
+                return _error(404, f"Object with id '{name}' not found")
+            return web.json_response(
+                self.registered.aor_tuples(name, aor or {}, self.static_contacts)
+            )
         if object_type != "endpoint":
             return _error(404, f"objectType '{object_type}' not found")
         options = self.endpoints.get(name)

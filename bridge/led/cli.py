@@ -50,9 +50,11 @@ async def light_key(
         return local_address_towards(host) or "127.0.0.1", port
 
     leds = LedController([rule], domain=domain or parsed.host, local=local)
-    state = leds.phones[aor]
     try:
         leds.contact(aor, uri, loop.time())
+        if not leds.phones[aor].contacts:
+            return False, f"{phone}: cannot send there"
+        (state,) = leds.phones[aor].contacts.values()
         last = "no answer"
         while not state.confirmed and not state.failures:
             for data, address in leds.outgoing():

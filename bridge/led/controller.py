@@ -1,22 +1,29 @@
 """Which phone must be told which lights, and the MESSAGE transactions that tell them; sans-I/O.
 
-Feed it Asterisk state (device and hint states, where each phone is registered) and MESSAGE
+Feed it Asterisk state (device and hint states, every contact of each phone) and MESSAGE
 responses, always with the current time; drain ``outgoing()``; call ``handle_timer()`` at
-``next_timer()``. Per phone:
+``next_timer()``. Per phone, the lights wanted; per contact of a phone (each registration and
+each static ``contact=``, as Asterisk would ring them all):
 
-- the lights wanted and the lights the phone has confirmed (a 2xx); a MESSAGE carries every key
-  that differs, so several changes make one MESSAGE;
+- the lights that contact has confirmed (a 2xx); a MESSAGE carries every key that differs, so
+  several changes make one MESSAGE;
 - one MESSAGE in flight, retransmitted over UDP (T1 doubling to T2, given up after 64·T1);
-- a phone that answers 4xx/5xx or does not answer is tried again after 5 s, 10 s, 20 s … up to
-  5 minutes: never in a tight loop, and never holding up another phone;
-- a (re-)registration, or the first contact after a restart of the bridge, sends every light
-  again: a phone that rebooted is lit correctly without waiting for the next change.
+- a contact that answers 4xx/5xx or does not answer is tried again after 5 s, 10 s, 20 s … up
+  to 5 minutes: never in a tight loop, and never holding up another contact or phone;
+- a new contact, a (re-)registration or the first contact after a restart of the bridge gets
+  every light: a phone that rebooted is lit correctly without waiting for the next change.
+
+Where a contact is reached: at its URI, as Asterisk reaches it (res_pjsip sends a contact's
+requests to its URI; with ``rewrite_contact`` that URI already holds the address the REGISTER
+came from). ``ViaAddr``/``ViaPort`` are the REGISTER's Via sent-by, which Asterisk stores but
+never sends to: behind NAT that is the phone's private address.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +37,9 @@ from bridge.sip.timers import NO_TIMER, TimerQueue
 log = logging.getLogger("bridge.led")
 
 Address = tuple[str, int]
+# Parameters Asterisk adds to a contact's URI for itself (rewrite_contact's x-ast-orig-host,
+# symmetric transport's x-ast-txp); it strips them from the requests it sends, and so do we.
+_ASTERISK_PARAMS = re.compile(r";x-ast-[^;?>]*", re.IGNORECASE)
 
 
 @dataclass(eq=False, slots=True)
@@ -44,19 +54,38 @@ class _Transaction:
 
 @dataclass(eq=False, slots=True)
 class Phone:
-    """What the bridge knows and wants of one phone."""
+    """What the bridge wants one phone (a PJSIP AOR) to show, and where it can reach it."""
 
     aor: str
-    uri: str = ""  # the registered contact, Request-URI of our MESSAGEs
-    address: Address | None = None
     wanted: dict[int, KeyLight] = field(default_factory=dict)
+    contacts: dict[str, Contact] = field(default_factory=dict)  # by the contact's URI
+    warned: bool = False  # "no contact" was logged at warning level once
+    # One Call-ID and From tag for all the phone's MESSAGEs, CSeq counting across its
+    # contacts: a phone back on a new contact sees the same sender going on.
+    cseq: int = 0
+    call_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    from_tag: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    @property
+    def reachable(self) -> bool:
+        """Whether Asterisk knows a contact of this phone to send its lights to."""
+        return bool(self.contacts)
+
+
+@dataclass(eq=False, slots=True)
+class Contact:
+    """One place a phone is reached (a registration or a static ``contact=``), told every light
+    on its own with its own MESSAGE transactions."""
+
+    phone: Phone
+    uri: str  # as Asterisk names the contact
+    target: str  # Request-URI of our MESSAGEs: the URI without Asterisk's x-ast-* parameters
+    address: Address
     confirmed: dict[int, KeyLight] = field(default_factory=dict)
     in_flight: _Transaction | None = None
     failures: int = 0
     retry_at: float = 0.0
-    cseq: int = 0
-    call_id: str = field(default_factory=lambda: secrets.token_hex(8))
-    from_tag: str = field(default_factory=lambda: secrets.token_hex(4))
+    listed: bool = True  # named since the last resync started; not: gone from Asterisk
     timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue
 
 
@@ -91,11 +120,14 @@ class LedController:
                 self._by_device.setdefault(rule.device.lower(), []).append(rule)
             if rule.hint:
                 self._by_hint.setdefault(rule.hint, []).append(rule)
-        self._by_branch: dict[str, Phone] = {}
-        self._timers: TimerQueue[Phone] = TimerQueue()
+        self._by_branch: dict[str, Contact] = {}
+        self._timers: TimerQueue[Contact] = TimerQueue()
         self._out: list[tuple[bytes, Address]] = []
         self._branches = itertools.count(1)
         self._branch_prefix = f"z9hG4bK{secrets.token_hex(4)}.led."
+        # Between sync_started and sync_finished: contacts listed are sent to once the listing
+        # is complete (a contact the AOR lists may turn out unreachable in the next list).
+        self._syncing = False
 
     # ----------------------------------------------------------------- inputs
 
@@ -109,23 +141,66 @@ class LedController:
         for rule in self._by_hint.get(exten, ()):
             self._want(rule, rule.light(HINT_STATES.get(status, "unknown")), now)
 
-    def contact(self, aor: str, uri: str, now: float) -> None:
-        """Where a phone is registered now (``uri`` empty: unregistered or unreachable)."""
-        phone = self.phones.get(aor)
-        if phone is None:
+    def contact(
+        self,
+        aor: str,
+        uri: str,
+        now: float,
+        *,
+        reachable: bool = True,
+        endpoint: str = "",
+        listed: bool = False,
+    ) -> None:
+        """A contact of a phone appeared, changed (``listed``: named again by a resync) or went
+        (``reachable`` False: removed or unreachable). The phone is found by its AOR, else by
+        its endpoint's name."""
+        phone = self.phones.get(aor) or self.phones.get(endpoint)
+        uri = uri.strip().strip("<>")
+        if phone is None or not uri:
             return
-        address = _address(uri) if uri else None
-        if (uri, address) == (phone.uri, phone.address):
+        known = phone.contacts.get(uri)
+        if not reachable:
+            if known is not None:
+                self._drop(known, "unreachable or unregistered")
+                self._report_unreachable(phone)
             return
-        phone.uri, phone.address = uri, address
-        # A new registration may be a rebooted phone: everything is sent again, at once.
-        phone.confirmed.clear()
-        phone.failures, phone.retry_at = 0, 0.0
-        self._abandon(phone)
-        if address is not None:
-            log.info("phone %s is at %s:%d; sending its %d lights", aor, *address,
-                     len(phone.wanted))  # fmt: skip
-        self._pump(phone, now)
+        if known is not None:
+            known.listed = True
+            if listed:
+                return  # nothing new: it has what it confirmed
+            # Registered again: maybe a rebooted phone, so everything is sent again, at once.
+            self._abandon(known)
+            known.confirmed.clear()
+            known.failures, known.retry_at = 0, 0.0
+            self._pump(known, now)
+            return
+        target = _ASTERISK_PARAMS.sub("", uri)
+        address = _address(target)
+        if address is None:
+            return
+        added = phone.contacts[uri] = Contact(phone, uri, target, address)
+        log.info("phone %s is at %s (%s:%d); %d lights to send", phone.aor, uri, *address,
+                 len(phone.wanted))  # fmt: skip
+        if not self._syncing:
+            self._pump(added, now)
+
+    def sync_started(self) -> None:
+        """Asterisk is about to list every contact again (a resync)."""
+        self._syncing = True
+        for phone in self.phones.values():
+            for contact in phone.contacts.values():
+                contact.listed = False
+
+    def sync_finished(self, now: float) -> None:
+        """The resync is over: contacts it did not name are gone, the others get what they
+        lack; phones left without any are logged (at warning level the first time)."""
+        self._syncing = False
+        for phone in self.phones.values():
+            for contact in [c for c in phone.contacts.values() if not c.listed]:
+                self._drop(contact, "no longer known to Asterisk")
+            for contact in phone.contacts.values():
+                self._pump(contact, now)
+            self._report_unreachable(phone)
 
     def receive_response(self, response: Response, now: float) -> bool:
         """A response to one of our MESSAGEs; False when it is not ours."""
@@ -133,19 +208,19 @@ class LedController:
             branch = response.vias()[0].branch or ""
         except ParseError:
             return False
-        phone = self._by_branch.get(branch)
-        if phone is None or phone.in_flight is None or phone.in_flight.branch != branch:
+        contact = self._by_branch.get(branch)
+        if contact is None or contact.in_flight is None or contact.in_flight.branch != branch:
             return branch.startswith(self._branch_prefix)  # ours, but already finished
         if response.status < 200:
             return True
-        tx = phone.in_flight
-        self._abandon(phone)
+        tx = contact.in_flight
+        self._abandon(contact)
         if response.status < 300:
-            phone.confirmed.update(tx.keys)
-            phone.failures = 0
+            contact.confirmed.update(tx.keys)
+            contact.failures = 0
         else:
-            self._failed(phone, now, f"answered {response.status} {response.reason}")
-        self._pump(phone, now)
+            self._failed(contact, now, f"answered {response.status} {response.reason}")
+        self._pump(contact, now)
         return True
 
     # ----------------------------------------------------------------- outputs and timers
@@ -160,19 +235,19 @@ class LedController:
         return self._timers.next_deadline()
 
     def handle_timer(self, now: float) -> None:
-        """Retransmit, give up on silent phones, retry the ones that failed."""
-        while (phone := self._timers.pop_due(now)) is not None:
-            tx = phone.in_flight
+        """Retransmit, give up on silent contacts, retry the ones that failed."""
+        while (contact := self._timers.pop_due(now)) is not None:
+            tx = contact.in_flight
             if tx is None:
-                self._pump(phone, now)  # a retry is due
+                self._pump(contact, now)  # a retry is due
             elif now >= tx.deadline:
-                self._abandon(phone)
-                self._failed(phone, now, "did not answer")
-                self._pump(phone, now)
+                self._abandon(contact)
+                self._failed(contact, now, "did not answer")
+                self._pump(contact, now)
             else:
                 self._out.append((tx.data, tx.to))
                 tx.interval = min(2 * tx.interval, self._t2)
-                self._timers.schedule(phone, min(now + tx.interval, tx.deadline))
+                self._timers.schedule(contact, min(now + tx.interval, tx.deadline))
 
     # ----------------------------------------------------------------- internals
 
@@ -180,45 +255,65 @@ class LedController:
         phone = self.phones[rule.phone]
         if phone.wanted.get(rule.key) != light:
             phone.wanted[rule.key] = light
-            self._pump(phone, now)
+            for contact in phone.contacts.values():
+                self._pump(contact, now)
 
-    def _pump(self, phone: Phone, now: float) -> None:
-        """Send what the phone has not confirmed yet, if it can be sent now."""
-        if phone.address is None or phone.in_flight is not None or phone.retry_at > now:
+    def _drop(self, contact: Contact, why: str) -> None:
+        phone = contact.phone
+        if phone.contacts.get(contact.uri) is not contact:
             return
-        pending = {k: v for k, v in phone.wanted.items() if phone.confirmed.get(k) != v}
+        self._abandon(contact)
+        del phone.contacts[contact.uri]
+        log.info("phone %s: contact %s is %s", phone.aor, contact.uri, why)
+
+    def _report_unreachable(self, phone: Phone) -> None:
+        if phone.reachable:
+            return
+        keys = ", ".join(str(k) for k in sorted(phone.wanted))
+        level = logging.INFO if phone.warned else logging.WARNING
+        phone.warned = True
+        log.log(level, "led: phone %s has no contact Asterisk knows of (not registered, no "
+                "static contact=): its keys %s cannot be lit until it registers", phone.aor,
+                keys)  # fmt: skip
+
+    def _pump(self, contact: Contact, now: float) -> None:
+        """Send what the contact has not confirmed yet, if it can be sent now."""
+        if contact.in_flight is not None or contact.retry_at > now:
+            return
+        wanted = contact.phone.wanted
+        pending = {k: v for k, v in wanted.items() if contact.confirmed.get(k) != v}
         if not pending:
             return
-        phone.cseq += 1
+        contact.phone.cseq += 1
         branch = f"{self._branch_prefix}{next(self._branches):x}"
-        data = self._message(phone, branch, pending.values())
-        tx = _Transaction(branch, data, phone.address, pending, now + 64 * self._t1, self._t1)
-        phone.in_flight = tx
-        self._by_branch[branch] = phone
+        data = self._message(contact, branch, pending.values())
+        tx = _Transaction(branch, data, contact.address, pending, now + 64 * self._t1, self._t1)
+        contact.in_flight = tx
+        self._by_branch[branch] = contact
         self._out.append((data, tx.to))
-        self._timers.schedule(phone, now + tx.interval)
+        self._timers.schedule(contact, now + tx.interval)
 
-    def _abandon(self, phone: Phone) -> None:
-        if phone.in_flight is not None:
-            self._by_branch.pop(phone.in_flight.branch, None)
-            phone.in_flight = None
-        self._timers.cancel(phone)
+    def _abandon(self, contact: Contact) -> None:
+        if contact.in_flight is not None:
+            self._by_branch.pop(contact.in_flight.branch, None)
+            contact.in_flight = None
+        self._timers.cancel(contact)
 
-    def _failed(self, phone: Phone, now: float, why: str) -> None:
-        phone.failures += 1
+    def _failed(self, contact: Contact, now: float, why: str) -> None:
+        contact.failures += 1
         low, high = self._retry
-        delay = min(high, low * 2 ** min(phone.failures - 1, 20))
-        phone.retry_at = now + delay
-        self._timers.schedule(phone, phone.retry_at)
-        level = logging.WARNING if phone.failures == 1 else logging.DEBUG
-        log.log(level, "phone %s %s; trying again in %g s", phone.aor, why, delay)
+        delay = min(high, low * 2 ** min(contact.failures - 1, 20))
+        contact.retry_at = now + delay
+        self._timers.schedule(contact, contact.retry_at)
+        level = logging.WARNING if contact.failures == 1 else logging.DEBUG
+        log.log(level, "phone %s at %s %s; trying again in %g s", contact.phone.aor,
+                contact.uri, why, delay)  # fmt: skip
 
-    def _message(self, phone: Phone, branch: str, keys: Iterable[KeyLight]) -> bytes:
-        assert phone.address is not None
-        host, port = self._local(phone.address[0])
-        payload = body(keys)
+    def _message(self, contact: Contact, branch: str, keys: Iterable[KeyLight]) -> bytes:
+        host, port = self._local(contact.address[0])
+        payload, phone = body(keys), contact.phone
         lines = [
-            f"MESSAGE {phone.uri} SIP/2.0",
+            f"MESSAGE {contact.target} SIP/2.0",
             f"Via: SIP/2.0/UDP {host}:{port};branch={branch};rport",
             "Max-Forwards: 70",
             f"From: <sip:snom-blf-bridge@{self.domain}>;tag={phone.from_tag}",
@@ -234,7 +329,7 @@ class LedController:
 
 def _address(uri: str) -> Address | None:
     try:
-        parsed = parse_uri(uri.strip().strip("<>"))
+        parsed = parse_uri(uri)
     except ParseError:
         log.warning("cannot send to the contact %r: not a SIP URI", uri)
         return None

@@ -9,21 +9,28 @@ LAMPS = {"idle": "○", "ringing": "◉ ringing", "busy": "● busy", "held": "�
          "unknown": "? unknown"}  # fmt: skip
 
 
-async def fetch_status(url: str, within: float = 5.0) -> tuple[list[dict[str, object]], str]:
-    """The entities (with their watchers) and /healthz's answer of a running bridge."""
+Json = list[dict[str, object]]
+
+
+async def fetch_status(url: str, within: float = 5.0) -> tuple[Json, str, Json]:
+    """The entities (with their watchers), /healthz's answer and the LED rules' phones of a
+    running bridge."""
     base = url.rstrip("/")
     limit = aiohttp.ClientTimeout(total=within)
     async with aiohttp.ClientSession(timeout=limit) as http:
         async with http.get(f"{base}/api/entities") as response:
             response.raise_for_status()
-            entities: list[dict[str, object]] = await response.json()
+            entities: Json = await response.json()
         async with http.get(f"{base}/healthz") as response:
             health = (await response.text()).strip() or str(response.status)
-    return entities, health
+        async with http.get(f"{base}/api/leds") as response:
+            phones: Json = await response.json() if response.status == 200 else []
+    return entities, health, phones
 
 
-def format_status(entities: list[dict[str, object]], health: str) -> str:
-    """One line per watched extension: its key, who calls, who watches."""
+def format_status(entities: Json, health: str, phones: Json | None = None) -> str:
+    """One line per watched extension: its key, who calls, who watches; then one per phone of
+    an LED rule: reachable or not, and where."""
     lines = [f"bridge: {health}"]
     width = max((len(str(e.get("exten", ""))) for e in entities), default=4)
     for entity in entities:
@@ -33,4 +40,18 @@ def format_status(entities: list[dict[str, object]], health: str) -> str:
         watchers = entity.get("watchers") or []
         watched = f"  watched by {len(watchers)}" if isinstance(watchers, list) and watchers else ""
         lines.append(f"{exten:>{width}}  {lamp}{'  ' + caller if caller else ''}{watched}")
+    if phones:
+        lines.append("LED phones:")
+        lines += [_phone_line(phone) for phone in phones]
     return "\n".join(lines)
+
+
+def _phone_line(phone: dict[str, object]) -> str:
+    """A phone of an LED rule: reachable or not, its keys, its contacts and how each is doing."""
+    keys, contacts = phone.get("keys"), phone.get("contacts")
+    keys_text = ", ".join(map(str, keys)) if isinstance(keys, list) else ""
+    where = ", ".join(f"{c.get('uri')} ({c.get('state')})" for c in contacts
+                      if isinstance(c, dict)) if isinstance(contacts, list) else ""  # fmt: skip
+    if phone.get("reachable"):
+        return f"  {phone.get('phone')}  reachable  keys {keys_text}  at {where}"
+    return f"  {phone.get('phone')}  NOT reachable (no contact known to Asterisk)  keys {keys_text}"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from bridge.web.metrics import CONTENT_TYPE, render_metrics
-from bridge.web.status import EntityStatus, StatusView, SubscriptionStatus
+from bridge.web.status import EntityStatus, LedPhoneStatus, StatusView, SubscriptionStatus
 
 VIEW: web.AppKey[StatusView] = web.AppKey("view")
 STOPPING = web.AppKey("stopping", asyncio.Event)
@@ -37,6 +37,7 @@ def make_app(view: StatusView) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/entities", api_entities)
     app.router.add_get("/api/subscriptions", api_subscriptions)
+    app.router.add_get("/api/leds", api_leds)
     app.router.add_get("/events", events)
     app.on_shutdown.append(_stop_streams)
     return app
@@ -120,6 +121,21 @@ async def api_subscriptions(request: web.Request) -> web.Response:
     """Every live subscription."""
     subs = [_subscription(s) for s in request.app[VIEW].subscriptions()]
     return web.json_response(subs, headers=NO_CACHE)
+
+
+def _led_phone(p: LedPhoneStatus) -> dict[str, object]:
+    return {
+        "phone": p.phone,
+        "reachable": p.reachable,
+        "keys": list(p.keys),
+        "contacts": [dict(c) for c in p.contacts],
+    }
+
+
+async def api_leds(request: web.Request) -> web.Response:
+    """Every phone of an LED rule: reachable or not, and its contacts."""
+    phones = [_led_phone(p) for p in request.app[VIEW].led_phones()]
+    return web.json_response(phones, headers=NO_CACHE)
 
 
 async def events(request: web.Request) -> web.StreamResponse:

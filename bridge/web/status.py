@@ -44,6 +44,17 @@ class SubscriptionStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class LedPhoneStatus:
+    """A phone that ``[[led]]`` rules light: whether the bridge can reach it, and where."""
+
+    phone: str  # the PJSIP AOR the rules name
+    reachable: bool  # Asterisk knows a contact of it (registered or static)
+    keys: tuple[int, ...]  # the keys the rules light
+    # Each contact: {"uri", "address" ("host:port"), "state": "lit" | "sending" | "failing"}.
+    contacts: tuple[Mapping[str, object], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Counters:
     """Totals since start, and the Asterisk source's health."""
 
@@ -84,6 +95,10 @@ class StatusView(Protocol):
 
     def latency(self) -> HistogramSnapshot:
         """Seconds from an Asterisk event to the NOTIFYs it caused."""
+        ...
+
+    def led_phones(self) -> Sequence[LedPhoneStatus]:
+        """Every phone of an ``[[led]]`` rule, sorted; empty without rules."""
         ...
 
     def next_change(self) -> asyncio.Event:
