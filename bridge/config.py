@@ -19,7 +19,7 @@ from typing import Any
 
 from bridge.event_loop import EVENT_LOOPS
 from bridge.led.buttons import LIGHTS
-from bridge.led.rules import LedRule
+from bridge.led.rules import BLF_LIGHTS, LedRule
 
 
 class ConfigError(ValueError):
@@ -358,8 +358,8 @@ def _leds(raw: Any) -> tuple[LedRule, ...]:
         if bool(device) == bool(hint):
             raise ConfigError(f"{name}: set exactly one of device (e.g. \"Custom:DND201\") "
                               "and hint (an extension)")  # fmt: skip
-        lights = t.get("lights", {})
-        if not isinstance(lights, dict):
+        lights = t.get("lights", BLF_LIGHTS)
+        if not isinstance(lights, Mapping):
             raise ConfigError(f'{name}.lights: a table of state = light, e.g. {{ inuse = "on" }}')
         default = str(t.get("default", "off"))
         for state, light in [*lights.items(), ("default", default)]:

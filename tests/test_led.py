@@ -20,7 +20,7 @@ from bridge.config import ConfigError, load
 from bridge.demo.ami_server import RecordedAmiServer, event_matches
 from bridge.led.buttons import KeyLight, body
 from bridge.led.controller import LedController
-from bridge.led.rules import LedRule
+from bridge.led.rules import HINT_STATES, LedRule
 from bridge.sip.message import Response, build_response, parse_message
 
 HINT_202_RINGING = event_matches(Event="ExtensionStatus", Exten="202", Status="8")
@@ -216,6 +216,18 @@ def test_config_names_a_bad_rule(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             load(path)
+
+
+def test_a_rule_without_lights_lights_the_key_as_asterisks_own_blf_would(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text('[[led]]\nphone = "203"\nkey = 2\ndevice = "Custom:DND201"\n'
+                    '[[led]]\nphone = "203"\nkey = 3\nhint = "202"\n')  # fmt: skip
+    device_rule, hint_rule = load(path).leds
+    lit = {"BUSY", "INUSE", "RINGING", "RINGINUSE", "ONHOLD"}
+    for state in (*lit, "NOT_INUSE", "UNAVAILABLE", "UNKNOWN", "INVALID"):
+        assert device_rule.light(state).light == ("on" if state in lit else "off"), state
+    for status, name in HINT_STATES.items():
+        assert hint_rule.light(name).light == ("off" if status in (0, 4, -1) else "on"), name
 
 
 LED_CONFIG = """

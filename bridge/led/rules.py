@@ -13,12 +13,22 @@ HINT_STATES = {
     16: "hold", 17: "inuse&hold", -1: "unknown",
 }  # fmt: skip
 
+# A rule without a ``lights`` table: the key is on wherever Asterisk's own BLF lights a key
+# (in use, busy, ringing, on hold; res_pjsip_exten_state), in the names of both device states
+# and hint states, and off otherwise. Without it a rule that names no lights could never light.
+BLF_LIGHTS: Mapping[str, str] = {
+    state: "on"
+    for state in ("inuse", "busy", "ringing", "ringinuse", "onhold",  # device states
+                  "inuse&ringing", "hold", "inuse&hold")  # hint states (HINT_STATES)
+}  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class LedRule:
     """Key ``key`` of phone ``phone`` (a PJSIP AOR) follows ``device`` (a device state, e.g.
     ``Custom:DND201`` or ``park:701@parkedcalls``) or ``hint`` (an extension's hint state).
-    ``lights`` maps lower-case state names to lights; other states get ``default``."""
+    ``lights`` maps lower-case state names to lights; other states get ``default``.
+    A rule configured without ``lights`` gets :data:`BLF_LIGHTS`."""
 
     phone: str
     key: int
