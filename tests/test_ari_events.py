@@ -452,6 +452,32 @@ def test_shuffled_arrivals_converge(scenario: str, seed: int) -> None:
         assert final(prefix) == expected, prefix
 
 
+def test_a_parked_call_is_told_when_its_space_turns_busy_before_it_enters_the_lot() -> None:
+    # Seen on the lab Asterisk: the parking bridge's ChannelEnteredBridge and the space's
+    # DeviceStateChanged carry the same timestamp and came in the other order than recorded.
+    events = raw("park-retrieve")
+    enter = next(i for i, e in enumerate(events) if e["type"] == "ChannelEnteredBridge")
+    busy = next(i for i, e in enumerate(events) if e["type"] == "DeviceStateChanged"
+                and e["device_state"]["name"].startswith("park:"))  # fmt: skip
+    assert busy == enter + 1
+    entered, space_busy = events[enter], events[busy]
+    events[enter], events[busy] = space_busy, entered
+    parked = ParkedChannels()
+    found = [e for event in events for e in to_events(event, None, parked)
+             if isinstance(e, CallParked | CallUnparked)]  # fmt: skip
+    assert found == [
+        CallParked("701", "1796290418.81", "201", "Phone 201"),
+        CallUnparked("701", "1796290418.81"),
+    ]
+    # A space told busy again while its call is parked is no vacancy for the next parked call.
+    parked = ParkedChannels()
+    assert parked.events(space_busy) == []
+    assert parked.events(entered) == [CallParked("701", "1796290418.81", "201", "Phone 201")]
+    assert parked.events(space_busy) == []
+    other = {**entered, "channel": {**entered["channel"], "id": "9.9"}}
+    assert parked.events(other) == []  # waits for a space: none is vacant and busy
+
+
 def test_a_parked_call_is_told_by_the_space_that_turns_busy_after_it_enters_the_lot() -> None:
     parked = ParkedChannels()
     events = [e for event in raw("park-retrieve") for e in to_events(event, None, parked)]

@@ -21,14 +21,16 @@ resync ``GET /ari/bridges``). A ``linkedid`` the channel itself carries would wi
 
 Parked calls: ARI has no ParkedCall event. A parked channel enters its lot's holding bridge
 (``bridge_class`` "parking", named after the lot, not the space) and the space's device
-(``park:<space>@<context>``) turns INUSE right after (recording ``park-retrieve``). ``ParkedCalls``
-pairs the two, oldest waiting channel first; leaving the parking bridge unparks it.
+(``park:<space>@<context>``) turns INUSE at the same moment (recording ``park-retrieve``; on the
+lab Asterisk the two came in either order). ``ParkedChannels`` pairs the two, whichever comes
+first, oldest waiting first; leaving the parking bridge unparks it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from bridge.asterisk.ami_events import leg_origin
 from bridge.events import (
@@ -111,6 +113,9 @@ class ParkedChannels:
     def __init__(self, limit: int = 1024) -> None:
         self._waiting: dict[str, tuple[str, str]] = {}  # in a parking bridge, space not known
         self._spaces: dict[str, str] = {}  # channel id → its space
+        # Spaces that turned busy before their channel entered the parking bridge: Asterisk
+        # stamps both events with the same moment and sends them in either order.
+        self._vacant_busy: dict[str, None] = {}
         self._limit = limit
 
     def events(self, msg: Mapping[object, object]) -> list[AsteriskEvent]:
@@ -129,9 +134,13 @@ class ParkedChannels:
         bridge = msg.get("bridge")
         parking = isinstance(bridge, Mapping) and bridge.get("bridge_class") == "parking"
         if kind == "ChannelEnteredBridge" and parking:
-            self._waiting[uid] = _party(channel.get("caller"))
-            while len(self._waiting) > self._limit:
-                del self._waiting[next(iter(self._waiting))]
+            party = _party(channel.get("caller"))
+            if self._vacant_busy:
+                vacant = next(iter(self._vacant_busy))
+                del self._vacant_busy[vacant]
+                return [self._park(uid, vacant, party)]
+            self._waiting[uid] = party
+            _trim(self._waiting, self._limit)
         elif kind == "ChannelLeftBridge" and parking:
             self._waiting.pop(uid, None)
             space = self._spaces.pop(uid, None)
@@ -139,17 +148,32 @@ class ParkedChannels:
         return []
 
     def _space_in_use(self, obj: object) -> list[AsteriskEvent]:
-        if not isinstance(obj, Mapping) or not self._waiting:
+        if not isinstance(obj, Mapping):
             return []
         space = park_space(device_key(_text(obj, "name")))
-        if space is None or _text(obj, "state").upper() in self._IDLE:
+        if space is None:
+            return []
+        if _text(obj, "state").upper() in self._IDLE:
+            self._vacant_busy.pop(space, None)
+            return []
+        if not self._waiting:
+            if space not in self._spaces.values():  # not a parked call's space telling again
+                self._vacant_busy[space] = None
+                _trim(self._vacant_busy, self._limit)
             return []
         uid = next(iter(self._waiting))
-        num, name = self._waiting.pop(uid)
+        return [self._park(uid, space, self._waiting.pop(uid))]
+
+    def _park(self, uid: str, space: str, party: tuple[str, str]) -> CallParked:
         self._spaces[uid] = space
-        while len(self._spaces) > self._limit:
-            del self._spaces[next(iter(self._spaces))]
-        return [CallParked(space, uid, num, name)]
+        _trim(self._spaces, self._limit)
+        return CallParked(space, uid, *party)
+
+
+def _trim(oldest_first: dict[str, Any], limit: int) -> None:
+    """Drop the oldest entries of an insertion-ordered dict beyond ``limit``."""
+    while len(oldest_first) > limit:
+        del oldest_first[next(iter(oldest_first))]
 
 
 def to_events(
