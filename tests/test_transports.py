@@ -83,7 +83,8 @@ async def test_a_phone_sees_a_ringing_call_over_each_transport_on_each_loop(
             assert {m.transport for m in result.messages} == {transport}
             assert any(pickable(n.body) for n in result.notifies)
         if transport != "udp":
-            async with StreamPhone(("127.0.0.1", port), transport, certificate=certificate) as phone:
+            phone = StreamPhone(("127.0.0.1", port), transport, certificate=certificate)
+            async with phone:
                 _, own_port = await phone.connect()
                 phone.subscribe()
                 assert phone.reader is not None and phone.writer is not None
