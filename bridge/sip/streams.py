@@ -171,6 +171,10 @@ class StreamConnections:
             await self.loop.connect_accepted_socket(
                 protocol, sock, ssl=tls, ssl_handshake_timeout=timeout or None
             )
+        except asyncio.CancelledError:  # the service is closing
+            sock.close()
+            self.release(slot)
+            raise
         except Exception as exc:  # a failed handshake is the peer's problem, not a bug of ours
             sock.close()
             self.release(slot)
@@ -233,6 +237,9 @@ class StreamConnections:
                     server_hostname=peer.host if tls is not None else None,
                     ssl_handshake_timeout=timeout if tls is not None else None,
                 )
+        except asyncio.CancelledError:  # the service is closing
+            self.release(slot)
+            raise
         except Exception as exc:
             self.release(slot)
             dropped = len(self.dialing.pop(peer, []))
