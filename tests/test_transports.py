@@ -10,7 +10,10 @@ dropped connection a raw-socket phone does (tests/stream_phone.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
@@ -26,6 +29,12 @@ from test_security import certificate  # noqa: F401 (a fixture)
 from bridge.demo.ami_server import RecordedAmiServer
 
 LOOPS = ["uvloop", "asyncio"]
+SHIPPED = Path(__file__).parent.parent / "etc" / "snom-blf-bridge.toml"
+OPTIONS = (
+    b"OPTIONS sip:202@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bK-o1\r\n"
+    b"From: <sip:203@127.0.0.1>;tag=o\r\nTo: <sip:202@127.0.0.1>\r\nCall-ID: fds-1\r\n"
+    b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+)
 
 
 @pytest.fixture
@@ -107,3 +116,58 @@ async def test_a_phone_sees_a_ringing_call_over_each_transport_on_each_loop(
         await bridge.close()
     assert "Traceback" not in bridge.log
     assert " ERROR " not in bridge.log, bridge.log
+
+
+def _few_descriptors() -> None:
+    """In the bridge's process before exec: 160 descriptors, and no way to raise them."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+async def test_running_out_of_descriptors_is_logged_once_and_survived(
+    tmp_path: Path, loop: str
+) -> None:
+    port = free_port()
+    listen = f'["127.0.0.1:{port}"]'
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "run", "--config", str(SHIPPED),
+        "--set", f"sip.udp={listen}", "--set", f"sip.tcp={listen}", "--set", "web.listen=",
+        "--set", f"store.path={tmp_path / 's.sqlite3'}", "--set", f"runtime.event_loop={loop}",
+        "--set", "sip.max_connections=0", "--set", "sip.max_connections_per_source=0",
+        stderr=asyncio.subprocess.PIPE, preexec_fn=_few_descriptors,
+    )  # fmt: skip
+    assert process.stderr is not None
+    started: list[bytes] = []
+    try:
+        async with asyncio.timeout(10):
+            while line := await process.stderr.readline():
+                started.append(line)
+                if b"listening for SUBSCRIBEs" in line:
+                    break
+        rest = asyncio.ensure_future(process.stderr.read())
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(300)]
+        await asyncio.sleep(1.5)  # the bridge takes what it can, rests a second, tries again
+        for _, writer in held:
+            writer.close()
+        for _ in range(30):  # served again once the descriptors are back
+            with contextlib.suppress(OSError, TimeoutError):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(OPTIONS)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+                writer.close()
+                assert head.startswith(b"SIP/2.0 200 OK\r\n")
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the bridge never served a connection again")
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await process.wait()
+    log = b"".join(started).decode() + (await rest).decode()
+    assert process.returncode == 0, log
+    assert log.count("cannot accept TCP connections: Too many open files") == 1, log
+    assert "sip.max_connections is 0 (no limit) while the process may open 160 files" in log
+    assert "Traceback" not in log and " ERROR " not in log.replace(
+        " ERROR bridge.sip: cannot accept", ""), log  # fmt: skip
