@@ -324,3 +324,27 @@ def test_unfinished_messages_are_let_go_when_their_connections_close(loop: str) 
     # connection: its closed transports, in reference cycles) waits for the cycle collector.
     assert figures["after"] < count * len(half) // 4
     assert figures["collected"] < count * len(half) // 20
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_peer_that_reads_nothing_is_cut_off(
+    loop: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.sip")
+    monkeypatch.setattr("bridge.sip.streams.WRITE_BACKLOG", 256 << 10)
+    requests = b"".join(options(n) for n in range(1, 20001))  # 5 MB asking for 6 MB of answers
+
+    async def scenario() -> None:
+        async with running(StreamLimits()) as bridge:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and reads none of it
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await loop.sock_connect(sock, bridge.address("tcp"))
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                await asyncio.wait_for(loop.sock_sendall(sock, requests), 30)
+            await eventually(lambda: bridge.service.streams.open_total == 0, within=30)
+            sock.close()
+
+    on_loop(loop, scenario)
+    assert len(lines(caplog, ": it reads nothing (")) == 1
