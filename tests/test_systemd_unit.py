@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge.config import SipConfig, load
-from bridge.sip.streams import OTHER_DESCRIPTORS
+from bridge.sip.listener import OTHER_DESCRIPTORS
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "systemd" / "snom-blf-bridge.service"

@@ -18,15 +18,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bridge.sip.listener import StreamListener, descriptors_short, listen_stream
 from bridge.sip.message import Request, Response
 from bridge.sip.notifier import Notifier
-from bridge.sip.streams import (
-    StreamConnections,
-    StreamLimits,
-    StreamListener,
-    descriptors_short,
-    listen_stream,
-)
+from bridge.sip.streams import StreamConnections, StreamLimits
 from bridge.sip.subscription import Peer
 
 __all__ = ["SipService", "StreamLimits", "phone_tls_context", "start_sip"]
