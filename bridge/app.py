@@ -43,7 +43,7 @@ from bridge.sip.digest import DigestAuthenticator
 from bridge.sip.message import Response
 from bridge.sip.notifier import Notifier, NotifierSettings
 from bridge.sip.subscription import DialogKey
-from bridge.sip.transport import SipService, start_sip
+from bridge.sip.transport import SipService, StreamLimits, start_sip
 from bridge.status import BridgeStatus
 from bridge.store import StoreError, SubscriptionStore
 from bridge.tracker import CallTracker, TrackerSettings
@@ -174,6 +174,16 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def _stream_limits(config: Config) -> StreamLimits:
+    sip = config.sip
+    return StreamLimits(
+        max_connections=sip.max_connections,
+        max_connections_per_source=sip.max_connections_per_source,
+        idle_timeout=sip.idle_timeout,
+        header_timeout=sip.header_timeout,
+    )
+
+
 def _render_settings(config: Config) -> RenderSettings:
     return RenderSettings(_domain(config), show_caller=config.security.show_caller)
 
@@ -278,6 +288,7 @@ class Bridge:
                 max_message=sip.max_message_size,
                 tls_addrs=[(a.host, a.port) for a in sip.tls],
                 tls=_tls_context(self.config),
+                limits=_stream_limits(self.config),
             )
         except BaseException:
             await self.stop()
@@ -467,6 +478,8 @@ class Bridge:
         self.documents.settings = _render_settings(config)
         self.policy = self.documents.policy = _policy(config, self.policy)
         self.notifier.gate.limits = _limits(config)
+        if self.sip is not None:
+            self.sip.stream_limits = _stream_limits(config)
         if (config.security.auth, config.security.realm) != (old.security.auth, old.security.realm):
             self.notifier.auth = _authenticator(config)
         elif self.notifier.auth is not None:

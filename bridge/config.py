@@ -85,6 +85,11 @@ class SipConfig:
     max_expires: int = 3600
     max_message_size: int = 16384
     user_agent: str = "snom-blf-bridge"
+    # TCP and TLS connections: caps (0 = none) and timeouts in seconds (0 = none).
+    max_connections: int = 4096
+    max_connections_per_source: int = 32
+    idle_timeout: float = 3700.0
+    header_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,10 @@ _SECTIONS: dict[str, set[str]] = {
         "max_expires",
         "max_message_size",
         "user_agent",
+        "max_connections",
+        "max_connections_per_source",
+        "idle_timeout",
+        "header_timeout",
     },
     "watch": {"extensions", "outgoing_blinks", "stale_ring_timeout"},
     "log": {"level"},
@@ -580,6 +589,12 @@ def _sip(t: Mapping[str, Any], base_dir: Path | None = None) -> SipConfig:
         max_expires=mx,
         max_message_size=_int(t, "sip.max_message_size", 16384, low=1024, high=65507),
         user_agent=_str(t, "sip.user_agent", "snom-blf-bridge"),
+        max_connections=_int(t, "sip.max_connections", 4096, low=0, high=1_000_000),
+        max_connections_per_source=_int(
+            t, "sip.max_connections_per_source", 32, low=0, high=1_000_000
+        ),
+        idle_timeout=_number(t, "sip.idle_timeout", 3700.0, low=0, high=7 * 86400),
+        header_timeout=_number(t, "sip.header_timeout", 10.0, low=0, high=600),
     )
 
 

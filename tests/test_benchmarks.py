@@ -20,3 +20,15 @@ def test_quick_benchmark_run_prints_every_figure() -> None:
     assert {row.split(":")[0] for row in rows} == {"tracker", "render", "notifier", "chain"}
     for row in rows:  # "name  figure  unit": the figure is the second word from the end
         assert float(row.split()[-2].replace(",", "")) > 0, row
+
+
+def test_connection_benchmark_runs_against_the_real_bridge() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.connections", "--connections", "64"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("connections[")]
+    assert len(rows) == 2 * 10, done.stdout  # ten figures on each loop
+    answers = [float(row.split()[-2]) for row in rows if "OPTIONS answer" in row]
+    assert answers and all(ms > 0 for ms in answers), rows  # -1: a connection went unanswered

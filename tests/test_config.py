@@ -35,6 +35,8 @@ def test_defaults_without_a_file() -> None:
     assert config.sip.min_expires == 60
     assert config.sip.default_expires == 600
     assert config.sip.max_expires == 3600
+    assert (config.sip.max_connections, config.sip.max_connections_per_source) == (4096, 32)
+    assert (config.sip.header_timeout, config.sip.idle_timeout) == (10.0, 3700.0)
     assert not config.watch.outgoing_blinks
 
 
@@ -86,6 +88,10 @@ def test_secret_never_in_repr(tmp_path: Path) -> None:
         ("[sip]\nudp = ['127.0.0.1:5060', 'nohostport']\n", None, "sip.udp[1]"),
         ("[sip]\nmin_expires = 'soon'\n", None, "sip.min_expires"),
         ("[sip]\nmin_expires = 900\n", None, "sip.default_expires"),
+        ("[sip]\nmax_connections = -1\n", None, "sip.max_connections"),
+        ("[sip]\nmax_connections_per_source = 'many'\n", None, "sip.max_connections_per_source"),
+        ("[sip]\nheader_timeout = 601\n", None, "sip.header_timeout"),
+        ("", "sip.idle_timeout=soon", "sip.idle_timeout"),
         ("[ami]\nport = 0\n", None, "ami.port"),
         ("[ami]\nusername = 'x'\n", None, "ami.secret"),
         ("[ami]\nsecret_file = 'missing.secret'\n", None, "ami.secret_file"),

@@ -22,6 +22,7 @@ from bridge.sip.headers import (
 )
 from bridge.sip.message import (
     Headers,
+    MessageTooLarge,
     ParseError,
     Request,
     Response,
@@ -331,6 +332,39 @@ def test_framer_rejects_missing_content_length_oversize_and_stays_broken() -> No
         endless.feed(b"X-Pad: " + b"y" * 100 + b"\r\n")
     with pytest.raises(ParseError, match="Content-Length"):
         StreamFramer().feed(b"SIP/2.0 200 OK\r\nContent-Length: -1\r\n\r\n")
+
+
+def test_framer_says_too_large_with_what_it_could_read_of_the_request() -> None:
+    via = b"Via: SIP/2.0/TCP h:5060;branch=z9hG4bK7\r\n"
+    head = b"SUBSCRIBE sip:202@b SIP/2.0\r\n" + via + b"Call-ID: big\r\nCSeq: 1 SUBSCRIBE\r\n"
+    with pytest.raises(MessageTooLarge, match="message exceeds") as declared:
+        StreamFramer(max_size=200).feed(head + b"Content-Length: 500\r\n\r\n")
+    endless = StreamFramer(max_size=200)
+    endless.feed(head)
+    with pytest.raises(MessageTooLarge, match="headers exceed") as unending:
+        endless.feed(b"X-Pad: " + b"y" * 300 + b"\r\nX-More: z")
+    for error in (declared.value, unending.value):
+        assert isinstance(error.request, Request)
+        assert error.request.call_id() == "big" and error.request.vias()[0].branch == "z9hG4bK7"
+    with pytest.raises(ParseError) as short:
+        StreamFramer().feed(b"OPTIONS sip:a@b SIP/2.0\r\n\r\n")
+    assert not isinstance(short.value, MessageTooLarge)  # a 400, not a 413
+
+
+def test_framer_holds_only_the_unfinished_message_and_lets_go_of_it() -> None:
+    framer = StreamFramer()
+    half = _framed(1, b"hello")[:30]
+    framer.feed(half)
+    assert framer.pending == len(half)
+    assert [m.body for m in framer.feed(_framed(1, b"hello")[30:])] == [b"hello"]
+    assert framer.pending == 0
+    framer.feed(b"NOTIFY sip:a@b SIP/2.0\n" + b"X: y\n" * 500)  # a head a reader stopped in
+    framer.release()
+    assert framer.pending == 0
+    # An end of head split over two reads, a byte at a time, LF-only too, is still found.
+    lf_only = b"NOTIFY sip:a@b SIP/2.0\nCSeq: 4 NOTIFY\nContent-Length: 0\n\n"
+    out = [m for i in range(len(lf_only)) for m in framer.feed(lf_only[i : i + 1])]
+    assert [m.cseq().seq for m in out] == [4]
 
 
 # ----------------------------------------------------------------- robustness

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import pytest
 from sipp import SippWatcher, free_port
 
+from bridge.sip.access import SourceGate
 from bridge.sip.message import Request, Response, StreamFramer, build_response
 from bridge.sip.notifier import Notifier, NotifierSettings, Peer
 from bridge.sip.transport import SipService, start_sip
@@ -87,11 +88,14 @@ class Bridge:
         self.service.resource_changed("202")
 
 
-async def _bridge(t1: float = 0.5) -> Bridge:
+async def _bridge(t1: float = 0.5, gate: SourceGate | None = None, **options: Any) -> Bridge:
+    """A notifier on real loopback sockets; ``options`` go to start_sip (limits, tls, ...)."""
     source = Source()
-    contacts = {"udp": ("127.0.0.1", 0), "tcp": ("127.0.0.1", 0)}
-    notifier = ObservedNotifier(source, NotifierSettings(contacts=contacts, t1=t1, t2=8 * t1))
-    service = await start_sip(notifier, [("127.0.0.1", 0)], [("127.0.0.1", 0)])
+    contacts = {"udp": ("127.0.0.1", 0), "tcp": ("127.0.0.1", 0), "tls": ("127.0.0.1", 0)}
+    notifier = ObservedNotifier(
+        source, NotifierSettings(contacts=contacts, t1=t1, t2=8 * t1), gate=gate
+    )
+    service = await start_sip(notifier, [("127.0.0.1", 0)], [("127.0.0.1", 0)], **options)
     return Bridge(notifier, service, source)
 
 

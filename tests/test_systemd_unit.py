@@ -9,12 +9,24 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).parent.parent / "systemd" / "snom-blf-bridge.service"
+from bridge.config import SipConfig, load
+from bridge.sip.listener import OTHER_DESCRIPTORS
+
+ROOT = Path(__file__).parent.parent
+UNIT = ROOT / "systemd" / "snom-blf-bridge.service"
 MAX_EXPOSURE = 3.0
 
-pytestmark = pytest.mark.skipif(
+needs_systemd = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
 )
+
+
+def test_the_descriptor_limit_holds_the_connection_cap() -> None:
+    found = re.search(r"^LimitNOFILE=(\d+)$", UNIT.read_text(), flags=re.MULTILINE)
+    assert found, "the unit must size the descriptor limit for sip.max_connections"
+    shipped = load(ROOT / "etc" / "snom-blf-bridge.toml").sip.max_connections
+    for cap in (shipped, SipConfig().max_connections):
+        assert cap and cap + OTHER_DESCRIPTORS <= int(found[1])
 
 
 def _installable_copy(tmp_path: Path) -> Path:
@@ -28,6 +40,7 @@ def _installable_copy(tmp_path: Path) -> Path:
     return copy
 
 
+@needs_systemd
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     unit = _installable_copy(tmp_path)
     done = subprocess.run(
@@ -41,6 +54,7 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     assert complaints == []
 
 
+@needs_systemd
 def test_security_exposure_is_low(tmp_path: Path) -> None:
     unit = _installable_copy(tmp_path)
     done = subprocess.run(

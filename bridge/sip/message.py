@@ -27,6 +27,7 @@ __all__ = [
     "REASONS",
     "Headers",
     "Message",
+    "MessageTooLarge",
     "ParseError",
     "Request",
     "Response",
@@ -53,7 +54,7 @@ _CANONICAL = {
 }  # fmt: skip
 REASONS = {
     100: "Trying", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
-    403: "Forbidden", 404: "Not Found",
+    403: "Forbidden", 404: "Not Found", 413: "Request Entity Too Large",
     405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
     420: "Bad Extension", 423: "Interval Too Brief", 481: "Call/Transaction Does Not Exist",
     489: "Bad Event", 500: "Server Internal Error", 501: "Not Implemented",
@@ -469,6 +470,10 @@ def response_ids(data: bytes) -> tuple[int, str | None, str] | None:
     return int(m.group(1)), branch, method
 
 
+class MessageTooLarge(ParseError):
+    """A message on a stream is larger than the limit (answered 413, RFC 3261 §21.4.11)."""
+
+
 class StreamFramer:
     """Cuts a TCP byte stream into messages by Content-Length (RFC 3261 §18.3).
 
@@ -479,9 +484,21 @@ class StreamFramer:
         self.max_size = max_size
         self.pings = 0  # RFC 5626 CRLFCRLF keep-alives seen; the caller answers each with CRLF
         self._buffer = bytearray()
+        self._scanned = 0  # bytes of an unfinished head already searched for its end
         self._crlfs = 0
         self._head: tuple[int, int, Request | Response, int] | None = None
         self._error: ParseError | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished message held (0 between messages)."""
+        return len(self._buffer)
+
+    def release(self) -> None:
+        """Drop whatever is buffered, memory included (the connection is gone)."""
+        self._buffer = bytearray()
+        self._head = None
+        self._scanned = 0
 
     def feed(self, data: bytes) -> list[Request | Response]:
         """Add received bytes; return every message now complete."""
@@ -494,8 +511,11 @@ class StreamFramer:
                 messages.append(message)
         except ParseError as exc:
             self._error = exc
-            self._buffer.clear()
+            self.release()
             raise
+        if not self._buffer:
+            # A bytearray keeps its largest size: hand a big message's memory back now.
+            self._buffer = bytearray()
         return messages
 
     def _next(self) -> Request | Response | None:
@@ -510,18 +530,22 @@ class StreamFramer:
             if not buf or buf == b"\r":
                 return None
             self._crlfs = 0
-            end, body_start = _head_end(buf)
+            # Search only what is new (less the 3 bytes an end split across reads may hide):
+            # a head arriving a byte at a time must not be scanned again from its start.
+            end, body_start = _head_end(buf, max(0, self._scanned - 3))
             if end < 0:
+                self._scanned = len(buf)
                 if len(buf) > self.max_size:
-                    raise ParseError("headers exceed the size limit")
+                    raise MessageTooLarge("headers exceed the size limit", _readable_part(buf))
                 return None
+            self._scanned = 0
             message = _parse_head(bytes(buf[:end]))
             length = _content_length(message)
             partial = _as_request(message)
             if length is None:
                 raise ParseError("missing Content-Length on a stream", partial)
             if body_start + length > self.max_size:
-                raise ParseError("message exceeds the size limit", partial)
+                raise MessageTooLarge("message exceeds the size limit", partial)
             self._head = (end, body_start, message, length)
         _, body_start, message, length = self._head
         if len(buf) < body_start + length:
@@ -530,6 +554,18 @@ class StreamFramer:
         del buf[: body_start + length]
         self._head = None
         return message
+
+
+def _readable_part(buf: bytearray) -> Request | None:
+    """The request whose head is cut off by the size limit, read up to its last whole line,
+    so the 413 can still be addressed (Via, From, To, Call-ID, CSeq come first in practice)."""
+    cut = buf.rfind(b"\r\n")
+    if cut <= 0:
+        return None
+    try:
+        return _as_request(_parse_head(bytes(buf[:cut])))
+    except ParseError as exc:
+        return exc.request if isinstance(exc.request, Request) else None
 
 
 def build_response(

@@ -1,4 +1,5 @@
-"""Thin asyncio glue around the Notifier: UDP and TCP listeners and one loop timer (aioquic style).
+"""Thin asyncio glue around the Notifier: UDP and stream listeners and one loop timer (aioquic
+style); the TCP and TLS connections themselves are in ``bridge.sip.streams``.
 
 On every input: hand it to the core with loop.time(), send what the core wants sent, re-arm the
 single timer for the core's next deadline.
@@ -17,11 +18,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bridge.sip.message import ParseError, Request, Response, StreamFramer
+from bridge.sip.listener import StreamListener, descriptors_short, listen_stream
+from bridge.sip.message import Request, Response
 from bridge.sip.notifier import Notifier
-from bridge.sip.subscription import Peer, Transport
+from bridge.sip.streams import StreamConnections, StreamLimits
+from bridge.sip.subscription import Peer
 
-__all__ = ["SipService", "start_sip"]
+__all__ = ["SipService", "StreamLimits", "phone_tls_context", "start_sip"]
 
 logger = logging.getLogger("bridge.sip")
 _UDP_MAX = 65507  # largest UDP payload over IPv4
@@ -83,21 +86,50 @@ def local_address_towards(host: str) -> str | None:
 class SipService:
     """Running SIP listeners feeding one Notifier; create it with start_sip()."""
 
-    def __init__(self, notifier: Notifier, max_datagram: int, max_message: int) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        max_datagram: int,
+        max_message: int,
+        limits: StreamLimits | None = None,
+        tls_client: ssl.SSLContext | None = None,
+    ) -> None:
         self.notifier = notifier
         self.max_datagram = min(max_datagram, _UDP_MAX)
         self.max_message = max_message
         self.udp: list[asyncio.DatagramTransport] = []
         self._udp_socks: list[socket.socket] = []  # the sockets of self.udp, in order
-        self.tcp: list[asyncio.Server] = []
-        self.tls: list[asyncio.Server] = []
+        self.tcp: list[StreamListener] = []
+        self.tls: list[StreamListener] = []
         self._loop = asyncio.get_running_loop()
-        self._streams: dict[Peer, _Stream] = {}
-        self._dialing: dict[Peer, list[bytes]] = {}  # queued while a connection is being opened
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.streams = StreamConnections(
+            self,
+            lambda: self.notifier.gate,
+            max_message=max_message,
+            limits=limits or StreamLimits(),
+            user_agent=lambda: self.notifier.settings.user_agent,
+            tls_client=tls_client,
+        )
         self._timer: asyncio.TimerHandle | None = None
         self._routes: OrderedDict[str, str] = OrderedDict()  # phone host → our address to it
-        self.on_disconnect: Callable[[Peer], None] | None = None  # e.g. for metrics and tests
+
+    @property
+    def on_disconnect(self) -> Callable[[Peer], None] | None:
+        """Called with the peer of every stream connection that closes (metrics, tests)."""
+        return self.streams.on_disconnect
+
+    @on_disconnect.setter
+    def on_disconnect(self, callback: Callable[[Peer], None] | None) -> None:
+        self.streams.on_disconnect = callback
+
+    @property
+    def stream_limits(self) -> StreamLimits:
+        """Connection caps and timeouts of TCP and TLS (a reload may set new ones)."""
+        return self.streams.limits
+
+    @stream_limits.setter
+    def stream_limits(self, limits: StreamLimits) -> None:
+        self.streams.limits = limits
 
     def resource_changed(self, resource: str) -> None:
         """Tell the watchers of resource about its new state."""
@@ -120,8 +152,8 @@ class SipService:
         self._flush()
 
     def connections(self) -> list[Peer]:
-        """Peers with an open TCP connection."""
-        return list(self._streams)
+        """Peers with an open TCP or TLS connection."""
+        return list(self.streams.by_peer)
 
     async def close(self) -> None:
         """Stop listening, drop connections and the timer."""
@@ -131,10 +163,7 @@ class SipService:
             transport.close()
         for server in self.tcp + self.tls:
             server.close()
-        for stream in list(self._streams.values()):
-            stream.transport.close()
-        for task in list(self._tasks):
-            task.cancel()
+        self.streams.close_all()
         for server in self.tcp + self.tls:
             await server.wait_closed()
 
@@ -189,20 +218,8 @@ class SipService:
         for data, peer in self.notifier.outgoing():
             if peer.transport == "udp":
                 self._send_udp(data, peer)
-            elif (stream := self._streams.get(peer)) is not None:
-                stream.transport.write(data)
-            elif peer in self._dialing:
-                self._dialing[peer].append(data)
-            elif peer.transport == "tls":
-                # A phone does not take TLS connections: without its own, it gets nothing
-                # until it connects again (its refresh, at the latest).
-                logger.info("no TLS connection from %s any more; a message is dropped", peer)
             else:
-                # The connection the SUBSCRIBE came on is gone: open one to the same address.
-                self._dialing[peer] = [data]
-                task = self._loop.create_task(self._dial(peer))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self.streams.send(data, peer)
         when = self.notifier.next_timer()
         if self._timer is not None and self._timer.when() != when:
             self._timer.cancel()
@@ -215,13 +232,6 @@ class SipService:
         # The loop may run a timer a hair before its time; never let the core see "too early".
         self.notifier.handle_timer(max(self._loop.time(), when))
         self._flush()
-
-    async def _dial(self, peer: Peer) -> None:
-        try:
-            await self._loop.create_connection(lambda: _Stream(self, peer), peer.host, peer.port)
-        except OSError as exc:
-            logger.info("cannot connect to %s: %s; dropping %d messages", peer, exc,
-                        len(self._dialing.pop(peer, [])))  # fmt: skip
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -277,52 +287,6 @@ class _Datagrams(asyncio.DatagramProtocol):
         logger.debug("UDP error: %s", exc)  # e.g. ICMP port unreachable from a dead phone
 
 
-class _Stream(asyncio.Protocol):
-    def __init__(
-        self, service: SipService, peer: Peer | None = None, kind: Transport = "tcp"
-    ) -> None:
-        self.service = service
-        self.peer = peer
-        self.kind = kind
-        self.framer = StreamFramer(service.max_message)
-        self.transport: asyncio.Transport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if self.peer is None:
-            host, port = transport.get_extra_info("peername")[:2]
-            local_host, local_port = transport.get_extra_info("sockname")[:2]
-            self.peer = Peer(self.kind, host, port, (str(local_host), int(local_port)))
-        self.service._streams[self.peer] = self
-        for data in self.service._dialing.pop(self.peer, []):
-            transport.write(data)
-
-    def data_received(self, data: bytes) -> None:
-        assert self.peer is not None
-        try:
-            messages = self.framer.feed(data)
-        except ParseError as exc:
-            # The stream cannot be resynchronised: say what was wrong (400, when the request
-            # was readable enough to answer), then close once that is written.
-            logger.info("closing the connection from %s: %s", self.peer, exc.reason)
-            self.service.notifier.reject(exc, self.peer, self.service._loop.time())
-            self.service._flush()
-            self.transport.close()
-            return
-        if self.framer.pings:
-            self.transport.write(b"\r\n" * self.framer.pings)  # RFC 5626 pong
-            self.framer.pings = 0
-        for message in messages:
-            self.service.received(message, self.peer)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None and self.service._streams.get(self.peer) is self:
-            del self.service._streams[self.peer]
-            if self.service.on_disconnect is not None:
-                self.service.on_disconnect(self.peer)
-
-
 async def _udp_socket(host: str, port: int) -> socket.socket:
     """A bound, non-blocking UDP socket, as create_datagram_endpoint(local_addr=…) makes it."""
     loop = asyncio.get_running_loop()
@@ -353,10 +317,18 @@ async def start_sip(
     max_message: int = 65535,
     tls_addrs: Sequence[tuple[str, int]] = (),
     tls: ssl.SSLContext | None = None,
+    limits: StreamLimits | None = None,
+    tls_client: ssl.SSLContext | None = None,
 ) -> SipService:
-    """Bind the listeners. A notifier contact with port 0 gets the first bound port of its kind."""
+    """Bind the listeners. A notifier contact with port 0 gets the first bound port of its kind.
+
+    ``tls_client`` is what the bridge dials a phone's TLS Contact with when the phone's own
+    connection is gone (default: ``phone_tls_context()``).
+    """
     loop = asyncio.get_running_loop()
-    service = SipService(notifier, max_datagram, max_message)
+    if tls is not None and tls_client is None:
+        tls_client = phone_tls_context()
+    service = SipService(notifier, max_datagram, max_message, limits, tls_client)
     try:
         for host, port in udp_addrs:
             sock = await _udp_socket(host, port)
@@ -376,13 +348,15 @@ async def start_sip(
                     "Raise net.core.rmem_max to %d (sysctl) or grant CAP_NET_ADMIN",
                     host, port, granted >> 10, UDP_BUFFER,
                 )  # fmt: skip
+        if tcp_addrs or (tls_addrs and tls is not None):
+            short = descriptors_short(service.stream_limits)
+            if short is not None:
+                logger.warning("%s: lower sip.max_connections or raise the limit (systemd: "
+                               "LimitNOFILE, shell: ulimit -n)", short)  # fmt: skip
         for host, port in tcp_addrs:
-            service.tcp.append(await loop.create_server(lambda: _Stream(service), host, port))
+            service.tcp.append(await listen_stream(service.streams, host, port, "tcp", None))
         for host, port in tls_addrs if tls is not None else ():
-            server = await loop.create_server(
-                lambda: _Stream(service, kind="tls"), host, port, ssl=tls
-            )
-            service.tls.append(server)
+            service.tls.append(await listen_stream(service.streams, host, port, "tls", tls))
     except OSError:
         await service.close()
         raise
@@ -398,3 +372,13 @@ async def start_sip(
         if port == 0 and names:
             notifier.set_contact(transport_name, host, names[0][1])
     return service
+
+
+def phone_tls_context() -> ssl.SSLContext:
+    """How the bridge dials a phone over TLS: encrypted, but the phone's certificate is not
+    checked. Phones carry self-signed or vendor certificates no installer could list, and the
+    host dialed is always the one the phone subscribed from (see StreamConnections.dial)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
