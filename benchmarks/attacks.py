@@ -424,7 +424,7 @@ async def amplify(name: str, expires: int, root: Path, workdir: Path) -> Row:
     return await attacked(row, root, workdir, [], body)
 
 
-async def fetch_memory(root: Path, workdir: Path, count: int = 30000) -> Row:
+async def fetch_memory(root: Path, workdir: Path, count: int = 60000) -> Row:
     """Point 2: fetches from 200 addresses, each under the per-source rate."""
     row = Row("fetch-memory")
 

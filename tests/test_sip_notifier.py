@@ -692,3 +692,25 @@ def test_retransmitted_request_without_call_id_gets_the_same_400() -> None:
     assert parse_message(first[0]).status == 400
     b.n.receive(broken, PHONE, 0.5)
     assert b.n.outgoing() == [first]  # the same random To tag: it was cached, not answered anew
+
+
+def test_the_cache_of_answers_is_bounded_whatever_arrives() -> None:
+    b = Bridge()
+    b.n._answers.max_entries = 100
+    for n in range(1000):  # fetches from everywhere: each answer is cached, none retransmitted
+        peer = Peer("udp", f"192.0.2.{n % 250}", 5060 + n)
+        b.n.receive(subscribe(call_id=f"c{n}", branch=f"z9hG4bK-{n}", expires=0), peer, n / 1000)
+        assert len(b.n.outgoing()) == 2  # the 200 and the NOTIFY, sent once
+    assert b.n.stats().server_transactions <= 200  # two generations at most
+    assert b.n.stats().notifies_in_flight == 0 and b.n.stats().timer_entries == 0
+
+
+def test_resumed_subscriptions_keep_the_full_retransmission_schedule() -> None:
+    b = Bridge()
+    b.subscribed()
+    snapshots = b.n.snapshot_all(1.0)
+    restarted = Bridge()
+    assert restarted.n.restore(snapshots, 0.0) == 1
+    restarted.n.resource_changed("202", 0.0)
+    assert len(restarted.drain()) == 1
+    assert [len(restarted.tick(t)) for t in (0.5, 1.5, 3.5)] == [1, 1, 1]

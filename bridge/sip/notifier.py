@@ -298,6 +298,9 @@ class Notifier:
             ):
                 continue
             sub = Subscription.resume(snap, now)
+            if snap.peer.transport == "udp":
+                # It lived past 3*T1, so its address answered a NOTIFY: no need to prove it again.
+                self._verified[(snap.peer.host, snap.peer.port)] = None
             self._build_template(sub)
             self._index(sub, now)
             self._changed[sub.key] = sub  # its new lease must reach the store
