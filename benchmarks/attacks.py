@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import re
@@ -424,7 +425,10 @@ async def amplify(name: str, expires: int, root: Path, workdir: Path) -> Row:
     return await attacked(row, root, workdir, [], body)
 
 
-async def fetch_memory(root: Path, workdir: Path, count: int = 60000) -> Row:
+SIZES = {"fetches": 60000}  # --fetches
+
+
+async def fetch_memory(root: Path, workdir: Path) -> Row:
     """Point 2: fetches from 200 addresses, each under the per-source rate."""
     row = Row("fetch-memory")
 
@@ -438,7 +442,8 @@ async def fetch_memory(root: Path, workdir: Path, count: int = 60000) -> Row:
 
         during = asyncio.create_task(probe_later())
         # 200 addresses x 15/s: under the default 20/s per source
-        await spray(attackers, lambda a, i: subscribe(a.host, a.port, expires=0), count, 3000)
+        fetch = functools.partial(subscribe, expires=0)
+        await spray(attackers, lambda a, i: fetch(a.host, a.port), SIZES["fetches"], 3000)
         await listen(attackers, 2.0)
         row.during = await during
         describe(row, summed(attackers), "fetches")
@@ -711,7 +716,10 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path(__file__).parent.parent,
                         help="checkout whose bridge is attacked")  # fmt: skip
     parser.add_argument("--only", action="append", choices=list(ATTACKS), default=[])
+    parser.add_argument("--fetches", type=int, default=SIZES["fetches"],
+                        help="how many fetches fetch-memory sends")  # fmt: skip
     opts = parser.parse_args()
+    SIZES["fetches"] = opts.fetches
     start = time.monotonic()
     rows = asyncio.run(run(opts.root.resolve(), opts.only))
     print(table(rows))

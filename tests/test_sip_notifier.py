@@ -265,12 +265,12 @@ def test_garbage_without_request_line_or_via_is_dropped_with_a_log(
             assert b.send(b"\x16\x03\x01 hello", now=second / 10) == []
         assert b.send(b"\x16\x03\x01 hello", now=61.0) == []
     messages = [r.getMessage() for r in caplog.records if r.name == "bridge.sip"]
-    assert len(messages) == 5, messages
-    assert "dropped unreadable message from udp:192.0.2.10:40000" in messages[0]
-    assert "1 log lines about requests were left out" in messages[1]  # the Via-less one
-    assert "dropped SUBSCRIBE from udp:192.0.2.99:5060" in messages[2]
-    assert "99 log lines about requests were left out" in messages[3]
-    assert "dropped unreadable message from udp:192.0.2.10:40000" in messages[4]
+    assert len(messages) == 3, messages
+    assert messages[0] == "dropped unreadable message from udp:192.0.2.10:40000: bad start line"
+    assert messages[1].startswith("dropped SUBSCRIBE from udp:192.0.2.99:5060: ")
+    assert messages[1].endswith("(1 log lines about requests were left out before this one)")
+    assert messages[2].startswith("dropped unreadable message from udp:192.0.2.10:40000")
+    assert "(99 log lines about requests were left out before this one)" in messages[2]
 
 
 def test_options_and_ack() -> None:

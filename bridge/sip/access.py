@@ -41,7 +41,7 @@ class AccessLimits:
 class LogBudget:
     """Log lines caused by what others send: a line with a ``key`` (what happened, to whom)
     once per ``interval``, and all lines together at most ``rate`` a second (``burst`` at
-    once). What was left out is counted and said with the next line that gets through."""
+    once). What was left out is counted and said on the next line that gets through."""
 
     interval: float = 60.0
     rate: float = 5.0
@@ -73,9 +73,9 @@ class LogBudget:
             self._last.move_to_end(key)
             while len(self._last) > _MAX_SOURCES:
                 self._last.popitem(last=False)
-        if self.suppressed:
-            log.warning("%d log lines about requests were left out (one per source and kind "
-                        "a minute, %g a second in all)", self.suppressed, self.rate)  # fmt: skip
+        if self.suppressed:  # said on the same line: the budget counts lines
+            msg += " (%d log lines about requests were left out before this one)"
+            args = (*args, self.suppressed)
             self.suppressed = 0
         log.log(level, msg, *args)
         return True
