@@ -92,6 +92,14 @@ def test_algorithms_offered_in_the_configured_order_and_only_those_accepted() ->
         DigestAuthenticator("pbx", USERS, algorithms=("SHA-1",))
 
 
+def test_phones_behind_one_address_challenged_at_once_get_nonces_of_their_own() -> None:
+    auth = DigestAuthenticator("pbx", USERS)
+    first, second = challenge(auth, now=5.0), challenge(auth, now=5.0)  # the same millisecond
+    for ch in (first, second):  # both phones start counting at 1: neither is a replay
+        header = answer(ch, "203", "pw-203", "SUBSCRIBE", URI, nc=1)
+        assert auth.check(header, "SUBSCRIBE", "10.0.0.5", 5.0).verdict is Verdict.OK
+
+
 def test_the_answer_must_be_for_the_request_uri() -> None:
     auth = DigestAuthenticator("pbx", USERS)
     header = answer(challenge(auth), "203", "pw-203", "SUBSCRIBE", "sip:999@pbx")

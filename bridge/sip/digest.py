@@ -7,7 +7,7 @@ only SHA-256 finds it. Which one a Snom in the field picks has not been seen on 
 §3.7 tells clients to take the first they support, so with MD5 first they use MD5. Only the
 offered algorithms are accepted. The ``uri`` of an answer must be the Request-URI of the request
 it comes with (RFC 7616 §3.4.6), so an answer captured for one resource cannot open another.
-Nonces carry their own time stamp and an HMAC over it and the
+Nonces carry their own time stamp, a random part and an HMAC over both and the
 phone's address, so they need no table to be checked; only the nonce counts seen are kept, to
 refuse a replayed answer. A nonce expires after ``nonce_lifetime`` seconds (the phone is then
 challenged again with ``stale=true`` and answers without asking its user).
@@ -155,7 +155,10 @@ class DigestAuthenticator:
         return Outcome(Verdict.OK, user)
 
     def _nonce(self, host: str, now: float) -> str:
-        stamp = f"{int(now * 1000):x}"
+        # A random part: phones behind one NAT share the address, and two of them challenged
+        # within the same millisecond must not get the same nonce (the second one's nc=1
+        # would be refused as a replay).
+        stamp = f"{int(now * 1000):x}-{secrets.token_hex(4)}"
         return f"{stamp}.{self._mac(stamp, host)}"
 
     def _issued(self, nonce: str, host: str) -> float | None:
@@ -163,7 +166,7 @@ class DigestAuthenticator:
         if not mac or not hmac.compare_digest(mac, self._mac(stamp, host)):
             return None
         try:
-            return int(stamp, 16) / 1000
+            return int(stamp.partition("-")[0], 16) / 1000
         except ValueError:
             return None
 
