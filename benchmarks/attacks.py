@@ -90,7 +90,7 @@ class Attacker:
             self.counter.sent_packets += 1
 
     def drain(self) -> list[bytes]:
-        got = []
+        got: list[bytes] = []
         while True:
             try:
                 data = self.sock.recv(65535)
@@ -263,15 +263,25 @@ class Bridge:
         config = self.workdir / "empty.toml"
         config.write_text("", encoding="utf-8")
         env = {**os.environ, "PYTHONPATH": str(self.root)}
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bridge", "run", "--config", str(config), "--demo",
-            *itertools.chain.from_iterable(("--set", s) for s in self.settings),
-            cwd=self.root, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        self._drain = asyncio.create_task(self._read())
-        await self._ready()
-        return self
+        for attempt in range(3):  # the free port may be taken by someone else meanwhile
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bridge", "run", "--config", str(config), "--demo",
+                *itertools.chain.from_iterable(("--set", s) for s in self.settings),
+                cwd=self.root, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            self._drain = asyncio.create_task(self._read())
+            try:
+                await self._ready()
+                return self
+            except RuntimeError:
+                await self._drain
+                if attempt == 2 or not any("Address already in use" in x for x in self.lines):
+                    raise
+            old = self.port
+            self.port = free_port()
+            self.settings = [x.replace(f":{old}", f":{self.port}") for x in self.settings]
+        raise AssertionError("unreachable")
 
     async def _read(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -474,8 +484,9 @@ async def hijack(root: Path, workdir: Path) -> Row:
         await owner.recv(time.monotonic() + 0.5)
         counter = Counter()
         attacker = Attacker("127.0.0.4", bridge.address, counter)
-        ids = {"call_id": owner.call_id, "from_tag": owner.from_tag, "to_tag": owner.to_tag}
-        attacker.send(subscribe(attacker.host, attacker.port, cseq=owner.cseq + 1, **ids))
+        stolen = functools.partial(subscribe, call_id=owner.call_id, from_tag=owner.from_tag,
+                                   to_tag=owner.to_tag, cseq=owner.cseq + 1)  # fmt: skip
+        attacker.send(stolen(attacker.host, attacker.port))
         owner.cseq += 1  # the owner's next refresh is in order either way
         await listen([attacker], 1.0)
         moved = any(d.startswith(b"NOTIFY ") for d in attacker.drain()) or counter.got_packets > 1
