@@ -131,6 +131,14 @@ def config_warnings(config: Config) -> list[str]:
             continue
         if mode & 0o004:
             warnings.append(f"{path} holds secrets and is readable by everyone: chmod o-r {path}")
+    if config.sip.tls_key:
+        try:
+            mode = os.stat(config.sip.tls_key).st_mode
+        except OSError:
+            mode = 0
+        if mode & 0o044:  # group too: a private key is for the bridge's user alone
+            warnings.append(f"sip.tls_key: {config.sip.tls_key} is readable by others than its "
+                            f"owner: chmod 600 {config.sip.tls_key}")  # fmt: skip
     if config.security.auth == "off" and config.security.pickup != "nobody":
         allow = ", ".join(config.security.allow)
         warnings.append(

@@ -58,7 +58,7 @@ DEMO_KEYS_LAST = frozenset({"device-states", "park-retrieve"})
 RESTART_ONLY = (
     "sip.udp", "sip.tcp", "sip.tls", "sip.tls_certificate", "sip.tls_key",
     "sip.max_message_size", "sip.contact_host", "store.path", "demo.enabled",
-    "runtime.event_loop",
+    "runtime.event_loop", "web.listen", "web.hosts", "led",
 )  # fmt: skip
 
 
@@ -211,7 +211,10 @@ def _authenticator(config: Config) -> DigestAuthenticator | None:
     if sec.auth != "digest":
         return None
     return DigestAuthenticator(
-        sec.realm or _domain(config), dict(sec.users), nonce_lifetime=sec.nonce_lifetime
+        sec.realm or _domain(config),
+        dict(sec.users),
+        nonce_lifetime=sec.nonce_lifetime,
+        algorithms=sec.digest_algorithms,
     )
 
 
@@ -233,6 +236,12 @@ def _changed_settings(old: Config, new: Config) -> set[str]:
         out.add("demo.enabled")
     if old.event_loop != new.event_loop:
         out.add("runtime.event_loop")
+    if old.web != new.web:
+        out.add("web.listen")
+    if old.web_hosts != new.web_hosts:
+        out.add("web.hosts")
+    if old.leds != new.leds:
+        out.add("led")
     return out
 
 
@@ -310,7 +319,9 @@ class Bridge:
         if self.config.web is not None:
             where = self.config.web
             try:
-                self.web = await start_web(self.status, where.host, where.port)
+                self.web = await start_web(
+                    self.status, where.host, where.port, self.config.web_hosts
+                )
                 log.info("panel and metrics on http://%s/", where)
             except OSError as exc:  # the panel is a window on the bridge, not the bridge
                 log.error("web.listen: cannot serve on %s: %s; running without it", where, exc)
@@ -480,10 +491,13 @@ class Bridge:
         self.notifier.gate.limits = _limits(config)
         if self.sip is not None:
             self.sip.stream_limits = _stream_limits(config)
-        if (config.security.auth, config.security.realm) != (old.security.auth, old.security.realm):
+        sec, old_sec = config.security, old.security
+        same_digest = sec.auth == old_sec.auth and sec.realm == old_sec.realm
+        if not same_digest or sec.digest_algorithms != old_sec.digest_algorithms:
             self.notifier.auth = _authenticator(config)
         elif self.notifier.auth is not None:
-            self.notifier.auth.set_users(dict(config.security.users))
+            self.notifier.auth.set_users(dict(sec.users))
+        self._end_unauthorized(old_sec.auth)
         self.documents.forget_all()
         if restart_source and not self.demo:
             await self._stop_source()
@@ -497,6 +511,24 @@ class Bridge:
                 self.source.refresh_groups()  # "refreshed on reload": Asterisk may have changed
         log.info("reloaded: %s", ", ".join(sorted(changed - set(kept))) or "nothing")
 
+    def _end_unauthorized(self, old_auth: str) -> None:
+        """After a reload with digest on: subscriptions of users no longer in users_file end
+        (final NOTIFY, reason=rejected); when digest was just turned on, every subscription made
+        without it ends (reason=deactivated: the phone subscribes again, and is challenged)."""
+        auth, now = self.notifier.auth, asyncio.get_running_loop().time()
+        if auth is None:
+            return
+        if old_auth != "digest":
+            ended = self.notifier.end_watchers(lambda user: False, now, "deactivated")
+            why = "security.auth is now digest"
+        else:
+            ended = self.notifier.end_watchers(auth.knows, now, "rejected")
+            why = "their users are no longer in security.users_file"
+        if ended:
+            log.warning("reload: ended %d subscription(s): %s", ended, why)
+            if self.sip is not None:
+                self.sip.received_datagrams([])  # no datagram: only sends the final NOTIFYs
+
     def _with_old_values(self, config: Config, names: list[str]) -> Config:
         sections: dict[str, dict[str, object]] = {}
         for name in names:
@@ -505,6 +537,12 @@ class Bridge:
                 config = dataclasses.replace(config, demo=self.config.demo)
             elif section == "runtime":
                 config = dataclasses.replace(config, event_loop=self.config.event_loop)
+            elif name == "web.listen":
+                config = dataclasses.replace(config, web=self.config.web)
+            elif name == "web.hosts":
+                config = dataclasses.replace(config, web_hosts=self.config.web_hosts)
+            elif name == "led":
+                config = dataclasses.replace(config, leds=self.config.leds)
             else:
                 sections.setdefault(section, {})[key] = getattr(getattr(self.config, section), key)
         for section, values in sections.items():

@@ -20,6 +20,7 @@ from typing import Any
 from bridge.event_loop import EVENT_LOOPS
 from bridge.led.buttons import LIGHTS
 from bridge.led.rules import BLF_LIGHTS, LedRule
+from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
 
 
 class ConfigError(ValueError):
@@ -125,6 +126,7 @@ class SecurityConfig:
     burst: int = 50
     max_subscriptions: int = 20000
     max_subscriptions_per_source: int = 200
+    digest_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS  # offered in this order
     secret_files: tuple[str, ...] = ()  # every file a secret was read from (permission check)
 
 
@@ -155,6 +157,7 @@ class Config:
     ari: AriConfig = AriConfig()
     leds: tuple[LedRule, ...] = ()  # [[led]] rules
     web: ListenAddress | None = ListenAddress("127.0.0.1", 9065)  # panel, /metrics; None: off
+    web_hosts: tuple[str, ...] = ()  # web.hosts: names the web side answers besides addresses
     event_loop: str = "auto"  # runtime.event_loop: auto (uvloop if installed), uvloop, asyncio
     # [hints] exten = "device&device…": the keys ARI cannot list (Asterisk's own under AMI)
     hints: tuple[tuple[str, str], ...] = ()
@@ -201,7 +204,7 @@ _SECTIONS: dict[str, set[str]] = {
     "demo": {"enabled"},
     "store": {"path", "flush_interval"},
     "asterisk": {"source"},
-    "web": {"listen"},
+    "web": {"listen", "hosts"},
     "ari": {"url", "username", "password", "password_file", "app"},
     "security": {
         "allow",
@@ -216,6 +219,7 @@ _SECTIONS: dict[str, set[str]] = {
         "burst",
         "max_subscriptions",
         "max_subscriptions_per_source",
+        "digest_algorithms",
     },
 }
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -282,6 +286,7 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     secrets_read = security.secret_files + _ami_secret_files(_table(raw, "ami"), base_dir)
     listen = _str(_table(raw, "web"), "web.listen", "127.0.0.1:9065").strip()
     web = _address(listen, "web.listen") if listen else None
+    web_hosts = _names(_table(raw, "web"), "web.hosts")
     source = _str(_table(raw, "asterisk"), "asterisk.source", "ami").lower()
     if source not in ("ami", "ari"):
         raise ConfigError(f"asterisk.source: {source!r} is not one of ami, ari")
@@ -295,6 +300,7 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store,
         security=security, source=source, ari=ari, leds=leds, web=web, event_loop=event_loop,
         hints=hints,
+        web_hosts=web_hosts,
     )  # fmt: skip
 
 
@@ -453,8 +459,31 @@ def _security(t: Mapping[str, Any], base_dir: Path) -> SecurityConfig:
         max_subscriptions_per_source=_int(
             t, "security.max_subscriptions_per_source", 200, low=0, high=10_000_000
         ),
+        digest_algorithms=_digest_algorithms(t),
         secret_files=files,
     )
+
+
+def _digest_algorithms(t: Mapping[str, Any]) -> tuple[str, ...]:
+    names = t.get("digest_algorithms", list(DEFAULT_ALGORITHMS))
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError('security.digest_algorithms: must be a non-empty list, e.g. ["MD5"]')
+    upper = tuple(n.upper() for n in names)
+    for name in upper:
+        if name not in ALGORITHMS:
+            raise ConfigError(f"security.digest_algorithms: {name!r} is not one of "
+                              f"{', '.join(ALGORITHMS)}")  # fmt: skip
+    if len(set(upper)) != len(upper):
+        raise ConfigError("security.digest_algorithms: lists an algorithm twice")
+    return upper
+
+
+def _names(t: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    """A list of host names (lower-cased)."""
+    names = t.get(name.rpartition(".")[2], [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(f'{name}: must be a list of host names, e.g. ["bridge.example.com"]')
+    return tuple(n.strip().lower() for n in names)
 
 
 def _read_users(path: Path) -> dict[str, str]:

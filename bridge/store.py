@@ -83,7 +83,18 @@ class SubscriptionStore:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         return db
 
+    def _private(self) -> None:
+        """The file holds every watched call's dialog ids (enough to pick it up): only the
+        bridge's user may read it, with or without systemd's UMask. SQLite gives the -wal and
+        -shm files the mode of the database file."""
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{self.path}{suffix}")
+            if path.exists() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+
     def _connect(self) -> sqlite3.Connection:
+        self._private()
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")

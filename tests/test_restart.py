@@ -162,12 +162,14 @@ async def test_sighup_reloads_without_dropping_the_watcher(
             await bridge.wait_for("subscribed to 202")
             # Report outgoing calls as RFC 4235 does: the tracker is rebuilt from a resync.
             # The event loop cannot change under a running bridge: kept, and the log says so.
-            new = "[watch]\noutgoing_blinks = true\n[runtime]\nevent_loop = 'asyncio'\n"
+            # So cannot the [[led]] rules: kept too, and said (not "nothing changed").
+            new = "[watch]\noutgoing_blinks = true\n[runtime]\nevent_loop = 'asyncio'\n" + (
+                '[[led]]\nphone = "203"\nkey = 2\ndevice = "Custom:DND201"\n')  # fmt: skip
             await asyncio.to_thread(config.write_text, new)
             assert bridge.process is not None
             bridge.process.send_signal(signal.SIGHUP)
             await bridge.wait_for("reloaded: watch.outgoing_blinks")
-            await bridge.wait_for("runtime.event_loop only change on a restart")
+            await bridge.wait_for("led, runtime.event_loop only change on a restart")
             await bridge.wait_for("in sync with Asterisk", count=2)
             await asyncio.to_thread(config.write_text, "[watch\nbroken")
             bridge.process.send_signal(signal.SIGHUP)

@@ -62,7 +62,7 @@ def test_forged_or_foreign_nonces_are_not_accepted() -> None:
 
 def test_md5_answer_matches_rfc_2617_arithmetic() -> None:
     auth = DigestAuthenticator("pbx", USERS)
-    md5 = auth.challenges("10.0.0.5", 0)[1]
+    md5 = auth.challenges("10.0.0.5", 0)[0]  # MD5 first by default
     header = answer(md5, "203", "pw-203", "SUBSCRIBE", URI)
     p = parse_credentials(header)
     assert p is not None and p["algorithm"] == "MD5"
@@ -74,6 +74,38 @@ def test_md5_answer_matches_rfc_2617_arithmetic() -> None:
     expected = h(f"{ha1}:{p['nonce']}:{p['nc']}:{p['cnonce']}:auth:{ha2}")
     assert p["response"] == expected
     assert auth.check(header, "SUBSCRIBE", "10.0.0.5", 0).verdict is Verdict.OK
+
+
+def test_algorithms_offered_in_the_configured_order_and_only_those_accepted() -> None:
+    default = DigestAuthenticator("pbx", USERS)
+    assert [c.split("algorithm=")[1].split(",")[0] for c in default.challenges("h", 0)] == [
+        "MD5", "SHA-256"
+    ]  # fmt: skip
+    strong = DigestAuthenticator("pbx", USERS, algorithms=("SHA-256",))
+    (only,) = strong.challenges("10.0.0.5", 0)
+    assert "algorithm=SHA-256" in only
+    assert strong.check(answer(only, "203", "pw-203", "SUBSCRIBE", URI), "SUBSCRIBE",
+                        "10.0.0.5", 0).verdict is Verdict.OK  # fmt: skip
+    md5 = answer(only.replace("SHA-256", "MD5"), "203", "pw-203", "SUBSCRIBE", URI, nc=2)
+    assert strong.check(md5, "SUBSCRIBE", "10.0.0.5", 0).verdict is Verdict.MISSING
+    with pytest.raises(ValueError, match="algorithms"):
+        DigestAuthenticator("pbx", USERS, algorithms=("SHA-1",))
+
+
+def test_phones_behind_one_address_challenged_at_once_get_nonces_of_their_own() -> None:
+    auth = DigestAuthenticator("pbx", USERS)
+    first, second = challenge(auth, now=5.0), challenge(auth, now=5.0)  # the same millisecond
+    for ch in (first, second):  # both phones start counting at 1: neither is a replay
+        header = answer(ch, "203", "pw-203", "SUBSCRIBE", URI, nc=1)
+        assert auth.check(header, "SUBSCRIBE", "10.0.0.5", 5.0).verdict is Verdict.OK
+
+
+def test_the_answer_must_be_for_the_request_uri() -> None:
+    auth = DigestAuthenticator("pbx", USERS)
+    header = answer(challenge(auth), "203", "pw-203", "SUBSCRIBE", "sip:999@pbx")
+    outcome = auth.check(header, "SUBSCRIBE", "10.0.0.5", 0, uri=URI)
+    assert (outcome.verdict, outcome.reason) == (Verdict.WRONG_URI, "uri is not the Request-URI")
+    assert auth.check(header, "SUBSCRIBE", "10.0.0.5", 0, uri="sip:999@pbx").verdict is Verdict.OK
 
 
 @given(st.text(max_size=300))

@@ -259,8 +259,18 @@ def test_garbage_without_request_line_or_via_is_dropped_with_a_log(
         assert b.send(b"\x16\x03\x01 hello") == []
         assert b.send(subscribe(drop=("Via",))) == []
         assert b.send(b"\r\n\r\n") == []  # keep-alive: silently ignored
-    assert [r.name for r in caplog.records] == ["bridge.sip", "bridge.sip"]
-    assert "dropped" in caplog.records[0].getMessage()
+        other = Peer("udp", "192.0.2.99", 5060)
+        assert b.send(subscribe(drop=("Via",)), peer=other) == []
+        for second in range(1, 100):  # a flood: one line a minute per source
+            assert b.send(b"\x16\x03\x01 hello", now=second / 10) == []
+        assert b.send(b"\x16\x03\x01 hello", now=61.0) == []
+    messages = [r.getMessage() for r in caplog.records if r.name == "bridge.sip"]
+    assert len(messages) == 3, messages
+    assert messages[0] == "dropped unreadable message from udp:192.0.2.10:40000: bad start line"
+    assert messages[1].startswith("dropped SUBSCRIBE from udp:192.0.2.99:5060: ")
+    assert messages[1].endswith("(1 log lines about requests were left out before this one)")
+    assert messages[2].startswith("dropped unreadable message from udp:192.0.2.10:40000")
+    assert "(99 log lines about requests were left out before this one)" in messages[2]
 
 
 def test_options_and_ack() -> None:
@@ -317,6 +327,7 @@ def test_notify_retransmission_schedule_and_timeout_on_udp(
 ) -> None:
     caplog.set_level(logging.INFO, logger="bridge.sip")
     b = Bridge()
+    b.subscribed(resource="203", call_id="call-0")  # the phone has answered a NOTIFY before
     b.n.receive(subscribe(), PHONE, 0.0)
     _, (notify_bytes, _) = b.n.outgoing()
     times = []
@@ -327,7 +338,7 @@ def test_notify_retransmission_schedule_and_timeout_on_udp(
         for data, peer in b.n.outgoing():
             assert (data, peer) == (notify_bytes, PHONE)  # same bytes, same destination
             times.append(now)
-        if b.n.stats().subscriptions == 0:
+        if b.n.watchers("202") == []:
             break
     assert times == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
     assert now == 32.0  # 64*T1: the subscription is gone, without a final NOTIFY
@@ -335,8 +346,24 @@ def test_notify_retransmission_schedule_and_timeout_on_udp(
     assert "timed out" in caplog.text
 
 
+def test_an_address_that_never_answered_gets_a_notify_twice_not_eleven_times() -> None:
+    # The SUBSCRIBE's source may be forged: until the address answers a NOTIFY, one
+    # retransmission at T1 and the transaction is given up at 3*T1.
+    b = Bridge()
+    b.n.receive(subscribe(), PHONE, 0.0)
+    assert len(b.n.outgoing()) == 2  # the 200 and the NOTIFY
+    assert b.tick(0.5) and b.n.next_timer() == 1.5
+    assert b.tick(1.5) == [] and b.n.stats().subscriptions == 0
+    # Once the address has answered one NOTIFY, the next gets the full RFC 3261 schedule.
+    b.subscribed(call_id="call-2", from_tag="ft2", branch="z9hG4bK-2", now=2.0)
+    b.n.resource_changed("202", 3.0)
+    assert len(b.drain()) == 1
+    assert [len(b.tick(t)) for t in (3.5, 4.5, 6.5)] == [1, 1, 1]
+    assert b.n.stats().subscriptions == 1
+
 def test_provisional_answer_slows_retransmissions_to_t2() -> None:
     b = Bridge()
+    b.n._verified[(PHONE.host, PHONE.port)] = None  # as if it had answered a NOTIFY before
     _, notify = b.send(subscribe())
     trying = build_response(notify, 100)
     assert b.send(trying.to_bytes(), 0.2) == []
@@ -453,17 +480,33 @@ def test_refresh_in_dialog_answers_200_and_notifies_current_state() -> None:
     assert state_of(final) == "terminated;reason=timeout"
 
 
-def test_refresh_follows_the_phone_to_a_new_address_and_contact() -> None:
+def test_a_refresh_from_another_address_or_transport_is_refused_and_moves_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.sip")
     b = Bridge()
     ok, _ = b.subscribed()
-    moved = Peer("udp", "192.0.2.99", 41000)
     tag = ok.to_addr().tag or ""
-    data = subscribe(to_tag=tag, cseq=2, branch="z9hG4bK-2", Contact="<sip:203@10.9.9.9:5070>")
-    _, notify = b.send(data, 10.0, peer=moved)
-    assert notify.uri == "sip:203@10.9.9.9:5070"
-    b.answer(notify, now=10.0, peer=moved)
+    elsewhere = (
+        Peer("udp", "192.0.2.99", 41000),  # another host
+        Peer("udp", PHONE.host, PHONE.port + 1),  # a new port: without digest, a neighbour
+        Peer("tcp", PHONE.host, PHONE.port),  # another transport
+    )
+    for n, peer in enumerate(elsewhere, 2):
+        data = subscribe(to_tag=tag, cseq=n, branch=f"z9hG4bK-{n}", Contact="<sip:6@10.9.9.9>")
+        (refused,) = b.send(data, 10.0, peer=peer)
+        assert refused.status == 481
+    # Logged once a minute per source address: two addresses, two lines.
+    assert sum("refusing a refresh from" in r.getMessage() for r in caplog.records) == 2
     b.n.resource_changed("202", 11.0)
-    assert [p for _, p in b.n.outgoing()] == [moved]
+    ((data, peer),) = b.n.outgoing()
+    assert peer == PHONE and data.startswith(b"NOTIFY sip:203@10.0.0.5:5060 ")
+    # The phone itself refreshes (its CSeq was not taken by the refused ones) with a new
+    # Contact: a target refresh.
+    assert b.answer(parse_message(data), now=11.0) == []
+    fresh = subscribe(to_tag=tag, cseq=2, branch="z9hG4bK-9", Contact="<sip:203@10.0.0.5:5070>")
+    ok2, notify = b.send(fresh, 12.0)
+    assert ok2.status == 200 and notify.uri == "sip:203@10.0.0.5:5070"
 
 
 def test_refresh_during_a_notify_in_flight_is_coalesced() -> None:
@@ -649,3 +692,25 @@ def test_retransmitted_request_without_call_id_gets_the_same_400() -> None:
     assert parse_message(first[0]).status == 400
     b.n.receive(broken, PHONE, 0.5)
     assert b.n.outgoing() == [first]  # the same random To tag: it was cached, not answered anew
+
+
+def test_the_cache_of_answers_is_bounded_whatever_arrives() -> None:
+    b = Bridge()
+    b.n._answers.max_entries = 100
+    for n in range(1000):  # fetches from everywhere: each answer is cached, none retransmitted
+        peer = Peer("udp", f"192.0.2.{n % 250}", 5060 + n)
+        b.n.receive(subscribe(call_id=f"c{n}", branch=f"z9hG4bK-{n}", expires=0), peer, n / 1000)
+        assert len(b.n.outgoing()) == 2  # the 200 and the NOTIFY, sent once
+    assert b.n.stats().server_transactions <= 200  # two generations at most
+    assert b.n.stats().notifies_in_flight == 0 and b.n.stats().timer_entries == 0
+
+
+def test_resumed_subscriptions_keep_the_full_retransmission_schedule() -> None:
+    b = Bridge()
+    b.subscribed()
+    snapshots = b.n.snapshot_all(1.0)
+    restarted = Bridge()
+    assert restarted.n.restore(snapshots, 0.0) == 1
+    restarted.n.resource_changed("202", 0.0)
+    assert len(restarted.drain()) == 1
+    assert [len(restarted.tick(t)) for t in (0.5, 1.5, 3.5)] == [1, 1, 1]

@@ -146,20 +146,22 @@ async def test_sipp_subscribes_sees_changes_refreshes_and_unsubscribes(
 
 async def test_silent_watcher_gets_retransmissions_then_is_dropped(fast_bridge: Bridge) -> None:
     n = fast_bridge.notifier
-    # SIPp does not restart its receive timeout on retransmissions: listen longer than 64*T1.
-    async with SippWatcher("202", fast_bridge.address("udp"), silent=True, idle_ms=4500) as watcher:
+    async with SippWatcher("202", fast_bridge.address("udp"), silent=True, idle_ms=1500) as watcher:
         await n.until(lambda: n.stats().subscriptions == 1)
-        await n.until(n.idle_with(subscriptions=0))  # gave up after 64*T1 = 3.2 s
+        await n.until(n.idle_with(subscriptions=0))  # gave up after 3*T1 = 0.15 s
         result = await watcher.finish()
     assert result.ok, result.output
     copies = result.received("NOTIFY")
     assert len(result.notifies) == 1  # no final NOTIFY after a timeout, no new ones
     assert len({m.raw for m in copies}) == 1  # retransmissions are byte-identical
-    assert 9 <= len(copies) <= 11  # 0.05, 0.15, 0.35, 0.75, then every 0.4 s up to 3.2 s
+    # Its address never answered a NOTIFY (a SUBSCRIBE's source may be forged): sent at 0 and
+    # T1 only. The full RFC 3261 schedule, for an address that has answered, is tested with a
+    # fake clock in test_sip_notifier.py.
+    assert len(copies) == 2
     times = [m.time for m in copies]
     assert None not in times
     gaps = [b - a for a, b in itertools.pairwise(times)]  # type: ignore[operator]
-    assert gaps[0] < 0.2 and gaps[1] > gaps[0] and max(gaps) < 0.6 and gaps[-1] > 0.3
+    assert 0.03 < gaps[0] < 0.2
 
 
 async def test_tcp_notify_reopens_a_closed_connection(bridge: Bridge) -> None:

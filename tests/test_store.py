@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -98,6 +99,22 @@ def test_an_unusable_path_is_a_store_error_naming_it(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(StoreError, match=r"file/sub/s\.sqlite3"):
         SubscriptionStore(blocker / "sub" / "s.sqlite3")
+
+
+def test_only_the_bridges_user_may_read_the_file(tmp_path: Path) -> None:
+    # Every watched call's dialog ids are in it: enough to pick the call up.
+    path = tmp_path / "s.sqlite3"
+    old_umask = os.umask(0o022)  # what a shell or a container gives, unlike systemd's UMask
+    try:
+        SubscriptionStore(path).write([snap(1)])
+        assert {f.name: f.stat().st_mode & 0o777 for f in tmp_path.iterdir()} == {
+            name: 0o600 for name in ("s.sqlite3", "s.sqlite3-wal", "s.sqlite3-shm")
+        }  # fmt: skip
+        path.chmod(0o644)  # written by an older version
+        assert len(SubscriptionStore(path).load()) == 1
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old_umask)
 
 
 WRITER = textwrap.dedent(

@@ -378,6 +378,28 @@ async def test_panel_is_self_contained_and_locked_down(
     assert "http://" not in html and "https://" not in html  # no external assets
 
 
+async def test_answers_are_nosniff_and_only_for_our_own_host_names(
+    view: FakeView, http: aiohttp.ClientSession
+) -> None:
+    runner = await start_web(view, "127.0.0.1", 0, hosts=["Bridge.Example.test"])
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}"
+    try:
+        for path in ("/api/entities", "/metrics", "/nonexistent"):
+            async with http.get(url + path) as resp:
+                assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+        # DNS rebinding: a page on a name of the attacker's, now pointing here, sends it.
+        for name, served in [("evil.example", False), (f"evil.example:{port}", False),
+                             (f"localhost:{port}", True), (f"127.0.0.1:{port}", True),
+                             ("[::1]:9065", True), ("bridge.example.test", True)]:  # fmt: skip
+            async with http.get(url + "/api/entities", headers={"Host": name}) as resp:
+                assert (resp.status == 200) is served, name
+                if not served:
+                    assert resp.status == 421 and "web.hosts" in await resp.text()
+    finally:
+        await runner.cleanup()
+
+
 def test_app_factory_builds_without_a_loop_running() -> None:
     app = make_app(_view())
     assert isinstance(app, web.Application)

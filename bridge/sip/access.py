@@ -1,8 +1,10 @@
 """Who may talk to the notifier at all: address allow-list and per-source limits, sans-I/O.
 
-Checked before anything else is parsed or computed, so a flood costs little. A source over a
-limit is told once a second (503 with Retry-After) and otherwise ignored; entering and leaving
-that state is logged once, never per packet.
+Checked before anything else is parsed or computed, so a flood costs little. An address outside
+the allow-list is never answered. A source over a limit is told once a second (503 with
+Retry-After) and otherwise ignored. Every log line a request causes goes through one
+``LogBudget``: a refusal is logged once per source per minute, and all such lines together
+at most a few a second, so no sender can flood the log.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-__all__ = ["AccessLimits", "Admission", "SourceGate"]
+__all__ = ["AccessLimits", "Admission", "LogBudget", "SourceGate"]
 
 log = logging.getLogger("bridge.sip")
 
@@ -33,6 +35,50 @@ class AccessLimits:
     subscriptions_per_source: int = 0
     subscriptions_total: int = 0
     retry_after: int = 10
+
+
+@dataclass(slots=True)
+class LogBudget:
+    """Log lines caused by what others send: a line with a ``key`` (what happened, to whom)
+    once per ``interval``, and all lines together at most ``rate`` a second (``burst`` at
+    once). What was left out is counted and said on the next line that gets through."""
+
+    interval: float = 60.0
+    rate: float = 5.0
+    burst: float = 20.0
+    _tokens: float = -1.0  # -1: full (first use)
+    _stamp: float = 0.0
+    _last: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
+    suppressed: int = 0  # left out since the last line that got through
+
+    def log(self, now: float, level: int, key: tuple[str, str] | None, msg: str,
+            *args: object) -> bool:  # fmt: skip
+        """Log the line unless this key was logged within the interval or the budget is spent;
+        True when it was logged."""
+        if key is not None:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval:
+                self.suppressed += 1
+                return False
+        tokens = self.burst if self._tokens < 0 else self._tokens
+        tokens = min(self.burst, tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            self.suppressed += 1
+            return False
+        self._tokens = tokens - 1.0
+        if key is not None:
+            self._last[key] = now
+            self._last.move_to_end(key)
+            while len(self._last) > _MAX_SOURCES:
+                self._last.popitem(last=False)
+        if self.suppressed:  # said on the same line: the budget counts lines
+            msg += " (%d log lines about requests were left out before this one)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        log.log(level, msg, *args)
+        return True
 
 
 @dataclass(slots=True)
@@ -61,16 +107,17 @@ class SourceGate:
     """Address allow-list and per-source token buckets."""
 
     limits: AccessLimits = field(default_factory=AccessLimits)
+    logs: LogBudget = field(default_factory=LogBudget)
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
-    _refused: set[str] = field(default_factory=set)  # outside the allow-list, logged once
+    _told_full: OrderedDict[str, float] = field(default_factory=OrderedDict)  # see over_cap
 
     def admit(self, host: str, now: float) -> Admission:
-        """Judge one request from ``host``."""
+        """Judge one request from ``host`` (well-formed or not: this comes first)."""
         if not self.allowed(host):
-            if host not in self._refused and len(self._refused) < _MAX_SOURCES:
-                self._refused.add(host)
-                log.warning("refusing %s: not in security.allow", host)
-            return Admission(403)
+            # Silence: an answer would go to an address that may be forged.
+            self.logs.log(now, logging.WARNING, ("allow", host),
+                          "ignoring %s: not in security.allow", host)  # fmt: skip
+            return Admission(drop=True)
         rate = self.limits.requests_per_second
         if rate <= 0:
             return PASS
@@ -89,13 +136,15 @@ class SourceGate:
             bucket.tokens -= 1.0
             if bucket.throttled:
                 bucket.throttled = False
-                log.warning("%s is below the request limit again (%d requests ignored)",
-                            host, bucket.dropped)  # fmt: skip
+                self.logs.log(now, logging.WARNING, ("unthrottled", host),
+                              "%s is below the request limit again (%d requests ignored)",
+                              host, bucket.dropped)  # fmt: skip
             return PASS
         if not bucket.throttled:
             bucket.throttled, bucket.dropped = True, 0
-            log.warning("throttling %s: more than %g requests/s (security.requests_per_second)",
-                        host, rate)  # fmt: skip
+            self.logs.log(now, logging.WARNING, ("throttled", host),
+                          "throttling %s: more than %g requests/s (security.requests_per_second)",
+                          host, rate)  # fmt: skip
         if now - bucket.told >= 1.0:
             bucket.told = now
             return self.busy()
@@ -113,9 +162,24 @@ class SourceGate:
         if bucket.tokens < 0:
             if not bucket.throttled:
                 bucket.throttled, bucket.dropped = True, 0
-                log.warning("throttling %s: repeated failed authentications", host)
+                self.logs.log(now, logging.WARNING, ("throttled", host),
+                              "throttling %s: repeated failed authentications", host)  # fmt: skip
             return self.busy()
         return None
+
+    def over_cap(self, host: str, now: float) -> Admission:
+        """A new subscription from ``host`` would pass security.max_subscriptions(_per_source):
+        503 at most once a second per source, otherwise silence; logged once a minute."""
+        self.logs.log(now, logging.WARNING, ("full", host), "refusing more subscriptions from "
+                      "%s: security.max_subscriptions(_per_source) reached", host)  # fmt: skip
+        told = self._told_full.get(host)
+        if told is not None and now - told < 1.0:
+            return Admission(drop=True)
+        self._told_full[host] = now
+        self._told_full.move_to_end(host)
+        while len(self._told_full) > _MAX_SOURCES:
+            self._told_full.popitem(last=False)
+        return self.busy()
 
     def allowed(self, host: str) -> bool:
         """Whether the address is in the allow-list."""

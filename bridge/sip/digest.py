@@ -1,7 +1,13 @@
 """SIP digest authentication for SUBSCRIBE (RFC 3261 §22, RFC 7616 / RFC 8760), sans-I/O.
 
-Both SHA-256 and MD5 are offered (SHA-256 first; Snom firmware that predates RFC 8760 answers
-MD5), always with ``qop=auth``. Nonces carry their own time stamp and an HMAC over it and the
+The algorithms offered and their order are a setting (``security.digest_algorithms``), always
+with ``qop=auth``. The default offers MD5 first and SHA-256 second: a client that reads only the
+first challenge and knows only MD5 (SIPp does exactly that) can answer, and a client that knows
+only SHA-256 finds it. Which one a Snom in the field picks has not been seen on a wire; RFC 7616
+§3.7 tells clients to take the first they support, so with MD5 first they use MD5. Only the
+offered algorithms are accepted. The ``uri`` of an answer must be the Request-URI of the request
+it comes with (RFC 7616 §3.4.6), so an answer captured for one resource cannot open another.
+Nonces carry their own time stamp, a random part and an HMAC over both and the
 phone's address, so they need no table to be checked; only the nonce counts seen are kept, to
 refuse a replayed answer. A nonce expires after ``nonce_lifetime`` seconds (the phone is then
 challenged again with ``stale=true`` and answers without asking its user).
@@ -17,9 +23,19 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["DigestAuthenticator", "Outcome", "Verdict", "answer", "parse_credentials"]
+__all__ = [
+    "ALGORITHMS",
+    "DEFAULT_ALGORITHMS",
+    "DigestAuthenticator",
+    "Outcome",
+    "Verdict",
+    "answer",
+    "parse_credentials",
+]
 
 _ALGORITHMS = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
+ALGORITHMS = tuple(_ALGORITHMS)  # the names security.digest_algorithms may list
+DEFAULT_ALGORITHMS = ("MD5", "SHA-256")
 _PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))\s*(?:,|$)')
 _MAX_COUNTED = 65536  # nonces whose counts are remembered (oldest forgotten first)
 
@@ -31,6 +47,7 @@ class Verdict(Enum):
     STALE = "stale"  # right password, old nonce: challenge with stale=true
     OK = "ok"
     FORBIDDEN = "forbidden"  # wrong user or password, or a replayed answer: 403
+    WRONG_URI = "wrong-uri"  # the answer is for another Request-URI: 400 (RFC 7616 §3.4.6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +87,12 @@ class DigestAuthenticator:
         *,
         nonce_lifetime: float = 300.0,
         key: bytes | None = None,
+        algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS,
     ) -> None:
+        if not algorithms or any(a not in _ALGORITHMS for a in algorithms):
+            raise ValueError(f"algorithms: a non-empty list of {', '.join(_ALGORITHMS)}")
         self.realm = realm
+        self.algorithms = algorithms
         self._users = users
         self._lifetime = nonce_lifetime
         self._key = key or secrets.token_bytes(32)
@@ -81,17 +102,24 @@ class DigestAuthenticator:
         """Take over a new credentials table (on reload)."""
         self._users = users
 
+    def knows(self, user: str) -> bool:
+        """Whether the user is in the credentials table."""
+        return user in self._users
+
     def challenges(self, host: str, now: float, stale: bool = False) -> list[str]:
-        """``WWW-Authenticate`` values, strongest algorithm first."""
+        """``WWW-Authenticate`` values, one per algorithm, in the configured order."""
         nonce = self._nonce(host, now)
         extra = ", stale=true" if stale else ""
         return [
             f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={name}, qop="auth"{extra}'
-            for name in _ALGORITHMS
+            for name in self.algorithms
         ]
 
-    def check(self, authorization: str | None, method: str, host: str, now: float) -> Outcome:
-        """Judge one request's Authorization header (``host``: where it came from)."""
+    def check(
+        self, authorization: str | None, method: str, host: str, now: float, uri: str | None = None
+    ) -> Outcome:
+        """Judge one request's Authorization header (``host``: where it came from; ``uri``: its
+        Request-URI, which the answer's ``uri`` must equal)."""
         if authorization is None:
             return Outcome(Verdict.MISSING)
         p = parse_credentials(authorization)
@@ -99,13 +127,15 @@ class DigestAuthenticator:
             return Outcome(Verdict.MISSING, reason="not a Digest answer")
         algorithm = p.get("algorithm", "MD5").upper()
         needed = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
-        if algorithm not in _ALGORITHMS or any(k not in p for k in needed):
+        if algorithm not in self.algorithms or any(k not in p for k in needed):
             return Outcome(Verdict.MISSING, reason="incomplete or unsupported Digest answer")
         if p["realm"] != self.realm or p["qop"].lower() != "auth":
             return Outcome(Verdict.MISSING, reason="answer for another realm or qop")
         issued = self._issued(p["nonce"], host)
         if issued is None:
             return Outcome(Verdict.MISSING, reason="nonce not issued to this address")
+        if uri is not None and p["uri"] != uri:
+            return Outcome(Verdict.WRONG_URI, p["username"], "uri is not the Request-URI")
         user, password = p["username"], self._users.get(p["username"])
         expected = _response(algorithm, (user, self.realm, password or ""), method, p)
         if password is None or not hmac.compare_digest(expected, p["response"].lower()):
@@ -125,7 +155,10 @@ class DigestAuthenticator:
         return Outcome(Verdict.OK, user)
 
     def _nonce(self, host: str, now: float) -> str:
-        stamp = f"{int(now * 1000):x}"
+        # A random part: phones behind one NAT share the address, and two of them challenged
+        # within the same millisecond must not get the same nonce (the second one's nc=1
+        # would be refused as a replay).
+        stamp = f"{int(now * 1000):x}-{secrets.token_hex(4)}"
         return f"{stamp}.{self._mac(stamp, host)}"
 
     def _issued(self, nonce: str, host: str) -> float | None:
@@ -133,7 +166,7 @@ class DigestAuthenticator:
         if not mac or not hmac.compare_digest(mac, self._mac(stamp, host)):
             return None
         try:
-            return int(stamp, 16) / 1000
+            return int(stamp.partition("-")[0], 16) / 1000
         except ValueError:
             return None
 

@@ -11,6 +11,7 @@ import itertools
 import logging
 import secrets
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -60,6 +61,11 @@ logger = logging.getLogger("bridge.sip")
 # Before the first sync with Asterisk nobody knows which extensions exist: a phone asking then
 # is told to come back (503 + Retry-After) rather than that its extension does not exist (404).
 NOT_READY_RETRY_AFTER = 5
+# A NOTIFY to a UDP address that has never answered one is sent twice (at 0 and T1) and given
+# up at 3*T1, not retransmitted for 32 s: the source of a SUBSCRIBE may be forged, and what an
+# unverified address receives must stay a small multiple of what was sent in its name.
+UNVERIFIED_TIMEOUT_T1 = 3
+_MAX_VERIFIED = 65536  # addresses known to receive our NOTIFYs (least recently used forgotten)
 
 
 class SupportsBody(Protocol):
@@ -150,7 +156,8 @@ class Notifier:
         self.notifies_sent = 0  # NOTIFY transactions started (retransmissions not counted)
         self.notifies_failed = 0  # ended by a failure response or a timeout
         self._per_source: dict[str, int] = {}  # active subscriptions per source address
-        self._over_limit: set[str] = set()  # sources told they have too many, logged once
+        # UDP addresses that answered a NOTIFY (proof they receive what we send there).
+        self._verified: OrderedDict[tuple[str, int], None] = OrderedDict()
 
     # ----------------------------------------------------------------- public API
 
@@ -232,7 +239,8 @@ class Notifier:
             if isinstance(obj, NotifyTransaction):
                 self._on_transaction_timer(obj, now)
             else:
-                logger.info("subscription %s to %s expired", obj.key[0], obj.resource)
+                self._log(now, logging.INFO, None, "subscription %s to %s expired",
+                          obj.key[0], obj.resource)  # fmt: skip
                 self._terminate(obj, now, "timeout")
         self._answers.expire(now)
 
@@ -290,6 +298,9 @@ class Notifier:
             ):
                 continue
             sub = Subscription.resume(snap, now)
+            if snap.peer.transport == "udp":
+                # It lived past 3*T1, so its address answered a NOTIFY: no need to prove it again.
+                self._verified[(snap.peer.host, snap.peer.port)] = None
             self._build_template(sub)
             self._index(sub, now)
             self._changed[sub.key] = sub  # its new lease must reach the store
@@ -303,9 +314,26 @@ class Notifier:
             for s in self._by_resource.get(resource, {}).values()
         ]
 
+    def end_watchers(self, keep: Callable[[str], bool], now: float, reason: str) -> int:
+        """End (with a final NOTIFY saying ``reason``) every subscription whose watcher ``keep``
+        refuses, e.g. a user removed from the credentials table; returns how many."""
+        gone = [sub for sub in self._subs.values() if not keep(sub.watcher)]
+        for sub in gone:
+            self._terminate(sub, now, reason)
+        return len(gone)
+
     # ----------------------------------------------------------------- requests
 
+    def _log(self, now: float, level: int, key: tuple[str, str] | None, msg: str,
+             *args: object) -> None:  # fmt: skip
+        """A log line caused by what a peer sent: rationed (see ``LogBudget``)."""
+        self.gate.logs.log(now, level, key, msg, *args)
+
     def _malformed(self, exc: ParseError, peer: Peer, now: float) -> None:
+        # The allow-list and the rate limit come before any answer, a 400 included.
+        admission = self.gate.admit(peer.host, now)
+        if admission.drop:
+            return
         req = exc.request
         if isinstance(req, Request):
             try:
@@ -313,21 +341,25 @@ class Notifier:
             except ParseError:
                 pass
             else:
-                self._answer(_Exchange(req, peer, now, None), Answer(400, problem=exc.reason))
+                answer = Answer(admission.status, admission.headers) if admission.status else (
+                    Answer(400, problem=exc.reason))  # fmt: skip
+                self._answer(_Exchange(req, peer, now, None), answer)
                 return
-        logger.info("dropped unreadable message from %s: %s", peer, exc.reason)
+        self._log(now, logging.INFO, ("unreadable", peer.host),
+                  "dropped unreadable message from %s: %s", peer, exc.reason)  # fmt: skip
 
     def _on_request(self, req: Request, peer: Peer, now: float) -> None:
-        try:
-            top = req.vias()[0]
-        except ParseError as exc:
-            logger.info("dropped %s from %s: %s", req.method, peer, exc.reason)
-            return  # without a Via there is nowhere to send a response
         if req.method == "ACK":
             return  # only ever acknowledges a final non-2xx we sent to an INVITE
         admission = self.gate.admit(peer.host, now)
         if admission.drop:
             return
+        try:
+            top = req.vias()[0]
+        except ParseError as exc:
+            self._log(now, logging.INFO, ("unreadable", peer.host), "dropped %s from %s: %s",
+                      req.method, peer, exc.reason)  # fmt: skip
+            return  # without a Via there is nowhere to send a response
         key = ResponseCache.key(req, top)
         x = _Exchange(req, peer, now, key)
         if admission.status:
@@ -367,20 +399,25 @@ class Notifier:
         if self.auth is None:
             return x.req.from_addr().uri.user or ""
         outcome = self.auth.check(
-            x.req.headers.get("Authorization"), x.req.method, x.peer.host, x.now
+            x.req.headers.get("Authorization"), x.req.method, x.peer.host, x.now, x.req.uri
         )
         if outcome.verdict is Verdict.OK:
             return outcome.user
+        if outcome.verdict is Verdict.WRONG_URI:
+            self._answer(x, Answer(400, problem="Authorization uri is not the Request-URI"))
+            return None
         if outcome.verdict is Verdict.FORBIDDEN:
-            logger.warning("authentication of %r from %s failed: %s", outcome.user, x.peer,
-                           outcome.reason)  # fmt: skip
+            self._log(x.now, logging.WARNING, ("auth", x.peer.host),
+                      "authentication of %r from %s failed: %s", outcome.user, x.peer,
+                      outcome.reason)  # fmt: skip
             throttled = self.gate.failed(x.peer.host, x.now)
             self._answer(
                 x, Answer(throttled.status, throttled.headers) if throttled else Answer(403)
             )
             return None
         if outcome.reason:
-            logger.info("challenging %s again: %s", x.peer, outcome.reason)
+            self._log(x.now, logging.INFO, ("challenge", x.peer.host),
+                      "challenging %s again: %s", x.peer, outcome.reason)  # fmt: skip
         stale = outcome.verdict is Verdict.STALE
         challenges = self.auth.challenges(x.peer.host, x.now, stale=stale)
         # Not cached: a retransmission must not be handed the same nonce twice.
@@ -412,7 +449,8 @@ class Notifier:
             else:
                 self._answers.put(x.key, SentAnswer(call_id, to_tag=to_tag, expires=expires), x.now)
         if answer.status >= 300:
-            logger.info("%s from %s: %d %s", x.req.method, x.peer, answer.status, response.reason)
+            self._log(x.now, logging.INFO, (f"answer {answer.status}", x.peer.host), "%s from %s: "
+                      "%d %s", x.req.method, x.peer, answer.status, response.reason)  # fmt: skip
 
     def _accept(self, x: _Exchange, to_tag: str, expires: int) -> None:
         """Send the 200 for a SUBSCRIBE (the NOTIFY must follow it, never precede it)."""
@@ -432,14 +470,11 @@ class Notifier:
             limits.subscriptions_per_source
             and self._per_source.get(host, 0) >= limits.subscriptions_per_source
         )
-        if over and expires:
-            if host not in self._over_limit:
-                self._over_limit.add(host)
-                logger.warning("refusing more subscriptions from %s: security.max_subscriptions"
-                               "(_per_source) reached", host)  # fmt: skip
-            self._answer(x, Answer(503, (("Retry-After", str(limits.retry_after)),)))
+        if over:  # fetches count too: each costs a NOTIFY
+            refusal = self.gate.over_cap(host, now)
+            if not refusal.drop:
+                self._answer(x, Answer(refusal.status, refusal.headers))
             return
-        self._over_limit.discard(host)
         resource = req.request_uri().user
         if resource is not None:
             resource = sys.intern(resource)  # one copy per extension, not per subscription
@@ -468,19 +503,24 @@ class Notifier:
         )
         self._build_template(sub)
         self._accept(x, sub.key[2], expires)
-        if expires == 0:  # a fetch (RFC 6665 §4.4.3): one NOTIFY with the state, then done
+        if expires == 0:
+            # A fetch (RFC 6665 §4.4.3): one NOTIFY with the state, then done. Sent once and
+            # forgotten, never retransmitted: nothing is kept per fetch but the cached 200, and
+            # a forged source receives two packets per request, not twelve.
             sub.state, sub.final_reason = "terminating", "timeout"
-        else:
-            self._index(sub, now)
-            logger.info("%s subscribed to %s for %d s", x.peer, resource, expires)
+            self._send_notify(sub, now, once=True)
+            return
+        self._index(sub, now)
+        self._log(now, logging.INFO, None, "%s subscribed to %s for %d s", x.peer, resource,
+                  expires)  # fmt: skip
         self._send_notify(sub, now)
 
     def _index(self, sub: Subscription, now: float) -> None:
         """Make an active subscription findable; it replaces an older one of the same watcher."""
         older = self._by_watcher.get(sub.watcher_key())
         if older is not None and older is not sub:
-            logger.info("%s re-subscribed to %s in a new dialog; the old one is dropped",
-                        sub.peer, sub.resource)  # fmt: skip
+            self._log(now, logging.INFO, None, "%s re-subscribed to %s in a new dialog; the old "
+                      "one is dropped", sub.peer, sub.resource)  # fmt: skip
             self._terminate(older, now, "", notify=False)  # the phone has forgotten it
         self._subs[sub.key] = sub
         self._by_resource.setdefault(sub.resource, {})[sub.key] = sub
@@ -494,11 +534,13 @@ class Notifier:
         if event is None or event.id != sub.event_id:  # would be a 2nd subscription in the dialog
             self._answer(x, Answer(481))
             return
+        if not self._from_owner(x, sub):
+            return
         if cseq <= sub.remote_cseq:  # RFC 3261 §12.2.2: out of order
             self._answer(x, Answer(500))
             return
         sub.remote_cseq = cseq
-        sub.peer = x.peer  # the phone may have moved (NAT rebinding): follow its latest source
+        sub.peer = x.peer  # with digest the port may have changed (NAT rebinding): follow it
         contact = x.req.contact()
         if contact is not None and contact.uri.raw != sub.target:
             if self._by_watcher.get(sub.watcher_key()) is sub:
@@ -508,7 +550,7 @@ class Notifier:
         self._build_template(sub)
         self._accept(x, sub.key[2], expires)
         if expires == 0:
-            logger.info("%s unsubscribed from %s", x.peer, sub.resource)
+            self._log(x.now, logging.INFO, None, "%s unsubscribed from %s", x.peer, sub.resource)
             self._terminate(sub, x.now, "timeout")
             return
         sub.expires_at = x.now + expires
@@ -519,13 +561,47 @@ class Notifier:
         else:
             self._send_notify(sub, x.now)
 
+    def _from_owner(self, x: _Exchange, sub: Subscription) -> bool:
+        """Whether a refresh may touch this subscription; if not, it has been answered.
+
+        A subscription stays on the transport and host that made it, and with digest with the
+        user that made it: the refresh must authenticate again, as that user. Without digest the
+        port must not change either, since nothing else tells the phone from a neighbour behind
+        the same NAT; a phone whose port did change gets 481 and starts a new dialog from where
+        it is now (RFC 6665 §4.1.2.2), which always works. With digest the credentials prove
+        who it is, so a new port (NAT rebinding) is followed.
+        """
+        here, there = x.peer, sub.peer
+        same_port = here.port == there.port or self.auth is not None
+        if here.transport != there.transport or here.host != there.host or not same_port:
+            self._log(x.now, logging.WARNING, ("moved", here.host), "refusing a refresh from %s "
+                      "of a subscription to %s made from %s: a subscription stays where it was "
+                      "made", here, sub.resource, there)  # fmt: skip
+            self._answer(x, Answer(481))
+            return False
+        if self.auth is None:
+            return True
+        user = self._identify(x)  # a challenge, 403 or 400 has been answered when None
+        if user is None:
+            return False
+        if user != sub.watcher:
+            self._log(x.now, logging.WARNING, ("other user", here.host), "refusing a refresh by "
+                      "%r from %s of %r's subscription to %s", user, here, sub.watcher,
+                      sub.resource)  # fmt: skip
+            self._answer(x, Answer(403))
+            return False
+        return True
+
     def _build_template(self, sub: Subscription) -> None:
         host, port = self.contact_for(sub.peer)
         sub.build_template(host, port, self.settings.user_agent, self.settings.content_type)
 
     # ----------------------------------------------------------------- NOTIFY
 
-    def _send_notify(self, sub: Subscription, now: float, doc: SupportsBody | None = None) -> None:
+    def _send_notify(
+        self, sub: Subscription, now: float, doc: SupportsBody | None = None, *, once: bool = False
+    ) -> None:
+        """Send the next NOTIFY of ``sub``; ``once``: no transaction, no retransmission."""
         body = b""
         if doc is not None or self._source.knows(sub.resource):
             body = (doc or self._source.document(sub.resource, sub.watcher)).body(sub.version)
@@ -545,12 +621,18 @@ class Notifier:
         branch = f"{self._branch_prefix}{next(self._branch_counter):x}"
         assert sub.template is not None
         data = sub.template.render(sub, branch, state, body)
+        self.notifies_sent += 1
+        if once:
+            self._out.append((data, sub.peer))
+            return
         t1 = self.settings.t1
         interval = t1 if sub.peer.transport == "udp" else 0.0  # streams do not retransmit
-        tx = NotifyTransaction(branch, sub, data, sub.peer, now + 64 * t1, interval, final)
+        timeout = 64 * t1
+        if interval and (sub.peer.host, sub.peer.port) not in self._verified:
+            timeout = UNVERIFIED_TIMEOUT_T1 * t1
+        tx = NotifyTransaction(branch, sub, data, sub.peer, now + timeout, interval, final)
         sub.in_flight = tx
         self._client_tx[branch] = tx
-        self.notifies_sent += 1
         self._timers.schedule(tx, now + interval if interval else tx.timeout_at)
         self._out.append((data, tx.peer))
 
@@ -586,7 +668,8 @@ class Notifier:
             branch = resp.vias()[0].branch
             method = resp.cseq().method
         except ParseError as exc:
-            logger.info("dropped response from %s: %s", peer, exc.reason)
+            self._log(now, logging.INFO, ("unreadable", peer.host),
+                      "dropped response from %s: %s", peer, exc.reason)  # fmt: skip
             return
         if method != "NOTIFY":
             # Not ours (the LED sender's MESSAGEs share the socket): hand it on.
@@ -620,6 +703,13 @@ class Notifier:
         tx.data = b""
         sub = tx.subscription
         sub.in_flight = None
+        if status is not None and tx.peer.transport == "udp":
+            # An answer proves the address receives what we send there (the branch is ours).
+            address = (tx.peer.host, tx.peer.port)
+            self._verified[address] = None
+            self._verified.move_to_end(address)
+            if len(self._verified) > _MAX_VERIFIED:
+                self._verified.popitem(last=False)
         if status is not None and status < 300:
             if sub.state == "terminating" or (sub.state == "active" and sub.dirty):
                 self._send_notify(sub, now)
@@ -629,11 +719,8 @@ class Notifier:
         # subscription. RFC 5057 would keep the dialog on a few codes (e.g. 491, 500 with
         # Retry-After), but a phone that refuses a NOTIFY gains nothing from more of them, and a
         # live phone re-SUBSCRIBEs anyway: every failure removes it, with no final NOTIFY.
-        logger.info(
-            "NOTIFY to %s for %s %s; subscription removed",
-            tx.peer,
-            sub.resource,
-            "timed out" if status is None else f"answered {status}",
-        )
+        outcome = "timed out" if status is None else f"answered {status}"
+        self._log(now, logging.INFO, None, "NOTIFY to %s for %s %s; subscription removed",
+                  tx.peer, sub.resource, outcome)  # fmt: skip
         self._terminate(sub, now, "", notify=False)
         sub.state = "gone"

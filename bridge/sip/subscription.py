@@ -133,7 +133,8 @@ def contact_uri(transport: str, host: str, port: int) -> str:
 
 
 DialogKey = tuple[str, str, str]  # Call-ID, remote (From) tag, local (our To) tag
-WatcherKey = tuple[str, str, str, str | None]  # resource, From URI, Contact URI, Event id
+# resource, who (digest user or From user), From URI, Contact URI, Event id
+WatcherKey = tuple[str, str, str, str, str | None]
 
 # CSeq and version numbers are handed out in blocks: the store only hears of a subscription when
 # it starts a new block, and what it holds is an upper bound of every number already sent. After
@@ -199,12 +200,13 @@ class Subscription:
 
     def watcher_key(self) -> WatcherKey:
         """Who watches what: the same phone (address of record and contact) on the same
-        resource; From tags and Call-IDs change when a phone starts a new dialog."""
+        resource, as the same (authenticated) user: one user copying another's From and Contact
+        gets a key of its own. From tags and Call-IDs change when a phone starts a new dialog."""
         if not self.remote_aor:
             self.remote_aor = self.remote  # unreadable From kept whole: only matches itself
             with contextlib.suppress(ParseError):
                 self.remote_aor = parse_name_addr(self.remote).uri.raw
-        return (self.resource, self.remote_aor, self.target, self.event_id)
+        return (self.resource, self.watcher, self.remote_aor, self.target, self.event_id)
 
     def lease_ran_out(self) -> bool:
         """Start new leases when half of the current ones is used; True when it did (the store

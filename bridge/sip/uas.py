@@ -127,11 +127,14 @@ class ResponseCache:
 
     Entries are dropped a generation at a time: every ``lifetime`` the current generation
     becomes the old one and the old one is forgotten, so an answer stays between one and two
-    lifetimes, with no per-entry deadline to keep.
+    lifetimes, with no per-entry deadline to keep. A generation that reaches ``max_entries``
+    is rotated at once: under a flood answers are kept for less time, but memory stays bounded
+    (two generations at most) whatever arrives.
     """
 
-    def __init__(self, lifetime: float = 32.0) -> None:
+    def __init__(self, lifetime: float = 32.0, max_entries: int = 50_000) -> None:
         self.lifetime = lifetime
+        self.max_entries = max_entries
         self._current: dict[int, SentAnswer] = {}
         self._previous: dict[int, SentAnswer] = {}
         self._rotate_at: float | None = None
@@ -152,6 +155,9 @@ class ResponseCache:
 
     def put(self, key: int, answer: SentAnswer, now: float) -> None:
         """Remember an answer."""
+        if len(self._current) >= self.max_entries:
+            self._previous, self._current = self._current, {}
+            self._rotate_at = now + self.lifetime
         self._current[key] = answer
         if self._rotate_at is None:
             self._rotate_at = now + self.lifetime

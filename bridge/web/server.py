@@ -6,9 +6,10 @@ import asyncio
 import base64
 import hashlib
 import importlib.resources
+import ipaddress
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -19,15 +20,60 @@ VIEW: web.AppKey[StatusView] = web.AppKey("view")
 STOPPING = web.AppKey("stopping", asyncio.Event)
 PANEL = web.AppKey("panel", bytes)
 PANEL_CSP = web.AppKey("panel_csp", str)
+HOSTS = web.AppKey("hosts", frozenset[str])
 
 # A comment line this often keeps proxies from closing an idle stream and finds dead clients.
 SSE_KEEPALIVE = 15.0
 NO_CACHE = {"Cache-Control": "no-store"}
 
 
-def make_app(view: StatusView) -> web.Application:
-    """The web endpoint over a running bridge's ``StatusView``."""
-    app = web.Application()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header value: without the port, IPv6 brackets kept off."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def served(host: str, names: frozenset[str]) -> bool:
+    """Whether a request naming ``host`` is ours: an address (a browser rebinding a name of
+    its own to this address sends the name, never an address), localhost, or a listed name."""
+    name = host_name(host).strip().lower().rstrip(".")
+    if name in ("localhost", *names):
+        return True
+    try:
+        ipaddress.ip_address(name.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse requests for other host names (DNS rebinding: a web page whose name now points
+    at this address could read the JSON from an admin's browser)."""
+    if not served(request.host, request.app[HOSTS]):
+        return web.Response(
+            status=421,
+            text=f"this server does not answer for {host_name(request.host)!r}: "
+            "add it to web.hosts\n",
+            headers=NO_CACHE,
+        )
+    return await handler(request)
+
+
+async def _nosniff(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer, streams and errors included: browsers must take the declared type."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+
+
+def make_app(view: StatusView, hosts: Sequence[str] = ()) -> web.Application:
+    """The web endpoint over a running bridge's ``StatusView``; ``hosts``: names it answers
+    for besides addresses and localhost (web.hosts)."""
+    app = web.Application(middlewares=[guard])
+    app[HOSTS] = frozenset(h.lower().rstrip(".") for h in hosts)
     app[VIEW] = view
     app[STOPPING] = asyncio.Event()
     app[PANEL] = importlib.resources.files("bridge.web").joinpath("panel.html").read_bytes()
@@ -40,14 +86,17 @@ def make_app(view: StatusView) -> web.Application:
     app.router.add_get("/api/leds", api_leds)
     app.router.add_get("/events", events)
     app.on_shutdown.append(_stop_streams)
+    app.on_response_prepare.append(_nosniff)
     return app
 
 
-async def start_web(view: StatusView, host: str, port: int) -> web.AppRunner:
+async def start_web(
+    view: StatusView, host: str, port: int, hosts: Sequence[str] = ()
+) -> web.AppRunner:
     """Serve ``make_app(view)`` on host:port (port 0: any); ``await runner.cleanup()`` stops it.
     The bound address is ``runner.addresses[0]``."""
     # Short shutdown: the only long requests are event streams, and they end on shutdown.
-    runner = web.AppRunner(make_app(view), handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(make_app(view, hosts), handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
