@@ -265,4 +265,4 @@ async def test_a_flood_of_broken_and_refused_requests_writes_a_few_log_lines(
     lines = [r for r in caplog.records if r.name.startswith("bridge")]
     # 20 at once, then 5 a second, whatever the number of sources and requests.
     assert len(lines) <= 20 + 5 * 3 + 2, [r.getMessage() for r in lines]
-    assert any("log lines about requests were left out" in r.getMessage() for r in lines)
+    assert any("log lines about peers were left out" in r.getMessage() for r in lines)

@@ -10,7 +10,7 @@ import pytest
 from bridge.sip.log_limit import LogLimiter
 
 LOGGER = logging.getLogger("test.log_limit")
-HELD = re.compile(r"\((\d+) similar lines held back")
+HELD = re.compile(r"\((\d+) log lines about peers were left out")
 
 
 def test_one_line_per_source_and_interval(caplog: pytest.LogCaptureFixture) -> None:
@@ -24,7 +24,7 @@ def test_one_line_per_source_and_interval(caplog: pytest.LogCaptureFixture) -> N
     assert limiter.log(logging.INFO, ("10.0.0.1", "framing"), 60.0, "bad from %s", "b")
     assert [r.getMessage() for r in caplog.records] == [
         "bad from a",
-        "another kind (99 similar lines held back before this one)",
+        "another kind (99 log lines about peers were left out before this one)",
         "another source",
         "bad from b",
     ]

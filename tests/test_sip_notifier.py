@@ -268,9 +268,9 @@ def test_garbage_without_request_line_or_via_is_dropped_with_a_log(
     assert len(messages) == 3, messages
     assert messages[0] == "dropped unreadable message from udp:192.0.2.10:40000: bad start line"
     assert messages[1].startswith("dropped SUBSCRIBE from udp:192.0.2.99:5060: ")
-    assert messages[1].endswith("(1 log lines about requests were left out before this one)")
+    assert messages[1].endswith("(1 log lines about peers were left out before this one)")
     assert messages[2].startswith("dropped unreadable message from udp:192.0.2.10:40000")
-    assert "(99 log lines about requests were left out before this one)" in messages[2]
+    assert "(99 log lines about peers were left out before this one)" in messages[2]
 
 
 def test_options_and_ack() -> None:

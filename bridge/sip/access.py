@@ -2,9 +2,10 @@
 
 Checked before anything else is parsed or computed, so a flood costs little. An address outside
 the allow-list is never answered. A source over a limit is told once a second (503 with
-Retry-After) and otherwise ignored. Every log line a request causes goes through one
-``LogBudget``: a refusal is logged once per source per minute, and all such lines together
-at most a few a second, so no sender can flood the log.
+Retry-After) and otherwise ignored. Every log line a request causes goes through the gate's
+``LogLimiter`` (bridge.sip.log_limit), which the TCP/TLS connections share: a refusal is
+logged once per source per minute, and all such lines together at most a few a second, so no
+sender can flood the log.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-__all__ = ["AccessLimits", "Admission", "LogBudget", "SourceGate"]
+from bridge.sip.log_limit import LogLimiter
+
+__all__ = ["AccessLimits", "Admission", "SourceGate"]
 
 log = logging.getLogger("bridge.sip")
 
@@ -35,50 +38,6 @@ class AccessLimits:
     subscriptions_per_source: int = 0
     subscriptions_total: int = 0
     retry_after: int = 10
-
-
-@dataclass(slots=True)
-class LogBudget:
-    """Log lines caused by what others send: a line with a ``key`` (what happened, to whom)
-    once per ``interval``, and all lines together at most ``rate`` a second (``burst`` at
-    once). What was left out is counted and said on the next line that gets through."""
-
-    interval: float = 60.0
-    rate: float = 5.0
-    burst: float = 20.0
-    _tokens: float = -1.0  # -1: full (first use)
-    _stamp: float = 0.0
-    _last: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
-    suppressed: int = 0  # left out since the last line that got through
-
-    def log(self, now: float, level: int, key: tuple[str, str] | None, msg: str,
-            *args: object) -> bool:  # fmt: skip
-        """Log the line unless this key was logged within the interval or the budget is spent;
-        True when it was logged."""
-        if key is not None:
-            last = self._last.get(key)
-            if last is not None and now - last < self.interval:
-                self.suppressed += 1
-                return False
-        tokens = self.burst if self._tokens < 0 else self._tokens
-        tokens = min(self.burst, tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if tokens < 1.0:
-            self._tokens = tokens
-            self.suppressed += 1
-            return False
-        self._tokens = tokens - 1.0
-        if key is not None:
-            self._last[key] = now
-            self._last.move_to_end(key)
-            while len(self._last) > _MAX_SOURCES:
-                self._last.popitem(last=False)
-        if self.suppressed:  # said on the same line: the budget counts lines
-            msg += " (%d log lines about requests were left out before this one)"
-            args = (*args, self.suppressed)
-            self.suppressed = 0
-        log.log(level, msg, *args)
-        return True
 
 
 @dataclass(slots=True)
@@ -107,7 +66,7 @@ class SourceGate:
     """Address allow-list and per-source token buckets."""
 
     limits: AccessLimits = field(default_factory=AccessLimits)
-    logs: LogBudget = field(default_factory=LogBudget)
+    logs: LogLimiter = field(default_factory=lambda: LogLimiter(log, burst=20.0))
     _buckets: OrderedDict[str, _Bucket] = field(default_factory=OrderedDict)
     _told_full: OrderedDict[str, float] = field(default_factory=OrderedDict)  # see over_cap
 
@@ -115,7 +74,7 @@ class SourceGate:
         """Judge one request from ``host`` (well-formed or not: this comes first)."""
         if not self.allowed(host):
             # Silence: an answer would go to an address that may be forged.
-            self.logs.log(now, logging.WARNING, ("allow", host),
+            self.logs.log(logging.WARNING, ("allow", host), now,
                           "ignoring %s: not in security.allow", host)  # fmt: skip
             return Admission(drop=True)
         rate = self.limits.requests_per_second
@@ -136,13 +95,13 @@ class SourceGate:
             bucket.tokens -= 1.0
             if bucket.throttled:
                 bucket.throttled = False
-                self.logs.log(now, logging.WARNING, ("unthrottled", host),
+                self.logs.log(logging.WARNING, ("unthrottled", host), now,
                               "%s is below the request limit again (%d requests ignored)",
                               host, bucket.dropped)  # fmt: skip
             return PASS
         if not bucket.throttled:
             bucket.throttled, bucket.dropped = True, 0
-            self.logs.log(now, logging.WARNING, ("throttled", host),
+            self.logs.log(logging.WARNING, ("throttled", host), now,
                           "throttling %s: more than %g requests/s (security.requests_per_second)",
                           host, rate)  # fmt: skip
         if now - bucket.told >= 1.0:
@@ -162,7 +121,7 @@ class SourceGate:
         if bucket.tokens < 0:
             if not bucket.throttled:
                 bucket.throttled, bucket.dropped = True, 0
-                self.logs.log(now, logging.WARNING, ("throttled", host),
+                self.logs.log(logging.WARNING, ("throttled", host), now,
                               "throttling %s: repeated failed authentications", host)  # fmt: skip
             return self.busy()
         return None
@@ -170,7 +129,7 @@ class SourceGate:
     def over_cap(self, host: str, now: float) -> Admission:
         """A new subscription from ``host`` would pass security.max_subscriptions(_per_source):
         503 at most once a second per source, otherwise silence; logged once a minute."""
-        self.logs.log(now, logging.WARNING, ("full", host), "refusing more subscriptions from "
+        self.logs.log(logging.WARNING, ("full", host), now, "refusing more subscriptions from "
                       "%s: security.max_subscriptions(_per_source) reached", host)  # fmt: skip
         told = self._told_full.get(host)
         if told is not None and now - told < 1.0:

@@ -199,10 +199,6 @@ class Notifier:
         except Exception:  # a bug must not take the listener down; tests assert none is logged
             logger.exception("internal error handling a message from %s", peer)
 
-    def reject(self, exc: ParseError, peer: Peer, now: float) -> None:
-        """A message the transport could not frame: answer 400 if it has somewhere to go."""
-        self._malformed(exc, peer, now)
-
     def resource_changed(self, resource: str, now: float) -> None:
         """The resource's state changed: notify its watchers (coalesced per subscription)."""
         subs = self._by_resource.get(resource)
@@ -326,8 +322,8 @@ class Notifier:
 
     def _log(self, now: float, level: int, key: tuple[str, str] | None, msg: str,
              *args: object) -> None:  # fmt: skip
-        """A log line caused by what a peer sent: rationed (see ``LogBudget``)."""
-        self.gate.logs.log(now, level, key, msg, *args)
+        """A log line caused by what a peer sent: rationed (see ``LogLimiter``)."""
+        self.gate.logs.log(level, key, now, msg, *args)
 
     def _malformed(self, exc: ParseError, peer: Peer, now: float) -> None:
         # The allow-list and the rate limit come before any answer, a 400 included.

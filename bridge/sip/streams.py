@@ -107,13 +107,17 @@ class StreamConnections:
         self._user_agent = user_agent
         self.tls_client = tls_client
         self.loop = asyncio.get_running_loop()
-        self.log = LogLimiter(logger)
         self.by_peer: dict[Peer, _Stream] = {}
         self.dialing: dict[Peer, list[bytes]] = {}  # queued while a connection is being opened
         self.open_total = 0
         self.open_by_source: dict[str, int] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.on_disconnect: Callable[[Peer], None] | None = None
+
+    @property
+    def log(self) -> LogLimiter:
+        """The SIP side's one log limiter (the gate's), shared with the notifier."""
+        return self._gate().logs
 
     # ------------------------------------------------------------ accepting
 

@@ -145,8 +145,10 @@ class SipService:
         """Feed datagrams read in one go to the core, then send what they caused at once."""
         now, receive, limit = self._loop.time(), self.notifier.receive, self.max_datagram
         for data, peer in batch:
-            if len(data) > limit:
-                logger.info("dropped a %d-byte datagram from %s: too large", len(data), peer)
+            if len(data) > limit:  # rationed like every line a peer can cause
+                self.notifier.gate.logs.log(logging.INFO, (peer.host, "too large"), now,
+                                            "dropped a %d-byte datagram from %s: over "
+                                            "sip.max_message_size", len(data), peer)  # fmt: skip
             else:
                 receive(data, peer, now)
         self._flush()
