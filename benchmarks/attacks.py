@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.soak import free_port, rss_mib
 from bridge.sip.digest import answer as digest_answer
 
 HOST = "127.0.0.1"
@@ -307,12 +308,7 @@ class Bridge:
 
     def rss(self, name: str = "VmRSS") -> float:
         assert self.proc is not None
-        try:
-            text = Path(f"/proc/{self.proc.pid}/status").read_text(encoding="ascii")
-        except OSError:
-            return 0.0
-        m = re.search(rf"^{name}:\s+(\d+)", text, re.M)
-        return int(m[1]) / 1024 if m else 0.0
+        return rss_mib(self.proc.pid, name)
 
     def reload(self) -> None:
         assert self.proc is not None
@@ -329,20 +325,6 @@ class Bridge:
                 await self.proc.wait()
         if self._drain is not None:
             await self._drain
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((HOST, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((HOST, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 async def probe(bridge: Bridge) -> str:

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.soak import free_port, rss_mib
+
 ROOT = Path(__file__).resolve().parent.parent
 PER_SOURCE = 32  # sip.max_connections_per_source's default
 HALF = b"SUBSCRIBE sip:202@127.0.0.1 SIP/2.0\r\n" + b"X-Pad: y\r\n" * 800  # 8 KB, no end
@@ -30,14 +32,6 @@ OPTIONS = (
     b"From: <sip:bench@127.0.0.1>;tag=b\r\nTo: <sip:202@127.0.0.1>\r\nCall-ID: bench-1\r\n"
     b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
 )
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process, KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return -1
 
 
 def descriptors(pid: int) -> int:
@@ -78,7 +72,7 @@ async def answer_time(port: int) -> float:
 
 
 async def measure(loop_name: str, count: int) -> list[tuple[str, float, str]]:
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
         config.write_text("# everything comes from --set\n")
@@ -99,18 +93,18 @@ async def measure(loop_name: str, count: int) -> list[tuple[str, float, str]]:
             drain = asyncio.ensure_future(process.stderr.read())
             await asyncio.sleep(0.5)
             pid, name = process.pid, f"connections[{loop_name}]"
-            rows.append((f"{name}: RSS at start", rss_kib(pid) / 1024, "MiB"))
+            rows.append((f"{name}: RSS at start", rss_mib(pid), "MiB"))
             for what, payload in (("silent", b""), ("8 KB unfinished", HALF)):
                 socks = await open_many(port, count, payload)
                 await asyncio.sleep(1.0)  # the bridge reads what was sent
-                rows.append((f"{name}: RSS with {count} {what}", rss_kib(pid) / 1024, "MiB"))
+                rows.append((f"{name}: RSS with {count} {what}", rss_mib(pid), "MiB"))
                 rows.append((f"{name}: descriptors with {count} {what}", descriptors(pid), ""))
                 rows.append((f"{name}: OPTIONS answer meanwhile", 1000 * await answer_time(port),
                              "ms"))  # fmt: skip
                 for sock in socks:
                     sock.close()
                 await asyncio.sleep(1.0)
-                rows.append((f"{name}: RSS after they closed", rss_kib(pid) / 1024, "MiB"))
+                rows.append((f"{name}: RSS after they closed", rss_mib(pid), "MiB"))
             rows.append((f"{name}: descriptors at the end", descriptors(pid), ""))
         finally:
             with contextlib.suppress(ProcessLookupError):
@@ -120,13 +114,6 @@ async def measure(loop_name: str, count: int) -> list[tuple[str, float, str]]:
         if "Traceback" in log:
             raise RuntimeError(f"the bridge logged a traceback:\n{log}")
     return rows
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def main() -> None:
