@@ -21,6 +21,7 @@ from bridge.event_loop import EVENT_LOOPS
 from bridge.led.buttons import LIGHTS
 from bridge.led.rules import BLF_LIGHTS, LedRule
 from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
+from bridge.tracker import hint_parts
 
 
 class ConfigError(ValueError):
@@ -315,8 +316,7 @@ def _hints(t: Any) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"hints.{exten}: {exten!r} is not an extension")
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f'hints.{name}: must be a device expression, e.g. "PJSIP/201"')
-        for written in value.partition(",")[0].split("&"):
-            device = written.strip()
+        for device in hint_parts(value):
             tech, slash, resource = device.partition("/")
             prefix, colon, rest = device.partition(":")
             if not ((slash and tech and resource) or (colon and prefix and rest)) or " " in device:

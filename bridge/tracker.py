@@ -115,12 +115,17 @@ def device_of_channel(name: str) -> str:
     return device_key(base)
 
 
+def hint_parts(hint: str) -> list[str]:
+    """The devices of a hint as written, stripped, an empty part kept (the presence provider
+    after "," is not a device): "PJSIP/202&Custom:DND202,CustomPresence:202" →
+    ["PJSIP/202", "Custom:DND202"]."""
+    return [d.strip() for d in hint.partition(",")[0].split("&")]
+
+
 def hint_devices(hint: str) -> tuple[str, ...]:
     """The devices a hint names, normalized, without repeats:
     "PJSIP/202&Custom:DND202,CustomPresence:202" → ("pjsip/202", "custom:DND202")."""
-    return tuple(
-        dict.fromkeys(device_key(d) for d in hint.partition(",")[0].split("&") if d.strip())
-    )
+    return tuple(dict.fromkeys(device_key(d) for d in hint_parts(hint) if d))
 
 
 class CallTracker:

@@ -78,7 +78,7 @@ from bridge.events import (
 )
 from bridge.hintstate import is_channel_device
 from bridge.pickup import parse_groups
-from bridge.tracker import hint_devices
+from bridge.tracker import device_key, hint_parts
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +188,9 @@ class AriSource:
         self._base = _ari_base(url)
         self._hints = tuple(hints)  # (exten, device expression) from the configuration
         # The devices of those hints whose state no channel tells, as Asterisk spells them.
-        named = (d.strip() for _, hint in self._hints for d in hint.partition(",")[0].split("&"))
+        named = (d for _, hint in self._hints for d in hint_parts(hint))
         self._stateful = list(dict.fromkeys(
-            d for d in named if d and not is_channel_device(hint_devices(d)[0])
+            d for d in named if d and not is_channel_device(device_key(d))
         ))  # fmt: skip
         self.host = self._base.host or ""
         self.port = self._base.port or 0
