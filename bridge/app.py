@@ -9,20 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import secrets
 import signal
-import ssl
 import time
 from collections.abc import Callable, Hashable
 
 from aiohttp import web
-from yarl import URL
 
+from bridge import settings
 from bridge.asterisk.ami import AmiSource
 from bridge.asterisk.ari import AriSource
-from bridge.config import Config, ConfigError, ListenAddress
+from bridge.config import Config, ConfigError
 from bridge.demo.ami_server import RecordedAmiServer, bundled_recordings
 from bridge.dialoginfo import DialogInfoDocument, RenderSettings, render
 from bridge.events import (
@@ -38,15 +36,14 @@ from bridge.events import (
 from bridge.led.controller import LedController
 from bridge.pickup import PickupPolicy
 from bridge.service import SystemdNotifier, keep_watchdog
-from bridge.sip.access import AccessLimits, SourceGate
-from bridge.sip.digest import DigestAuthenticator
+from bridge.sip.access import SourceGate
 from bridge.sip.message import Response
-from bridge.sip.notifier import Notifier, NotifierSettings
+from bridge.sip.notifier import Notifier
 from bridge.sip.subscription import DialogKey
-from bridge.sip.transport import SipService, StreamLimits, start_sip
+from bridge.sip.transport import SipService, start_sip
 from bridge.status import BridgeStatus
 from bridge.store import StoreError, SubscriptionStore
-from bridge.tracker import CallTracker, TrackerSettings
+from bridge.tracker import CallTracker
 from bridge.web.server import start_web
 
 log = logging.getLogger("bridge")
@@ -54,12 +51,6 @@ log = logging.getLogger("bridge")
 DEMO_PAUSE = 3.0  # seconds of quiet between two replayed calls in the demo loop
 # The recordings of keys that follow device states (DND, FreePBX hint, park slot): after the calls.
 DEMO_KEYS_LAST = frozenset({"device-states", "park-retrieve"})
-# Settings a running bridge cannot take over: they need new sockets or another store file.
-RESTART_ONLY = (
-    "sip.udp", "sip.tcp", "sip.tls", "sip.tls_certificate", "sip.tls_key",
-    "sip.max_message_size", "sip.contact_host", "store.path", "demo.enabled",
-    "runtime.event_loop", "web.listen", "web.hosts", "led",
-)  # fmt: skip
 
 
 class Documents:
@@ -127,124 +118,6 @@ class Documents:
         self._by_class.clear()
 
 
-def _contacts(config: Config) -> dict[str, tuple[str, int]]:
-    """Fallback Contact/Via addresses per transport (port 0: the port once bound)."""
-    first = {"udp": config.sip.udp, "tcp": config.sip.tcp}
-    if config.sip.tls:
-        first["tls"] = config.sip.tls
-    some: ListenAddress = (config.sip.udp or config.sip.tcp or config.sip.tls)[0]
-    out = {}
-    for transport, addresses in first.items():
-        address = addresses[0] if addresses else some
-        out[transport] = (config.sip.contact_host or address.host, address.port)
-    return out
-
-
-def _tracker_settings(config: Config) -> TrackerSettings:
-    return TrackerSettings(
-        outgoing_blinks=config.watch.outgoing_blinks, watch=config.watch.extensions
-    )
-
-
-def _notifier_settings(config: Config) -> NotifierSettings:
-    sip = config.sip
-    return NotifierSettings(
-        min_expires=sip.min_expires,
-        default_expires=sip.default_expires,
-        max_expires=sip.max_expires,
-        contacts=_contacts(config),
-        user_agent=sip.user_agent,
-        contact_from_local=not sip.contact_host,
-    )
-
-
-def _domain(config: Config) -> str:
-    if config.sip.domain:
-        return config.sip.domain
-    if config.source == "ari":
-        return URL(config.ari.url).host or "127.0.0.1"
-    return config.ami.host
-
-
-def _tls_context(config: Config) -> ssl.SSLContext | None:
-    if not config.sip.tls:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.sip.tls_certificate, config.sip.tls_key)
-    return context
-
-
-def _stream_limits(config: Config) -> StreamLimits:
-    sip = config.sip
-    return StreamLimits(
-        max_connections=sip.max_connections,
-        max_connections_per_source=sip.max_connections_per_source,
-        idle_timeout=sip.idle_timeout,
-        header_timeout=sip.header_timeout,
-    )
-
-
-def _render_settings(config: Config) -> RenderSettings:
-    return RenderSettings(_domain(config), show_caller=config.security.show_caller)
-
-
-def _policy(config: Config, old: PickupPolicy | None = None) -> PickupPolicy:
-    policy = PickupPolicy(config.security.pickup, config.security.pickup_rules)
-    if old is not None:  # the groups learned from Asterisk stay valid across a reload
-        policy.adopt_groups(old)
-    return policy
-
-
-def _limits(config: Config) -> AccessLimits:
-    sec = config.security
-    return AccessLimits(
-        allow=tuple(ipaddress.ip_network(n, strict=False) for n in sec.allow),
-        requests_per_second=sec.requests_per_second,
-        burst=sec.burst,
-        subscriptions_per_source=sec.max_subscriptions_per_source,
-        subscriptions_total=sec.max_subscriptions,
-    )
-
-
-def _authenticator(config: Config) -> DigestAuthenticator | None:
-    sec = config.security
-    if sec.auth != "digest":
-        return None
-    return DigestAuthenticator(
-        sec.realm or _domain(config),
-        dict(sec.users),
-        nonce_lifetime=sec.nonce_lifetime,
-        algorithms=sec.digest_algorithms,
-    )
-
-
-def _changed_settings(old: Config, new: Config) -> set[str]:
-    """Dotted names of the settings that differ between two configurations."""
-    out = set()
-    for section in ("ami", "ari", "sip", "watch", "store", "security"):
-        a, b = getattr(old, section), getattr(new, section)
-        for f in dataclasses.fields(a):
-            if getattr(a, f.name) != getattr(b, f.name):
-                out.add(f"{section}.{f.name}")
-    if old.security.users != new.security.users:  # kept out of == so it never gets printed
-        out.add("security.users_file")
-    if old.log_level != new.log_level:
-        out.add("log.level")
-    if old.source != new.source:
-        out.add("asterisk.source")
-    if old.demo != new.demo:
-        out.add("demo.enabled")
-    if old.event_loop != new.event_loop:
-        out.add("runtime.event_loop")
-    if old.web != new.web:
-        out.add("web.listen")
-    if old.web_hosts != new.web_hosts:
-        out.add("web.hosts")
-    if old.leds != new.leds:
-        out.add("led")
-    return out
-
-
 class Bridge:
     """One running bridge; ``start()``, then ``stop()``; ``reload()`` in between."""
 
@@ -252,14 +125,14 @@ class Bridge:
         self.config = config
         self.demo = demo
         self.tracker = self._new_tracker(config)
-        self.domain = _domain(config)
-        self.policy = _policy(config)
-        self.documents = Documents(self.tracker, _render_settings(config), self.policy)
+        self.domain = settings.domain(config)
+        self.policy = settings.pickup_policy(config)
+        self.documents = Documents(self.tracker, settings.render_settings(config), self.policy)
         self.notifier = Notifier(
             self.documents,
-            _notifier_settings(config),
-            gate=SourceGate(_limits(config)),
-            auth=_authenticator(config),
+            settings.notifier_settings(config),
+            gate=SourceGate(settings.access_limits(config)),
+            auth=settings.authenticator(config),
         )
         self.sip: SipService | None = None
         self.source: AmiSource | AriSource | None = None
@@ -276,7 +149,7 @@ class Bridge:
 
     @staticmethod
     def _new_tracker(config: Config) -> CallTracker:
-        tracker = CallTracker(_tracker_settings(config))
+        tracker = CallTracker(settings.tracker_settings(config))
         # Nothing is known before the first sync; the sync then reports every extension as
         # changed, which sends resumed subscriptions their first NOTIFY.
         tracker.apply(SourceLost(), 0.0)
@@ -296,8 +169,8 @@ class Bridge:
                 max_datagram=sip.max_message_size,
                 max_message=sip.max_message_size,
                 tls_addrs=[(a.host, a.port) for a in sip.tls],
-                tls=_tls_context(self.config),
-                limits=_stream_limits(self.config),
+                tls=settings.tls_context(self.config),
+                limits=settings.stream_limits(self.config),
             )
         except BaseException:
             await self.stop()
@@ -467,11 +340,11 @@ class Bridge:
 
     async def reload(self, config: Config) -> None:
         """Take over a new configuration without dropping a subscription."""
-        changed = _changed_settings(self.config, config)
+        changed = settings.changed_settings(self.config, config)
         if not changed:
             log.info("reload: nothing changed")
             return
-        kept = sorted(changed.intersection(RESTART_ONLY))
+        kept = sorted(changed.intersection(settings.RESTART_ONLY))
         if kept:
             log.warning("reload: %s only change on a restart; keeping the old value(s)",
                         ", ".join(kept))  # fmt: skip
@@ -479,22 +352,22 @@ class Bridge:
         old, self.config = self.config, config
         if "log.level" in changed:
             logging.getLogger().setLevel(config.log_level.upper())
-        self.notifier.settings = _notifier_settings(config)
+        self.notifier.settings = settings.notifier_settings(config)
         restart_source = any(name.startswith(("ami.", "ari.", "asterisk.")) for name in changed)
-        if _tracker_settings(config) != _tracker_settings(old):
+        if settings.tracker_settings(config) != settings.tracker_settings(old):
             self.tracker = self._new_tracker(config)
             self.documents.tracker = self.tracker
             restart_source = True  # the new tracker learns everything from a fresh sync
-        self.domain = _domain(config)
-        self.documents.settings = _render_settings(config)
-        self.policy = self.documents.policy = _policy(config, self.policy)
-        self.notifier.gate.limits = _limits(config)
+        self.domain = settings.domain(config)
+        self.documents.settings = settings.render_settings(config)
+        self.policy = self.documents.policy = settings.pickup_policy(config, self.policy)
+        self.notifier.gate.limits = settings.access_limits(config)
         if self.sip is not None:
-            self.sip.stream_limits = _stream_limits(config)
+            self.sip.stream_limits = settings.stream_limits(config)
         sec, old_sec = config.security, old.security
         same_digest = sec.auth == old_sec.auth and sec.realm == old_sec.realm
         if not same_digest or sec.digest_algorithms != old_sec.digest_algorithms:
-            self.notifier.auth = _authenticator(config)
+            self.notifier.auth = settings.authenticator(config)
         elif self.notifier.auth is not None:
             self.notifier.auth.set_users(dict(sec.users))
         self._end_unauthorized(old_sec.auth)

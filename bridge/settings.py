@@ -1,0 +1,144 @@
+"""Configuration to component settings: what each part of the bridge is built from, and which
+settings differ between two configurations (the reload diff)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import ssl
+
+from yarl import URL
+
+from bridge.config import Config, ListenAddress
+from bridge.dialoginfo import RenderSettings
+from bridge.pickup import PickupPolicy
+from bridge.sip.access import AccessLimits
+from bridge.sip.digest import DigestAuthenticator
+from bridge.sip.notifier import NotifierSettings
+from bridge.sip.transport import StreamLimits
+from bridge.tracker import TrackerSettings
+
+# Settings a running bridge cannot take over: they need new sockets or another store file.
+RESTART_ONLY = (
+    "sip.udp", "sip.tcp", "sip.tls", "sip.tls_certificate", "sip.tls_key",
+    "sip.max_message_size", "sip.contact_host", "store.path", "demo.enabled",
+    "runtime.event_loop", "web.listen", "web.hosts", "led",
+)  # fmt: skip
+
+
+def contacts(config: Config) -> dict[str, tuple[str, int]]:
+    """Fallback Contact/Via addresses per transport (port 0: the port once bound)."""
+    first = {"udp": config.sip.udp, "tcp": config.sip.tcp}
+    if config.sip.tls:
+        first["tls"] = config.sip.tls
+    some: ListenAddress = (config.sip.udp or config.sip.tcp or config.sip.tls)[0]
+    out = {}
+    for transport, addresses in first.items():
+        address = addresses[0] if addresses else some
+        out[transport] = (config.sip.contact_host or address.host, address.port)
+    return out
+
+
+def tracker_settings(config: Config) -> TrackerSettings:
+    return TrackerSettings(
+        outgoing_blinks=config.watch.outgoing_blinks, watch=config.watch.extensions
+    )
+
+
+def notifier_settings(config: Config) -> NotifierSettings:
+    sip = config.sip
+    return NotifierSettings(
+        min_expires=sip.min_expires,
+        default_expires=sip.default_expires,
+        max_expires=sip.max_expires,
+        contacts=contacts(config),
+        user_agent=sip.user_agent,
+        contact_from_local=not sip.contact_host,
+    )
+
+
+def domain(config: Config) -> str:
+    if config.sip.domain:
+        return config.sip.domain
+    if config.source == "ari":
+        return URL(config.ari.url).host or "127.0.0.1"
+    return config.ami.host
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    if not config.sip.tls:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.sip.tls_certificate, config.sip.tls_key)
+    return context
+
+
+def stream_limits(config: Config) -> StreamLimits:
+    sip = config.sip
+    return StreamLimits(
+        max_connections=sip.max_connections,
+        max_connections_per_source=sip.max_connections_per_source,
+        idle_timeout=sip.idle_timeout,
+        header_timeout=sip.header_timeout,
+    )
+
+
+def render_settings(config: Config) -> RenderSettings:
+    return RenderSettings(domain(config), show_caller=config.security.show_caller)
+
+
+def pickup_policy(config: Config, old: PickupPolicy | None = None) -> PickupPolicy:
+    policy = PickupPolicy(config.security.pickup, config.security.pickup_rules)
+    if old is not None:  # the groups learned from Asterisk stay valid across a reload
+        policy.adopt_groups(old)
+    return policy
+
+
+def access_limits(config: Config) -> AccessLimits:
+    sec = config.security
+    return AccessLimits(
+        allow=tuple(ipaddress.ip_network(n, strict=False) for n in sec.allow),
+        requests_per_second=sec.requests_per_second,
+        burst=sec.burst,
+        subscriptions_per_source=sec.max_subscriptions_per_source,
+        subscriptions_total=sec.max_subscriptions,
+    )
+
+
+def authenticator(config: Config) -> DigestAuthenticator | None:
+    sec = config.security
+    if sec.auth != "digest":
+        return None
+    return DigestAuthenticator(
+        sec.realm or domain(config),
+        dict(sec.users),
+        nonce_lifetime=sec.nonce_lifetime,
+        algorithms=sec.digest_algorithms,
+    )
+
+
+def changed_settings(old: Config, new: Config) -> set[str]:
+    """Dotted names of the settings that differ between two configurations."""
+    out = set()
+    for section in ("ami", "ari", "sip", "watch", "store", "security"):
+        a, b = getattr(old, section), getattr(new, section)
+        for f in dataclasses.fields(a):
+            if getattr(a, f.name) != getattr(b, f.name):
+                out.add(f"{section}.{f.name}")
+    if old.security.users != new.security.users:  # kept out of == so it never gets printed
+        out.add("security.users_file")
+    if old.log_level != new.log_level:
+        out.add("log.level")
+    if old.source != new.source:
+        out.add("asterisk.source")
+    if old.demo != new.demo:
+        out.add("demo.enabled")
+    if old.event_loop != new.event_loop:
+        out.add("runtime.event_loop")
+    if old.web != new.web:
+        out.add("web.listen")
+    if old.web_hosts != new.web_hosts:
+        out.add("web.hosts")
+    if old.leds != new.leds:
+        out.add("led")
+    return out
