@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bridge.devices import is_channel_device, park_space
 from bridge.model import DEVICE_STATE_DIALOG, Dialog, DialogState, Direction
 
 # ast_devstate_aggregate's order of precedence (main/devicestate.c, state_order[]).
@@ -38,20 +39,6 @@ _PRECEDENCE = {
 }
 _IN_USE = frozenset({"INUSE", "ONHOLD", "BUSY"})
 _CONFIRMED = frozenset({"INUSE", "BUSY", "ONHOLD", "RINGINUSE"})
-
-
-def is_channel_device(device: str) -> bool:
-    """Whether a (normalized) hint device is a channel technology (``pjsip/201``), whose calls
-    the tracker sees as channels, rather than a state provider (``custom:dnd201``)."""
-    return "/" in device
-
-
-def park_space(device: str) -> str | None:
-    """The space of a ``park:<space>@<context>`` device (normalized), else None."""
-    prefix, colon, rest = device.partition(":")
-    if not colon or prefix.casefold() != "park":
-        return None
-    return rest.partition("@")[0] or None
 
 
 def aggregate(states: Iterable[str]) -> str:

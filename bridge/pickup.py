@@ -20,16 +20,6 @@ from dataclasses import dataclass, field
 MODES = ("group", "rules", "everyone", "nobody")
 
 
-def parse_groups(text: str) -> frozenset[int]:
-    """Asterisk's group list (``1,3-5``; empty for none) as numbers; junk is ignored."""
-    groups: set[int] = set()
-    for part in text.split(","):
-        low, dash, high = part.strip().partition("-")
-        if low.isdigit() and (not dash or high.isdigit()):
-            groups.update(range(int(low), int(high if dash else low) + 1))
-    return frozenset(g for g in groups if 0 <= g <= 63)  # Asterisk has 64 groups
-
-
 @dataclass(slots=True)
 class PickupPolicy:
     """Decides, per watcher and ringing endpoint, whether the pickup ids may be shown."""

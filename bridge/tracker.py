@@ -28,6 +28,16 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from bridge.devices import (
+    device_key,
+    device_of_channel,
+    hint_devices,
+    is_channel_device,
+    park_space,
+)
+
+# config.py still imports hint_parts from here; it belongs to bridge.devices now.
+from bridge.devices import hint_parts as hint_parts  # noqa: PLC0414
 from bridge.events import (
     AsteriskEvent,
     CallParked,
@@ -45,7 +55,7 @@ from bridge.events import (
     ResyncStarted,
     SourceLost,
 )
-from bridge.hintstate import HintStates, is_channel_device, park_space
+from bridge.hintstate import HintStates
 from bridge.model import Dialog, DialogState, Direction, EntityState, PickupIds
 
 # Asterisk writes "<unknown>" for an identity nobody has set; it must never reach a display.
@@ -100,32 +110,6 @@ class _Channel:
     ring_expired: bool = False  # rang for too long without word from Asterisk: not shown
     peers: dict[str, None] = field(default_factory=dict)  # linked by Dial, either side
     dests: dict[str, None] = field(default_factory=dict)  # legs this channel's Dial() rings
-
-
-def device_key(device: str) -> str:
-    """Normalize a device name (``PJSIP/202``) for comparison: technology names are caseless."""
-    tech, sep, resource = device.strip().partition("/")
-    return f"{tech.casefold()}{sep}{resource}"
-
-
-def device_of_channel(name: str) -> str:
-    """A channel's device, normalized: "PJSIP/202-00000008" → "pjsip/202" (the suffix after
-    the last "-" is Asterisk's sequence)."""
-    base = name.rpartition("-")[0] if "-" in name.partition("/")[2] else name
-    return device_key(base)
-
-
-def hint_parts(hint: str) -> list[str]:
-    """The devices of a hint as written, stripped, an empty part kept (the presence provider
-    after "," is not a device): "PJSIP/202&Custom:DND202,CustomPresence:202" →
-    ["PJSIP/202", "Custom:DND202"]."""
-    return [d.strip() for d in hint.partition(",")[0].split("&")]
-
-
-def hint_devices(hint: str) -> tuple[str, ...]:
-    """The devices a hint names, normalized, without repeats:
-    "PJSIP/202&Custom:DND202,CustomPresence:202" → ("pjsip/202", "custom:DND202")."""
-    return tuple(dict.fromkeys(device_key(d) for d in hint_parts(hint) if d))
 
 
 class CallTracker:

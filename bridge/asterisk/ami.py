@@ -26,7 +26,6 @@ out of that order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +38,8 @@ from panoramisk.message import Message
 from bridge.asterisk.ami_events import MAPPED_EVENTS, events_of, needs_ids
 from bridge.asterisk.ami_wire import MessageSplitter, parse_message
 from bridge.asterisk.delivery import Batch, IdsTask, OrderedEvents, ids_result
-from bridge.asterisk.retry import ProblemLog, reconnect_delay
+from bridge.asterisk.retry import ReconnectLoop
+from bridge.devices import device_of_channel, hint_devices, parse_groups
 from bridge.events import (
     AsteriskEvent,
     ChannelGone,
@@ -51,8 +51,6 @@ from bridge.events import (
     ResyncStarted,
     SourceLost,
 )
-from bridge.pickup import parse_groups
-from bridge.tracker import device_of_channel, hint_devices
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +287,6 @@ class AmiSource:
         self.host, self.port = host, port
         self._username, self._secret = username, secret
         self._events = events  # "call,system": no dialplan class, the VarSet/Newexten flood
-        self._backoff = (backoff_min, backoff_max)
         self._ping_interval = ping_interval
         self._getvar_timeout = getvar_timeout
         self._connect_timeout = connect_timeout
@@ -302,43 +299,23 @@ class AmiSource:
         # can ever show on a BLF key. Empty (no hint seen yet): every leg is worth its ids.
         self._hinted: set[str] = set()
         self._conn: _Connection | None = None
-        self._stopping = asyncio.Event()
         self._announced = False  # ResyncStarted sent and no SourceLost since
         self._logoff: asyncio.Future[Any] | None = None
-        self._attempt: asyncio.Task[bool] | None = None
         self._groups: asyncio.Task[None] | None = None
-        self._problems = ProblemLog(log)
+        self._loop = ReconnectLoop(
+            "AMI", self._session, self._queue, log, backoff_min=backoff_min, backoff_max=backoff_max
+        )
+        self._stopping = self._loop.stopping
+        self._problems = self._loop.problems
 
     async def run(self) -> None:
         """Connect, resync and stream events until ``stop()`` or cancellation."""
-        self._stopping.clear()
         self._logoff = None
-        deliverer = asyncio.create_task(self._queue.deliver(), name="ami-deliver")
-        failures = 0
         try:
-            while not self._stopping.is_set():
-                self._attempt = asyncio.create_task(self._session())
-                try:
-                    failures = 0 if await self._attempt else failures + 1
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise  # run() itself is being cancelled
-                    break  # stop() cut a connect or login attempt short
-                if self._stopping.is_set():
-                    break
-                delay = reconnect_delay(failures, *self._backoff)
-                log.debug("reconnecting to AMI in %.2f s", delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-            self._queue.put_nowait(None)
-            await deliverer
+            await self._loop.run()
         finally:
-            if self._conn is not None:
-                self._conn.close()
             self.connected = False
             self.synced.clear()
-            deliverer.cancel()
             for task in self._ids.values():
                 task.cancel()
             if self._groups is not None:
@@ -346,13 +323,10 @@ class AmiSource:
 
     async def stop(self) -> None:
         """Log off and make ``run()`` return."""
-        self._stopping.set()
-        if self._conn is not None and self.connected:
+        logging_off = self._conn is not None and self.connected
+        self._loop.stop(cut_attempt=not logging_off)  # do not sit out a connect or login timeout
+        if self._conn is not None and logging_off:
             _, self._logoff = self._conn.send({"Action": "Logoff"})
-        elif self._attempt is not None and not self._attempt.done():
-            self._attempt.cancel()  # do not sit out a connect or login timeout
-
-    close = stop
 
     async def _session(self) -> bool:
         """One connection's life; True when Login was accepted (the backoff starts over)."""
@@ -368,6 +342,20 @@ class AmiSource:
                 f"cannot connect to AMI at {self.host}:{self.port}: {exc or 'timeout'}"
             )
             return False
+        try:
+            return await self._logged_in(conn)
+        finally:  # however the session ends, even by a bug: the connection and the news go
+            conn.close()
+            await conn.lost.wait()
+            self.connected = False
+            self.synced.clear()
+            if self._announced and not self._stopping.is_set():
+                log.warning("lost the AMI connection to %s:%s", self.host, self.port)
+                self._announced = False
+                self._queue.put_nowait(Batch([SourceLost()]))
+
+    async def _logged_in(self, conn: _Connection) -> bool:
+        """Log in, then keep the connection until it goes or ``stop()``; False if refused."""
         self._ids.clear()
         self._hinted.clear()  # the resync's ExtensionStateList names them again
         login_action = {"Action": "Login", "Username": self._username, "Secret": self._secret}
@@ -377,8 +365,6 @@ class AmiSource:
         if answer.get("Response") != "Success":
             reason = answer.get("Message") or ("no answer" if not conn.lost.is_set() else "closed")
             self._problems.report(f"AMI login as {self._username!r} failed: {reason}")
-            conn.close()
-            await conn.lost.wait()
             return False
         self._problems.clear()
         waits = [
@@ -391,16 +377,11 @@ class AmiSource:
         finally:
             for task in waits:
                 task.cancel()
+        keepalive = waits[0]
+        if keepalive.done() and not keepalive.cancelled() and keepalive.exception() is not None:
+            raise RuntimeError("the AMI keepalive failed") from keepalive.exception()
         if self._stopping.is_set() and self._logoff is not None:
             await asyncio.wait([self._logoff], timeout=1.0)  # Goodbye, then Asterisk hangs up
-        conn.close()
-        await conn.lost.wait()
-        self.connected = False
-        self.synced.clear()
-        if self._announced and not self._stopping.is_set():
-            log.warning("lost the AMI connection to %s:%s", self.host, self.port)
-            self._announced = False
-            self._queue.put_nowait(Batch([SourceLost()]))
         return True
 
     async def _keepalive(self, conn: _Connection) -> None:

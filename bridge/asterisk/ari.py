@@ -64,7 +64,8 @@ from bridge.asterisk.ari_events import (
     to_events,
 )
 from bridge.asterisk.delivery import Batch, IdsTask, OrderedEvents, ids_result
-from bridge.asterisk.retry import ProblemLog, reconnect_delay
+from bridge.asterisk.retry import ReconnectLoop
+from bridge.devices import device_key, hint_parts, is_channel_device, parse_groups
 from bridge.events import (
     AsteriskEvent,
     ChannelGone,
@@ -76,9 +77,6 @@ from bridge.events import (
     ResyncStarted,
     SourceLost,
 )
-from bridge.hintstate import is_channel_device
-from bridge.pickup import parse_groups
-from bridge.tracker import device_key, hint_parts
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +195,6 @@ class AriSource:
         self._username = username
         self._authorization = aiohttp.encode_basic_auth(username, password)
         self._app = app
-        self._backoff = (backoff_min, backoff_max)
         self._connect_timeout = connect_timeout
         self._request_timeout = request_timeout
         self._ids_timeout = ids_timeout
@@ -212,10 +209,12 @@ class AriSource:
         self._dials = DialPairs()
         self._parked = ParkedChannels()
         self._multi: bool | None = None  # does GET …/variables work? None: not known yet
-        self._stopping = asyncio.Event()
         self._announced = False  # ResyncStarted sent and no SourceLost since
-        self._attempt: asyncio.Task[bool] | None = None
-        self._problems = ProblemLog(log)
+        self._loop = ReconnectLoop(
+            "ARI", self._session, self._queue, log, backoff_min=backoff_min, backoff_max=backoff_max
+        )
+        self._stopping = self._loop.stopping
+        self._problems = self._loop.problems
         self._pjsip: list[str] = []  # the PJSIP endpoints of the last snapshot
         self._groups: asyncio.Task[None] | None = None
         self._groups_failed = False  # reading groups failed on this connection: not again
@@ -225,53 +224,26 @@ class AriSource:
 
     async def run(self) -> None:
         """Connect, resync and stream events until ``stop()`` or cancellation."""
-        self._stopping.clear()
-        deliverer = asyncio.create_task(self._queue.deliver(), name="ari-deliver")
-        failures = 0
         self._http = aiohttp.ClientSession(headers={"Authorization": self._authorization})
         try:
-            while not self._stopping.is_set():
-                self._attempt = asyncio.create_task(self._session(self._http))
-                try:
-                    failures = 0 if await self._attempt else failures + 1
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise  # run() itself is being cancelled
-                    break  # stop() cut a connect attempt short
-                except Exception:  # a bug or a surprise from aiohttp: never end the source
-                    log.exception("ARI session failed")
-                    failures += 1
-                if self._stopping.is_set():
-                    break
-                delay = reconnect_delay(failures, *self._backoff)
-                log.debug("reconnecting to ARI in %.2f s", delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-            self._queue.put_nowait(None)
-            await deliverer
+            await self._loop.run()
         finally:
-            if self._attempt is not None and not self._attempt.done():
-                self._attempt.cancel()
             self.connected = False
             self.synced.clear()
-            deliverer.cancel()
             self._cancel_ids()
             self._cancel_groups()
             await self._http.close()
 
     async def stop(self) -> None:
         """Close the websocket and make ``run()`` return."""
-        self._stopping.set()
-        if self._ws is None and self._attempt is not None and not self._attempt.done():
-            self._attempt.cancel()  # do not sit out a connect timeout
-
-    close = stop
+        self._loop.stop(cut_attempt=self._ws is None)  # do not sit out a connect timeout
 
     # -- one connection ----------------------------------------------------------------------
 
-    async def _session(self, http: aiohttp.ClientSession) -> bool:
+    async def _session(self) -> bool:
         """One websocket's life; True when its resync went through (the backoff starts over)."""
+        http = self._http
+        assert http is not None, "run() opens the HTTP session"
         where = f"{self.host}:{self.port}"
         url = (self._base / "events").with_query(app=self._app, subscribeAll="true")
         try:
@@ -317,11 +289,11 @@ class AriSource:
             self._cancel_ids()  # waiting items go out without ids at once
             self.connected = False
             self.synced.clear()
-        if self._announced and not self._stopping.is_set():
-            why = ws.exception()  # e.g. a ping not answered in time
-            log.warning("lost the ARI connection to %s%s", where, f": {why!r}" if why else "")
-            self._announced = False
-            self._queue.put_nowait(Batch([SourceLost()]))
+            if self._announced and not self._stopping.is_set():  # even when a bug ended it
+                why = ws.exception()  # e.g. a ping not answered in time
+                log.warning("lost the ARI connection to %s%s", where, f": {why!r}" if why else "")
+                self._announced = False
+                self._queue.put_nowait(Batch([SourceLost()]))
         return established
 
     async def _resync(

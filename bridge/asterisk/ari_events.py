@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bridge.asterisk.ami_events import leg_origin
+from bridge.devices import device_key, park_space
 from bridge.events import (
     AsteriskEvent,
     CallParked,
@@ -47,8 +48,6 @@ from bridge.events import (
     ExtensionHint,
     HoldChanged,
 )
-from bridge.hintstate import park_space
-from bridge.tracker import device_key
 
 log = logging.getLogger(__name__)
 

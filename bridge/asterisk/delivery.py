@@ -91,4 +91,7 @@ class OrderedEvents:
                 except Exception:  # a bug downstream must not stop the stream
                     log.exception("event handler failed on %r", event)
             if batch.then is not None:
-                batch.then()
+                try:
+                    batch.then()
+                except Exception:  # as above: the stream goes on
+                    log.exception("after delivering %r", events)

@@ -37,7 +37,7 @@ from aiohttp import BasicAuth, web
 from bridge.demo.ami_server import Getvars, load_endpoints, load_objects, load_scenario, paced
 from bridge.demo.contacts import Registrations, pjsip_conf, static_contacts
 from bridge.demo.rounds import RoundIds
-from bridge.pickup import parse_groups
+from bridge.devices import parse_groups
 
 log = logging.getLogger(__name__)
 
