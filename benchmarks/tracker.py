@@ -14,7 +14,7 @@ import tracemalloc
 
 from benchmarks.timing import REPEAT, Row, median
 from bridge.asterisk.ami_events import to_events
-from bridge.demo.ami_server import Headers, bundled_recordings, load_recordings
+from bridge.demo.recording import Headers, bundled_recordings, load_recordings
 from bridge.events import AsteriskEvent
 from bridge.tracker import CallTracker, TrackerSettings
 

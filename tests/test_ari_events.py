@@ -28,7 +28,7 @@ from bridge.asterisk.ari_events import (
     protocol_ids,
     to_events,
 )
-from bridge.demo.ami_server import load_scenario
+from bridge.demo.recording import load_scenario
 from bridge.events import (
     AsteriskEvent,
     CallParked,

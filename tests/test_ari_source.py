@@ -22,8 +22,9 @@ from bridge.asterisk.ami import AmiSource
 from bridge.asterisk.ami_events import needs_ids
 from bridge.asterisk.ari import AriSource
 from bridge.asterisk.ari_events import DialPairs, to_events
-from bridge.demo.ami_server import RecordedAmiServer, event_matches, load_scenario
+from bridge.demo.ami_server import RecordedAmiServer, event_matches
 from bridge.demo.ari_server import RecordedAriServer, event_is
+from bridge.demo.recording import load_scenario
 from bridge.events import (
     AsteriskEvent,
     ChannelGone,

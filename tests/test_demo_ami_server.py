@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from bridge.asterisk.ami_events import parse_frames
 from bridge.demo.ami_server import (
     RecordedAmiServer,
     bundled_recordings,
     event_matches,
-    offered_calls,
     parse_event_mask,
 )
+from bridge.demo.recording import offered_calls, parse_frames
 
 FIXTURES = Path(__file__).parent / "fixtures" / "asterisk-22.10.1"
 CSV = (FIXTURES / "pickup-replaces" / "replaces.csv").read_text().splitlines()[1].split(";")

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from bridge.asterisk import ami_events
+from bridge.demo import recording
 from bridge.dialoginfo import NAMESPACE, RenderSettings, render, sip_uri
 from bridge.events import LegIds
 from bridge.model import Dialog, DialogState, Direction, EntityState, PickupIds
@@ -225,7 +226,7 @@ def test_every_recorded_state_renders_valid(scenario: str) -> None:
         record = json.loads(line)
         if record["dir"] != "asterisk":
             continue
-        frames, buffer = ami_events.parse_frames(buffer + record["data"])
+        frames, buffer = recording.parse_frames(buffer + record["data"])
         for event in (e for frame in frames for e in ami_events.to_events(frame)):
             for uid in tracker.channels_needing_ids():
                 tracker.apply(LegIds(uid, f"call-{uid}", "asterisk-tag", "phone-tag"), 0.0)

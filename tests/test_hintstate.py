@@ -10,6 +10,7 @@ import pytest
 from own_blf import RECORDINGS, ami_recording_end, collapsed, lit, own_blf
 
 from bridge.asterisk import ami_events
+from bridge.demo import recording
 from bridge.events import (
     AsteriskEvent,
     CallParked,
@@ -142,7 +143,7 @@ def recorded(scenario: str) -> list[AsteriskEvent]:
     resyncing = False
     for line in (RECORDINGS / scenario / "ami-wire.jsonl").read_text().splitlines():
         record = json.loads(line)
-        frames, buffers[record["dir"]] = ami_events.parse_frames(
+        frames, buffers[record["dir"]] = recording.parse_frames(
             buffers[record["dir"]] + record["data"]
         )
         for frame in frames:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.asterisk import ami_events
+from bridge.demo import recording
 from bridge.events import (
     AsteriskEvent,
     ChannelGone,
@@ -378,7 +379,7 @@ def recorded_events(scenario: str) -> list[tuple[float, AsteriskEvent]]:
         record_ = json.loads(line)
         if record_["dir"] != "asterisk":
             continue
-        frames, buffer = ami_events.parse_frames(buffer + record_["data"])
+        frames, buffer = recording.parse_frames(buffer + record_["data"])
         for frame in frames:
             if frame.get("Message") == "Channels will follow":
                 out.append((record_["t"], ResyncStarted()))

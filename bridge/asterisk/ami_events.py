@@ -1,8 +1,7 @@
 """AMI events (header dicts) to normalized :mod:`bridge.events`, plus a tiny AMI wire parser.
 
-Pure: no I/O, no clock. Everything the AMI adapter, the replayed test server and the tests
-need to understand what Asterisk says on the wire (the adapter reads the live stream with
-:mod:`bridge.asterisk.ami_wire`; ``parse_frames`` is the lenient reader of the recordings).
+Pure: no I/O, no clock. The adapter reads the live stream with :mod:`bridge.asterisk.ami_wire`
+and maps what it reads here; the recordings' reader is the demo's (:mod:`bridge.demo.recording`).
 
 How ``ChannelSeen.dialed`` is decided (True = an outgoing leg Asterisk created to reach a device,
 the only kind of dialog a ``Replaces`` pickup can take over):
@@ -21,7 +20,6 @@ the only kind of dialog a ``Replaces`` pickup can take over):
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 
 from bridge.events import (
@@ -54,34 +52,10 @@ _UNPARKED = frozenset({"unparkedcall", "parkedcalltimeout", "parkedcallgiveup"})
 # ContactStatus values (Asterisk 22: NonQualified, Reachable, Unreachable, Unknown, Removed)
 # after which Asterisk sends the contact nothing.
 _CONTACT_GONE = frozenset({"removed", "unreachable"})
-_FRAME_END = re.compile(r"\r?\n\r?\n")
-_LINE_END = re.compile(r"\r?\n")
 
 
 class _Malformed(Exception):
     """A required header is missing or unusable; the whole event is dropped."""
-
-
-def parse_frames(buffer: str) -> tuple[list[dict[str, str]], str]:
-    """Split AMI text into complete messages (header dicts) and the unfinished remainder.
-
-    Lines without a colon are skipped: that covers the banner ``Asterisk Call Manager/x.y.z``,
-    which Asterisk ends with a single line break, so it sits on top of the first message.
-    A repeated header keeps its first value, as Asterisk's own ``astman_get_header`` does.
-    """
-    pieces = _FRAME_END.split(buffer)
-    remainder = pieces.pop()
-    frames: list[dict[str, str]] = []
-    for piece in pieces:
-        headers: dict[str, str] = {}
-        for line in _LINE_END.split(piece):
-            key, colon, value = line.partition(":")
-            key = key.strip()
-            if colon and key and key not in headers:
-                headers[key] = value.lstrip(" ")
-        if headers:
-            frames.append(headers)
-    return frames, remainder
 
 
 def to_events(msg: Mapping[str, str]) -> list[AsteriskEvent]:

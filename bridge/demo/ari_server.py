@@ -34,8 +34,8 @@ from pathlib import Path
 
 from aiohttp import BasicAuth, web
 
-from bridge.demo.ami_server import Getvars, load_endpoints, load_objects, load_scenario, paced
 from bridge.demo.contacts import Registrations, pjsip_conf, static_contacts
+from bridge.demo.recording import Getvars, load_endpoints, load_objects, load_scenario, paced
 from bridge.demo.rounds import RoundIds
 from bridge.devices import parse_groups
 
