@@ -15,6 +15,7 @@ from typing import TypeGuard
 import pytest
 from source_events import WAIT, Collector, Events
 
+from bridge.asterisk import ami as ami_module
 from bridge.asterisk.ami import AmiSource, _ignorable
 from bridge.asterisk.ami_events import needs_ids, to_events
 from bridge.demo.ami_server import RecordedAmiServer, event_matches
@@ -593,3 +594,29 @@ def test_only_events_nobody_reads_are_passed_over_unread() -> None:
     assert not _ignorable("Event: CoreShowChannelsComplete\r\nActionID: 5")  # ends a list
     assert not _ignorable("Event: EndpointList\r\nactionid: 5")
     assert not _ignorable("Event: BridgeEnter\r\nEVENT: Hangup")  # which one? parse it
+
+
+async def test_a_bug_in_a_session_is_logged_and_the_source_reconnects(
+    server: RecordedAmiServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing Asterisk can send reaches this any more (the reader guards itself), so the bug is
+    # planted: reading the first Login answer raises, as a library surprise would.
+    read_answer = ami_module._headers
+    calls = itertools.count()
+
+    def first_read_fails(message: object) -> dict[str, str]:
+        if next(calls) == 0:
+            raise RuntimeError("planted bug")
+        return read_answer(message)
+
+    monkeypatch.setattr(ami_module, "_headers", first_read_fails)
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)  # a second session got through
+        # The first Login was accepted (the resync had begun) when the bug hit: the tracker is
+        # told the source was lost, then gets the second session's full resync.
+        assert got.events[:3] == [ResyncStarted(), SourceLost(), ResyncStarted()]
+        assert got.events.count(ResyncFinished()) == 1 and got.events[-1] == ResyncFinished()
+        assert len(server.logins) == 2
+    (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "AMI session failed unexpectedly" in error.getMessage()
+    assert error.exc_info is not None and "planted bug" in str(error.exc_info[1])

@@ -18,6 +18,7 @@ from aiohttp import web
 from source_events import WAIT, Collector, Events
 
 from bridge.asterisk import ami_events
+from bridge.asterisk import ari as ari_module
 from bridge.asterisk.ami import AmiSource
 from bridge.asterisk.ami_events import needs_ids
 from bridge.asterisk.ari import AriSource
@@ -684,3 +685,24 @@ async def test_stop_while_connecting_returns_at_once() -> None:
         await source.stop()
         await asyncio.wait_for(task, 1.0)  # well below the 5 s connect timeout
         assert not source.connected
+
+
+async def test_a_bug_in_a_session_is_logged_and_the_source_reconnects(
+    server: RecordedAriServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug planted where nothing Asterisk sends can reach: the first session's setup raises.
+    made = itertools.count()
+
+    def second_one_fails() -> DialPairs:
+        if next(made) == 1:  # the first is the source's own, made before any session
+            raise RuntimeError("planted bug")
+        return DialPairs()
+
+    monkeypatch.setattr(ari_module, "DialPairs", second_one_fails)
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)  # a second session got through
+        assert got.events.count(ResyncStarted()) == 1 and SourceLost() not in got.events
+        assert len([login for login in server.logins if login[1]]) == 2
+    (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "ARI session failed unexpectedly" in error.getMessage()
+    assert error.exc_info is not None and "planted bug" in str(error.exc_info[1])
