@@ -8,7 +8,7 @@ Decisions:
 
 - Every URI uses the PBX's SIP domain (the one the phones register to), never the bridge's.
 - ``<remote><target>`` is where a Snom sends its pickup INVITE: it is the watched extension
-  itself, always dialable on Asterisk (FACTS.md, routing). The other party only appears in
+  itself, always dialable on Asterisk (docs/PICKUP.md, routing). The other party only appears in
   ``<remote><identity>``, for the display.
 - An unknown state (Asterisk unreachable) is rendered like a known one, i.e. with the last known
   dialogs: dialog-info has no "unknown", and an empty document would be a fake "idle".
@@ -46,7 +46,7 @@ class RenderSettings:
 
     ``domain``: the PBX's SIP domain (host[:port]) the phones register to, used in every URI.
     ``pickup_ids``: write call-id/local-tag/remote-tag of ringing calls; a watcher that may not
-    pick up (the bridge is the gatekeeper, FACTS.md) gets a body rendered without them.
+    pick up (docs/PICKUP.md, gatekeeper) gets a body rendered without them.
     ``show_caller``: write who the other party is; False hides every number and name.
     """
 

@@ -78,7 +78,7 @@ class LegIds:
 
     ``local_tag`` is Asterisk's own tag (``CHANNEL(pjsip,local_tag)``), ``remote_tag`` the
     device's tag (``CHANNEL(pjsip,remote_tag)``). The tracker maps them to RFC 4235's view of
-    the watched device (see FACTS.md: the device's local-tag is Asterisk's remote_tag).
+    the watched device (docs/PICKUP.md: the device's local-tag is Asterisk's remote_tag).
     """
 
     uniqueid: str

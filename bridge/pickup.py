@@ -1,4 +1,4 @@
-"""Who may take a ringing call: the pickup policy (the bridge is the gatekeeper, FACTS.md).
+"""Who may take a ringing call: the pickup policy (docs/PICKUP.md, gatekeeper).
 
 Asterisk honours an ``INVITE … Replaces`` from anyone who knows the ringing leg's call-id and
 tags; it checks no pickup group. So the ids only go into the bodies of watchers this policy

@@ -433,7 +433,7 @@ class CallTracker:
         ):
             ids = ch.ids
             if ids is not None and ids.call_id and ids.local_tag and ids.remote_tag:
-                # FACTS.md: the ringing phone's tag is its local-tag, Asterisk's its remote-tag.
+                # docs/PICKUP.md: the ringing phone's tag is its local-tag, Asterisk's its remote.
                 endpoint = ch.device.partition("/")[2]
                 pickup = PickupIds(ids.call_id, ids.remote_tag, ids.local_tag, endpoint)
             else:

@@ -432,7 +432,7 @@ def ends_prefix(event: AsteriskEvent) -> bool:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest.mark.parametrize("seed", range(6))
 def test_shuffled_arrivals_converge(scenario: str, seed: int) -> None:
-    # ARI does not promise the order of events about one call (FACTS.md): the raw events are
+    # ARI does not promise the order of events about one call (docs/ASTERISK.md): the raw events are
     # shuffled before the mapping (with its Dial memory), as a reordering websocket would.
     rng = random.Random(seed)
     events = raw(scenario)

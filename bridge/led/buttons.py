@@ -1,4 +1,4 @@
-"""The ``application/x-buttons`` body Snom phones take in a SIP MESSAGE (FACTS.md, Snom).
+"""The ``application/x-buttons`` body Snom phones take in a SIP MESSAGE (docs/SNOM.md, LED).
 
 One block of ``name=value`` lines per key, CRLF separated, an empty line before the next key:
 ``k`` key number, ``c`` light, ``n`` what the key dials, ``a`` the action (invite), ``l`` label.

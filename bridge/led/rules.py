@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from bridge.led.buttons import KeyLight
 
-# ExtensionStatus numbers (FACTS.md) as the names a rule's lights use.
+# ExtensionStatus numbers (docs/ASTERISK.md, Hints) as the names a rule's lights use.
 HINT_STATES = {
     0: "idle", 1: "inuse", 2: "busy", 4: "unavailable", 8: "ringing", 9: "inuse&ringing",
     16: "hold", 17: "inuse&hold", -1: "unknown",
