@@ -4,8 +4,8 @@ Built on panoramisk's ``AMIProtocol`` (actions, ActionIDs, matching answers to a
 stream itself is read by :mod:`bridge.asterisk.ami_wire`, the same way, for a fraction of the
 cost) but not on its ``Manager``: the Manager reconnects on a fixed 2 s timer with no backoff,
 resends unanswered actions of the old connection after a reconnect (stale Getvars, duplicate
-lists) and pings on its own schedule. This module owns the connection loop, login, keepalive and
-resync.
+lists) and pings on its own schedule. This module owns one connection's life (login, keepalive,
+resync); :class:`bridge.asterisk.retry.ReconnectLoop`, shared with ARI, runs one after another.
 
 Ordering. Everything Asterisk says arrives on one ordered TCP stream, and the tracker gets it in
 that order: live events and the items of the resync lists interleaved exactly as they arrived.

@@ -3,7 +3,8 @@
 aiohttp on both halves: the event websocket ``/ari/events?app=<app>&subscribeAll=true`` and the
 REST calls of the resync and of the pickup ids. Same contract as the AMI source: ResyncStarted,
 the full state, ResyncFinished after every (re)connect; SourceLost once when an established
-connection goes; one task calls ``on_event``, strictly in order.
+connection goes; one task calls ``on_event``, strictly in order. The sessions are run by
+:class:`bridge.asterisk.retry.ReconnectLoop`, as the AMI source's are.
 
 Resync ordering. The websocket is opened first, so nothing said afterwards is missed; then the
 REST snapshot is read. Websocket and REST are separate connections, so nothing tells whether an
