@@ -9,7 +9,8 @@ from __future__ import annotations
 
 
 def device_key(device: str) -> str:
-    """Normalize a device name (``PJSIP/202``) for comparison: technology names are caseless."""
+    """Normalize a device name for comparison: the technology of ``Tech/resource`` is caseless
+    (``pjsip/202``); a name without "/" (``Custom:DND201``) is caseless as a whole."""
     tech, sep, resource = device.strip().partition("/")
     return f"{tech.casefold()}{sep}{resource}"
 
@@ -30,7 +31,7 @@ def hint_parts(hint: str) -> list[str]:
 
 def hint_devices(hint: str) -> tuple[str, ...]:
     """The devices a hint names, normalized, without repeats:
-    "PJSIP/202&Custom:DND202,CustomPresence:202" → ("pjsip/202", "custom:DND202")."""
+    "PJSIP/202&Custom:DND202,CustomPresence:202" → ("pjsip/202", "custom:dnd202")."""
     return tuple(dict.fromkeys(device_key(d) for d in hint_parts(hint) if d))
 
 

@@ -24,7 +24,7 @@ from bridge.events import (
     ResyncFinished,
     ResyncStarted,
 )
-from bridge.hintstate import aggregate, device_dialog, is_channel_device, park_space
+from bridge.hintstate import aggregate, device_dialog
 from bridge.model import DialogState, EntityState
 from bridge.tracker import CallTracker
 
@@ -59,14 +59,6 @@ def test_device_state_lights_like_asterisks_own_blf(state: str, shown: str | Non
     assert (dialog.state.value if dialog else None) == shown
     assert dialog is None or dialog.pickup is None
     assert dialog is None or dialog.local_held == (state == "ONHOLD")
-
-
-def test_devices_are_told_apart_by_how_they_are_written() -> None:
-    assert is_channel_device("pjsip/201") and is_channel_device("local/201@internal")
-    assert not is_channel_device("custom:dnd201") and not is_channel_device("queue:sales")
-    assert park_space("park:701@parkedcalls") == "701"
-    assert park_space("park:702") == "702"
-    assert park_space("custom:701@parkedcalls") is None
 
 
 # -- the tracker -------------------------------------------------------------------------------
