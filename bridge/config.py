@@ -115,12 +115,12 @@ class AmiConfig:
     """Where and how to reach Asterisk's manager interface."""
 
     host: str = setting("127.0.0.1", Host(), "Asterisk's manager interface: its address")
-    port: int = setting(5038, Whole(1, 65535), "and its port")
+    port: int = setting(5038, Whole(1, 65535), "Asterisk's manager interface: its port")
     username: str = setting("", Text(), "the AMI user; empty: the demo PBX")
     secret: str = setting("", Text(), "the AMI user's secret", secret=True)
     secret_file: str = setting(
-        "", Text(), "a file holding the secret ($CREDENTIALS_DIRECTORY first, then next to "
-        "the config file)"
+        "", Text(), "a file holding the secret (`$CREDENTIALS_DIRECTORY` first, then "
+        "next to the config file)"
     )  # fmt: skip
     events: str = setting(
         "call,system", Text(), "event classes asked for at login (leaves out the VarSet flood)"
@@ -144,11 +144,13 @@ class AriConfig:
     """Where and how to reach Asterisk's REST interface (when asterisk.source = "ari")."""
 
     url: str = setting(
-        "http://127.0.0.1:8088", Text(), 'Asterisk\'s REST interface (asterisk.source = "ari")'
+        "http://127.0.0.1:8088",
+        Text(),
+        'Asterisk\'s REST interface (with `asterisk.source = "ari"`)',
     )
     username: str = setting("", Text(), "the ari.conf user")
-    password: str = setting("", Text(), "its password", secret=True)
-    password_file: str = setting("", Text(), "or a file holding it (found like ami.secret_file)")
+    password: str = setting("", Text(), "the ARI user's password", secret=True)
+    password_file: str = setting("", Text(), "or a file holding it (found like `ami.secret_file`)")
     app: str = setting("snom-blf-bridge", Text(), "the Stasis application name registered")
 
 
@@ -157,18 +159,24 @@ class SipConfig:
     """The SIP side: where phones subscribe and what the bridge writes into URIs."""
 
     udp: tuple[ListenAddress, ...] = setting(
-        DEFAULT_LISTEN, Addresses(), "where phones subscribe over UDP", restart=True
+        DEFAULT_LISTEN,
+        Addresses(),
+        "where phones subscribe over UDP (`[]`: not at all)",
+        restart=True,
     )
     tcp: tuple[ListenAddress, ...] = setting(
-        DEFAULT_LISTEN, Addresses(), "where phones subscribe over TCP", restart=True
+        DEFAULT_LISTEN,
+        Addresses(),
+        "where phones subscribe over TCP (`[]`: not at all)",
+        restart=True,
     )
     tls: tuple[ListenAddress, ...] = setting(
-        (), Addresses(), "SIP over TLS listeners", restart=True
+        (), Addresses(), "where phones subscribe over TLS", restart=True
     )
     tls_certificate: str = setting(
-        "", Text(), "PEM certificate chain (needed with sip.tls)", restart=True
+        "", Text(), "its PEM certificate chain (needed with `sip.tls`)", restart=True
     )
-    tls_key: str = setting("", Text(), "PEM key (needed with sip.tls)", restart=True)
+    tls_key: str = setting("", Text(), "its PEM key (needed with `sip.tls`)", restart=True)
     domain: str = setting(
         "", Text(forbidden=' <>"@;', what="a host name or address"),
         "the PBX domain written into every URI (where pickup INVITEs go)", shown="`ami.host`",
@@ -177,9 +185,15 @@ class SipConfig:
         "", Text(), "host of our Contact headers; empty: the address a request came to",
         restart=True,
     )  # fmt: skip
-    min_expires: int = setting(60, Whole(1, 86400), "shortest subscription (423 below)")
-    default_expires: int = setting(600, Whole(1, 86400), "a SUBSCRIBE without Expires gets it")
-    max_expires: int = setting(3600, Whole(1, 86400), "longer subscriptions are cut to it")
+    min_expires: int = setting(
+        60, Whole(1, 86400), "shortest subscription (shorter requests get 423)"
+    )
+    default_expires: int = setting(
+        600, Whole(1, 86400), "the lifetime of a SUBSCRIBE without Expires"
+    )
+    max_expires: int = setting(
+        3600, Whole(1, 86400), "longest subscription; longer requests are cut to it"
+    )
     max_message_size: int = setting(
         16384, Whole(1024, 65507), "largest SIP message accepted, in bytes", restart=True
     )
@@ -209,7 +223,7 @@ class WatchConfig:
         False, Flag(), "show an extension's own outgoing call as ringing (blinking)"
     )
     stale_ring_timeout: float = setting(
-        60.0, Number(0, 86400), "seconds a ringing key keeps blinking while Asterisk is away"
+        60.0, Number(0, 86400), "seconds a ringing key keeps blinking while Asterisk is unreachable"
     )
 
 
@@ -233,13 +247,17 @@ class SecurityConfig:
     realm: str = setting("", Text(), "the digest realm; empty: the SIP domain")
     # Read from users_file; kept out of == and repr so a password is never printed.
     users: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
-    users_file: str = setting("", Text(), 'lines of user = "password" (for digest)')
+    users_file: str = setting("", Text(), 'the digest users: lines of `user = "password"`')
     nonce_lifetime: float = setting(300.0, Number(10, 86400), "seconds a digest nonce is good for")
     pickup: str = setting(
-        "group", Text(choices=PICKUP_MODES), "who receives the pickup ids of a ringing call"
+        "group",
+        Text(choices=PICKUP_MODES),
+        "who receives the pickup ids of a ringing call: `group`, `rules`, `everyone`, `nobody`",
     )
     pickup_rules: dict[str, frozenset[str]] = setting(  # noqa: RUF009  (copied per config)
-        {}, PickupRules(), 'watcher = [extensions] (with pickup = "rules")'
+        {},
+        PickupRules(),
+        'with `pickup = "rules"`: watcher = [extensions it may take], `*` for any',
     )
     show_caller: bool = setting(True, Flag(), "show the caller's number and name on the keys")
     requests_per_second: float = setting(
@@ -310,7 +328,8 @@ class Config:
         path="web.hosts", restart=True,
     )  # fmt: skip
     event_loop: str = setting(
-        "auto", Text(choices=EVENT_LOOPS), "`auto`: uvloop when installed, else asyncio",
+        "auto", Text(choices=EVENT_LOOPS),
+        "`auto`: uvloop when installed, else asyncio; `uvloop` (required) or `asyncio`",
         path="runtime.event_loop", restart=True,
     )  # fmt: skip
     # [hints] exten = "device&device…": the keys ARI cannot list (Asterisk's own under AMI)
@@ -514,7 +533,7 @@ def _hints(t: Any) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-_LED_KEYS = {"phone", "key", "device", "hint", "lights", "default", "label", "dial", "action"}
+LED_KEYS = {"phone", "key", "device", "hint", "lights", "default", "label", "dial", "action"}
 
 
 def _leds(raw: Any) -> tuple[LedRule, ...]:
@@ -525,9 +544,9 @@ def _leds(raw: Any) -> tuple[LedRule, ...]:
     for i, t in enumerate(raw):
         name = f"led[{i}]"
         for key in t:
-            if key not in _LED_KEYS:
+            if key not in LED_KEYS:
                 raise ConfigError(f"{name}.{key}: unknown setting (known: "
-                                  f"{', '.join(sorted(_LED_KEYS))})")  # fmt: skip
+                                  f"{', '.join(sorted(LED_KEYS))})")  # fmt: skip
         phone = str(t.get("phone", "")).strip()
         if not phone or any(c in phone for c in " <>@;:"):
             raise ConfigError(f'{name}.phone: the PJSIP AOR of the phone, e.g. "203"')

@@ -285,7 +285,7 @@ def settings_table(items: Iterator[Declared] | list[Declared], tables: Mapping[s
     (``tables``: name → meaning, such as ``[[led]]``)."""
     rows = ["| setting | default | meaning |", "|---|---|---|"]
     for item in items:
-        restart = " (restart)" if item.setting.restart else ""
+        restart = " (needs a restart)" if item.setting.restart else ""
         rows.append(f"| `{item.name}` | {shown_default(item)} | {item.setting.help}{restart} |")
     rows += [f"| `{name}` | none | {meaning} |" for name, meaning in tables.items()]
     return "\n".join(rows) + "\n"
