@@ -10,6 +10,7 @@ the file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
 import os
@@ -415,7 +416,7 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     for item in SETTINGS:
         table = raw.get(item.section, {})
         value = item.setting.kind.read(table[item.key], item.name) if item.key in table else (
-            item.default)  # fmt: skip
+            copy.copy(item.default))  # fmt: skip  (a dict default is not shared between configs)
         owner, attr = item.attrs if len(item.attrs) == 2 else ("", item.attrs[0])
         values.setdefault(owner, {})[attr] = value
     config = Config(
