@@ -37,16 +37,16 @@ from bridge.config_schema import (
     setting,
     settings_table,
 )
+from bridge.config_tables import LED_KEYS, read_hints, read_leds
 from bridge.event_loop import EVENT_LOOPS
-from bridge.led.buttons import LIGHTS
-from bridge.led.rules import BLF_LIGHTS, LedRule
+from bridge.led.rules import LedRule
 from bridge.pickup import MODES as PICKUP_MODES
 from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
-from bridge.tracker import hint_parts
 
 __all__ = [
-    "DEFAULT_LISTEN", "PICKUP_MODES", "AmiConfig", "AriConfig", "Config", "ConfigError",
-    "ListenAddress", "SecurityConfig", "SipConfig", "StoreConfig", "WatchConfig", "load",
+    "DEFAULT_LISTEN", "LED_KEYS", "PICKUP_MODES", "AmiConfig", "AriConfig", "Config",
+    "ConfigError", "ListenAddress", "SecurityConfig", "SipConfig", "StoreConfig", "WatchConfig",
+    "load",
 ]  # fmt: skip
 
 DEFAULT_LISTEN = (ListenAddress("0.0.0.0", 5065),)
@@ -347,7 +347,7 @@ SETTINGS: tuple[Declared, ...] = tuple(declared_in(Config))
 SECTIONS: dict[str, dict[str, Declared]] = {}
 for _item in SETTINGS:
     SECTIONS.setdefault(_item.section, {})[_item.key] = _item
-# Tables of their own shape, read by hand below: name → what they hold (the README says it).
+# Tables of their own shape, read in config_tables.py: name → what they hold (the README says it).
 TABLES = {
     "[[led]]": "LED rules: a phone's key follows a device or hint state (MESSAGE x-buttons); "
     "any change needs a restart",
@@ -399,8 +399,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML document into a Config."""
     base = base_dir or Path.cwd()
-    leds = _leds(raw.get("led", []))
-    hints = _hints(raw.get("hints", {}))
+    leds = read_leds(raw.get("led", []))
+    hints = read_hints(raw.get("hints", {}))
     for section, table in raw.items():
         if section in ("led", "hints"):
             continue
@@ -415,8 +415,10 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     values: dict[str, dict[str, Any]] = {}  # Config attribute → its fields, "" for Config's own
     for item in SETTINGS:
         table = raw.get(item.section, {})
-        value = item.setting.kind.read(table[item.key], item.name) if item.key in table else (
-            copy.copy(item.default))  # fmt: skip  (a dict default is not shared between configs)
+        if item.key in table:
+            value = item.setting.kind.read(table[item.key], item.name)
+        else:
+            value = copy.copy(item.default)  # a dict default is not shared between configs
         owner, attr = item.attrs if len(item.attrs) == 2 else ("", item.attrs[0])
         values.setdefault(owner, {})[attr] = value
     config = Config(
@@ -509,83 +511,6 @@ def _checked_security(security: SecurityConfig, base_dir: Path) -> SecurityConfi
     if security.pickup == "rules" and not security.pickup_rules:
         raise ConfigError('security.pickup_rules: needed when security.pickup = "rules"')
     return dataclasses.replace(security, users=users)
-
-
-def _hints(t: Any) -> tuple[tuple[str, str], ...]:
-    """``[hints]``: extension → device expression, written as in extensions.conf."""
-    if not isinstance(t, dict):
-        raise ConfigError('hints: must be a table ([hints], e.g. "210" = "Custom:DND201")')
-    out: list[tuple[str, str]] = []
-    for exten, value in t.items():
-        name = str(exten).strip()
-        if not name or any(c in name for c in ' <>"@;:'):
-            raise ConfigError(f"hints.{exten}: {exten!r} is not an extension")
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f'hints.{name}: must be a device expression, e.g. "PJSIP/201"')
-        for device in hint_parts(value):
-            tech, slash, resource = device.partition("/")
-            prefix, colon, rest = device.partition(":")
-            if not ((slash and tech and resource) or (colon and prefix and rest)) or " " in device:
-                raise ConfigError(
-                    f"hints.{name}: {device!r} is not a device (write Tech/resource"
-                    ' or Prefix:name, joined by "&", e.g. "PJSIP/201&Custom:DND201")'
-                )
-        out.append((name, value.strip()))
-    return tuple(out)
-
-
-LED_KEYS = {"phone", "key", "device", "hint", "lights", "default", "label", "dial", "action"}
-
-
-def _leds(raw: Any) -> tuple[LedRule, ...]:
-    """``[[led]]`` tables: one key of one phone following one Asterisk state."""
-    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
-        raise ConfigError("led: must be an array of tables ([[led]])")
-    rules = []
-    for i, t in enumerate(raw):
-        name = f"led[{i}]"
-        for key in t:
-            if key not in LED_KEYS:
-                raise ConfigError(f"{name}.{key}: unknown setting (known: "
-                                  f"{', '.join(sorted(LED_KEYS))})")  # fmt: skip
-        phone = str(t.get("phone", "")).strip()
-        if not phone or any(c in phone for c in " <>@;:"):
-            raise ConfigError(f'{name}.phone: the PJSIP AOR of the phone, e.g. "203"')
-        key = t.get("key")
-        if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key <= 999:
-            raise ConfigError(f"{name}.key: the phone's key number (0-999)")
-        device, hint = str(t.get("device", "")), str(t.get("hint", ""))
-        if bool(device) == bool(hint):
-            raise ConfigError(f"{name}: set exactly one of device (e.g. \"Custom:DND201\") "
-                              "and hint (an extension)")  # fmt: skip
-        lights = t.get("lights", BLF_LIGHTS)
-        if not isinstance(lights, Mapping):
-            raise ConfigError(f'{name}.lights: a table of state = light, e.g. {{ inuse = "on" }}')
-        default = str(t.get("default", "off"))
-        for state, light in [*lights.items(), ("default", default)]:
-            if not isinstance(light, str) or light.lower() not in LIGHTS:
-                where = f"{name}.default" if state == "default" else f"{name}.lights.{state}"
-                known = ", ".join(sorted(LIGHTS))
-                raise ConfigError(f"{where}: {light!r} is not a light ({known})")
-        rules.append(
-            LedRule(
-                phone=phone,
-                key=key,
-                device=device,
-                hint=hint,
-                lights={str(k).lower(): str(v).lower() for k, v in lights.items()},
-                default=default.lower(),
-                label=str(t.get("label", "")),
-                dial=str(t.get("dial", "")),
-                action=str(t.get("action", "")),
-            )
-        )
-    seen: set[tuple[str, int]] = set()
-    for i, rule in enumerate(rules):
-        if (rule.phone, rule.key) in seen:
-            raise ConfigError(f"led[{i}]: key {rule.key} of phone {rule.phone} is ruled twice")
-        seen.add((rule.phone, rule.key))
-    return tuple(rules)
 
 
 def _read_users(path: Path) -> dict[str, str]:
