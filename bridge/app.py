@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import secrets
 import signal
@@ -344,16 +343,18 @@ class Bridge:
         if not changed:
             log.info("reload: nothing changed")
             return
-        kept = sorted(changed.intersection(settings.RESTART_ONLY))
+        kept = sorted(name for name in changed if settings.needs_restart(name))
         if kept:
             log.warning("reload: %s only change on a restart; keeping the old value(s)",
                         ", ".join(kept))  # fmt: skip
-            config = self._with_old_values(config, kept)
+            config = settings.keep_old_values(config, self.config, kept)
         old, self.config = self.config, config
         if "log.level" in changed:
             logging.getLogger().setLevel(config.log_level.upper())
         self.notifier.settings = settings.notifier_settings(config)
-        restart_source = any(name.startswith(("ami.", "ari.", "asterisk.")) for name in changed)
+        restart_source = any(
+            name.startswith(("ami.", "ari.", "asterisk.", "hints.")) for name in changed
+        )  # a new source takes the new [hints] keys
         if settings.tracker_settings(config) != settings.tracker_settings(old):
             self.tracker = self._new_tracker(config)
             self.documents.tracker = self.tracker
@@ -401,28 +402,6 @@ class Bridge:
             log.warning("reload: ended %d subscription(s): %s", ended, why)
             if self.sip is not None:
                 self.sip.received_datagrams([])  # no datagram: only sends the final NOTIFYs
-
-    def _with_old_values(self, config: Config, names: list[str]) -> Config:
-        sections: dict[str, dict[str, object]] = {}
-        for name in names:
-            section, _, key = name.partition(".")
-            if section == "demo":
-                config = dataclasses.replace(config, demo=self.config.demo)
-            elif section == "runtime":
-                config = dataclasses.replace(config, event_loop=self.config.event_loop)
-            elif name == "web.listen":
-                config = dataclasses.replace(config, web=self.config.web)
-            elif name == "web.hosts":
-                config = dataclasses.replace(config, web_hosts=self.config.web_hosts)
-            elif name == "led":
-                config = dataclasses.replace(config, leds=self.config.leds)
-            else:
-                sections.setdefault(section, {})[key] = getattr(getattr(self.config, section), key)
-        for section, values in sections.items():
-            config = dataclasses.replace(
-                config, **{section: dataclasses.replace(getattr(config, section), **values)}
-            )
-        return config
 
     async def _demo_loop(self) -> None:
         assert self.demo_pbx is not None and self.source is not None

@@ -70,7 +70,3 @@ class PickupPolicy:
             return bool(watcher) and ("*" in allowed or exten in allowed)
         assert isinstance(cls, frozenset)
         return bool(cls & self._call_groups.get(ringing_endpoint, frozenset()))
-
-    def may_pickup(self, watcher: str, ringing_endpoint: str, exten: str) -> bool:
-        """Whether ``watcher`` may take a call ringing at ``ringing_endpoint`` (of ``exten``)."""
-        return self.allows(self.class_of(watcher), ringing_endpoint, exten)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import ssl
+from collections.abc import Iterable
+from typing import Any
 
 from yarl import URL
 
-from bridge.config import Config, ListenAddress
+from bridge.config import SETTINGS, Config, ListenAddress
+from bridge.config_schema import Declared
 from bridge.dialoginfo import RenderSettings
 from bridge.pickup import PickupPolicy
 from bridge.sip.access import AccessLimits
@@ -18,12 +21,18 @@ from bridge.sip.notifier import NotifierSettings
 from bridge.sip.transport import StreamLimits
 from bridge.tracker import TrackerSettings
 
-# Settings a running bridge cannot take over: they need new sockets or another store file.
-RESTART_ONLY = (
-    "sip.udp", "sip.tcp", "sip.tls", "sip.tls_certificate", "sip.tls_key",
-    "sip.max_message_size", "sip.contact_host", "store.path", "demo.enabled",
-    "runtime.event_loop", "web.listen", "web.hosts", "led",
-)  # fmt: skip
+_BY_NAME: dict[str, Declared] = {item.name: item for item in SETTINGS}
+# Settings a running bridge cannot take over: they need new sockets or another store file. Each
+# is flagged restart=True where it is declared (bridge/config.py); the [[led]] rules too.
+RESTART_ONLY = (*(item.name for item in SETTINGS if item.setting.restart), "led")
+
+
+def needs_restart(name: str) -> bool:
+    """Whether a setting named by ``changed_settings`` only changes on a restart."""
+    if name == "led" or name.startswith("led["):
+        return True
+    item = _BY_NAME.get(name)
+    return item is not None and item.setting.restart
 
 
 def contacts(config: Config) -> dict[str, tuple[str, int]]:
@@ -118,27 +127,39 @@ def authenticator(config: Config) -> DigestAuthenticator | None:
 
 
 def changed_settings(old: Config, new: Config) -> set[str]:
-    """Dotted names of the settings that differ between two configurations."""
-    out = set()
-    for section in ("ami", "ari", "sip", "watch", "store", "security"):
-        a, b = getattr(old, section), getattr(new, section)
-        for f in dataclasses.fields(a):
-            if getattr(a, f.name) != getattr(b, f.name):
-                out.add(f"{section}.{f.name}")
+    """Dotted names of the settings that differ between two configurations: every declared
+    setting, ``led[i]`` for each [[led]] rule added, removed or changed, ``hints.<exten>`` for
+    each [hints] key. Only names: a secret's value is never part of the answer."""
+    out = {item.name for item in SETTINGS if item.value(old) != item.value(new)}
     if old.security.users != new.security.users:  # kept out of == so it never gets printed
         out.add("security.users_file")
-    if old.log_level != new.log_level:
-        out.add("log.level")
-    if old.source != new.source:
-        out.add("asterisk.source")
-    if old.demo != new.demo:
-        out.add("demo.enabled")
-    if old.event_loop != new.event_loop:
-        out.add("runtime.event_loop")
-    if old.web != new.web:
-        out.add("web.listen")
-    if old.web_hosts != new.web_hosts:
-        out.add("web.hosts")
-    if old.leds != new.leds:
-        out.add("led")
+    for i in range(max(len(old.leds), len(new.leds))):
+        if old.leds[i : i + 1] != new.leds[i : i + 1]:
+            out.add(f"led[{i}]")
+    old_hints, new_hints = dict(old.hints), dict(new.hints)
+    for exten in old_hints.keys() | new_hints.keys():
+        if old_hints.get(exten) != new_hints.get(exten):
+            out.add(f"hints.{exten}")
     return out
+
+
+def keep_old_values(new: Config, old: Config, names: Iterable[str]) -> Config:
+    """``new`` with the settings ``names`` (as changed_settings names them) as in ``old``: what
+    a reload does with the settings only a restart takes over."""
+    for name in names:
+        if name == "led" or name.startswith("led["):
+            new = dataclasses.replace(new, leds=old.leds)
+        elif name.startswith("hints."):
+            new = dataclasses.replace(new, hints=old.hints)
+        else:
+            item = _BY_NAME[name]
+            new = _with_value(new, item.attrs, item.value(old))
+            if name == "security.users_file":  # and what was read from it
+                new = _with_value(new, ("security", "users"), old.security.users)
+    return new
+
+
+def _with_value(holder: Any, attrs: tuple[str, ...], value: object) -> Any:
+    first, rest = attrs[0], attrs[1:]
+    inner = _with_value(getattr(holder, first), rest, value) if rest else value
+    return dataclasses.replace(holder, **{first: inner})

@@ -35,9 +35,6 @@ from bridge.devices import (
     is_channel_device,
     park_space,
 )
-
-# config.py still imports hint_parts from here; it belongs to bridge.devices now.
-from bridge.devices import hint_parts as hint_parts  # noqa: PLC0414
 from bridge.events import (
     AsteriskEvent,
     CallParked,

@@ -38,12 +38,6 @@ PICKUP_IDS = LegIds("1795325554.8", *CSV)
 RINGING_DONE = event_matches(Event="DialState", DestChannel="PJSIP/202-00000008")
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[RecordedAmiServer]:
-    async with RecordedAmiServer(FIXTURES, speed=0) as srv:
-        yield srv
-
-
 @asynccontextmanager
 async def running(
     server: RecordedAmiServer,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge.__main__ import main
-from bridge.config import ConfigError, ListenAddress, load
+from bridge.config import LED_KEYS, SETTINGS, ConfigError, ListenAddress, load, readme_table
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "etc" / "snom-blf-bridge.toml"
@@ -189,3 +189,34 @@ def test_hints_table_names_extra_keys_and_rejects_what_is_no_device(tmp_path: Pa
     ]:
         with pytest.raises(ConfigError, match=re.escape(named)):
             load(write(tmp_path, f"[hints]\n{bad}\n"))
+
+
+def shipped_settings() -> set[str]:
+    """``section.key`` of every setting the shipped file writes, commented out or not."""
+    section, found = "", set()
+    for line in SHIPPED.read_text(encoding="utf-8").splitlines():
+        if heading := re.match(r"#? ?\[\[?([a-z]+)\]\]?\s*$", line):
+            section = heading[1]
+        elif assignment := re.match(r"(?:# ?)?([a-z_]+) = ", line):
+            found.add(f"{section}.{assignment[1]}")
+    return found
+
+
+def test_shipped_file_shows_every_declared_setting_and_no_other() -> None:
+    written = shipped_settings()
+    assert {n for n in written if not n.startswith("led.")} == {item.name for item in SETTINGS}
+    assert {n.partition(".")[2] for n in written if n.startswith("led.")} <= LED_KEYS
+
+
+def test_shipped_file_sets_only_the_defaults() -> None:
+    shipped, defaults = load(SHIPPED), load(None)
+    for item in SETTINGS:
+        assert item.value(shipped) == item.value(defaults), item.name
+
+
+def test_readme_table_is_made_from_the_declarations() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme_table() in readme, "README.md's settings table is out of date:\n" + (
+        readme_table())  # fmt: skip
+    rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", readme, re.M)
+    assert sorted(rows) == sorted(item.name for item in SETTINGS)  # each setting once

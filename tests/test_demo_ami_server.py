@@ -6,10 +6,7 @@ import asyncio
 import filecmp
 import itertools
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from bridge.demo.ami_server import (
     RecordedAmiServer,
@@ -82,12 +79,6 @@ class RawClient:
         except ConnectionError:
             pass
         return True
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[RecordedAmiServer]:
-    async with RecordedAmiServer(FIXTURES, speed=0) as srv:
-        yield srv
 
 
 def items(answer: list[dict[str, str]]) -> list[dict[str, str]]:

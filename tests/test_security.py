@@ -12,8 +12,6 @@ import re
 import secrets
 import socket
 import ssl
-import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,6 @@ from lxml import etree
 from sipp import SippWatcher
 from test_app import (
     NS,
-    RECORDINGS,
     RINGING_202,
     check_notify_sequence,
     dialogs,
@@ -33,12 +30,6 @@ from bridge.__main__ import main
 from bridge.demo.ami_server import RecordedAmiServer
 
 PASSWORDS = {"203": "s3cret-203", "206": "s3cret-206"}
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[RecordedAmiServer]:
-    async with RecordedAmiServer(RECORDINGS, speed=0) as srv:
-        yield srv
 
 
 @pytest.fixture
@@ -331,17 +322,6 @@ def test_check_config_warns_about_a_tls_key_others_can_read(
         key.chmod(mode)
         assert main(["check-config", str(config)]) == 0
         assert (f"sip.tls_key: {key} is readable by others" in capsys.readouterr().err) is warned
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "bridge.crt", tmp_path / "bridge.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 async def test_sip_over_tls(server: RecordedAmiServer, certificate: tuple[Path, Path]) -> None:

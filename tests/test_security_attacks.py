@@ -23,7 +23,6 @@ from bridge.config import load
 from bridge.demo.ami_server import RecordedAmiServer
 
 AUTH = "security.auth=digest"
-server = test_security.server  # the fixtures: the recorded PBX, a users_file of PASSWORDS
 users_file = test_security.users_file
 
 

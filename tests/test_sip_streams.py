@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 from test_app import eventually
-from test_security import certificate  # noqa: F401 (a fixture)
 from test_sip_transport import Bridge, _bridge
 
 from bridge.event_loop import choose_event_loop
@@ -125,7 +124,7 @@ def test_the_connection_past_a_cap_is_refused_at_once(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_source_outside_the_allow_list_is_cut_off_before_anything_is_read(
-    loop: str, caplog: pytest.LogCaptureFixture, certificate: tuple[Path, Path]  # noqa: F811
+    loop: str, caplog: pytest.LogCaptureFixture, certificate: tuple[Path, Path]
 ) -> None:
     caplog.set_level(logging.INFO)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -244,7 +243,7 @@ def test_too_large_is_413_other_framing_errors_400_and_the_log_stays_short(
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_tls_garbage_and_stalled_handshakes_end_quietly(
-    loop: str, caplog: pytest.LogCaptureFixture, certificate: tuple[Path, Path]  # noqa: F811
+    loop: str, caplog: pytest.LogCaptureFixture, certificate: tuple[Path, Path]
 ) -> None:
     caplog.set_level(logging.DEBUG)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -14,17 +14,15 @@ import contextlib
 import resource
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
 import pytest
+from bridge_process import BridgeProcess
 from lxml import etree
 from sipp import SippWatcher, free_port
 from stream_phone import SipMessage, StreamPhone
-from test_app import NS, RECORDINGS, RINGING_202, SCHEMA
-from test_restart import BridgeProcess
-from test_security import certificate  # noqa: F401 (a fixture)
+from test_app import NS, RINGING_202, SCHEMA
 
 from bridge.demo.ami_server import RecordedAmiServer
 
@@ -37,10 +35,7 @@ OPTIONS = (
 )
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[RecordedAmiServer]:
-    async with RecordedAmiServer(RECORDINGS, speed=4) as srv:
-        yield srv
+AMI_REPLAY_SPEED = 4  # the shared server fixture (conftest.py) replays this fast
 
 
 def pickable(body: bytes) -> list[etree._Element]:
@@ -66,7 +61,7 @@ async def until_ringing(phone: StreamPhone, reader: asyncio.StreamReader,
 async def test_a_phone_sees_a_ringing_call_over_each_transport_on_each_loop(
     server: RecordedAmiServer,
     tmp_path: Path,
-    certificate: tuple[Path, Path],  # noqa: F811
+    certificate: tuple[Path, Path],
     loop: str,
     transport: Literal["udp", "tcp", "tls"],
 ) -> None:
