@@ -15,7 +15,8 @@ from lxml import etree
 from sipp import SippResult, SippWatcher, free_port
 
 from bridge.demo.ami_server import RecordedAmiServer, event_matches
-from bridge.pickup import MODES, PickupPolicy, parse_groups
+from bridge.devices import parse_groups
+from bridge.pickup import MODES, PickupPolicy
 
 SCHEMA = etree.XMLSchema(
     etree.parse(str(Path(__file__).parent / "fixtures" / "schemas" / "dialog-info.xsd"))
