@@ -17,6 +17,7 @@ from bridge.config import Config, ConfigError, load
 from bridge.event_loop import EventLoopUnavailable, choose_event_loop
 from bridge.led.buttons import LIGHTS
 from bridge.led.cli import light_key
+from bridge.provision import cli as provision_cli
 from bridge.web.cli import fetch_status, format_status
 
 DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         print(what, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
+    if args.command == "snom-keys":
+        return provision_cli.snom_keys(args, DEFAULT_CONFIG)
     return _run(args.config, args.set, demo=args.demo)
 
 
@@ -82,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", help="configuration file to check")
     _add_set(check)
+    provision_cli.add_parser(sub, DEFAULT_CONFIG)
     return parser
 
 

@@ -35,6 +35,7 @@ from bridge.events import (
 )
 from bridge.led.controller import LedController
 from bridge.pickup import PickupPolicy
+from bridge.provision.web import SnomDocuments
 from bridge.service import SystemdNotifier, keep_watchdog
 from bridge.sip.access import SourceGate
 from bridge.sip.message import Response
@@ -192,8 +193,10 @@ class Bridge:
         if self.config.web is not None:
             where = self.config.web
             try:
+                snom = SnomDocuments(lambda: self.config, lambda: self.policy,
+                                     lambda: [e.exten for e in self.status.entities()])
                 self.web = await start_web(
-                    self.status, where.host, where.port, self.config.web_hosts
+                    self.status, where.host, where.port, self.config.web_hosts, snom
                 )
                 log.info("panel and metrics on http://%s/", where)
             except OSError as exc:  # the panel is a window on the bridge, not the bridge

@@ -20,6 +20,8 @@ from typing import Any
 from bridge.event_loop import EVENT_LOOPS
 from bridge.led.buttons import LIGHTS
 from bridge.led.rules import BLF_LIGHTS, LedRule
+from bridge.provision.options import KEYS as SNOM_KEYS
+from bridge.provision.options import SnomOptionError, SnomOptions, parse_snom
 from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
 from bridge.tracker import hint_parts
 
@@ -162,6 +164,7 @@ class Config:
     event_loop: str = "auto"  # runtime.event_loop: auto (uvloop if installed), uvloop, asyncio
     # [hints] exten = "device&device…": the keys ARI cannot list (Asterisk's own under AMI)
     hints: tuple[tuple[str, str], ...] = ()
+    snom: SnomOptions = field(default_factory=SnomOptions)  # [snom]: Snom provisioning
 
     @property
     def asterisk_configured(self) -> bool:
@@ -207,6 +210,7 @@ _SECTIONS: dict[str, set[str]] = {
     "asterisk": {"source"},
     "web": {"listen", "hosts"},
     "ari": {"url", "username", "password", "password_file", "app"},
+    "snom": set(SNOM_KEYS),
     "security": {
         "allow",
         "auth",
@@ -297,11 +301,16 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
                           f"{', '.join(EVENT_LOOPS)}")  # fmt: skip
     ari, ari_files = _ari(_table(raw, "ari"), base_dir or Path.cwd(), needed=source == "ari")
     security = dataclasses.replace(security, secret_files=secrets_read + ari_files)
+    try:
+        snom = parse_snom(_table(raw, "snom"))
+    except SnomOptionError as exc:
+        raise ConfigError(str(exc)) from None
     return Config(
         ami=ami, sip=sip, watch=watch, log_level=level, demo=demo, store=store,
         security=security, source=source, ari=ari, leds=leds, web=web, event_loop=event_loop,
         hints=hints,
         web_hosts=web_hosts,
+        snom=snom,
     )  # fmt: skip
 
 

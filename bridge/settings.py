@@ -141,4 +141,6 @@ def changed_settings(old: Config, new: Config) -> set[str]:
         out.add("web.hosts")
     if old.leds != new.leds:
         out.add("led")
+    if old.snom != new.snom:
+        out.add("snom")
     return out
