@@ -193,11 +193,10 @@ class Bridge:
         if self.config.web is not None:
             where = self.config.web
             try:
-                snom = SnomDocuments(lambda: self.config, lambda: self.policy,
-                                     lambda: [e.exten for e in self.status.entities()])
                 self.web = await start_web(
-                    self.status, where.host, where.port, self.config.web_hosts, snom
-                )
+                    self.status, where.host, where.port, self.config.web_hosts,
+                    SnomDocuments(self),
+                )  # fmt: skip
                 log.info("panel and metrics on http://%s/", where)
             except OSError as exc:  # the panel is a window on the bridge, not the bridge
                 log.error("web.listen: cannot serve on %s: %s; running without it", where, exc)

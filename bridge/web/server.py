@@ -10,19 +10,22 @@ import ipaddress
 import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from bridge.provision.web import SnomDocuments
 from bridge.web.metrics import CONTENT_TYPE, render_metrics
 from bridge.web.status import EntityStatus, LedPhoneStatus, StatusView, SubscriptionStatus
+
+if TYPE_CHECKING:  # bridge.provision.web reads bridge.web.status: no import cycle at run time
+    from bridge.provision.web import SnomDocuments
 
 VIEW: web.AppKey[StatusView] = web.AppKey("view")
 STOPPING = web.AppKey("stopping", asyncio.Event)
 PANEL = web.AppKey("panel", bytes)
 PANEL_CSP = web.AppKey("panel_csp", str)
 HOSTS = web.AppKey("hosts", frozenset[str])
-SNOM = web.AppKey("snom", SnomDocuments)
+SNOM: web.AppKey[SnomDocuments] = web.AppKey("snom")
 
 # A comment line this often keeps proxies from closing an idle stream and finds dead clients.
 SSE_KEEPALIVE = 15.0
