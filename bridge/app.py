@@ -342,6 +342,9 @@ class Bridge:
 
     async def reload(self, config: Config) -> None:
         """Take over a new configuration without dropping a subscription."""
+        if self.sip is not None and self.sip.tls and config.sip.tls_certificate:
+            self.sip.use_tls_context(settings.renewed_tls_context(config))  # ConfigError: kept
+            log.info("reload: new TLS connections use %s", config.sip.tls_certificate)
         changed = settings.changed_settings(self.config, config)
         if not changed:
             log.info("reload: nothing changed")

@@ -9,7 +9,7 @@ import ssl
 
 from yarl import URL
 
-from bridge.config import Config, ListenAddress
+from bridge.config import Config, ConfigError, ListenAddress
 from bridge.dialoginfo import RenderSettings
 from bridge.pickup import PickupPolicy
 from bridge.sip.access import AccessLimits
@@ -20,9 +20,8 @@ from bridge.tracker import TrackerSettings
 
 # Settings a running bridge cannot take over: they need new sockets or another store file.
 RESTART_ONLY = (
-    "sip.udp", "sip.tcp", "sip.tls", "sip.tls_certificate", "sip.tls_key",
-    "sip.max_message_size", "sip.contact_host", "store.path", "demo.enabled",
-    "runtime.event_loop", "web.listen", "web.hosts", "led",
+    "sip.udp", "sip.tcp", "sip.tls", "sip.max_message_size", "sip.contact_host", "store.path",
+    "demo.enabled", "runtime.event_loop", "web.listen", "web.hosts", "led",
 )  # fmt: skip
 
 
@@ -70,6 +69,19 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(config.sip.tls_certificate, config.sip.tls_key)
+    return context
+
+
+def renewed_tls_context(config: Config) -> ssl.SSLContext:
+    """The TLS certificate and key read again (a reload: ACME renews them under the same
+    names); raises ConfigError naming the settings when they no longer load."""
+    sip = config.sip
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(sip.tls_certificate, sip.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"sip.tls_certificate / sip.tls_key: cannot load {sip.tls_certificate} "
+                          f"with {sip.tls_key}: {exc}") from exc  # fmt: skip
     return context
 
 
