@@ -32,7 +32,7 @@ pickup = "rules"
 pickup_rules = {{ "203" = ["202", "204"] }}
 [snom]
 labels = {{ "202" = '{HOSTILE}', "204" = "Reception" }}
-pickup_code = "*8"
+pickup_code = "**"
 [[led]]
 phone = "203"
 key = 8
@@ -71,8 +71,8 @@ def test_snom_keys_writes_six_blf_keys_and_the_led_key_of_a_phone(
     uri = "sip:{}@192.0.2.10:5065;user=phone"
     assert keys(root) == {
         0: ("201", "blf " + uri.format(201)),
-        1: (HOSTILE, "blf " + uri.format(202) + "|*8"),  # the hostile label came back intact
-        2: ("Reception", "blf " + uri.format(204) + "|*8"),
+        1: (HOSTILE, "blf " + uri.format(202) + "|**"),  # the hostile label came back intact
+        2: ("Reception", "blf " + uri.format(204) + "|**"),
         3: ("205", "blf " + uri.format(205)),
         4: ("206", "blf " + uri.format(206)),
         5: ("207", "blf " + uri.format(207)),
@@ -177,7 +177,7 @@ async def test_the_running_bridge_serves_the_document_with_what_asterisk_told_it
     server: RecordedAmiServer,  # noqa: F811
 ) -> None:
     async with running_bridge(
-        server, "web.listen=127.0.0.1:0", 'snom.pickup_code="*8"', 'security.pickup="rules"',
+        server, "web.listen=127.0.0.1:0", 'snom.pickup_code="**"', 'security.pickup="rules"',
         'security.pickup_rules={ "203" = ["202"] }',
     ) as bridge:  # fmt: skip
         known = {e.exten for e in bridge.status.entities()}
@@ -202,4 +202,13 @@ async def test_the_running_bridge_serves_the_document_with_what_asterisk_told_it
     # The running bridge's policy: 203 may take 202's calls (its key has the fallback code),
     # no other extension's.
     assert [label for label, value in values.items() if "|" in value] == ["202"]
-    assert values["202"].endswith("|*8")
+    assert values["202"].endswith("|**")
+
+
+def test_the_readme_shows_what_snom_keys_writes(
+    site: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    shown = readme.split("A phone with six BLF keys", 1)[1].split("```xml\n", 1)[1]
+    assert main(["snom-keys", "--phone", "203", "--config", str(site)]) == 0
+    assert shown.split("```", 1)[0] == capsysbinary.readouterr().out.decode()
