@@ -342,7 +342,7 @@ class Bridge:
 
     async def reload(self, config: Config) -> None:
         """Take over a new configuration without dropping a subscription."""
-        if self.sip is not None and self.sip.tls and config.sip.tls_certificate:
+        if self.sip is not None and self.sip.tls and config.sip.tls:
             self.sip.use_tls_context(settings.renewed_tls_context(config))  # ConfigError: kept
             log.info("reload: new TLS connections use %s", config.sip.tls_certificate)
         changed = settings.changed_settings(self.config, config)
