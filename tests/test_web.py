@@ -34,7 +34,7 @@ from bridge.web import (
     make_app,
     start_web,
 )
-from bridge.web.metrics import metrics_registry, render_metrics
+from bridge.web.metrics import MetricsSnapshot, render_metrics
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -187,10 +187,9 @@ async def test_metrics_include_the_process_figures(
 
 def test_the_figures_are_read_at_scrape_time_not_per_notify() -> None:
     view = _view()
-    registry = metrics_registry(view)
-    before = render_metrics(registry)
+    before = render_metrics(MetricsSnapshot.of(view))
     view.counts = dataclasses.replace(view.counts, notifies_sent=15)  # the bridge only counts
-    after = render_metrics(registry)
+    after = render_metrics(MetricsSnapshot.of(view))
     assert b"snom_blf_notifies_sent_total 10.0" in before
     assert b"snom_blf_notifies_sent_total 15.0" in after
 

@@ -1,13 +1,16 @@
 """The bridge's figures for Prometheus, rendered by ``prometheus_client``.
 
-``BridgeCollector`` reads the bridge's own counters (``StatusView``) when Prometheus scrapes,
-so sending a NOTIFY costs nothing extra; the process figures (RSS, CPU, open file descriptors)
-come from prometheus_client's ``ProcessCollector``, which reads /proc at the same moment.
+At each scrape the handler takes a ``MetricsSnapshot`` of the bridge's own counters on the event
+loop (so sending a NOTIFY costs nothing extra), and ``render_metrics`` turns it into text in a
+worker thread: formatting is the slow part (about 0.2 s for 5,000 extensions' key states), and
+the loop keeps serving NOTIFYs meanwhile. The process figures (RSS, CPU, open file descriptors)
+come from prometheus_client's ``ProcessCollector``, which reads /proc at that moment.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -18,7 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from bridge.web.status import KEY_STATES, HistogramSnapshot, StatusView
+from bridge.web.status import KEY_STATES, Counters, EntityStatus, HistogramSnapshot, StatusView
 
 # The text format generate_latest writes (the newest content type names 1.0.0, which older
 # Prometheus servers do not accept for the same text).
@@ -26,16 +29,30 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "snom_blf_"
 
 
-class BridgeCollector(Collector):
-    """The bridge's counters, gauges, latency histogram and key states, read at scrape time."""
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """The bridge's figures at one moment: taken on the loop, rendered anywhere."""
 
-    def __init__(self, view: StatusView) -> None:
-        self._view = view
+    counters: Counters
+    latency: HistogramSnapshot
+    entities: tuple[EntityStatus, ...]
+
+    @classmethod
+    def of(cls, view: StatusView) -> MetricsSnapshot:
+        """Read the view now (on the event loop: the view is not thread-safe)."""
+        return cls(view.counters(), view.latency(), tuple(view.entities()))
+
+
+class BridgeCollector(Collector):
+    """The bridge's counters, gauges, latency histogram and key states of one snapshot."""
+
+    def __init__(self, snapshot: MetricsSnapshot) -> None:
+        self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        """One scrape: every family, from one reading of each of the view's figures."""
-        view = self._view
-        counters = view.counters()
+        """Every family of the snapshot."""
+        snapshot = self._snapshot
+        counters = snapshot.counters
         yield _gauge("subscriptions", "Live subscriptions.", counters.subscriptions)
         yield _counter("notifies_sent", "NOTIFYs answered with success.", counters.notifies_sent)
         yield _counter("notifies_failed", "NOTIFYs that failed or got no answer.",
@@ -45,29 +62,25 @@ class BridgeCollector(Collector):
         yield _gauge("synced", "1 once the Asterisk source finished its resync.",
                      int(counters.synced))  # fmt: skip
         yield _counter("events", "Asterisk events handled.", counters.events_total)
-        yield _histogram(view.latency())
+        yield _histogram(snapshot.latency)
         states = GaugeMetricFamily(
             PREFIX + "entity_state",
             "1 for the state each watched extension's key shows, 0 for the others.",
             labels=["exten", "state"],
         )
         # Every state of every extension, 0 or 1: a series that vanishes would look like "no data".
-        for entity in view.entities():
+        for entity in snapshot.entities:
             for state in KEY_STATES:
                 states.add_metric([entity.exten, state], int(entity.state == state))
         yield states
 
 
-def metrics_registry(view: StatusView) -> CollectorRegistry:
-    """A registry of the bridge's figures and the process's, for ``render_metrics``."""
+def render_metrics(snapshot: MetricsSnapshot) -> bytes:
+    """The whole /metrics page (``CONTENT_TYPE``): the snapshot and the process's figures now.
+    Safe in a worker thread: it reads only the snapshot and /proc."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BridgeCollector(view))
+    registry.register(BridgeCollector(snapshot))
     ProcessCollector(registry=registry)
-    return registry
-
-
-def render_metrics(registry: CollectorRegistry) -> bytes:
-    """The whole /metrics page (``CONTENT_TYPE``)."""
     return generate_latest(registry)
 
 

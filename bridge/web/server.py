@@ -13,9 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
-from bridge.web.metrics import CONTENT_TYPE, metrics_registry, render_metrics
+from bridge.web.metrics import CONTENT_TYPE, MetricsSnapshot, render_metrics
 from bridge.web.status import EntityStatus, LedPhoneStatus, StatusView, SubscriptionStatus
 
 if TYPE_CHECKING:  # bridge.provision.web reads bridge.web.status: no import cycle at run time
@@ -26,7 +25,6 @@ STOPPING = web.AppKey("stopping", asyncio.Event)
 PANEL = web.AppKey("panel", bytes)
 PANEL_CSP = web.AppKey("panel_csp", str)
 HOSTS = web.AppKey("hosts", frozenset[str])
-METRICS = web.AppKey("metrics", CollectorRegistry)
 SNOM: web.AppKey[SnomDocuments] = web.AppKey("snom")
 
 # A comment line this often keeps proxies from closing an idle stream and finds dead clients.
@@ -84,7 +82,6 @@ def make_app(
     app = web.Application(middlewares=[guard])
     app[HOSTS] = frozenset(h.lower().rstrip(".") for h in hosts)
     app[VIEW] = view
-    app[METRICS] = metrics_registry(view)
     app[STOPPING] = asyncio.Event()
     app[PANEL] = importlib.resources.files("bridge.web").joinpath("panel.html").read_bytes()
     app[PANEL_CSP] = _panel_csp(app[PANEL].decode())
@@ -164,7 +161,8 @@ async def panel(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition format 0.0.4: the bridge's figures and the process's."""
-    body = render_metrics(request.app[METRICS])
+    snapshot = MetricsSnapshot.of(request.app[VIEW])  # on the loop: the view is not thread-safe
+    body = await asyncio.to_thread(render_metrics, snapshot)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, **NO_CACHE})
 
 
