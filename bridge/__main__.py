@@ -17,6 +17,8 @@ from bridge.config import Config, ConfigError, load
 from bridge.event_loop import EventLoopUnavailable, choose_event_loop
 from bridge.led.buttons import LIGHTS
 from bridge.led.cli import light_key
+from bridge.logs import setup_logging
+from bridge.provision import cli as provision_cli
 from bridge.web.cli import fetch_status, format_status
 
 DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
@@ -48,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         print(what, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
+    if args.command == "snom-keys":
+        return provision_cli.snom_keys(args, DEFAULT_CONFIG)
     return _run(args.config, args.set, demo=args.demo)
 
 
@@ -82,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", help="configuration file to check")
     _add_set(check)
+    provision_cli.add_parser(sub, DEFAULT_CONFIG)
     return parser
 
 
@@ -165,7 +170,7 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
     except ConfigError as exc:
         print(f"snom-blf-bridge: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)  # <N> priorities when stderr is the journal
     log = logging.getLogger("bridge")
     for warning in config_warnings(config):
         log.warning("config: %s", warning)
@@ -186,17 +191,6 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
         log.error("cannot start: %s", exc)
         return 1
     return 0
-
-
-def _setup_logging(level: str) -> None:
-    # Under systemd the journal stamps every line itself; don't print a second timestamp.
-    under_journal = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = (
-        "%(levelname)s %(name)s: %(message)s"
-        if under_journal
-        else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from bridge.events import (
 )
 from bridge.led.controller import LedController
 from bridge.pickup import PickupPolicy
+from bridge.provision.web import SnomDocuments
 from bridge.service import SystemdNotifier, keep_watchdog
 from bridge.sip.access import SourceGate
 from bridge.sip.message import Response
@@ -192,8 +193,9 @@ class Bridge:
             where = self.config.web
             try:
                 self.web = await start_web(
-                    self.status, where.host, where.port, self.config.web_hosts
-                )
+                    self.status, where.host, where.port, self.config.web_hosts,
+                    SnomDocuments(self),
+                )  # fmt: skip
                 log.info("panel and metrics on http://%s/", where)
             except OSError as exc:  # the panel is a window on the bridge, not the bridge
                 log.error("web.listen: cannot serve on %s: %s; running without it", where, exc)
@@ -339,6 +341,9 @@ class Bridge:
 
     async def reload(self, config: Config) -> None:
         """Take over a new configuration without dropping a subscription."""
+        if self.sip is not None and self.sip.tls and config.sip.tls:
+            self.sip.use_tls_context(settings.renewed_tls_context(config))  # ConfigError: kept
+            log.info("reload: new TLS connections use %s", config.sip.tls_certificate)
         changed = settings.changed_settings(self.config, config)
         if not changed:
             log.info("reload: nothing changed")

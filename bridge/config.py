@@ -41,6 +41,7 @@ from bridge.config_tables import LED_KEYS, read_hints, read_leds
 from bridge.event_loop import EVENT_LOOPS
 from bridge.led.rules import LedRule
 from bridge.pickup import MODES as PICKUP_MODES
+from bridge.provision.options import SnomOptions
 from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
 
 __all__ = [
@@ -175,9 +176,9 @@ class SipConfig:
         (), Addresses(), "where phones subscribe over TLS", restart=True
     )
     tls_certificate: str = setting(
-        "", Text(), "its PEM certificate chain (needed with `sip.tls`)", restart=True
+        "", Text(), "its PEM certificate chain (needed with `sip.tls`; read again on reload)"
     )
-    tls_key: str = setting("", Text(), "its PEM key (needed with `sip.tls`)", restart=True)
+    tls_key: str = setting("", Text(), "its PEM key (needed with `sip.tls`; read again on reload)")
     domain: str = setting(
         "", Text(forbidden=' <>"@;', what="a host name or address"),
         "the PBX domain written into every URI (where pickup INVITEs go)", shown="`ami.host`",
@@ -335,6 +336,7 @@ class Config:
     )  # fmt: skip
     # [hints] exten = "device&device…": the keys ARI cannot list (Asterisk's own under AMI)
     hints: tuple[tuple[str, str], ...] = ()
+    snom: SnomOptions = SnomOptions()  # noqa: RUF009  [snom]: Snom provisioning (frozen)
 
     @property
     def asterisk_configured(self) -> bool:
@@ -430,6 +432,7 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         ari=_checked_ari(AriConfig(**values["ari"]), base, needed=values[""]["source"] == "ari"),
         leds=leds,
         hints=hints,
+        snom=SnomOptions(**values["snom"]),
         **values[""],
     )
     files = [_secret_path(Path(name), base) for name in (

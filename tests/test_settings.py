@@ -76,6 +76,12 @@ def cases(tmp: Path, cert: Path, key: Path) -> list[tuple[list[str], set[str]]]:
         (["log.level=debug"], {"log.level"}),
         (["runtime.event_loop=asyncio"], {"runtime.event_loop"}),
         (["demo.enabled=true"], {"demo.enabled"}),
+        (['snom.address="bridge.example.com"'], {"snom.address"}),
+        (['snom.transport="tcp"'], {"snom.transport"}),
+        (['snom.labels={ "202" = "Anna" }'], {"snom.labels"}),
+        (['snom.pickup_code="**"'], {"snom.pickup_code"}),
+        (["snom.first_key=4"], {"snom.first_key"}),
+        (['snom.context="2"'], {"snom.context"}),
     ]
 
 
@@ -139,13 +145,14 @@ def test_changed_secrets_are_named_never_shown(tmp_path: Path) -> None:
 def test_restart_only_is_what_the_declarations_flag() -> None:
     flagged = {item.name for item in SETTINGS if item.setting.restart}
     assert flagged == {
-        "sip.udp", "sip.tcp", "sip.tls", "sip.tls_certificate", "sip.tls_key",
-        "sip.max_message_size", "sip.contact_host", "store.path", "demo.enabled",
-        "runtime.event_loop", "web.listen", "web.hosts",
+        "sip.udp", "sip.tcp", "sip.tls", "sip.max_message_size", "sip.contact_host",
+        "store.path", "demo.enabled", "runtime.event_loop", "web.listen", "web.hosts",
     }  # fmt: skip
     assert set(RESTART_ONLY) == flagged | {"led"}
     assert needs_restart("led[3]") and needs_restart("sip.udp")
     assert not needs_restart("sip.max_expires") and not needs_restart("hints.210")
+    # a renewed certificate is read again on reload (README, "Restarts, reloads and faults")
+    assert not needs_restart("sip.tls_certificate") and not needs_restart("sip.tls_key")
 
 
 def test_a_reload_keeps_the_old_value_of_what_needs_a_restart(

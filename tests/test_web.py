@@ -7,6 +7,7 @@ running bridge's view is wired in app.py); the panel is checked in a real headle
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 from collections.abc import AsyncIterator, Sequence
@@ -33,6 +34,7 @@ from bridge.web import (
     make_app,
     start_web,
 )
+from bridge.web.metrics import MetricsSnapshot, render_metrics
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -167,6 +169,29 @@ async def test_metrics_parse_as_prometheus_text(base_url: str, http: aiohttp.Cli
     }
     assert lit == {("201", "idle"), ("202", "idle"), ("203", "busy"), ("204", "unknown")}
     assert len(families["snom_blf_entity_state"].samples) == 4 * 5  # every state, 0 or 1
+
+
+async def test_metrics_include_the_process_figures(
+    base_url: str, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(base_url + "/metrics") as resp:
+        text = await resp.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    rss = families["process_resident_memory_bytes"].samples[0].value
+    assert 10 * 2**20 < rss < 2**33  # this very test process: tens of MB, not zero
+    assert families["process_cpu_seconds"].type == "counter"
+    assert families["process_cpu_seconds"].samples[0].value > 0
+    assert families["process_open_fds"].samples[0].value >= 3  # at least stdin/out/err
+    assert families["process_max_fds"].samples[0].value > 0
+
+
+def test_the_figures_are_read_at_scrape_time_not_per_notify() -> None:
+    view = _view()
+    before = render_metrics(MetricsSnapshot.of(view))
+    view.counts = dataclasses.replace(view.counts, notifies_sent=15)  # the bridge only counts
+    after = render_metrics(MetricsSnapshot.of(view))
+    assert b"snom_blf_notifies_sent_total 10.0" in before
+    assert b"snom_blf_notifies_sent_total 15.0" in after
 
 
 async def test_metric_labels_are_escaped(

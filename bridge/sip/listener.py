@@ -78,6 +78,10 @@ class StreamListener:
         if not self._closed:
             self._streams.loop.add_reader(self.sockets[0].fileno(), self._on_readable)
 
+    def use_tls(self, context: ssl.SSLContext) -> None:
+        """Make the next accepted connections' TLS handshakes with ``context``."""
+        self._tls = context
+
     def close(self) -> None:
         """Stop accepting (open connections are closed by the SipService)."""
         if self._closed:

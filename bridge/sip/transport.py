@@ -131,6 +131,12 @@ class SipService:
     def stream_limits(self, limits: StreamLimits) -> None:
         self.streams.limits = limits
 
+    def use_tls_context(self, context: ssl.SSLContext) -> None:
+        """Accept new TLS connections with ``context`` (a renewed certificate); connections
+        already open keep the one they were made with."""
+        for listener in self.tls:
+            listener.use_tls(context)
+
     def resource_changed(self, resource: str) -> None:
         """Tell the watchers of resource about its new state."""
         self.notifier.resource_changed(resource, self._loop.time())

@@ -1,96 +1,111 @@
-"""The bridge's figures in Prometheus' text exposition format 0.0.4, written by hand."""
+"""The bridge's figures for Prometheus, rendered by ``prometheus_client``.
+
+At each scrape the handler takes a ``MetricsSnapshot`` of the bridge's own counters on the event
+loop (so sending a NOTIFY costs nothing extra), and ``render_metrics`` turns it into text in a
+worker thread: formatting is the slow part (about 0.2 s for 5,000 extensions' key states), and
+the loop keeps serving NOTIFYs meanwhile. The process figures (RSS, CPU, open file descriptors)
+come from prometheus_client's ``ProcessCollector``, which reads /proc at that moment.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-from bridge.web.status import KEY_STATES, Counters, EntityStatus, HistogramSnapshot
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
+from bridge.web.status import KEY_STATES, Counters, EntityStatus, HistogramSnapshot, StatusView
+
+# The text format generate_latest writes (the newest content type names 1.0.0, which older
+# Prometheus servers do not accept for the same text).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "snom_blf_"
 
 
-def render_metrics(
-    counters: Counters, latency: HistogramSnapshot, entities: Sequence[EntityStatus]
-) -> str:
-    """The whole /metrics page."""
-    scalars: list[tuple[str, str, str, int]] = [
-        ("subscriptions", "gauge", "Live subscriptions.", counters.subscriptions),
-        ("notifies_sent_total", "counter", "NOTIFYs answered with success.",
-         counters.notifies_sent),
-        ("notifies_failed_total", "counter", "NOTIFYs that failed or got no answer.",
-         counters.notifies_failed),
-        ("ami_connected", "gauge", "1 while the Asterisk source is connected.",
-         int(counters.ami_connected)),
-        ("synced", "gauge", "1 once the Asterisk source finished its resync.",
-         int(counters.synced)),
-        ("events_total", "counter", "Asterisk events handled.", counters.events_total),
-    ]  # fmt: skip
-    lines: list[str] = []
-    for name, kind, help_text, value in scalars:
-        _family(lines, name, kind, help_text, [("", value)])
-    _family(
-        lines,
-        "event_to_notify_seconds",
-        "histogram",
-        "Seconds from an Asterisk event to the NOTIFYs it caused.",
-        _histogram(latency),
-    )
-    _family(
-        lines,
-        "entity_state",
-        "gauge",
-        "1 for the state each watched extension's key shows, 0 for the others.",
-        _entity_states(entities),
-    )
-    return "\n".join(lines) + "\n"
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """The bridge's figures at one moment: taken on the loop, rendered anywhere."""
+
+    counters: Counters
+    latency: HistogramSnapshot
+    entities: tuple[EntityStatus, ...]
+
+    @classmethod
+    def of(cls, view: StatusView) -> MetricsSnapshot:
+        """Read the view now (on the event loop: the view is not thread-safe)."""
+        return cls(view.counters(), view.latency(), tuple(view.entities()))
 
 
-def _family(
-    lines: list[str],
-    name: str,
-    kind: str,
-    help_text: str,
-    samples: Iterable[tuple[str, float | int]],
-) -> None:
-    """``samples``: (suffix+labels, value), e.g. ``('_bucket{le="0.1"}', 3)``."""
-    full = PREFIX + name
-    lines.append(f"# HELP {full} {help_text}")
-    lines.append(f"# TYPE {full} {kind}")
-    lines.extend(f"{full}{labels} {_number(value)}" for labels, value in samples)
+class BridgeCollector(Collector):
+    """The bridge's counters, gauges, latency histogram and key states of one snapshot."""
+
+    def __init__(self, snapshot: MetricsSnapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        """Every family of the snapshot."""
+        snapshot = self._snapshot
+        counters = snapshot.counters
+        yield _gauge("subscriptions", "Live subscriptions.", counters.subscriptions)
+        yield _counter("notifies_sent", "NOTIFYs answered with success.", counters.notifies_sent)
+        yield _counter("notifies_failed", "NOTIFYs that failed or got no answer.",
+                       counters.notifies_failed)  # fmt: skip
+        yield _gauge("ami_connected", "1 while the Asterisk source is connected.",
+                     int(counters.ami_connected))  # fmt: skip
+        yield _gauge("synced", "1 once the Asterisk source finished its resync.",
+                     int(counters.synced))  # fmt: skip
+        yield _counter("events", "Asterisk events handled.", counters.events_total)
+        yield _histogram(snapshot.latency)
+        states = GaugeMetricFamily(
+            PREFIX + "entity_state",
+            "1 for the state each watched extension's key shows, 0 for the others.",
+            labels=["exten", "state"],
+        )
+        # Every state of every extension, 0 or 1: a series that vanishes would look like "no data".
+        for entity in snapshot.entities:
+            for state in KEY_STATES:
+                states.add_metric([entity.exten, state], int(entity.state == state))
+        yield states
 
 
-def _histogram(h: HistogramSnapshot) -> list[tuple[str, float | int]]:
-    out: list[tuple[str, float | int]] = []
+def render_metrics(snapshot: MetricsSnapshot) -> bytes:
+    """The whole /metrics page (``CONTENT_TYPE``): the snapshot and the process's figures now.
+    Safe in a worker thread: it reads only the snapshot and /proc."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BridgeCollector(snapshot))
+    ProcessCollector(registry=registry)
+    return generate_latest(registry)
+
+
+def _gauge(name: str, help_text: str, value: int) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, help_text, value=value)
+
+
+def _counter(name: str, help_text: str, value: int) -> CounterMetricFamily:
+    return CounterMetricFamily(PREFIX + name, help_text, value=value)  # written as name_total
+
+
+def _histogram(h: HistogramSnapshot) -> HistogramMetricFamily:
+    buckets: list[tuple[str, float]] = []
     cumulative = 0
     for bound, count in zip(h.bounds, h.counts, strict=True):
         cumulative += count
-        out.append((f'_bucket{{le="{_number(bound)}"}}', cumulative))
-    out.append(('_bucket{le="+Inf"}', h.count))
-    out.append(("_sum", h.sum))
-    out.append(("_count", h.count))
-    return out
+        buckets.append((_bound(bound), cumulative))
+    buckets.append(("+Inf", h.count))
+    return HistogramMetricFamily(
+        PREFIX + "event_to_notify_seconds",
+        "Seconds from an Asterisk event to the NOTIFYs it caused.",
+        buckets=buckets,
+        sum_value=h.sum,
+    )
 
 
-def _entity_states(entities: Sequence[EntityStatus]) -> list[tuple[str, float | int]]:
-    # Every state of every extension, 0 or 1: a series that vanishes would look like "no data".
-    return [
-        (f'{{exten="{_label(e.exten)}",state="{state}"}}', int(e.state == state))
-        for e in entities
-        for state in KEY_STATES
-    ]
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float | int) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(value)
+def _bound(value: float) -> str:
+    return repr(value)  # 0.0005, 2.5: as the bounds were always written

@@ -10,17 +10,22 @@ import ipaddress
 import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from bridge.web.metrics import CONTENT_TYPE, render_metrics
+from bridge.web.metrics import CONTENT_TYPE, MetricsSnapshot, render_metrics
 from bridge.web.status import EntityStatus, LedPhoneStatus, StatusView, SubscriptionStatus
+
+if TYPE_CHECKING:  # bridge.provision.web reads bridge.web.status: no import cycle at run time
+    from bridge.provision.web import SnomDocuments
 
 VIEW: web.AppKey[StatusView] = web.AppKey("view")
 STOPPING = web.AppKey("stopping", asyncio.Event)
 PANEL = web.AppKey("panel", bytes)
 PANEL_CSP = web.AppKey("panel_csp", str)
 HOSTS = web.AppKey("hosts", frozenset[str])
+SNOM: web.AppKey[SnomDocuments] = web.AppKey("snom")
 
 # A comment line this often keeps proxies from closing an idle stream and finds dead clients.
 SSE_KEEPALIVE = 15.0
@@ -69,9 +74,11 @@ async def _nosniff(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["X-Content-Type-Options"] = "nosniff"
 
 
-def make_app(view: StatusView, hosts: Sequence[str] = ()) -> web.Application:
+def make_app(
+    view: StatusView, hosts: Sequence[str] = (), snom: SnomDocuments | None = None
+) -> web.Application:
     """The web endpoint over a running bridge's ``StatusView``; ``hosts``: names it answers
-    for besides addresses and localhost (web.hosts)."""
+    for besides addresses and localhost (web.hosts); ``snom``: serves /snom/<phone>.xml."""
     app = web.Application(middlewares=[guard])
     app[HOSTS] = frozenset(h.lower().rstrip(".") for h in hosts)
     app[VIEW] = view
@@ -85,18 +92,25 @@ def make_app(view: StatusView, hosts: Sequence[str] = ()) -> web.Application:
     app.router.add_get("/api/subscriptions", api_subscriptions)
     app.router.add_get("/api/leds", api_leds)
     app.router.add_get("/events", events)
+    if snom is not None:
+        app[SNOM] = snom
+        app.router.add_get("/snom/{phone}.xml", snom_settings)
     app.on_shutdown.append(_stop_streams)
     app.on_response_prepare.append(_nosniff)
     return app
 
 
 async def start_web(
-    view: StatusView, host: str, port: int, hosts: Sequence[str] = ()
+    view: StatusView,
+    host: str,
+    port: int,
+    hosts: Sequence[str] = (),
+    snom: SnomDocuments | None = None,
 ) -> web.AppRunner:
     """Serve ``make_app(view)`` on host:port (port 0: any); ``await runner.cleanup()`` stops it.
     The bound address is ``runner.addresses[0]``."""
     # Short shutdown: the only long requests are event streams, and they end on shutdown.
-    runner = web.AppRunner(make_app(view, hosts), handle_signals=False, shutdown_timeout=2.0)
+    runner = web.AppRunner(make_app(view, hosts, snom), handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -146,10 +160,19 @@ async def panel(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition format 0.0.4."""
-    view = request.app[VIEW]
-    text = render_metrics(view.counters(), view.latency(), view.entities())
-    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE, **NO_CACHE})
+    """Prometheus text exposition format 0.0.4: the bridge's figures and the process's."""
+    snapshot = MetricsSnapshot.of(request.app[VIEW])  # on the loop: the view is not thread-safe
+    body = await asyncio.to_thread(render_metrics, snapshot)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, **NO_CACHE})
+
+
+async def snom_settings(request: web.Request) -> web.Response:
+    """A Snom phone's settings XML (its BLF and LED keys), read-only."""
+    answer = request.app[SNOM].answer(request.match_info["phone"], request.remote or "")
+    if answer.status != 200:
+        return web.Response(status=answer.status, body=answer.body, headers=NO_CACHE)
+    return web.Response(body=answer.body, content_type="application/xml", charset="utf-8",
+                        headers=NO_CACHE)  # fmt: skip
 
 
 async def healthz(request: web.Request) -> web.Response:

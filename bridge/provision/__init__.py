@@ -1,0 +1,1 @@
+"""Provisioning documents for phones: what a phone must be told to use the bridge."""
