@@ -71,7 +71,7 @@ async def running_bridge(server: RecordedAmiServer, *extra: str) -> AsyncIterato
         assert bridge.source is not None
         await asyncio.wait_for(bridge.source.synced.wait(), 5)
         # The pickup groups are read after the sync; a ring before that would show no ids.
-        await eventually(lambda: all(bridge.policy.knows(f"20{i}") for i in range(1, 7)))
+        await eventually(lambda: all(bridge.core.policy.knows(f"20{i}") for i in range(1, 7)))
         yield bridge
     finally:
         await bridge.stop()
@@ -279,7 +279,7 @@ RINGING_202 = event_matches(Event="Newstate", ChannelState="5")
 
 
 def ringing(bridge: Bridge, exten: str) -> bool:
-    return any(d.state == "early" for d in bridge.tracker.state(exten).dialogs)
+    return any(d.state == "early" for d in bridge.core.tracker.state(exten).dialogs)
 
 
 @pytest.mark.parametrize(
@@ -313,7 +313,7 @@ async def test_ami_lost_mid_call_and_restored(
             await server.play(scenario)
             result = await watcher.finish()
     assert collapsed([key_state(n) for n in check_notify_sequence(result)]) == expected
-    assert bridge.tracker.state("202").dialogs == ()
+    assert bridge.core.tracker.state("202").dialogs == ()
 
 
 def sip_request(lines: list[str], port: int, body: str = "") -> bytes:
@@ -412,7 +412,7 @@ async def test_a_ringing_key_stops_blinking_when_asterisk_stays_away(
             await server.play("ring-cancel", until=RINGING_202)
             await eventually(lambda: ringing(bridge, "202"))
             await server.close()
-            await eventually(lambda: bridge.tracker.state("202").dialogs == ())  # 0.5 s later
+            await eventually(lambda: bridge.core.tracker.state("202").dialogs == ())  # 0.5 s later
             # Asterisk back, the call still ringing there (only the bridge lost sight of it).
             await server.start()
             await eventually(source.synced.is_set)
@@ -499,7 +499,7 @@ async def running_over_ari(server: RecordedAriServer, *extra: str) -> AsyncItera
     try:
         assert bridge.source is not None
         await asyncio.wait_for(bridge.source.synced.wait(), 5)
-        await eventually(lambda: all(bridge.policy.knows(f"20{i}") for i in range(1, 7)))
+        await eventually(lambda: all(bridge.core.policy.knows(f"20{i}") for i in range(1, 7)))
         yield bridge
     finally:
         await bridge.stop()

@@ -121,8 +121,8 @@ def lit(bridge: Bridge, phone: str, light: str, contacts: int) -> Callable[[], b
     """The phone has ``contacts`` contacts and each has confirmed ``light`` on every key."""
 
     def check() -> bool:
-        assert bridge.leds is not None
-        known = bridge.leds.phones[phone].contacts.values()
+        assert bridge.core.leds is not None
+        known = bridge.core.leds.phones[phone].contacts.values()
         return len(known) == contacts and all(
             c.in_flight is None and c.confirmed and all(k.light == light for k in
                                                         c.confirmed.values())
@@ -154,8 +154,8 @@ async def play_the_sessions(
     await server.play("device-states", until=dnd("INUSE"))
     await eventually(lit(bridge, "204", "on", 1))
     await eventually(lit(bridge, "203", "on", 1))
-    assert bridge.leds is not None
-    assert list(bridge.leds.phones["203"].contacts) == [f"sip:203@127.0.0.1:{static_203}"]
+    assert bridge.core.leds is not None
+    assert list(bridge.core.leds.phones["203"].contacts) == [f"sip:203@127.0.0.1:{static_203}"]
     return before
 
 
