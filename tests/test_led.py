@@ -288,9 +288,10 @@ async def test_keys_follow_asterisk_and_a_reregistration_relights_them(tmp_path:
         server.emit(contact_status("203", f"sip:203@127.0.0.1:{phone.port}"))
         server.emit(contact_status("204", "sip:204@127.0.0.1:9"))  # nobody: must not hold 203 up
         async with led_bridge(server, tmp_path) as bridge:
-            assert bridge.core.leds is not None
-            await eventually(lambda: bool(bridge.core.leds and bridge.core.leds.phones["203"].contacts))
-            (first,) = bridge.core.leds.phones["203"].contacts.values()
+            leds = bridge.core.leds
+            assert leds is not None
+            await eventually(lambda: bool(leds.phones["203"].contacts))
+            (first,) = leds.phones["203"].contacts.values()
             confirmed = first.confirmed
             await eventually(lambda: len(confirmed) == 2)  # the first MESSAGE, both keys
             dnd = {"Event": "DeviceStateChange", "Privilege": "call,all",
