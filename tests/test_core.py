@@ -20,6 +20,7 @@ from lxml import etree
 from own_blf import ami_recording_end, lit, own_blf
 from own_blf import collapsed as own_collapsed
 from own_blf import key_state as own_key_state
+from sipp import parse_trace
 
 from bridge.asterisk import ami_events, ari_events
 from bridge.config import load
@@ -581,3 +582,28 @@ def test_a_status_view_reads_the_core_only() -> None:
     assert lb.core.events_total > 10
     assert lb.core.take_status_change() is True
     assert lb.core.take_status_change() is False
+
+
+def offered_to(trace: str) -> tuple[str, str, str]:
+    """(Call-ID, Asterisk's tag, the phone's tag) of the call Asterisk offered a traced phone,
+    read with the tests' own SIPp trace parser."""
+    messages = parse_trace((RECORDINGS / trace).read_bytes())
+    invite = next(m for m in messages if m.direction == "received" and m.method == "INVITE")
+    ringing = next(m for m in messages if m.direction == "sent" and m.status == 180)
+    from_tag = (invite.header("From") or "").rpartition(";tag=")[2]
+    to_tag = (ringing.header("To") or "").rpartition(";tag=")[2]
+    return invite.header("Call-ID") or "", from_tag, to_tag
+
+
+@pytest.mark.parametrize("source", ["ami", "ari"])
+def test_ring_while_busy_the_second_call_carries_its_own_pickup_ids(source: str) -> None:
+    # The ringing leg is the call 201 → 202 that 202's "in" trace shows arriving.
+    call_id, asterisk_tag, phone_tag = offered_to("ring-while-busy/sip-202-in.log")
+    both = [ds for n in watched("ring-while-busy", source).notifies("202")
+            if len(ds := dialogs(n)) == 2]  # fmt: skip
+    assert both, "never two dialogs at once"
+    for busy, ringing in both:
+        assert busy.get("call-id") is None  # a call in progress cannot be picked up
+        assert busy.get("id") != ringing.get("id")
+        assert (ringing.get("call-id"), ringing.get("remote-tag"), ringing.get("local-tag")) == (
+            call_id, asterisk_tag, phone_tag)  # fmt: skip
