@@ -219,7 +219,7 @@ class Bridge:
         """Every normalized Asterisk event, in order: into the core, then out to the phones."""
         started = time.perf_counter()
         changed = self.core.asterisk_event(event, asyncio.get_running_loop().time())
-        if self.sip is not None:
+        if self.sip is not None and self.core.wants_flush():
             self.sip.flush()
         if changed:
             self.status.histogram.observe(time.perf_counter() - started)

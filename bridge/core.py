@@ -94,6 +94,7 @@ class BridgeCore:
         self.asterisk_connected = False  # logged in, since the last ResyncStarted
         self.asterisk_synced = False  # the last resync finished and nothing was lost since
         self._status_changed = False
+        self._timer_moved = False  # the stale-ring deadline was set or cleared
 
     # ----------------------------------------------------------------- what a SIP side needs
 
@@ -161,6 +162,7 @@ class BridgeCore:
             self.leds.handle_timer(now)
         if self.stale_ring_at is not None and now >= self.stale_ring_at:
             self.stale_ring_at = None
+            self._timer_moved = True
             self._expire_rings(now)
 
     def reconfigure(self, config: Config, now: float, *, can_restart_source: bool = True
@@ -221,6 +223,14 @@ class BridgeCore:
             if other is not None and (when is None or other < when):
                 when = other
         return when
+
+    def wants_flush(self) -> bool:
+        """Whether something waits to be sent or ``next_timer()`` may have moved since the last
+        ``outgoing()`` (most Asterisk events change nothing: the glue skips its flush then)."""
+        moved, self._timer_moved = self._timer_moved, False
+        return moved or self.notifier.has_outgoing or (
+            self.leds is not None and self.leds.has_outgoing
+        )
 
     def take_status_change(self) -> bool:
         """Whether a key, a phone's contacts or the source's health changed since last asked."""
@@ -312,6 +322,7 @@ class BridgeCore:
             case ResyncFinished():
                 self.asterisk_synced = self.asterisk_connected = True
                 self._status_changed = True
+                self._timer_moved = self.stale_ring_at is not None
                 self.stale_ring_at = None
                 self.notifier.ready = True
                 # Watchers of extensions that lost their hint (or were resumed for one) are told.
@@ -337,6 +348,7 @@ class BridgeCore:
         )
         if timeout and self.stale_ring_at is None:
             self.stale_ring_at = now + timeout
+            self._timer_moved = True
 
     def _expire_rings(self, now: float) -> None:
         changed = self.tracker.expire_rings()

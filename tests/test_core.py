@@ -607,3 +607,22 @@ def test_ring_while_busy_the_second_call_carries_its_own_pickup_ids(source: str)
         assert busy.get("id") != ringing.get("id")
         assert (ringing.get("call-id"), ringing.get("remote-tag"), ringing.get("local-tag")) == (
             call_id, asterisk_tag, phone_tag)  # fmt: skip
+
+
+def test_the_glue_is_asked_to_flush_only_when_there_is_something_to_do() -> None:
+    resync, timed = over_ami("ring-cancel")
+    lb = lab("watch.stale_ring_timeout=20")
+    lb.feed(resync)
+    lb.subscribe("202")
+    asked = []
+    for _, event in timed:
+        lb.core.asterisk_event(event, lb.clock.now)
+        wants = lb.core.wants_flush()
+        sent = lb.drain()
+        asked.append(wants)
+        assert wants == bool(sent)  # no NOTIFY is left behind, no flush is for nothing
+    assert True in asked and asked.count(False) > asked.count(True)
+    lb.core.asterisk_event(SourceLost(), lb.clock.now)
+    assert lb.core.wants_flush()  # nothing to send, but the stale-ring deadline is new
+    assert lb.core.next_timer() == pytest.approx(20.0)
+    assert not lb.core.wants_flush()

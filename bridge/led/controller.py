@@ -234,6 +234,11 @@ class LedController:
         out, self._out = self._out, []
         return out
 
+    @property
+    def has_outgoing(self) -> bool:
+        """Whether ``outgoing()`` has anything."""
+        return bool(self._out)
+
     def next_timer(self) -> float | None:
         """When ``handle_timer()`` next has work."""
         return self._timers.next_deadline()

@@ -218,6 +218,11 @@ class Notifier:
         out, self._out = self._out, []
         return out
 
+    @property
+    def has_outgoing(self) -> bool:
+        """Whether outgoing() has anything."""
+        return bool(self._out)
+
     def next_timer(self) -> float | None:
         """When handle_timer() next has work, or None."""
         timer, answers = self._timers.next_deadline(), self._answers.next_deadline()
