@@ -26,7 +26,7 @@ class BridgeStatus:
     asked. The glue fills in the latencies and fires ``change``."""
 
     def __init__(self, core: BridgeCore, clock: Callable[[], float]) -> None:
-        self.core = core  # replaced on a restart of the app (not on a reload)
+        self.core = core
         self._clock = clock
         self.change = ChangeSignal()
         self.histogram = Histogram()  # event → NOTIFY, seconds

@@ -153,7 +153,8 @@ class SipService:
             user_agent=lambda: self.notifier.settings.user_agent,
             tls_client=tls_client,
         )
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at: float | None = None  # when self._timer is due
         self._routes: OrderedDict[str, str] = OrderedDict()  # phone host → our address to it
 
     @property
@@ -268,11 +269,14 @@ class SipService:
             else:
                 self.streams.send(data, peer)
         when = self.notifier.next_timer()
-        if self._timer is not None and self._timer.when() != when:
+        # The time is kept here: uvloop hands back a plain Handle, without when(), for a
+        # deadline less than a millisecond away.
+        if self._timer is not None and self._timer_at != when:
             self._timer.cancel()
             self._timer = None
         if when is not None and self._timer is None:
             self._timer = self._loop.call_at(when, self._on_timer, when)
+            self._timer_at = when
 
     def _on_timer(self, when: float) -> None:
         self._timer = None
