@@ -50,7 +50,7 @@ class _Transaction(ClientTransaction):
 
     def __init__(self, branch: str, data: bytes, now: float, *, to: Address,
                  keys: dict[int, KeyLight], t1: float, t2: float) -> None:  # fmt: skip
-        super().__init__(branch, data, now, t1=t1, t2=t2)  # always UDP
+        super().__init__(branch, data, now, t1, t2, False, 64 * t1)  # always over UDP
         self.to = to
         self.keys = keys
 

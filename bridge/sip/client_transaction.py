@@ -19,22 +19,23 @@ class ClientTransaction:
 
     __slots__ = ("branch", "data", "due_at", "interval", "proceeding", "t2", "timeout_at")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 (positional on purpose: see the docstring)
         self,
         branch: str,
         data: bytes,
         now: float,
-        *,
-        t1: float = T1,
-        t2: float = T2,
-        reliable: bool = False,
-        timeout: float | None = None,
+        t1: float,
+        t2: float,
+        reliable: bool,
+        timeout: float,
     ) -> None:
+        """Sent at ``now``; ``timeout``: Timer F's length, 64*T1 (``T1`` here) unless the owner
+        wants it sooner (an address that never answered). Positional: built once per NOTIFY of
+        every fan-out, where keyword passing costs."""
         self.branch = branch
         self.data = data  # retransmissions resend exactly these bytes
         self.t2 = t2
-        # Timer F: 64*T1 unless the owner wants it sooner (an address that never answered).
-        self.timeout_at = now + (64 * t1 if timeout is None else timeout)
+        self.timeout_at = now + timeout
         self.interval = 0.0 if reliable else t1  # Timer E; streams never retransmit
         self.due_at = now + self.interval if self.interval else self.timeout_at
         self.proceeding = False

@@ -626,8 +626,7 @@ class Notifier:
         timeout = 64 * t1
         if peer.transport == "udp" and (peer.host, peer.port) not in self._verified:
             timeout = UNVERIFIED_TIMEOUT_T1 * t1
-        tx = NotifyTransaction(branch, sub, data, peer, now, t1=t1, t2=self.settings.t2,
-                               timeout=timeout, final=final)  # fmt: skip
+        tx = NotifyTransaction(branch, sub, data, peer, now, t1, self.settings.t2, timeout, final)
         sub.in_flight = tx
         self._client_tx[branch] = tx
         self._timers.schedule(tx, tx.due_at)
