@@ -23,7 +23,7 @@ from bridge.asterisk.ami import AmiSource
 from bridge.asterisk.ari import AriSource
 from bridge.config import Config, ConfigError
 from bridge.core import BridgeCore
-from bridge.events import AsteriskEvent, SourceLost
+from bridge.events import AsteriskEvent
 from bridge.service import SystemdNotifier, keep_watchdog
 from bridge.sip.notifier import Notifier
 from bridge.sip.transport import SipService, start_sip
@@ -207,7 +207,7 @@ class Bridge:
             self.sip.stream_limits = settings.stream_limits(config)
         if done.restart_source:
             await self._stop_source()
-            self._on_event(SourceLost())
+            self.core.source_restarting(loop.time())
             self._start_source()
         elif self.source is not None:
             self.source.refresh_groups()  # "refreshed on reload": Asterisk may have changed

@@ -165,6 +165,13 @@ class BridgeCore:
             self._timer_moved = True
             self._expire_rings(now)
 
+    def source_restarting(self, now: float) -> None:
+        """The glue follows Asterisk anew after a reload: nothing is known until the resync,
+        but Asterisk was not lost (no warning, no stale-ring deadline; keys keep their state)."""
+        self.tracker.apply(SourceLost(), now)
+        self.asterisk_connected = self.asterisk_synced = False
+        self._status_changed = True
+
     def reconfigure(self, config: Config, now: float, *, can_restart_source: bool = True
                     ) -> Reconfigured:  # fmt: skip
         """Take over a new configuration without dropping a subscription. Settings that need

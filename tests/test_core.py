@@ -24,7 +24,7 @@ from sipp import parse_trace
 
 from bridge.asterisk import ami_events, ari_events
 from bridge.config import load
-from bridge.core import BridgeCore
+from bridge.core import BridgeCore, Reconfigured
 from bridge.demo.ami_server import load_endpoints, load_scenario
 from bridge.events import (
     AsteriskEvent,
@@ -626,3 +626,63 @@ def test_the_glue_is_asked_to_flush_only_when_there_is_something_to_do() -> None
     assert lb.core.wants_flush()  # nothing to send, but the stale-ring deadline is new
     assert lb.core.next_timer() == pytest.approx(20.0)
     assert not lb.core.wants_flush()
+
+
+# --- a new configuration -------------------------------------------------------------------------
+
+
+def ringing_202(*extra: str) -> Lab:
+    resync, timed = over_ami("pickup-replaces")
+    lb = lab(*extra)
+    lb.feed(resync)
+    lb.subscribe("202")
+    ring_at = next(i for i, (_, e) in enumerate(timed) if isinstance(e, LegIds))
+    lb.play(timed[: ring_at + 2], start=lb.clock.ms)
+    (early,) = dialogs(lb.notifies("202")[-1])
+    assert early.get("call-id")  # group 1 picks up group 1
+    return lb
+
+
+def reload(lb: Lab, *extra: str) -> Reconfigured:
+    config = load(None, [f"sip.domain={DOMAIN}", 'sip.udp=["127.0.0.1:5090"]', "store.path=",
+                         "web.listen=", "security.requests_per_second=0", *extra])  # fmt: skip
+    done = lb.core.reconfigure(config, lb.clock.now)
+    lb.drain()
+    return done
+
+
+def test_a_reload_of_the_pickup_policy_tells_the_watchers_of_ringing_keys_at_once() -> None:
+    lb = ringing_202()
+    done = reload(lb, "security.pickup=nobody")
+    assert done.changed == {"security.pickup"} and not done.restart_source
+    (early,) = dialogs(lb.notifies("202")[-1])
+    assert early.findtext("d:state", namespaces=NS) == "early" and early.get("call-id") is None
+
+
+def test_a_reload_keeps_what_needs_a_restart_and_restarts_the_source_for_a_new_tracker() -> None:
+    lb = ringing_202()
+    tracker = lb.core.tracker
+    done = reload(lb, 'sip.udp=["127.0.0.1:5999"]', "watch.outgoing_blinks=true")
+    assert done.kept == ("sip.udp",) and done.restart_source
+    assert [a.port for a in done.config.sip.udp] == [5090]
+    assert lb.core.tracker is not tracker and lb.core.documents.tracker is lb.core.tracker
+    assert reload(lb, 'sip.udp=["127.0.0.1:5999"]', "watch.outgoing_blinks=true").changed == {
+        "sip.udp"}  # fmt: skip
+
+
+def test_turning_digest_on_ends_the_subscriptions_made_without_it(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text('203 = "secret"\n')
+    lb = ringing_202()
+    reload(lb, "security.auth=digest", f"security.users_file={users}")
+    assert lb.sent[-1][2].headers["subscription-state"] == "terminated;reason=deactivated"
+    assert lb.core.notifier.stats().subscriptions == 0
+
+
+def test_a_source_restart_on_reload_forgets_asterisk_without_calling_it_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    lb = ringing_202("watch.stale_ring_timeout=20")
+    lb.core.source_restarting(lb.clock.now)
+    assert not lb.core.asterisk_synced and lb.core.stale_ring_at is None
+    assert "unreachable" not in caplog.text
