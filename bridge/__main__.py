@@ -14,6 +14,7 @@ import aiohttp
 from bridge import __version__
 from bridge.app import run_until_signalled
 from bridge.config import Config, ConfigError, load
+from bridge.demo_pbx import DemoPbx
 from bridge.event_loop import EventLoopUnavailable, choose_event_loop
 from bridge.led.buttons import LIGHTS
 from bridge.led.cli import light_key
@@ -186,11 +187,18 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
     log.info("event loop: %s", loop_name)
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run_until_signalled(config, force_demo=demo, reload=reload))
+            runner.run(run_until_signalled(config, pbx=_demo_pbx(config, demo), reload=reload))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0
+
+
+def _demo_pbx(config: Config, forced: bool) -> DemoPbx | None:
+    """The demo PBX when asked for (--demo, demo.enabled) or when no Asterisk is configured."""
+    if forced or config.demo or not config.asterisk_configured:
+        return DemoPbx()
+    return None
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from bridge.config_schema import (
     settings_table,
 )
 from bridge.config_tables import LED_KEYS, read_hints, read_leds
-from bridge.event_loop import EVENT_LOOPS
 from bridge.led.rules import LedRule
 from bridge.pickup import MODES as PICKUP_MODES
 from bridge.provision.options import SnomOptions
@@ -50,6 +49,9 @@ __all__ = [
     "load",
 ]  # fmt: skip
 
+# runtime.event_loop (bridge/event_loop.py starts them; named here so reading a
+# configuration never imports asyncio)
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 DEFAULT_LISTEN = (ListenAddress("0.0.0.0", 5065),)
 _NOT_IN_A_NAME = ' <>"@;:'  # characters no extension or AOR name may hold in a SIP URI
 

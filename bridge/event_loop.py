@@ -11,9 +11,8 @@ import asyncio
 import importlib
 from collections.abc import Callable
 
-__all__ = ["EVENT_LOOPS", "EventLoopUnavailable", "LoopFactory", "choose_event_loop"]
+__all__ = ["EventLoopUnavailable", "LoopFactory", "choose_event_loop"]
 
-EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 

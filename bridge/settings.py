@@ -15,10 +15,9 @@ from bridge.config import SETTINGS, Config, ConfigError, ListenAddress
 from bridge.config_schema import Declared
 from bridge.dialoginfo import RenderSettings
 from bridge.pickup import PickupPolicy
-from bridge.sip.access import AccessLimits
+from bridge.sip.access import AccessLimits, StreamLimits
 from bridge.sip.digest import DigestAuthenticator
 from bridge.sip.notifier import NotifierSettings
-from bridge.sip.transport import StreamLimits
 from bridge.tracker import TrackerSettings
 
 _BY_NAME: dict[str, Declared] = {item.name: item for item in SETTINGS}

@@ -1,11 +1,12 @@
-"""What the running bridge shows of itself (the web panel, /metrics, /api): the StatusView."""
+"""What the running bridge shows of itself (the web panel, /metrics, /api): the StatusView of
+the core. It reads the core only (never the app), so the web side needs nothing else."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
+from bridge.core import BridgeCore
 from bridge.led.controller import Phone
 from bridge.sip.headers import ParseError, parse_name_addr
 from bridge.web.status import (
@@ -19,30 +20,27 @@ from bridge.web.status import (
     entity_status,
 )
 
-if TYPE_CHECKING:
-    from bridge.app import Bridge
-
 
 class BridgeStatus:
-    """The StatusView of one Bridge: reads its tracker, notifier and source when asked."""
+    """The StatusView of one BridgeCore: reads its tracker, notifier and LED controller when
+    asked. The glue fills in the latencies and fires ``change``."""
 
-    def __init__(self, bridge: Bridge, clock: Callable[[], float]) -> None:
-        self._bridge = bridge
+    def __init__(self, core: BridgeCore, clock: Callable[[], float]) -> None:
+        self.core = core
         self._clock = clock
         self.change = ChangeSignal()
         self.histogram = Histogram()  # event → NOTIFY, seconds
-        self.events_total = 0
 
     def entities(self) -> Sequence[EntityStatus]:
         """Every watchable extension, in order."""
-        b = self._bridge
-        show = b.config.security.show_caller
-        return [entity_status(b.tracker.state(x), show_caller=show)
-                for x in sorted(b.tracker.extensions())]  # fmt: skip
+        core = self.core
+        show = core.config.security.show_caller
+        return [entity_status(core.tracker.state(x), show_caller=show)
+                for x in sorted(core.tracker.extensions())]  # fmt: skip
 
     def subscriptions(self) -> Sequence[SubscriptionStatus]:
         """Every active subscription."""
-        notifier, now = self._bridge.notifier, self._clock()
+        notifier, now = self.core.notifier, self._clock()
         out = []
         for resource in sorted(notifier.resources()):
             for w in notifier.watchers(resource):
@@ -52,15 +50,14 @@ class BridgeStatus:
 
     def counters(self) -> Counters:
         """Totals and the source's health."""
-        b = self._bridge
-        source = b.source
+        core = self.core
         return Counters(
-            subscriptions=b.notifier.stats().subscriptions,
-            notifies_sent=b.notifier.notifies_sent,
-            notifies_failed=b.notifier.notifies_failed,
-            ami_connected=source is not None and source.connected,
-            synced=source is not None and source.synced.is_set(),
-            events_total=self.events_total,
+            subscriptions=core.notifier.stats().subscriptions,
+            notifies_sent=core.notifier.notifies_sent,
+            notifies_failed=core.notifier.notifies_failed,
+            ami_connected=core.asterisk_connected,
+            synced=core.asterisk_synced,
+            events_total=core.events_total,
         )
 
     def latency(self) -> HistogramSnapshot:
@@ -69,7 +66,7 @@ class BridgeStatus:
 
     def led_phones(self) -> Sequence[LedPhoneStatus]:
         """Every phone of an LED rule: reachable or not, and how each contact is doing."""
-        leds = self._bridge.leds
+        leds = self.core.leds
         if leds is None:
             return []
         return [_led_phone(phone) for _, phone in sorted(leds.phones.items())]

@@ -288,9 +288,10 @@ async def test_keys_follow_asterisk_and_a_reregistration_relights_them(tmp_path:
         server.emit(contact_status("203", f"sip:203@127.0.0.1:{phone.port}"))
         server.emit(contact_status("204", "sip:204@127.0.0.1:9"))  # nobody: must not hold 203 up
         async with led_bridge(server, tmp_path) as bridge:
-            assert bridge.leds is not None
-            await eventually(lambda: bool(bridge.leds and bridge.leds.phones["203"].contacts))
-            (first,) = bridge.leds.phones["203"].contacts.values()
+            leds = bridge.core.leds
+            assert leds is not None
+            await eventually(lambda: bool(leds.phones["203"].contacts))
+            (first,) = leds.phones["203"].contacts.values()
             confirmed = first.confirmed
             await eventually(lambda: len(confirmed) == 2)  # the first MESSAGE, both keys
             dnd = {"Event": "DeviceStateChange", "Privilege": "call,all",
@@ -301,12 +302,12 @@ async def test_keys_follow_asterisk_and_a_reregistration_relights_them(tmp_path:
             await eventually(lambda: confirmed[3].light == "pickup")
             moved = f"sip:203@127.0.0.1:{phone.port};ob"
             server.emit(contact_status("203", moved, "Reachable"))
-            at_203 = bridge.leds.phones["203"].contacts
+            at_203 = bridge.core.leds.phones["203"].contacts
             await eventually(lambda: moved in at_203 and at_203[moved].in_flight is None)
             result = await phone.finish()
             # 204 never answers: its MESSAGE is still being retransmitted (the unit test above
             # follows it into the growing back-off) while 203 got every change at once.
-            (at_204,) = bridge.leds.phones["204"].contacts.values()
+            (at_204,) = bridge.core.leds.phones["204"].contacts.values()
             assert at_204.in_flight is not None
     got = bodies(result.messages)
     assert got == [

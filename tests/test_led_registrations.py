@@ -121,8 +121,8 @@ def lit(bridge: Bridge, phone: str, light: str, contacts: int) -> Callable[[], b
     """The phone has ``contacts`` contacts and each has confirmed ``light`` on every key."""
 
     def check() -> bool:
-        assert bridge.leds is not None
-        known = bridge.leds.phones[phone].contacts.values()
+        assert bridge.core.leds is not None
+        known = bridge.core.leds.phones[phone].contacts.values()
         return len(known) == contacts and all(
             c.in_flight is None and c.confirmed and all(k.light == light for k in
                                                         c.confirmed.values())
@@ -154,8 +154,8 @@ async def play_the_sessions(
     await server.play("device-states", until=dnd("INUSE"))
     await eventually(lit(bridge, "204", "on", 1))
     await eventually(lit(bridge, "203", "on", 1))
-    assert bridge.leds is not None
-    assert list(bridge.leds.phones["203"].contacts) == [f"sip:203@127.0.0.1:{static_203}"]
+    assert bridge.core.leds is not None
+    assert list(bridge.core.leds.phones["203"].contacts) == [f"sip:203@127.0.0.1:{static_203}"]
     return before
 
 
@@ -165,7 +165,7 @@ async def test_lights_reach_every_registered_contact_over_ami(
     async with AsyncExitStack() as stack:
         server = await stack.enter_async_context(RecordedAmiServer(RECORDINGS, speed=0))
         registered_203, static_203, phone_204 = [
-            await stack.enter_async_context(SippPhone(idle_ms=3000)) for _ in range(3)
+            await stack.enter_async_context(SippPhone(idle_ms=1500)) for _ in range(3)
         ]
         # 203's recorded contact is on 5083 (its REGISTER came from 51418: not where Asterisk,
         # nor the bridge, sends), 204's on 5084; 203 also has a static contact= here.
@@ -205,7 +205,7 @@ async def test_lights_reach_every_registered_contact_over_ari(
     async with AsyncExitStack() as stack:
         server = await stack.enter_async_context(RecordedAriServer(RECORDINGS, speed=0))
         registered_203, static_203, phone_204 = [
-            await stack.enter_async_context(SippPhone(idle_ms=3000)) for _ in range(3)
+            await stack.enter_async_context(SippPhone(idle_ms=1500)) for _ in range(3)
         ]
         move_phones(server, {"5083": registered_203.port, "5084": phone_204.port})
         server.static_contacts = {"203": [f"sip:203@127.0.0.1:{static_203.port}"]}

@@ -26,8 +26,7 @@ from test_app import eventually
 from test_sip_transport import Bridge, _bridge
 
 from bridge.event_loop import choose_event_loop
-from bridge.sip.access import AccessLimits, SourceGate
-from bridge.sip.transport import StreamLimits
+from bridge.sip.access import AccessLimits, SourceGate, StreamLimits
 
 LOOPS = ["uvloop", "asyncio"]
 SLACK = 0.01  # uvloop keeps time in whole milliseconds

@@ -256,3 +256,45 @@ async def _read(reader: asyncio.StreamReader, count: int) -> list[Request | Resp
         while len(messages) < count:
             messages += framer.feed(await reader.read(4096))
     return messages
+
+
+class _DueAt(Notifier):
+    """A notifier whose next deadline the test sets (``due``): the glue's timer is what is
+    tested here."""
+
+    due: float | None = None
+    fired = 0
+
+    def next_timer(self) -> float | None:
+        return self.due
+
+    def handle_timer(self, now: float) -> None:
+        self.fired += 1
+        self.due = None
+        super().handle_timer(now)
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_deadline_due_at_once_is_rearmed_and_run_on_each_loop(loop: str) -> None:
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        factory = pytest.importorskip("uvloop").new_event_loop
+
+    async def main() -> int:
+        notifier = _DueAt(Source())
+        service = await start_sip(notifier, [("127.0.0.1", 0)], [])
+        try:
+            clock = asyncio.get_running_loop().time
+            notifier.due = clock()  # uvloop answers call_at() with a bare Handle for this
+            service.flush()
+            notifier.due = clock() + 60  # moved: the old timer must go, whatever it is
+            service.flush()
+            notifier.due = clock()
+            service.flush()
+            await asyncio.sleep(0.05)
+            return notifier.fired
+        finally:
+            await service.close()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        assert runner.run(main()) == 1

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from bridge.led.buttons import CONTENT_TYPE, KeyLight, body
 from bridge.led.rules import HINT_STATES, LedRule
+from bridge.sip.client_transaction import ClientTransaction
 from bridge.sip.headers import ParseError, parse_uri
 from bridge.sip.message import Response
 from bridge.sip.timers import NO_TIMER, TimerQueue
@@ -42,14 +43,16 @@ Address = tuple[str, int]
 _ASTERISK_PARAMS = re.compile(r";x-ast-[^;?>]*", re.IGNORECASE)
 
 
-@dataclass(eq=False, slots=True)
-class _Transaction:
-    branch: str
-    data: bytes
-    to: Address
-    keys: dict[int, KeyLight]
-    deadline: float
-    interval: float
+class _Transaction(ClientTransaction):
+    """A MESSAGE in flight: the client transaction plus the lights it carries."""
+
+    __slots__ = ("keys", "to")
+
+    def __init__(self, branch: str, data: bytes, now: float, *, to: Address,
+                 keys: dict[int, KeyLight], t1: float, t2: float) -> None:  # fmt: skip
+        super().__init__(branch, data, now, t1, t2, False, 64 * t1)  # always over UDP
+        self.to = to
+        self.keys = keys
 
 
 @dataclass(eq=False, slots=True)
@@ -212,6 +215,7 @@ class LedController:
         if contact is None or contact.in_flight is None or contact.in_flight.branch != branch:
             return branch.startswith(self._branch_prefix)  # ours, but already finished
         if response.status < 200:
+            contact.in_flight.provisional()
             return True
         tx = contact.in_flight
         self._abandon(contact)
@@ -230,6 +234,11 @@ class LedController:
         out, self._out = self._out, []
         return out
 
+    @property
+    def has_outgoing(self) -> bool:
+        """Whether ``outgoing()`` has anything."""
+        return bool(self._out)
+
     def next_timer(self) -> float | None:
         """When ``handle_timer()`` next has work."""
         return self._timers.next_deadline()
@@ -240,14 +249,13 @@ class LedController:
             tx = contact.in_flight
             if tx is None:
                 self._pump(contact, now)  # a retry is due
-            elif now >= tx.deadline:
+            elif tx.fire(now):
                 self._abandon(contact)
                 self._failed(contact, now, "did not answer")
                 self._pump(contact, now)
             else:
                 self._out.append((tx.data, tx.to))
-                tx.interval = min(2 * tx.interval, self._t2)
-                self._timers.schedule(contact, min(now + tx.interval, tx.deadline))
+                self._timers.schedule(contact, tx.due_at)
 
     # ----------------------------------------------------------------- internals
 
@@ -287,11 +295,12 @@ class LedController:
         contact.phone.cseq += 1
         branch = f"{self._branch_prefix}{next(self._branches):x}"
         data = self._message(contact, branch, pending.values())
-        tx = _Transaction(branch, data, contact.address, pending, now + 64 * self._t1, self._t1)
+        tx = _Transaction(branch, data, now, to=contact.address, keys=pending, t1=self._t1,
+                          t2=self._t2)  # fmt: skip
         contact.in_flight = tx
         self._by_branch[branch] = contact
         self._out.append((data, tx.to))
-        self._timers.schedule(contact, now + tx.interval)
+        self._timers.schedule(contact, tx.due_at)
 
     def _abandon(self, contact: Contact) -> None:
         if contact.in_flight is not None:

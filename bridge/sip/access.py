@@ -151,3 +151,15 @@ class SourceGate:
     def busy(self) -> Admission:
         """503 with the configured Retry-After."""
         return Admission(503, (("Retry-After", str(self.limits.retry_after)),))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """Limits on SIP over TCP and TLS (``sip.max_connections`` ...); 0 turns one off."""
+
+    max_connections: int = 4096  # open connections in all, accepted and dialed
+    max_connections_per_source: int = 32
+    idle_timeout: float = 3700.0  # seconds without a byte between two messages
+    # Seconds a message may take to arrive whole from its first byte; also the time a new
+    # connection has for its TLS handshake and its first whole message.
+    header_timeout: float = 10.0

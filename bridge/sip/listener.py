@@ -15,7 +15,8 @@ import resource
 import socket
 import ssl
 
-from bridge.sip.streams import StreamConnections, StreamLimits
+from bridge.sip.access import StreamLimits
+from bridge.sip.streams import StreamConnections
 from bridge.sip.subscription import Transport
 
 __all__ = ["OTHER_DESCRIPTORS", "StreamListener", "descriptors_short", "listen_stream"]

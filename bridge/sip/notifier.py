@@ -151,8 +151,6 @@ class Notifier:
         self._changed: dict[DialogKey, Subscription] = {}
         self._removed: set[DialogKey] = set()
         self.ready = True  # False: the document source cannot tell yet which resources exist
-        # Responses to requests of others on the same sockets (True: it was theirs).
-        self.other_responses: Callable[[Response, float], bool] | None = None
         self.notifies_sent = 0  # NOTIFY transactions started (retransmissions not counted)
         self.notifies_failed = 0  # ended by a failure response or a timeout
         self._per_source: dict[str, int] = {}  # active subscriptions per source address
@@ -220,7 +218,10 @@ class Notifier:
         out, self._out = self._out, []
         return out
 
-    datagrams_to_send = outgoing
+    @property
+    def has_outgoing(self) -> bool:
+        """Whether outgoing() has anything."""
+        return bool(self._out)
 
     def next_timer(self) -> float | None:
         """When handle_timer() next has work, or None."""
@@ -621,15 +622,14 @@ class Notifier:
         if once:
             self._out.append((data, sub.peer))
             return
-        t1 = self.settings.t1
-        interval = t1 if sub.peer.transport == "udp" else 0.0  # streams do not retransmit
+        t1, peer = self.settings.t1, sub.peer
         timeout = 64 * t1
-        if interval and (sub.peer.host, sub.peer.port) not in self._verified:
+        if peer.transport == "udp" and (peer.host, peer.port) not in self._verified:
             timeout = UNVERIFIED_TIMEOUT_T1 * t1
-        tx = NotifyTransaction(branch, sub, data, sub.peer, now + timeout, interval, final)
+        tx = NotifyTransaction(branch, sub, data, peer, now, t1, self.settings.t2, timeout, final)
         sub.in_flight = tx
         self._client_tx[branch] = tx
-        self._timers.schedule(tx, now + interval if interval else tx.timeout_at)
+        self._timers.schedule(tx, tx.due_at)
         self._out.append((data, tx.peer))
 
     def _terminate(self, sub: Subscription, now: float, reason: str, notify: bool = True) -> None:
@@ -667,29 +667,21 @@ class Notifier:
             self._log(now, logging.INFO, ("unreadable", peer.host),
                       "dropped response from %s: %s", peer, exc.reason)  # fmt: skip
             return
-        if method != "NOTIFY":
-            # Not ours (the LED sender's MESSAGEs share the socket): hand it on.
-            if self.other_responses is None or not self.other_responses(resp, now):
-                logger.debug("stray %d response from %s", resp.status, peer)
-            return
-        tx = self._client_tx.get(branch or "")
+        tx = self._client_tx.get(branch or "") if method == "NOTIFY" else None
         if tx is None:
             logger.debug("stray %d response from %s", resp.status, peer)
             return
         if resp.status < 200:
-            tx.proceeding = True
+            tx.provisional()
             return
         self._finish(tx, now, resp.status)
 
     def _on_transaction_timer(self, tx: NotifyTransaction, now: float) -> None:
-        if now >= tx.timeout_at:
+        if tx.fire(now):
             self._finish(tx, now, None)
             return
         self._out.append((tx.data, tx.peer))
-        # Timer E doubles up to T2; once a 1xx came, it stays at T2 (RFC 3261 §17.1.2.2).
-        t2 = self.settings.t2
-        tx.interval = t2 if tx.proceeding else min(2 * tx.interval, t2)
-        self._timers.schedule(tx, min(now + tx.interval, tx.timeout_at))
+        self._timers.schedule(tx, tx.due_at)
 
     def _finish(self, tx: NotifyTransaction, now: float, status: int | None) -> None:
         """A NOTIFY transaction ended: with a final status, or timed out (None)."""

@@ -18,7 +18,6 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from bridge.sip.headers import ParseError, parse_name_addr
@@ -35,27 +34,15 @@ from bridge.sip.message import (
 from bridge.sip.subscription import Peer, Transport
 
 if TYPE_CHECKING:
-    from bridge.sip.access import SourceGate
+    from bridge.sip.access import SourceGate, StreamLimits
 
-__all__ = ["StreamConnections", "StreamLimits", "StreamTransport"]
+__all__ = ["StreamConnections", "StreamTransport"]
 
 logger = logging.getLogger("bridge.sip")
 # A peer that reads nothing while this much waits for it is cut off: answers and NOTIFYs to a
 # connection nobody reads must not pile up in memory.
 WRITE_BACKLOG = 4 << 20
 DIAL_QUEUE = 256  # messages kept for a connection being opened; more are dropped
-
-
-@dataclass(frozen=True, slots=True)
-class StreamLimits:
-    """Limits on SIP over TCP and TLS (``sip.max_connections`` ...); 0 turns one off."""
-
-    max_connections: int = 4096  # open connections in all, accepted and dialed
-    max_connections_per_source: int = 32
-    idle_timeout: float = 3700.0  # seconds without a byte between two messages
-    # Seconds a message may take to arrive whole from its first byte; also the time a new
-    # connection has for its TLS handshake and its first whole message.
-    header_timeout: float = 10.0
 
 
 class StreamTransport(Protocol):

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bridge.sip.client_transaction import ClientTransaction
 from bridge.sip.headers import ParseError, parse_name_addr
 from bridge.sip.timers import NO_TIMER
 
@@ -272,16 +273,28 @@ class Subscription:
         )
 
 
-@dataclass(eq=False, slots=True)
-class NotifyTransaction:
-    """A NOTIFY client transaction (non-INVITE, RFC 3261 §17.1.2)."""
+class NotifyTransaction(ClientTransaction):
+    """A NOTIFY in flight: the client transaction plus the subscription it belongs to."""
 
-    branch: str
-    subscription: Subscription
-    data: bytes  # retransmissions resend exactly these bytes
-    peer: Peer
-    timeout_at: float  # Timer F: 64*T1 after the first send
-    interval: float  # current retransmission interval (Timer E); 0 on reliable transports
-    final: bool  # carries Subscription-State: terminated
-    proceeding: bool = False  # got a 1xx: retransmit every T2 from now on
-    timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue
+    __slots__ = ("final", "peer", "subscription", "timer_seq")
+
+    def __init__(  # noqa: PLR0917 (one per watcher of a fan-out: positional is cheaper)
+        self,
+        branch: str,
+        subscription: Subscription,
+        data: bytes,
+        peer: Peer,
+        now: float,
+        t1: float,
+        t2: float,
+        timeout: float,
+        final: bool,
+    ) -> None:
+        # The base's __init__ by name, positionally: one of these is built per watcher of a
+        # fan-out, and super() with keywords costs twice as much.
+        reliable = peer.transport != "udp"
+        ClientTransaction.__init__(self, branch, data, now, t1, t2, reliable, timeout)
+        self.subscription = subscription
+        self.peer = peer
+        self.final = final  # carries Subscription-State: terminated
+        self.timer_seq = NO_TIMER  # see TimerQueue

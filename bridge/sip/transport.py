@@ -16,15 +16,15 @@ import socket
 import ssl
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
+from bridge.sip.access import SourceGate, StreamLimits
 from bridge.sip.listener import StreamListener, descriptors_short, listen_stream
 from bridge.sip.message import Request, Response
-from bridge.sip.notifier import Notifier
-from bridge.sip.streams import StreamConnections, StreamLimits
-from bridge.sip.subscription import Peer
+from bridge.sip.streams import StreamConnections
+from bridge.sip.subscription import NotifierSettings, Peer
 
-__all__ = ["SipService", "StreamLimits", "phone_tls_context", "start_sip"]
+__all__ = ["SipCore", "SipService", "StreamLimits", "phone_tls_context", "start_sip"]
 
 logger = logging.getLogger("bridge.sip")
 _UDP_MAX = 65507  # largest UDP payload over IPv4
@@ -83,12 +83,55 @@ def local_address_towards(host: str) -> str | None:
         return None
 
 
+class SipCore(Protocol):
+    """The sans-I/O side the listeners feed: the bridge's core, or a bare Notifier."""
+
+    @property
+    def gate(self) -> SourceGate:
+        """Who may talk to us, and the SIP side's one log limiter."""
+        ...
+
+    @property
+    def settings(self) -> NotifierSettings:
+        """Protocol settings (the User-Agent of what the streams answer themselves)."""
+        ...
+
+    def receive(self, message: Request | Response | bytes, peer: Peer, now: float) -> None:
+        """A datagram or a framed message from a peer."""
+        ...
+
+    def resource_changed(self, resource: str, now: float) -> None:
+        """The state of a watched resource changed."""
+        ...
+
+    def outgoing(self) -> list[tuple[bytes, Peer]]:
+        """Take what is to be sent."""
+        ...
+
+    def next_timer(self) -> float | None:
+        """When handle_timer() next has work."""
+        ...
+
+    def handle_timer(self, now: float) -> None:
+        """Run what is due."""
+        ...
+
+    def contact(self, transport: str) -> tuple[str, int]:
+        """Contact/Via address of a transport."""
+        ...
+
+    def set_contact(self, transport: str, host: str, port: int) -> None:
+        """Set it once the port is bound."""
+        ...
+
+
 class SipService:
-    """Running SIP listeners feeding one Notifier; create it with start_sip()."""
+    """Running SIP listeners feeding one sans-I/O core, and the one loop timer it needs (re-armed
+    from its next_timer() after every input); create it with start_sip()."""
 
     def __init__(
         self,
-        notifier: Notifier,
+        notifier: SipCore,
         max_datagram: int,
         max_message: int,
         limits: StreamLimits | None = None,
@@ -110,7 +153,8 @@ class SipService:
             user_agent=lambda: self.notifier.settings.user_agent,
             tls_client=tls_client,
         )
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at: float | None = None  # when self._timer is due
         self._routes: OrderedDict[str, str] = OrderedDict()  # phone host → our address to it
 
     @property
@@ -140,6 +184,11 @@ class SipService:
     def resource_changed(self, resource: str) -> None:
         """Tell the watchers of resource about its new state."""
         self.notifier.resource_changed(resource, self._loop.time())
+        self._flush()
+
+    def flush(self) -> None:
+        """Send what the core wants sent after it was fed from elsewhere (Asterisk, a reload);
+        re-arm the timer."""
         self._flush()
 
     def received(self, message: bytes | Request | Response, peer: Peer) -> None:
@@ -175,11 +224,6 @@ class SipService:
         for server in self.tcp + self.tls:
             await server.wait_closed()
 
-    def send_datagram(self, data: bytes, address: tuple[str, int]) -> None:
-        """Send a request of another core (the LED sender) from the first UDP socket."""
-        if self.udp:
-            self.udp[0].sendto(data, address)
-
     def local_towards(self, remote_host: str) -> tuple[str, int]:
         """Our address on the first UDP socket as seen from ``remote_host`` (for a Via)."""
         host, port = self.udp[0].get_extra_info("sockname")[:2]
@@ -209,6 +253,8 @@ class SipService:
         return 0
 
     def _send_udp(self, data: bytes, peer: Peer) -> None:
+        if not self.udp:
+            return  # an LED MESSAGE while the bridge listens on TCP/TLS only
         index = self._udp_socket_for(peer)
         transport, address = self.udp[index], (peer.host, peer.port)
         if _backlog(transport) or transport.is_closing():
@@ -229,11 +275,14 @@ class SipService:
             else:
                 self.streams.send(data, peer)
         when = self.notifier.next_timer()
-        if self._timer is not None and self._timer.when() != when:
+        # The time is kept here: uvloop hands back a plain Handle, without when(), for a
+        # deadline less than a millisecond away.
+        if self._timer is not None and self._timer_at != when:
             self._timer.cancel()
             self._timer = None
         if when is not None and self._timer is None:
             self._timer = self._loop.call_at(when, self._on_timer, when)
+            self._timer_at = when
 
     def _on_timer(self, when: float) -> None:
         self._timer = None
@@ -317,7 +366,7 @@ async def _udp_socket(host: str, port: int) -> socket.socket:
 
 
 async def start_sip(
-    notifier: Notifier,
+    notifier: SipCore,
     udp_addrs: Sequence[tuple[str, int]],
     tcp_addrs: Sequence[tuple[str, int]],
     *,

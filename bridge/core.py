@@ -1,0 +1,392 @@
+"""The whole bridge as one sans-I/O state machine (h11 and aioquic style).
+
+It owns the call tracker, the bodies cache, the pickup policy, the SIP notifier, the LED
+controller and the stale-ring deadline. Everything enters as a call with ``now``: an Asterisk
+event (``asterisk_event``), a SIP message from a peer (``receive``), a due timer
+(``handle_timer``), a new configuration (``reconfigure``). What it wants done leaves as data:
+``outgoing()`` (messages to send, each with its peer), ``store_changes()`` (what the
+subscription store must write), ``Reconfigured`` (what the source must do), ``next_timer()``
+(when to call ``handle_timer`` again). No asyncio, no sockets, no clock: ``bridge.app`` carries
+all that out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge import settings
+from bridge.config import Config
+from bridge.documents import Documents
+from bridge.events import (
+    AsteriskEvent,
+    ContactChanged,
+    DeviceStateChanged,
+    EndpointGroups,
+    ExtensionHint,
+    ResyncFinished,
+    ResyncStarted,
+    SourceLost,
+)
+from bridge.led.controller import LedController
+from bridge.sip.access import SourceGate
+from bridge.sip.message import ParseError, Request, Response, parse_message, response_ids
+from bridge.sip.notifier import Notifier
+from bridge.sip.subscription import DialogKey, NotifierSettings, Peer, SubscriptionSnapshot
+from bridge.tracker import CallTracker
+
+__all__ = ["BridgeCore", "Reconfigured"]
+
+log = logging.getLogger("bridge")
+
+Address = tuple[str, int]
+# Events the core itself acts on besides handing them to the tracker (kept short: every event
+# of every call is checked against it).
+_SOURCE_NEWS = (EndpointGroups, SourceLost, ResyncStarted, ResyncFinished)
+_LED_INPUTS = (DeviceStateChanged, ExtensionHint, ContactChanged, ResyncStarted, ResyncFinished)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfigured:
+    """What a new configuration means for the parts outside the core."""
+
+    config: Config  # now in force: settings that need a restart keep their old values
+    changed: frozenset[str]  # dotted names of the settings that differ
+    kept: tuple[str, ...]  # changed, but only taken over on a restart
+    restart_source: bool  # follow Asterisk anew (its settings changed, or the tracker did)
+
+
+class BridgeCore:
+    """The bridge without I/O: feed it, drain it, wake it at ``next_timer()``."""
+
+    def __init__(self, config: Config, now: float = 0.0) -> None:
+        self.config = config
+        self.tracker = _new_tracker(config, now)
+        self.policy = settings.pickup_policy(config)
+        self.documents = Documents(self.tracker, settings.render_settings(config), self.policy)
+        self.notifier = Notifier(
+            self.documents,
+            settings.notifier_settings(config),
+            gate=SourceGate(settings.access_limits(config)),
+            auth=settings.authenticator(config),
+        )
+        # Without a fixed watch list nobody knows which extensions exist before the first sync.
+        self.notifier.ready = config.watch.extensions is not None
+        # Our address as a phone's host sees it (the Via of a MESSAGE): the glue knows the
+        # routes; until it says, the configured UDP contact.
+        self.local_towards: Callable[[str], Address] = lambda host: self.notifier.contact("udp")
+        self.leds: LedController | None = None
+        if config.leds:
+            self.leds = LedController(
+                config.leds,
+                domain=settings.domain(config),
+                local=lambda host: self.local_towards(host),  # noqa: PLW0108 set later
+                user_agent=config.sip.user_agent,
+            )
+        # The states LED keys follow, as the core last learned them (device key → state,
+        # extension → hint status): a key is told only when its state really changes.
+        self.device_states: dict[str, str] = {}
+        self.hint_states: dict[str, int] = {}
+        self.stale_ring_at: float | None = None  # Asterisk lost: ringing keys stop blinking then
+        self.events_total = 0
+        self.asterisk_connected = False  # logged in, since the last ResyncStarted
+        self.asterisk_synced = False  # the last resync finished and nothing was lost since
+        self._status_changed = False
+        self._timer_moved = False  # the stale-ring deadline was set or cleared
+
+    # ----------------------------------------------------------------- what a SIP side needs
+
+    @property
+    def gate(self) -> SourceGate:
+        """Who may talk to the SIP side, and how often (shared with the stream connections)."""
+        return self.notifier.gate
+
+    @property
+    def settings(self) -> NotifierSettings:
+        """The SIP protocol settings (the stream side reads the User-Agent)."""
+        return self.notifier.settings
+
+    def contact(self, transport: str) -> tuple[str, int]:
+        """The host/port written into Contact and Via for a transport."""
+        return self.notifier.contact(transport)
+
+    def set_contact(self, transport: str, host: str, port: int) -> None:
+        """Set the Contact/Via address of a transport (once its port is bound)."""
+        self.notifier.set_contact(transport, host, port)
+
+    # ----------------------------------------------------------------- inputs
+
+    def asterisk_event(self, event: AsteriskEvent, now: float) -> bool:
+        """One normalized Asterisk event, in order; True when a watched key changed."""
+        self.events_total += 1
+        changed = False
+        dirty = self.tracker.apply(event, now)  # mostly empty: keep that path short
+        for exten in sorted(dirty) if dirty else ():
+            if self.documents.changed(exten):
+                changed = True
+                log.info("%s: %s", exten, self.tracker.state(exten).summary())
+                self.notifier.resource_changed(exten, now)
+        if changed:
+            self._status_changed = True
+        if self.leds is not None and isinstance(event, _LED_INPUTS):
+            self._led_input(event, now)
+        if isinstance(event, _SOURCE_NEWS):
+            self._source_news(event, now)
+        return changed
+
+    def receive(self, message: Request | Response | bytes, peer: Peer, now: float) -> None:
+        """A datagram (bytes) or a framed message from a peer: answers to our MESSAGEs go to
+        the LED controller, everything else to the notifier."""
+        if self.leds is not None and (
+            isinstance(message, Response)
+            or (isinstance(message, bytes | bytearray) and message[:8] == b"SIP/2.0 ")
+        ):
+            left = self._led_response(message, now)
+            if left is None:
+                return
+            message = left
+        self.notifier.receive(message, peer, now)
+
+    def resource_changed(self, resource: str, now: float) -> None:
+        """Tell the watchers of ``resource`` its state again, if it changed since the last time."""
+        if self.documents.changed(resource):
+            self.notifier.resource_changed(resource, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything due at ``now``: retransmissions, timeouts, expiries, LED retries and
+        the stale-ring deadline."""
+        self.notifier.handle_timer(now)
+        if self.leds is not None:
+            self.leds.handle_timer(now)
+        if self.stale_ring_at is not None and now >= self.stale_ring_at:
+            self.stale_ring_at = None
+            self._timer_moved = True
+            self._expire_rings(now)
+
+    def source_restarting(self, now: float) -> None:
+        """The glue follows Asterisk anew after a reload: nothing is known until the resync,
+        but Asterisk was not lost (no warning, no stale-ring deadline; keys keep their state)."""
+        self.tracker.apply(SourceLost(), now)
+        self.asterisk_connected = self.asterisk_synced = False
+        self._status_changed = True
+
+    def reconfigure(self, config: Config, now: float, *, can_restart_source: bool = True
+                    ) -> Reconfigured:  # fmt: skip
+        """Take over a new configuration without dropping a subscription. Settings that need
+        a restart keep their old values. When the source is not restarted, watchers whose
+        bodies differ now (domain, policy, privacy) are told at once."""
+        changed = frozenset(settings.changed_settings(self.config, config))
+        if not changed:
+            return Reconfigured(self.config, changed, (), False)
+        kept = tuple(sorted(name for name in changed if settings.needs_restart(name)))
+        if kept:
+            config = settings.keep_old_values(config, self.config, kept)
+        old, self.config = self.config, config
+        notifier = self.notifier
+        notifier.settings = settings.notifier_settings(config)
+        restart = any(  # a new source also takes the new [hints] keys
+            name.startswith(("ami.", "ari.", "asterisk.", "hints.")) for name in changed
+        )
+        if settings.tracker_settings(config) != settings.tracker_settings(old):
+            self.tracker = self.documents.tracker = _new_tracker(config, now)
+            notifier.ready = config.watch.extensions is not None
+            restart = True  # the new tracker learns everything from a fresh sync
+        self.documents.settings = settings.render_settings(config)
+        self.policy = self.documents.policy = settings.pickup_policy(config, self.policy)
+        notifier.gate.limits = settings.access_limits(config)
+        sec, old_sec = config.security, old.security
+        same_digest = sec.auth == old_sec.auth and sec.realm == old_sec.realm
+        if not same_digest or sec.digest_algorithms != old_sec.digest_algorithms:
+            notifier.auth = settings.authenticator(config)
+        elif notifier.auth is not None:
+            notifier.auth.set_users(dict(sec.users))
+        self._end_unauthorized(old_sec.auth, now)
+        self.documents.forget_all()
+        restart = restart and can_restart_source
+        if not restart:
+            for resource in notifier.resources():
+                self.resource_changed(resource, now)
+        return Reconfigured(config, changed, kept, restart)
+
+    # ----------------------------------------------------------------- outputs
+
+    def outgoing(self) -> list[tuple[bytes, Peer]]:
+        """Take every message to send, in order, each with where it goes."""
+        out = self.notifier.outgoing()
+        if self.leds is not None:
+            # MESSAGEs go from the first UDP socket (no ``local``: they start no dialog).
+            out.extend(
+                (data, Peer("udp", host, port)) for data, (host, port) in self.leds.outgoing()
+            )
+        return out
+
+    def next_timer(self) -> float | None:
+        """When ``handle_timer()`` next has work, or None."""
+        when = self.notifier.next_timer()
+        for other in (
+            self.leds.next_timer() if self.leds is not None else None,
+            self.stale_ring_at,
+        ):
+            if other is not None and (when is None or other < when):
+                when = other
+        return when
+
+    def wants_flush(self) -> bool:
+        """Whether something waits to be sent or ``next_timer()`` may have moved since the last
+        ``outgoing()`` (most Asterisk events change nothing: the glue skips its flush then)."""
+        moved, self._timer_moved = self._timer_moved, False
+        return moved or self.notifier.has_outgoing or (
+            self.leds is not None and self.leds.has_outgoing
+        )
+
+    def take_status_change(self) -> bool:
+        """Whether a key, a phone's contacts or the source's health changed since last asked."""
+        changed, self._status_changed = self._status_changed, False
+        return changed
+
+    # ----------------------------------------------------------------- the store
+
+    def restore(self, snapshots: list[SubscriptionSnapshot], now: float) -> int:
+        """Take over stored subscriptions; returns how many were resumed."""
+        return self.notifier.restore(snapshots, now)
+
+    @property
+    def has_store_changes(self) -> bool:
+        """Whether ``store_changes()`` has anything."""
+        return self.notifier.has_changes
+
+    def store_changes(self, now: float) -> tuple[list[SubscriptionSnapshot], list[DialogKey]]:
+        """What the store must write since the last call: snapshots, and dialogs to delete."""
+        return self.notifier.take_changes(now)
+
+    def snapshot_all(self, now: float, *, exact: bool = False) -> list[SubscriptionSnapshot]:
+        """Every subscription, for a whole rewrite of the store (``exact``: a clean stop)."""
+        return self.notifier.snapshot_all(now, exact=exact)
+
+    # ----------------------------------------------------------------- internals
+
+    def _led_response(self, message: Request | Response | bytes, now: float
+                      ) -> Request | Response | bytes | None:  # fmt: skip
+        """Hand an answer to one of our MESSAGEs to the LED controller (None: it took it);
+        anything else comes back for the notifier, parsed when it had to be read."""
+        assert self.leds is not None
+        if isinstance(message, bytes | bytearray):
+            ids = response_ids(bytes(message))
+            if ids is not None and ids[2] != "MESSAGE":
+                return message  # most often a 200 to a NOTIFY: the notifier's quick path
+            try:
+                parsed = parse_message(bytes(message))
+            except ParseError:
+                return message  # the notifier says why, rationed
+            if not isinstance(parsed, Response):
+                return parsed
+            message = parsed
+        if not isinstance(message, Response):
+            return message
+        try:
+            method = message.cseq().method
+        except ParseError:
+            return message
+        if method == "MESSAGE" and self.leds.receive_response(message, now):
+            return None
+        return message
+
+    def _led_input(self, event: AsteriskEvent, now: float) -> None:
+        """LED keys follow the device and hint states the core keeps, and phones' contacts."""
+        leds = self.leds
+        assert leds is not None
+        match event:
+            case DeviceStateChanged():
+                key = event.device.lower()
+                if self.device_states.get(key) != event.state:
+                    self.device_states[key] = event.state
+                    leds.device_state(event.device, event.state, now)
+            case ExtensionHint():
+                if self.hint_states.get(event.exten) != event.status:
+                    self.hint_states[event.exten] = event.status
+                    leds.hint_state(event.exten, event.status, now)
+            case ContactChanged():
+                leds.contact(event.aor, event.uri, now, reachable=event.reachable,
+                             endpoint=event.endpoint, listed=event.listed)  # fmt: skip
+                self._status_changed = True  # the panel shows which phones are reachable
+            case ResyncStarted():
+                leds.sync_started()
+            case ResyncFinished():
+                leds.sync_finished(now)
+
+    def _source_news(self, event: AsteriskEvent, now: float) -> None:
+        match event:
+            case EndpointGroups():
+                if self.policy.set_groups(event.endpoint, event.call_groups, event.pickup_groups):
+                    self._policy_changed(now)
+            case ResyncStarted():
+                self.asterisk_connected = True
+                self._status_changed = True
+            case SourceLost():
+                self.asterisk_connected = self.asterisk_synced = False
+                self._status_changed = True
+                self._asterisk_lost(now)
+            case ResyncFinished():
+                self.asterisk_synced = self.asterisk_connected = True
+                self._status_changed = True
+                self._timer_moved = self.stale_ring_at is not None
+                self.stale_ring_at = None
+                self.notifier.ready = True
+                # Watchers of extensions that lost their hint (or were resumed for one) are told.
+                for resource in self.notifier.resources():
+                    if not self.tracker.watchable(resource):
+                        self.resource_changed(resource, now)
+                extensions = sorted(self.tracker.extensions())
+                log.info("in sync with Asterisk; %d watchable extensions: %s", len(extensions),
+                         ", ".join(extensions) or "none (no hints?)")  # fmt: skip
+
+    def _policy_changed(self, now: float) -> None:
+        """Who may pick up changed: watchers of ringing extensions get their bodies again."""
+        self.documents.forget_all()
+        for resource in self.notifier.resources():
+            if any(d.pickup is not None for d in self.tracker.state(resource).dialogs):
+                self.resource_changed(resource, now)
+
+    def _asterisk_lost(self, now: float) -> None:
+        timeout = self.config.watch.stale_ring_timeout
+        log.warning(
+            "Asterisk is unreachable: keys keep their last known state until it is back%s",
+            f"; ringing keys stop blinking after {timeout:g} s" if timeout else "",
+        )
+        if timeout and self.stale_ring_at is None:
+            self.stale_ring_at = now + timeout
+            self._timer_moved = True
+
+    def _expire_rings(self, now: float) -> None:
+        changed = self.tracker.expire_rings()
+        if changed:
+            log.warning("no word from Asterisk for %g s: %d ringing keys stop blinking",
+                        self.config.watch.stale_ring_timeout, len(changed))  # fmt: skip
+            self._status_changed = True
+        for exten in sorted(changed):
+            self.resource_changed(exten, now)
+
+    def _end_unauthorized(self, old_auth: str, now: float) -> None:
+        """After a reload with digest on: subscriptions of users no longer in users_file end
+        (final NOTIFY, reason=rejected); when digest was just turned on, every subscription made
+        without it ends (reason=deactivated: the phone subscribes again, and is challenged)."""
+        auth = self.notifier.auth
+        if auth is None:
+            return
+        if old_auth != "digest":
+            ended = self.notifier.end_watchers(lambda user: False, now, "deactivated")
+            why = "security.auth is now digest"
+        else:
+            ended = self.notifier.end_watchers(auth.knows, now, "rejected")
+            why = "their users are no longer in security.users_file"
+        if ended:
+            log.warning("reload: ended %d subscription(s): %s", ended, why)
+
+
+def _new_tracker(config: Config, now: float) -> CallTracker:
+    tracker = CallTracker(settings.tracker_settings(config))
+    # Nothing is known before the first sync; the sync then reports every extension as
+    # changed, which sends resumed subscriptions their first NOTIFY.
+    tracker.apply(SourceLost(), now)
+    return tracker
