@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
-from sipp import SippResult, SippWatcher, TracedMessage, free_port
-from test_app import NS, RINGING_202, collapsed, dialogs, key_state, replaces_csv
+from sipp import SippWatcher, TracedMessage, free_port
+from test_app import NS, collapsed, dialogs, key_state, replaces_csv
 from test_restart import BridgeProcess
 
 from bridge.demo.ami_server import RecordedAmiServer
@@ -103,7 +103,7 @@ async def options(port: int, user: str | None = None) -> int | None:
     return await exchange(port, [f"OPTIONS {ruri} SIP/2.0", f"To: <{ruri}>", "CSeq: 1 OPTIONS"])
 
 
-async def exchange(port: int, lines: list[str], timeout: float = 0.5) -> int | None:
+async def exchange(port: int, lines: list[str], wait: float = 0.5) -> int | None:
     """Send one request over UDP from a fresh socket; the status of the first answer."""
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -112,10 +112,12 @@ async def exchange(port: int, lines: list[str], timeout: float = 0.5) -> int | N
         own = sock.getsockname()[1]
         head = [lines[0], f"Via: SIP/2.0/UDP 127.0.0.1:{own};branch=z9hG4bK{own}x;rport"]
         head += [f"From: <sip:probe@127.0.0.1:{own}>;tag=p{own}", f"Call-ID: probe-{own}"]
-        head += ["Max-Forwards: 70", *lines[1:], "Content-Length: 0", "", ""]
+        # Contact: this socket, so that nothing the request starts is sent anywhere else.
+        head += [f"Contact: <sip:probe@127.0.0.1:{own}>", "Max-Forwards: 70", *lines[1:]]
+        head += ["Content-Length: 0", "", ""]
         await loop.sock_sendto(sock, "\r\n".join(head).encode(), ("127.0.0.1", port))
         try:
-            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), timeout)
+            data = await asyncio.wait_for(loop.sock_recv(sock, 65536), wait)
         except TimeoutError:
             return None
     return int(data.split(b" ", 2)[1])
@@ -140,9 +142,7 @@ def vias(message: TracedMessage) -> list[str]:
 def through_edge(message: TracedMessage, edge: int, bridge: int) -> bool:
     """Sent by the bridge and relayed by the edge: the edge's Via on top of the bridge's."""
     hops = vias(message)
-    return (
-        len(hops) == 2 and f"127.0.0.1:{edge};" in hops[0] and f"127.0.0.1:{bridge};" in hops[1]
-    )
+    return len(hops) == 2 and f"127.0.0.1:{edge};" in hops[0] and f"127.0.0.1:{bridge};" in hops[1]
 
 
 def entity(notify: TracedMessage) -> str | None:
@@ -219,3 +219,113 @@ async def test_a_subscription_lives_through_the_edge(
             call_id, asterisk_tag, phone_tag
         )  # fmt: skip
     assert "Traceback" not in bridge.log
+
+
+async def test_two_bridges_behind_one_edge_each_answer_for_their_domain(tmp_path: Path) -> None:
+    """a.example goes to bridge A (PBX A), b.example to bridge B (PBX B): two PBXs with the same
+    extension 202, one address for the phones, and no state crosses between them."""
+    async with (
+        RecordedAmiServer(RECORDINGS, speed=4) as pbx_a,
+        RecordedAmiServer(RECORDINGS, speed=4) as pbx_b,
+    ):
+        bridge_a = DomainBridge(tmp_path, pbx_a, "a.example")
+        bridge_b = DomainBridge(tmp_path, pbx_b, "b.example")
+        try:
+            await asyncio.gather(bridge_a.start(), bridge_b.start())
+            sets = {1: [bridge_a.sip_port], 2: [bridge_b.sip_port]}
+            async with (
+                Kamailio(tmp_path, sets) as edge,
+                SippWatcher("202", ("127.0.0.1", edge.port), domain="a.example",
+                            idle_ms=IDLE_MS) as watcher_a,
+                SippWatcher("202", ("127.0.0.1", edge.port), domain="b.example",
+                            idle_ms=IDLE_MS) as watcher_b,
+            ):  # fmt: skip
+                await asyncio.gather(
+                    bridge_a.wait_for("subscribed to 202"), bridge_b.wait_for("subscribed to 202")
+                )
+                # A domain no bridge serves is refused at the edge.
+                assert await subscribe_status(edge.port, "202@c.example") == 404
+                # Different calls on the two PBXs at the same time.
+                await asyncio.gather(pbx_a.play("ring-cancel"), pbx_b.play("outbound-from-202"))
+                result_a, result_b = await asyncio.gather(watcher_a.finish(), watcher_b.finish())
+        finally:
+            await asyncio.gather(bridge_a.close(), bridge_b.close())
+    for result, bridge, domain, states in (
+        (result_a, bridge_a, "a.example", ["idle", "early/recipient", "idle"]),
+        (result_b, bridge_b, "b.example", ["idle", "confirmed/initiator", "idle"]),
+    ):
+        assert result.ok, result.output
+        assert all(through_edge(n, edge.port, bridge.sip_port) for n in result.notifies)
+        assert {entity(n) for n in result.notifies} == {f"sip:202@{domain}"}
+        assert collapsed([key_state(n) for n in result.notifies]) == states, domain
+        assert bridge.log.count("subscribed to 202") == 1  # the other domain's never came here
+    assert "c.example" in edge.log
+
+
+async def test_a_bridge_that_is_down_is_passed_over(
+    server: RecordedAmiServer, tmp_path: Path
+) -> None:
+    """Two bridges in one set, one of them not running: every new subscription reaches the live
+    one. The Call-ID hash sends some SUBSCRIBEs to the dead one first (then the edge tries the
+    next on its timeout: "bridge failed, trying" in its log); once its OPTIONS probes go
+    unanswered it is not chosen at all."""
+    bridge = DomainBridge(tmp_path, server, "a.example")
+    try:
+        await bridge.start()
+        async with Kamailio(tmp_path, {1: [free_port(), bridge.sip_port]}) as edge:
+            watchers = [
+                SippWatcher("202", ("127.0.0.1", edge.port), domain="a.example", idle_ms=1000,
+                            watcher=f"20{i}")
+                for i in (3, 4, 5)
+            ]  # fmt: skip
+            async with contextlib.AsyncExitStack() as stack:
+                for w in watchers:
+                    await stack.enter_async_context(w)
+                results = await asyncio.gather(*(w.finish() for w in watchers))
+    finally:
+        await bridge.close()
+    for result in results:
+        assert result.ok, result.output + edge.log
+        assert result.notifies and all(
+            through_edge(n, edge.port, bridge.sip_port) for n in result.notifies
+        )
+    assert bridge.log.count("subscribed to 202") == 3
+
+
+async def subscribe_status(port: int, target: str, *extra: str) -> int | None:
+    """Status of the answer to one out-of-dialog SUBSCRIBE (Event: dialog unless ``extra``
+    names another) sent to the edge."""
+    headers = list(extra) or ["Event: dialog"]
+    return await exchange(
+        port,
+        [f"SUBSCRIBE sip:{target} SIP/2.0", f"To: <sip:{target}>", "CSeq: 1 SUBSCRIBE",
+         "Expires: 600", *headers],
+        wait=2,
+    )  # fmt: skip
+
+
+async def test_the_edge_carries_only_blf(server: RecordedAmiServer, tmp_path: Path) -> None:
+    """What is not a dialog SUBSCRIBE, or an in-dialog request the edge never record-routed,
+    is answered at the edge and never reaches a bridge."""
+    bridge = DomainBridge(tmp_path, server, "a.example")
+    try:
+        await bridge.start()
+        async with Kamailio(tmp_path, {1: [bridge.sip_port]}) as edge:
+            assert await options(edge.port) == 200  # keep-alive to the edge itself
+            assert await subscribe_status(edge.port, "202@a.example", "Event: presence") == 489
+            assert await exchange(
+                edge.port, ["INVITE sip:202@a.example SIP/2.0", "To: <sip:202@a.example>",
+                            "CSeq: 1 INVITE"],
+            ) == 405  # fmt: skip
+            # A refresh-like SUBSCRIBE with a To tag but no Route naming the edge.
+            assert await exchange(
+                edge.port, [f"SUBSCRIBE sip:202@127.0.0.1:{bridge.sip_port} SIP/2.0",
+                            "To: <sip:202@a.example>;tag=forged", "CSeq: 2 SUBSCRIBE",
+                            "Event: dialog", "Expires: 600"],
+            ) == 404  # fmt: skip
+            # The one thing that goes through: a SUBSCRIBE for a served domain.
+            assert await subscribe_status(edge.port, "202@a.example") == 200
+            await bridge.wait_for("subscribed to 202")
+    finally:
+        await bridge.close()
+    assert bridge.log.count("subscribed to 202") == 1
