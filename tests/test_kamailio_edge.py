@@ -37,14 +37,16 @@ IDLE_MS = 2500
 class Kamailio:
     """A Kamailio process on loopback running the example edge configuration."""
 
-    def __init__(self, workdir: Path, bridges: dict[int, Sequence[int]]) -> None:
-        """``bridges``: dispatcher set -> the bridges' SIP ports on 127.0.0.1."""
+    def __init__(self, workdir: Path, bridges: dict[int, Sequence[int]], **defines: str) -> None:
+        """``bridges``: dispatcher set -> the bridges' SIP ports on 127.0.0.1; ``defines``:
+        more site settings of the configuration (``-A NAME=value``)."""
         self.port = free_port()
         self.workdir = workdir
         lines = [f"{s} sip:127.0.0.1:{p}" for s, ports in bridges.items() for p in ports]
         self.dispatcher_list = workdir / "dispatcher.list"
         self.dispatcher_list.write_text("\n".join(lines) + "\n")
         (workdir / "run").mkdir(exist_ok=True)
+        self.defines = defines
         self.lines: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -55,6 +57,7 @@ class Kamailio:
             "EDGE_TCP": f"tcp:127.0.0.1:{self.port}",
             "DISPATCHER_LIST": f'"{self.dispatcher_list}"',
             "BRIDGE_PING_INTERVAL": "1",
+            **self.defines,
         }
         args = ["-f", str(EDGE_CONFIG), "-DD", "-E", "-m", "32", "-M", "4", "-n", "2"]
         args += ["-Y", str(self.workdir / "run"), "-w", str(self.workdir)]
@@ -329,3 +332,20 @@ async def test_the_edge_carries_only_blf(server: RecordedAmiServer, tmp_path: Pa
     finally:
         await bridge.close()
     assert bridge.log.count("subscribed to 202") == 1
+
+
+async def test_one_pbx_needs_no_domain_list(server: RecordedAmiServer, tmp_path: Path) -> None:
+    """DEFAULT_BRIDGE_SET=1: a phone that subscribes to the edge's address (no domain of the
+    list) reaches the bridge, as on a site with one PBX."""
+    bridge = DomainBridge(tmp_path, server, "a.example")
+    try:
+        await bridge.start()
+        async with (
+            Kamailio(tmp_path, {1: [bridge.sip_port]}, DEFAULT_BRIDGE_SET="1") as edge,
+            SippWatcher("202", ("127.0.0.1", edge.port), idle_ms=1000) as watcher,
+        ):
+            result = await watcher.finish()
+    finally:
+        await bridge.close()
+    assert result.ok, result.output
+    assert result.notifies and through_edge(result.notifies[0], edge.port, bridge.sip_port)
