@@ -335,6 +335,19 @@ async def test_the_edge_carries_only_blf(server: RecordedAmiServer, tmp_path: Pa
                             "To: <sip:202@a.example>;tag=forged", "CSeq: 2 SUBSCRIBE",
                             "Event: dialog", "Expires: 600"],
             ) == 404  # fmt: skip
+            # In-dialog with the edge's Route, but not a subscription's method: not relayed
+            # (towards a port where nothing answers, so only the edge itself can say 405).
+            route = f"Route: <sip:127.0.0.1:{edge.port};lr>"
+            assert await exchange(
+                edge.port, [f"MESSAGE sip:202@127.0.0.1:{free_port()} SIP/2.0", route,
+                            "To: <sip:202@a.example>;tag=forged", "CSeq: 3 MESSAGE"],
+            ) == 405  # fmt: skip
+            # A NOTIFY with the edge's Route from anyone but a bridge: not relayed either.
+            assert await exchange(
+                edge.port, [f"NOTIFY sip:203@127.0.0.1:{free_port()} SIP/2.0", route,
+                            "To: <sip:203@a.example>;tag=forged", "CSeq: 4 NOTIFY",
+                            "Event: dialog", "Subscription-State: active;expires=600"],
+            ) == 403  # fmt: skip
             # The one thing that goes through: a SUBSCRIBE for a served domain.
             assert await subscribe_status(edge.port, "202@a.example") == 200
             await bridge.wait_for("subscribed to 202")
