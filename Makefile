@@ -39,13 +39,15 @@ pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 ## SIPp plays the phones in the tests (Debian package sip-tester); chromium shows the live
-## panel to playwright (its test is skipped without it); systemd-analyze checks the unit.
+## panel to playwright (its test is skipped without it); systemd-analyze checks the unit;
+## kamailio is the edge proxy of tests/test_kamailio_edge.py (skipped without it).
 .PHONY: sipp
 sipp:
 	@missing=""; \
 	command -v sipp >/dev/null 2>&1 || missing="$$missing sip-tester"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v kamailio >/dev/null 2>&1 || missing="$$missing kamailio"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

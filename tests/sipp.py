@@ -150,7 +150,8 @@ class SippWatcher:
 
     Flags: silent (never answer NOTIFYs), refresh (refresh once after the first quiet
     period), unsubscribe (Expires: 0 at the end). SIPp ends after `idle_ms` without a NOTIFY
-    in each listening phase; `timeout` bounds the whole run.
+    in each listening phase; `timeout` bounds the whole run. `domain`: the host of the
+    Request-URI and To (default: the address SIPp sends to), for a proxy routing by domain.
     """
 
     def __init__(
@@ -169,6 +170,7 @@ class SippWatcher:
         keys: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
         timeout: float = 30.0,
+        domain: str | None = None,
     ) -> None:
         self.resource = resource
         self.bridge = bridge
@@ -182,6 +184,10 @@ class SippWatcher:
         self._keys = {"expires": str(expires), "watcher": watcher, **(keys or {})}
         self._template = string.Template(scenario.read_text())
         self._idle_ms = idle_ms
+        self._hosts = {
+            "ruri_host": domain or "[remote_ip]:[remote_port]",
+            "to_host": domain or "[remote_ip]",
+        }
         self._extra = list(extra_args)
         self._dir = tempfile.TemporaryDirectory(prefix="sipp-")
         self._process: asyncio.subprocess.Process | None = None
@@ -190,7 +196,7 @@ class SippWatcher:
         """Start SIPp (returns at once; SIPp sends its SUBSCRIBE right away)."""
         workdir = Path(self._dir.name)
         scenario = workdir / "scenario.xml"
-        scenario.write_text(self._template.safe_substitute(idle_ms=self._idle_ms))
+        scenario.write_text(self._template.safe_substitute(idle_ms=self._idle_ms, **self._hosts))
         args = ["-sf", str(scenario), f"{self.bridge[0]}:{self.bridge[1]}", "-s", self.resource]
         args += ["-i", "127.0.0.1", "-p", str(self.port), "-m", "1", "-nostdin"]
         args += ["-t", "t1" if self.transport == "tcp" else "u1"]
