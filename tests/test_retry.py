@@ -34,7 +34,7 @@ class Script:
         )
         self.ran = asyncio.Event()
 
-    async def session(self) -> bool:
+    async def session(self, endpoint: str = "") -> bool:
         self.started.append(asyncio.get_running_loop().time())
         self.ran.set()
         step = self.steps[min(len(self.started), len(self.steps)) - 1]
