@@ -262,7 +262,8 @@ class Bridge:
                 backoff_max=ami.reconnect_max,
                 hints=self.config.hints,
                 contacts=[rule.phone for rule in self.config.leds],
-            )
+                standby=ari.standby, ping_interval=ari.keepalive,
+            )  # fmt: skip
             self._source_task = asyncio.create_task(self.source.run(), name="ari-source")
             return
         if self.config.hints:
@@ -279,6 +280,8 @@ class Bridge:
             backoff_max=ami.reconnect_max,
             getvar_timeout=ami.getvar_timeout,
             contacts=bool(self.config.leds),
+            standby=[(a.host, a.port) for a in ami.standby if self.demo_pbx is None],
+            ping_interval=ami.keepalive,
         )
         self._source_task = asyncio.create_task(self.source.run(), name="ami-source")
 
