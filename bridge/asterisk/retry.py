@@ -82,6 +82,7 @@ class ReconnectLoop:
         backoff_min: float,
         backoff_max: float,
         endpoints: Sequence[str] = ("",),
+        steady: float = STEADY,
     ) -> None:
         if not endpoints:
             raise ValueError("a reconnect loop needs at least one endpoint")
@@ -98,6 +99,7 @@ class ReconnectLoop:
         self.endpoint = self.endpoints[0]
         self.switches = 0
         self._followed = ""  # the endpoint whose login was accepted last; "" not yet any
+        self._steady = steady
 
     def following(self, endpoint: str) -> None:
         """The session on ``endpoint`` got through (login accepted): it is the one followed
@@ -125,7 +127,7 @@ class ReconnectLoop:
                 if self.stopping.is_set():
                     break
                 index = (index + 1) % len(self.endpoints)
-                steady = established and clock() - started >= STEADY
+                steady = established and clock() - started >= self._steady
                 tried = 1 if steady else tried + 1
                 if established:
                     failures = 0
