@@ -28,6 +28,7 @@ class TcpRelay:
         self.target = (host, port)
         self.host, self.port = listen_host, listen_port  # the port is real after start()
         self.frozen = asyncio.Event()  # set: nothing more is forwarded, nothing is closed
+        self._dead = asyncio.Event()  # set by cut(): frozen connections may end too
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pipes: set[asyncio.Task[None]] = set()
@@ -46,6 +47,7 @@ class TcpRelay:
 
     async def cut(self) -> None:
         """Die loudly: stop listening and reset every connection (a crashed PBX)."""
+        self._dead.set()
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
@@ -65,7 +67,8 @@ class TcpRelay:
         self._writers.add(writer)
         try:
             if self.frozen.is_set():
-                await asyncio.Event().wait()  # held open, silent, until cut()
+                await self._dead.wait()  # held open, silent, until cut()
+                return
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError as exc:
             log.debug("relay: cannot reach %s:%s: %s", *self.target, exc)
@@ -91,11 +94,11 @@ class TcpRelay:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
             if self.frozen.is_set():
-                await asyncio.Event().wait()  # swallow: the far end hears nothing more
+                await self._dead.wait()  # swallow: the far end hears nothing more
             writer.write(data)
             await writer.drain()
         if self.frozen.is_set():
-            await asyncio.Event().wait()
+            await self._dead.wait()
 
 
 def main() -> None:
