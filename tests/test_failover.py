@@ -1,4 +1,5 @@
-"""Failover between two AMI endpoints of one PBX (ami.standby), under a live SIPp watcher.
+"""Failover between two AMI (ami.standby) or ARI (ari.standby) endpoints of one PBX, under a
+live SIPp watcher.
 
 The bridge runs as a real process; the primary and the standby are two replayed Asterisks on
 their own ports. The primary dies loudly (its connections closed) or silently (a relay in front
@@ -19,6 +20,7 @@ from sipp import SippWatcher, free_port
 from test_app import NS, RINGING_202, collapsed, dialogs, key_state
 
 from bridge.demo.ami_server import RecordedAmiServer
+from bridge.demo.ari_server import RecordedAriServer, event_is
 from bridge.demo.relay import TcpRelay
 
 
@@ -177,3 +179,58 @@ async def test_no_return_to_the_primary_while_the_standby_answers(
             assert count(bridge, "lost; following") == 1
         finally:
             await bridge.close()
+
+
+ARI_RINGING = event_is("ChannelStateChange", state="Ringing")
+
+
+@pytest.mark.parametrize("death", ["closed", "silent"])
+async def test_the_ari_standby_takes_over_under_a_live_watcher(
+    config: Path, tmp_path: Path, death: str
+) -> None:
+    async with (
+        RecordedAriServer(RECORDINGS, speed=4) as primary,
+        RecordedAriServer(RECORDINGS, speed=4) as standby,
+        TcpRelay("127.0.0.1", primary.port) as relay,
+    ):
+        sip_port = free_port()
+        bridge = BridgeProcess(config, sip_port, free_port(), tmp_path / "s.sqlite3")
+        first, second = f"http://127.0.0.1:{relay.port}", f"http://127.0.0.1:{standby.port}"
+        bridge.args += [
+            "--set", "asterisk.source=ari", "--set", f"ari.url={first}",
+            "--set", "ari.username=bridge", "--set", "ari.password=bridgesecret",
+            "--set", f'ari.standby=["{second}"]', "--set", "ari.keepalive=1",
+        ]  # fmt: skip
+        try:
+            await bridge.start()
+            async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=5000) as watcher:
+                await bridge.wait_for("subscribed to 202")
+                await primary.play("ring-cancel", until=ARI_RINGING)
+                await bridge.wait_for("202: ringing")
+                assert standby.connected == 0
+                idle = count(bridge, "202: idle")
+                if death == "closed":
+                    await relay.cut()
+                else:
+                    relay.freeze()
+                await bridge.wait_for(f"ARI: {first} lost; following {second}")
+                await next_line(bridge, "202: idle", idle)
+                ringing = count(bridge, "202: ringing")
+                await standby.play("ring-answer-hangup", until=ARI_RINGING)
+                await next_line(bridge, "202: ringing", ringing)
+                await standby.play("ring-answer-hangup")
+                await next_line(bridge, "202: idle", idle + 1)
+                result = await watcher.finish()
+        finally:
+            await bridge.close()
+    assert result.ok, result.output
+    notifies = result.notifies
+    assert all((n.header("Subscription-State") or "").startswith("active;") for n in notifies)
+    assert len({n.header("Call-ID") for n in notifies}) == 1
+    states = collapsed([key_state(n) for n in notifies])
+    assert states[:4] == ["idle", "early/recipient", "idle", "early/recipient"], states
+    assert states[-1] == "idle", states
+    early = [d for n in notifies for d in dialogs(n) if d.findtext("d:state", namespaces=NS)
+             == "early"]  # fmt: skip
+    assert early and all(d.get("call-id") for d in early)
+    assert "Traceback" not in bridge.log
