@@ -136,6 +136,14 @@ class AmiConfig:
         0.5, Number(0.05, 60), "first wait in seconds before a reconnect (doubles each try)"
     )
     reconnect_max: float = setting(30.0, Number(0.1, 3600), "longest wait before a reconnect")
+    standby: tuple[ListenAddress, ...] = setting(
+        (), Addresses(), 'more AMI endpoints of the same PBX (`["10.0.0.2:5038"]`, same user), '
+        "followed in turn when the one followed is lost (failover)"
+    )  # fmt: skip
+    keepalive: float = setting(
+        5.0, Number(0.5, 300), "seconds between AMI Pings; one not answered within as long "
+        "drops the connection (a powered-off PBX sends no reset)"
+    )  # fmt: skip
 
     @property
     def configured(self) -> bool:
@@ -156,6 +164,14 @@ class AriConfig:
     password: str = setting("", Text(), "the ARI user's password", secret=True)
     password_file: str = setting("", Text(), "or a file holding it (found like `ami.secret_file`)")
     app: str = setting("snom-blf-bridge", Text(), "the Stasis application name registered")
+    standby: tuple[str, ...] = setting(
+        (), Strings('"http://host:8088" URLs'), 'more ARI endpoints of the same PBX '
+        '(`["http://10.0.0.2:8088"]`, same user), followed in turn when the one followed is lost'
+    )  # fmt: skip
+    keepalive: float = setting(
+        5.0, Number(0.5, 300), "seconds between websocket pings; one not answered within as "
+        "long drops the connection"
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,13 +472,15 @@ def _checked_ami(ami: AmiConfig, base_dir: Path) -> AmiConfig:
         raise ConfigError("ami.reconnect_max: must not be smaller than ami.reconnect_min")
     if not ami.events.strip():
         raise ConfigError("ami.events: must name at least one event class, e.g. 'call,system'")
+    for i, standby in enumerate(ami.standby):
+        if standby.port == 0:
+            raise ConfigError(f"ami.standby[{i}]: {standby} has no port (AMI listens on 5038)")
     return ami
 
 
 def _checked_ari(ari: AriConfig, base_dir: Path, *, needed: bool) -> AriConfig:
-    url = ari.url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"ari.url: {url!r} must start with http:// or https://")
+    url = _ari_url(ari.url, "ari.url")
+    standby = tuple(_ari_url(u, f"ari.standby[{i}]") for i, u in enumerate(ari.standby))
     if ari.password and ari.password_file:
         raise ConfigError("ari.password and ari.password_file: set only one of them")
     password = ari.password
@@ -472,7 +490,14 @@ def _checked_ari(ari: AriConfig, base_dir: Path, *, needed: bool) -> AriConfig:
         raise ConfigError("ari.password: required when ari.username is set (or ari.password_file)")
     if not ari.app or any(c in ari.app for c in "/?&# "):
         raise ConfigError(f"ari.app: {ari.app!r} is not a usable Stasis application name")
-    return dataclasses.replace(ari, url=url, password=password)
+    return dataclasses.replace(ari, url=url, password=password, standby=standby)
+
+
+def _ari_url(text: str, name: str) -> str:
+    url = text.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}: {url!r} must start with http:// or https://")
+    return url
 
 
 def _checked_sip(sip: SipConfig, base_dir: Path) -> SipConfig:

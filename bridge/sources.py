@@ -38,14 +38,18 @@ def build_source(
         ari = config.ari
         return AriSource(ari.url, ari.username, ari.password, on_event, app=ari.app,
                          hints=config.hints, contacts=[rule.phone for rule in config.leds],
+                         standby=ari.standby, ping_interval=ari.keepalive,
                          **backoff)  # fmt: skip
     if config.hints:
         log.warning("[hints] is read only with asterisk.source = \"ari\"; over AMI the keys "
                     "are Asterisk's own hints (extensions.conf)")  # fmt: skip
     login = local or Login(ami.host, ami.port, ami.username, ami.secret)
+    # A local PBX has no standby: the configured ones belong to the configured Asterisk.
+    standby = [] if local else [(a.host, a.port) for a in ami.standby]
     return AmiSource(login.host, login.port, login.username, login.secret, on_event,
                      events=ami.events, getvar_timeout=ami.getvar_timeout,
-                     contacts=bool(config.leds), **backoff)  # fmt: skip
+                     contacts=bool(config.leds), standby=standby,
+                     ping_interval=ami.keepalive, **backoff)  # fmt: skip
 
 
 def describe(source: Source, config: Config, *, local: bool) -> str:

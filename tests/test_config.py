@@ -76,6 +76,15 @@ def test_secret_file_from_systemd_credentials(
     assert load(path).ami.secret == "from-systemd"
 
 
+def test_standby_endpoints_are_read_in_order(tmp_path: Path) -> None:
+    path = write(tmp_path, "[ami]\nstandby = ['10.0.0.2:5038', '[fd00::2]:5039']\nkeepalive = 2\n"
+                 "[ari]\nstandby = ['http://10.0.0.2:8088/']\n")  # fmt: skip
+    config = load(path)
+    assert config.ami.standby == (ListenAddress("10.0.0.2", 5038), ListenAddress("fd00::2", 5039))
+    assert config.ami.keepalive == 2.0
+    assert config.ari.standby == ("http://10.0.0.2:8088",)
+
+
 def test_secret_never_in_repr(tmp_path: Path) -> None:
     path = write(tmp_path, "[ami]\nusername = 'bridge'\nsecret = 'topsecret'\n")
     assert "topsecret" not in repr(load(path))
@@ -96,6 +105,11 @@ def test_secret_never_in_repr(tmp_path: Path) -> None:
         ("[ami]\nusername = 'x'\n", None, "ami.secret"),
         ("[ami]\nsecret_file = 'missing.secret'\n", None, "ami.secret_file"),
         ("[ami]\nbogus = 1\n", None, "ami.bogus"),
+        ("[ami]\nstandby = ['10.0.0.2:5038', '10.0.0.3']\n", None, "ami.standby[1]"),
+        ("[ami]\nstandby = ['10.0.0.2:0']\n", None, "ami.standby[0]"),
+        ("[ami]\nkeepalive = 0\n", None, "ami.keepalive"),
+        ("[ari]\nstandby = ['10.0.0.2:8088']\n", None, "ari.standby[0]"),
+        ("[ari]\nstandby = 'http://10.0.0.2:8088'\n", None, "ari.standby"),
         ("[nonsense]\nx = 1\n", None, "[nonsense]"),
         ("[watch]\nextensions = ['20 1']\n", None, "watch.extensions[0]"),
         ("[watch]\noutgoing_blinks = 'yes'\n", None, "watch.outgoing_blinks"),

@@ -24,17 +24,22 @@ log = logging.getLogger("tests.retry")
 class Script:
     """Sessions played in turn (the last one again and again), each counted and timed."""
 
-    def __init__(self, *steps: Step) -> None:
+    def __init__(
+        self, *steps: Step, endpoints: tuple[str, ...] = ("",), steady: float = 0.0
+    ) -> None:
         self.steps = steps
         self.started: list[float] = []
+        self.on: list[str] = []  # the endpoint of each session
         self.collector = Collector()
         self.events = OrderedEvents(self.collector)
         self.loop = ReconnectLoop(
-            "test", self.session, self.events, log, backoff_min=0.02, backoff_max=0.16
-        )
+            "test", self.session, self.events, log, backoff_min=0.02, backoff_max=0.16,
+            endpoints=endpoints, steady=steady,
+        )  # fmt: skip
         self.ran = asyncio.Event()
 
-    async def session(self) -> bool:
+    async def session(self, endpoint: str) -> bool:
+        self.on.append(endpoint)
         self.started.append(asyncio.get_running_loop().time())
         self.ran.set()
         step = self.steps[min(len(self.started), len(self.steps)) - 1]
@@ -57,6 +62,16 @@ async def synced_then_lost(script: Script) -> bool:
     await asyncio.sleep(0)
     script.events.put_nowait(Batch([SourceLost()]))
     return True
+
+
+async def followed_then_lost(script: Script) -> bool:
+    script.loop.following(script.on[-1])  # the login was accepted
+    return await synced_then_lost(script)
+
+
+async def unreachable(script: Script) -> bool:
+    script.loop.problems.report(f"cannot connect to test at {script.on[-1]}: refused")
+    return False
 
 
 async def broken(script: Script) -> bool:
@@ -175,3 +190,54 @@ async def test_cancelling_run_cancels_the_session_and_propagates() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 1.0)
     assert cancelled.is_set()
+
+
+def backoffs(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("reconnecting to test in" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_lost_endpoint_hands_over_to_the_next_at_once_and_a_failed_round_backs_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, log.name)
+    script = Script(followed_then_lost, unreachable, endpoints=("A", "B"))
+    task = await run_until(script, 2)
+    assert backoffs(caplog) == 0  # A lost: B is tried without a wait
+    await script.sessions(5)
+    await stopped(script, task, cut_attempt=True)
+    assert script.on[:5] == ["A", "B", "A", "B", "A"]
+    # A, B both refused: one wait per whole round, none between the two endpoints of a round.
+    assert backoffs(caplog) in (2, 3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        "cannot connect to test at B: refused (retrying with backoff)",
+        "test: none of A, B answers (retrying with backoff)",
+        "cannot connect to test at A: refused (retrying with backoff)",
+    ]  # each problem once, however many rounds
+
+
+async def test_a_switch_is_logged_and_counted_and_the_new_endpoint_followed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    script = Script(followed_then_lost, followed_then_lost, until_stopped, endpoints=("A", "B"))
+    assert (script.loop.endpoint, script.loop.switches) == ("A", 0)
+    task = await run_until(script, 3)
+    await stopped(script, task, cut_attempt=False)
+    assert script.on == ["A", "B", "A"]
+    assert (script.loop.endpoint, script.loop.switches) == ("B", 1)  # A's session: not followed
+    switches = [r for r in caplog.records if "lost; following" in r.getMessage()]
+    assert [r.getMessage() for r in switches] == ["test: A lost; following B"]
+    assert switches[0].levelno == logging.WARNING
+    # Each session resynced: the keys are right after the switch.
+    assert script.collector.events[:6] == [ResyncStarted(), ResyncFinished(), SourceLost()] * 2
+
+
+async def test_a_standby_that_drops_every_session_at_once_still_waits_between_rounds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, log.name)
+    # No session lasts 60 s: each counts as a failed try of its endpoint.
+    script = Script(synced_then_lost, endpoints=("A", "B"), steady=60.0)
+    task = await run_until(script, 5)
+    await stopped(script, task, cut_attempt=False)
+    assert backoffs(caplog) >= 2  # not a busy loop between A and B

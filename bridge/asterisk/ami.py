@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from panoramisk.actions import Action
@@ -148,6 +148,11 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk has no type hi
                 or h.get("event", "").lower() == "shutdown"
             ):
                 self.handle_message(Message.from_line(block))
+
+
+def _where(host: str, port: int) -> str:
+    """An endpoint as the log names it: "10.0.0.1:5038", "[fd00::1]:5038"."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _ignorable(block: str) -> bool:
@@ -283,8 +288,11 @@ class AmiSource:
         getvar_timeout: float = 1.0,
         connect_timeout: float = 5.0,
         contacts: bool = False,
+        standby: Sequence[tuple[str, int]] = (),
     ) -> None:
-        self.host, self.port = host, port
+        self.host, self.port = host, port  # the endpoint of the current (or last) session
+        # Every endpoint of this PBX by its name in the log: the primary, then the standbys.
+        self._endpoints = {_where(h, p): (h, p) for h, p in ((host, port), *standby)}
         self._username, self._secret = username, secret
         self._events = events  # "call,system": no dialplan class, the VarSet/Newexten flood
         self._ping_interval = ping_interval
@@ -303,10 +311,21 @@ class AmiSource:
         self._logoff: asyncio.Future[Any] | None = None
         self._groups: asyncio.Task[None] | None = None
         self._loop = ReconnectLoop(
-            "AMI", self._session, self._queue, log, backoff_min=backoff_min, backoff_max=backoff_max
-        )
+            "AMI", self._session, self._queue, log, backoff_min=backoff_min,
+            backoff_max=backoff_max, endpoints=list(self._endpoints),
+        )  # fmt: skip
         self._stopping = self._loop.stopping
         self._problems = self._loop.problems
+
+    @property
+    def endpoint(self) -> str:
+        """The AMI endpoint followed ("host:port"): the last that accepted the login."""
+        return self._loop.endpoint
+
+    @property
+    def switches(self) -> int:
+        """How often the bridge moved to another endpoint of this PBX (failover)."""
+        return self._loop.switches
 
     async def run(self) -> None:
         """Connect, resync and stream events until ``stop()`` or cancellation."""
@@ -328,8 +347,9 @@ class AmiSource:
         if self._conn is not None and logging_off:
             _, self._logoff = self._conn.send({"Action": "Logoff"})
 
-    async def _session(self) -> bool:
+    async def _session(self, endpoint: str) -> bool:
         """One connection's life; True when Login was accepted (the backoff starts over)."""
+        self.host, self.port = self._endpoints[endpoint]
         conn = self._conn = _Connection(self)
         loop = asyncio.get_running_loop()
         try:
@@ -367,6 +387,7 @@ class AmiSource:
             self._problems.report(f"AMI login as {self._username!r} failed: {reason}")
             return False
         self._problems.clear()
+        self._loop.following(_where(self.host, self.port))
         waits = [
             asyncio.create_task(self._keepalive(conn)),
             asyncio.create_task(self._stopping.wait()),

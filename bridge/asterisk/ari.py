@@ -183,8 +183,12 @@ class AriSource:
         ping_interval: float = 10.0,
         hints: Sequence[tuple[str, str]] = (),
         contacts: Sequence[str] = (),
+        standby: Sequence[str] = (),
     ) -> None:
-        self._base = _ari_base(url)
+        # Every endpoint of this PBX by its URL as configured: the primary, then the standbys.
+        self._endpoints = {u: _ari_base(u) for u in (url, *standby)}
+        self._current = url  # the endpoint of the current (or last) session
+        self._base = self._endpoints[url]
         self._hints = tuple(hints)  # (exten, device expression) from the configuration
         # The devices of those hints whose state no channel tells, as Asterisk spells them.
         named = (d for _, hint in self._hints for d in hint_parts(hint))
@@ -212,8 +216,9 @@ class AriSource:
         self._multi: bool | None = None  # does GET …/variables work? None: not known yet
         self._announced = False  # ResyncStarted sent and no SourceLost since
         self._loop = ReconnectLoop(
-            "ARI", self._session, self._queue, log, backoff_min=backoff_min, backoff_max=backoff_max
-        )
+            "ARI", self._session, self._queue, log, backoff_min=backoff_min,
+            backoff_max=backoff_max, endpoints=list(self._endpoints),
+        )  # fmt: skip
         self._stopping = self._loop.stopping
         self._problems = self._loop.problems
         self._pjsip: list[str] = []  # the PJSIP endpoints of the last snapshot
@@ -241,10 +246,22 @@ class AriSource:
 
     # -- one connection ----------------------------------------------------------------------
 
-    async def _session(self) -> bool:
+    @property
+    def endpoint(self) -> str:
+        """The ARI endpoint followed (its URL): the last whose resync went through."""
+        return self._loop.endpoint
+
+    @property
+    def switches(self) -> int:
+        """How often the bridge moved to another endpoint of this PBX (failover)."""
+        return self._loop.switches
+
+    async def _session(self, endpoint: str) -> bool:
         """One websocket's life; True when its resync went through (the backoff starts over)."""
         http = self._http
         assert http is not None, "run() opens the HTTP session"
+        self._current, self._base = endpoint, self._endpoints[endpoint]
+        self.host, self.port = self._base.host or "", self._base.port or 0
         where = f"{self.host}:{self.port}"
         url = (self._base / "events").with_query(app=self._app, subscribeAll="true")
         try:
@@ -321,6 +338,7 @@ class AriSource:
             )
             return False
         self._problems.clear()
+        self._loop.following(self._current)
         self._announced = True
         held, self._held = self._held or [], None
         for item in [Batch([ResyncStarted()]), *items, *held]:

@@ -6,6 +6,14 @@ one answer to "what happens when…": Asterisk is not there, refuses the login, 
 own code raises something nobody expected. The last must never end the source quietly: it is
 logged with its traceback (once; the same failure again gets one line) and the next session
 starts after the backoff, with a full resync like any reconnect.
+
+Failover. A PBX may be reachable at several endpoints (an active/standby pair): the loop tries
+them in the configured order, follows the first whose session gets through, and when that one
+is lost tries the next at once, each in turn; only a whole round that failed waits the backoff.
+Every session resyncs, so the keys are right again after a switch. It does not go back to the
+first endpoint by itself while the one it follows answers: in an HA pair the node that comes
+back is usually the standby now (an idle Asterisk answers AMI too), and returning home on every
+blip would make the keys flap between two views of the calls.
 """
 
 from __future__ import annotations
@@ -14,13 +22,17 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from bridge.asterisk.delivery import OrderedEvents
 
-# One connection's life; True when Asterisk accepted the login, so the backoff starts over.
-Session = Callable[[], Coroutine[Any, Any, bool]]
+# One connection's life to the endpoint named; True when Asterisk accepted the login, so the
+# backoff starts over.
+Session = Callable[[str], Coroutine[Any, Any, bool]]
+# A session that got through but ended sooner than this counts as a failed try of its endpoint,
+# so that two endpoints that both accept the login and drop at once are not tried in a busy loop.
+STEADY = 2.0
 
 
 def reconnect_delay(failures: int, low: float, high: float) -> float:
@@ -32,28 +44,32 @@ def reconnect_delay(failures: int, low: float, high: float) -> float:
 
 
 class ProblemLog:
-    """Logs a connect/login problem once at WARNING; the same problem again only at DEBUG."""
+    """Logs a connect/login problem once at WARNING; the same problem again, until things work
+    again, only at DEBUG (with several endpoints their problems take turns: each once)."""
 
     def __init__(self, log: logging.Logger) -> None:
         self._log = log
-        self._last = ""
+        self._seen: set[str] = set()
 
     def report(self, text: str) -> None:
         """A problem seen now."""
-        level = logging.DEBUG if text == self._last else logging.WARNING
+        level = logging.DEBUG if text in self._seen else logging.WARNING
         self._log.log(level, "%s (retrying with backoff)", text)
-        self._last = text
+        self._seen.add(text)
 
     def clear(self) -> None:
         """Things work again: the next problem is news."""
-        self._last = ""
+        self._seen.clear()
 
 
 class ReconnectLoop:
-    """Runs a source's sessions one after another, with backoff, until :meth:`stop`.
+    """Runs a source's sessions one after another, with backoff, until :meth:`stop`, on the
+    ``endpoints`` in turn (module docstring: failover).
 
     It also runs the task that hands the source's events over (``events``), so everything a
-    session queued is delivered before :meth:`run` returns.
+    session queued is delivered before :meth:`run` returns. ``endpoint`` is the endpoint
+    followed (the last whose login was accepted; the first until then) and ``switches`` how
+    often that changed, for the status view.
     """
 
     def __init__(
@@ -65,7 +81,11 @@ class ReconnectLoop:
         *,
         backoff_min: float,
         backoff_max: float,
+        endpoints: Sequence[str] = ("",),
+        steady: float = STEADY,
     ) -> None:
+        if not endpoints:
+            raise ValueError("a reconnect loop needs at least one endpoint")
         self.what = what  # "AMI", "ARI": for the log
         self.stopping = asyncio.Event()  # set by stop(); a session ends when it sees it
         self.problems = ProblemLog(log)  # a session reports connect/login trouble here
@@ -75,18 +95,51 @@ class ReconnectLoop:
         self._backoff = (backoff_min, backoff_max)
         self._attempt: asyncio.Task[bool] | None = None
         self._last_failure = ""  # the unexpected exception logged last, as text
+        self.endpoints = tuple(endpoints)  # "host:port" or a URL, as the log names them
+        self.endpoint = self.endpoints[0]
+        self.switches = 0
+        self._followed = ""  # the endpoint whose login was accepted last; "" not yet any
+        self._steady = steady
+
+    def following(self, endpoint: str) -> None:
+        """The session on ``endpoint`` got through (login accepted): it is the one followed
+        now; a change of endpoint is logged at WARNING and counted."""
+        previous, self._followed, self.endpoint = self._followed, endpoint, endpoint
+        if previous and previous != endpoint:
+            self.switches += 1
+            self._log.warning("%s: %s lost; following %s", self.what, previous, endpoint)
+        elif not previous and endpoint != self.endpoints[0]:
+            self._log.warning("%s: %s does not answer; following %s", self.what,
+                              self.endpoints[0], endpoint)  # fmt: skip
 
     async def run(self) -> None:
         """Sessions until ``stop()`` or cancellation; returns once every event is delivered."""
         self.stopping.clear()
         deliverer = asyncio.create_task(self._events.deliver(), name=f"{self.what}-deliver")
-        failures = 0
+        failures = 0  # whole rounds failed in a row
+        tried = 0  # endpoints tried in this round without a steady session
+        index = 0
+        clock = asyncio.get_running_loop().time
         try:
             while not self.stopping.is_set():
-                established = await self._one_session()
-                failures = 0 if established else failures + 1
+                started = clock()
+                established = await self._one_session(self.endpoints[index])
                 if self.stopping.is_set():
                     break
+                index = (index + 1) % len(self.endpoints)
+                steady = established and clock() - started >= self._steady
+                tried = 1 if steady else tried + 1
+                if established:
+                    failures = 0
+                if len(self.endpoints) > 1 and tried < len(self.endpoints):
+                    continue  # the next endpoint at once: it may be the one that answers
+                if not established:
+                    failures += 1
+                    if len(self.endpoints) > 1:
+                        self.problems.report(
+                            f"{self.what}: none of {', '.join(self.endpoints)} answers"
+                        )
+                tried = 0
                 delay = reconnect_delay(failures, *self._backoff)
                 self._log.debug("reconnecting to %s in %.2f s", self.what, delay)
                 with contextlib.suppress(TimeoutError):
@@ -106,8 +159,9 @@ class ReconnectLoop:
         if cut_attempt and self._attempt is not None and not self._attempt.done():
             self._attempt.cancel()
 
-    async def _one_session(self) -> bool:
-        self._attempt = asyncio.create_task(self._session(), name=f"{self.what}-session")
+    async def _one_session(self, endpoint: str) -> bool:
+        session = self._session(endpoint)
+        self._attempt = asyncio.create_task(session, name=f"{self.what}-session")
         try:
             established = await self._attempt
         except asyncio.CancelledError:
