@@ -15,8 +15,9 @@ from pathlib import Path
 from lxml import etree
 from sipp import TracedMessage, parse_trace
 
-from bridge.asterisk.ami_events import parse_frames, to_events
-from bridge.demo.ami_server import RecordedAmiServer, load_recordings, offered_calls
+from bridge.asterisk.ami_events import to_events
+from bridge.demo.ami_server import RecordedAmiServer
+from bridge.demo.recording import load_recordings, offered_calls, parse_frames
 from bridge.events import ChannelGone, ChannelSeen, ChannelState, ExtensionHint
 
 TENANTS = Path(__file__).parent / "fixtures" / "asterisk-22.10.1" / "tenants"
