@@ -35,8 +35,11 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy --strict bridge
 
+# Four workers: the tests mostly wait on sockets and child processes, so they overlap well even
+# on two cores. TEST_WORKERS=0 runs them one after the other (pytest-xdist's "-n 0").
+TEST_WORKERS ?= 4
 pytest: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 ## SIPp plays the phones in the tests (Debian package sip-tester); chromium shows the live
 ## panel to playwright (its test is skipped without it); systemd-analyze checks the unit;
