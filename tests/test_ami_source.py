@@ -614,3 +614,32 @@ async def test_a_bug_in_a_session_is_logged_and_the_source_reconnects(
     (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "AMI session failed unexpectedly" in error.getMessage()
     assert error.exc_info is not None and "planted bug" in str(error.exc_info[1])
+
+
+async def test_an_action_after_the_connection_closed_is_not_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Asterisk going away mid-sync: the actions still queued (the pickup-group reads) end like
+    actions in flight, without a write to the dead socket (panoramisk would log a traceback
+    for each: seen under uvloop when a failover test stopped its primary)."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"Asterisk Call Manager/11.0.0\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    conn = ami_module._Connection(AmiSource("127.0.0.1", port, "u", "s", lambda e: None))
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.create_connection(lambda: ami_module._Protocol(conn), "127.0.0.1", port)
+        await asyncio.wait_for(conn.lost.wait(), WAIT)
+        with caplog.at_level(logging.DEBUG):
+            _, answer = conn.send({"Action": "PJSIPShowEndpoint", "Endpoint": "202"}, lists=True)
+            with pytest.raises(asyncio.CancelledError):  # not left pending for ever
+                await asyncio.wait_for(answer, WAIT)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -219,6 +219,13 @@ class _Connection:
         the answer is every message up to the list's ...Complete event (or the lone error)."""
         action = _Action(fields)
         assert self.protocol is not None
+        transport = self.protocol.transport
+        if self.lost.is_set() or transport is None or transport.is_closing():
+            # Lost meanwhile (Asterisk went away mid-sync): answered like an action in flight
+            # when the connection drops, instead of panoramisk logging a traceback per write.
+            gone: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            gone.cancel()
+            return action.id, gone
         # panoramisk: as_list=None detects a list by "EventList: start"; False takes the first.
         future: asyncio.Future[Any] = self.protocol.send(action, as_list=None if lists else False)
         self._inflight.add(future)
