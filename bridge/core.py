@@ -303,9 +303,10 @@ class BridgeCore:
                     self.device_states[key] = event.state
                     leds.device_state(event.device, event.state, now)
             case ExtensionHint():
-                if self.hint_states.get(event.exten) != event.status:
-                    self.hint_states[event.exten] = event.status
-                    leds.hint_state(event.exten, event.status, now)
+                key = self.tracker.key(event.exten, event.context)  # tenants: 202@tenant-b
+                if self.hint_states.get(key) != event.status:
+                    self.hint_states[key] = event.status
+                    leds.hint_state(key, event.status, now)
             case ContactChanged():
                 leds.contact(event.aor, event.uri, now, reachable=event.reachable,
                              endpoint=event.endpoint, listed=event.listed)  # fmt: skip
