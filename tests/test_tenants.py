@@ -1,0 +1,171 @@
+"""Tenants on one Asterisk: a key is (context, extension), a watcher watches in its endpoint's
+``subscribe_context``.
+
+The two-tenant recording (tests/fixtures/asterisk-22.10.1/tenants, see its README) rings 202 in
+context ``internal`` (tenant A, called by "Phone 201") and 202 in ``tenant-b`` (called by
+"Tenant B 201", caller id 201 too) at the same time. It goes into the core here as the AMI source
+hands it over, on the fake clock of tests/test_core.py; a watcher of 202 in each tenant must see
+what Asterisk's own BLF sent it (``own-blf-202-tenant-a.log``/``-b.log``) and nothing of the other
+tenant: no key, no caller, no pickup id. tests/test_app.py-style checks over real sockets are at
+the end (the recording replayed by the demo AMI server to a running bridge).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from own_blf import collapsed, own_blf
+from own_blf import key_state as own_key_state
+from test_core import NS, RESYNC_ANSWERS, Lab, Sip, dialogs, lab, with_ids
+
+from bridge.asterisk import ami_events
+from bridge.demo.recording import load_endpoints, load_scenario, offered_calls
+from bridge.devices import parse_groups
+from bridge.events import AsteriskEvent, EndpointGroups, ResyncFinished, ResyncStarted
+
+TENANTS = Path(__file__).parent / "fixtures" / "asterisk-22.10.1" / "tenants"
+SCENARIO = "tenants/two-tenants-ring-202"  # under the recordings folder, as own_blf reads it
+FOLDER = TENANTS / "two-tenants-ring-202"
+Timed = list[tuple[int, AsteriskEvent]]
+
+
+def tenant_groups() -> list[AsteriskEvent]:
+    """Every endpoint's groups and subscribe_context, as the AMI source reads them."""
+    conf = load_endpoints(TENANTS / "asterisk-etc" / "pjsip.conf")
+    return [
+        EndpointGroups(name, parse_groups(v.get("call_group", "")),
+                       parse_groups(v.get("pickup_group", "")), v.get("subscribe_context", ""))
+        for name, v in sorted(conf.items())
+    ]  # fmt: skip
+
+
+def two_tenants() -> tuple[list[AsteriskEvent], Timed]:
+    """The login-time resync (then the endpoints), and the call at its recorded times."""
+    s = load_scenario(FOLDER)
+    listed = [ev for name in RESYNC_ANSWERS for answer in s.answers.get(name, [])[:1]
+              for frame in answer.frames for ev in ami_events.to_events(frame)]  # fmt: skip
+    timed: Timed = []
+    for recorded in s.events:
+        if {"call", "system"} & set(recorded.headers.get("Privilege", "").split(",")):
+            for event in with_ids(ami_events.to_events(recorded.headers), s.getvars):
+                timed.append((round(recorded.t * 1000), event))
+    return [ResyncStarted(), *listed, ResyncFinished(), *tenant_groups()], timed
+
+
+def of_subscription(lb: Lab, reply: Sip) -> list[Sip]:
+    """The NOTIFYs of the subscription ``reply`` accepted (retransmissions left out)."""
+    seen, out = set(), []
+    for _, _, message in lb.sent:
+        if message.method == "NOTIFY" and message.headers["call-id"] == reply.headers["call-id"]:
+            if message.headers["cseq"] not in seen:
+                seen.add(message.headers["cseq"])
+                out.append(message)
+    return out
+
+
+def early(notifies: list[Sip]) -> list[etree._Element]:
+    return [d for n in notifies for d in dialogs(n) if d.findtext("d:state", namespaces=NS)
+            == "early"]  # fmt: skip
+
+
+def caller(dialog: etree._Element) -> str | None:
+    identity = dialog.find("d:remote/d:identity", NS)
+    return None if identity is None else identity.get("display")
+
+
+def leg_ids() -> dict[str, tuple[str, str, str]]:
+    """Each tenant's ringing leg: (call-id, Asterisk's tag, the phone's tag)."""
+    a = (FOLDER / "replaces.csv").read_text().splitlines()[1].split(";")
+    b = offered_calls((FOLDER / "sip-b202.log").read_text())[0]
+    return {"a": (a[0], a[1], a[2]), "b": tuple(b)}  # type: ignore[dict-item]
+
+
+def both_watching(*extra: str, users: tuple[str, str] = ("203", "b203")) -> tuple[Lab, Sip, Sip]:
+    resync, timed = two_tenants()
+    lb = lab(*extra)
+    lb.feed(resync)
+    a, b = (lb.subscribe("202", user=user) for user in users)
+    assert (a.status, b.status) == (200, 200)
+    lb.play(timed, start=lb.clock.ms)
+    return lb, a, b
+
+
+# --- the core, on the fake clock -----------------------------------------------------------------
+
+
+def test_each_tenants_watcher_sees_only_its_own_202_as_asterisks_own_blf_did() -> None:
+    lb, a, b = both_watching()
+    ids = leg_ids()
+    for reply, tenant, display in ((a, "a", "Phone 201"), (b, "b", "Tenant B 201")):
+        notifies = of_subscription(lb, reply)
+        got = [own_key_state(n.body) for n in notifies]
+        assert collapsed(got) == collapsed(own_blf(SCENARIO, f"202-tenant-{tenant}")), tenant
+        ringing = early(notifies)
+        assert ringing and {caller(d) for d in ringing} == {display}, tenant
+        for d in ringing:  # the ids of its own tenant's leg, never the other's
+            assert (d.get("call-id"), d.get("remote-tag"), d.get("local-tag")) == ids[tenant]
+            assert etree.fromstring(notifies[0].body).get("entity").startswith("sip:202@")
+        other = ids["b" if tenant == "a" else "a"]
+        assert not any(i.encode() in n.body for n in notifies for i in other), tenant
+
+
+def test_the_keys_are_named_by_context_the_default_one_bare() -> None:
+    lb, _, _ = both_watching()
+    tracker = lb.core.tracker
+    assert tracker.default_context == "internal"  # 9 of its 12 hints
+    assert {"202", "202@tenant-b", "201@tenant-b", "210", "701"} <= tracker.extensions()
+    assert "210@tenant-b" not in tracker.extensions()  # only tenant A has a DND key
+    assert tracker.resolve("202", "b203") == "202@tenant-b"
+    assert tracker.resolve("202", "203") == tracker.resolve("202", "nobody") == "202"
+    assert tracker.resolve("202@tenant-b", "203") is None
+    # The log and the status say which one rang.
+    assert lb.core.notifier.stats().watchers == {"202": 1, "202@tenant-b": 1}
+
+
+def test_another_default_context_renames_the_keys_not_what_a_watcher_sees() -> None:
+    lb, a, b = both_watching('watch.context="tenant-b"')
+    assert lb.core.tracker.resolve("202", "203") == "202@internal"
+    assert lb.core.tracker.resolve("202", "b203") == "202"
+    assert {caller(d) for d in early(of_subscription(lb, a))} == {"Phone 201"}
+    assert {caller(d) for d in early(of_subscription(lb, b))} == {"Tenant B 201"}
+
+
+def test_a_watcher_whose_endpoint_is_unknown_watches_in_the_default_context() -> None:
+    lb, a, _ = both_watching(users=("nobody", "b203"))
+    assert {caller(d) for d in early(of_subscription(lb, a))} == {"Phone 201"}
+
+
+@pytest.mark.parametrize(
+    ("user", "exten", "status"),
+    [
+        ("b203", "210", 404),  # tenant A's DND key: no such hint in tenant-b
+        ("203", "210", 200),
+        ("203", "202%40tenant-b", 404),  # no naming another tenant's key from outside
+        ("b203", "202%40internal", 404),
+    ],
+)
+def test_a_watcher_cannot_reach_another_contexts_keys(user: str, exten: str, status: int) -> None:
+    resync, _ = two_tenants()
+    lb = lab()
+    lb.feed(resync)
+    assert lb.subscribe(exten, user=user).status == status
+
+
+def test_the_watch_list_names_keys_with_their_context() -> None:
+    resync, _ = two_tenants()
+    lb = lab('watch.extensions=["202@tenant-b"]')
+    lb.feed(resync)
+    assert lb.core.tracker.extensions() == frozenset({"202@tenant-b"})
+    assert lb.subscribe("202", user="203").status == 404
+    assert lb.subscribe("202", user="b203").status == 200
+
+
+def test_a_key_named_with_an_empty_context_is_refused_by_the_config() -> None:
+    from bridge.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=r"watch\.extensions\[0\]: '202@' is not"):
+        load(None, ['watch.extensions=["202@"]'])
+    with pytest.raises(ConfigError, match=r"watch\.context: 'a@b' is not a dialplan context"):
+        load(None, ['watch.context="a@b"'])
