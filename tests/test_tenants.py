@@ -18,9 +18,14 @@ import pytest
 from lxml import etree
 from own_blf import collapsed, own_blf
 from own_blf import key_state as own_key_state
+from sipp import SippWatcher
+from test_app import IDLE_MS, SPEED, check_notify_sequence, eventually, running_bridge
+from test_app import dialogs as socket_dialogs
 from test_core import NS, RESYNC_ANSWERS, Lab, Sip, dialogs, lab, with_ids
 
 from bridge.asterisk import ami_events
+from bridge.config import ConfigError, load
+from bridge.demo.ami_server import RecordedAmiServer
 from bridge.demo.recording import load_endpoints, load_scenario, offered_calls
 from bridge.devices import parse_groups
 from bridge.events import AsteriskEvent, EndpointGroups, ResyncFinished, ResyncStarted
@@ -58,10 +63,10 @@ def of_subscription(lb: Lab, reply: Sip) -> list[Sip]:
     """The NOTIFYs of the subscription ``reply`` accepted (retransmissions left out)."""
     seen, out = set(), []
     for _, _, message in lb.sent:
-        if message.method == "NOTIFY" and message.headers["call-id"] == reply.headers["call-id"]:
-            if message.headers["cseq"] not in seen:
-                seen.add(message.headers["cseq"])
-                out.append(message)
+        ours = message.method == "NOTIFY" and message.headers["call-id"] == reply.headers["call-id"]
+        if ours and message.headers["cseq"] not in seen:
+            seen.add(message.headers["cseq"])
+            out.append(message)
     return out
 
 
@@ -163,9 +168,39 @@ def test_the_watch_list_names_keys_with_their_context() -> None:
 
 
 def test_a_key_named_with_an_empty_context_is_refused_by_the_config() -> None:
-    from bridge.config import ConfigError, load
-
     with pytest.raises(ConfigError, match=r"watch\.extensions\[0\]: '202@' is not"):
         load(None, ['watch.extensions=["202@"]'])
     with pytest.raises(ConfigError, match=r"watch\.context: 'a@b' is not a dialplan context"):
         load(None, ['watch.context="a@b"'])
+
+
+# --- over real sockets: the demo AMI server replays the recording, SIPp watches ----------------
+
+
+async def test_over_sockets_each_tenants_phone_sees_its_own_202_only() -> None:
+    async with (
+        RecordedAmiServer(TENANTS, speed=SPEED) as server,
+        running_bridge(server) as bridge,
+    ):
+        # The subscribe_contexts come with the pickup groups, read after the sync.
+        await eventually(lambda: bridge.core.policy.knows("b203"))
+        async with (
+            SippWatcher("202", bridge.bound("udp"), idle_ms=IDLE_MS, watcher="203") as a,
+            SippWatcher("202", bridge.bound("udp"), idle_ms=IDLE_MS, watcher="b203") as b,
+        ):
+            await eventually(lambda: bridge.notifier.stats().watchers == {"202": 1,
+                                                                           "202@tenant-b": 1})
+            await server.play("two-tenants-ring-202")
+            results = {"a": await a.finish(), "b": await b.finish()}
+    ids = leg_ids()
+    for tenant, display in (("a", "Phone 201"), ("b", "Tenant B 201")):
+        notifies = check_notify_sequence(results[tenant])  # entity sip:202@…, XSD-valid
+        got = [own_key_state(n.body) for n in notifies]
+        assert collapsed(got) == collapsed(own_blf(SCENARIO, f"202-tenant-{tenant}")), tenant
+        ringing = [d for n in notifies for d in socket_dialogs(n)
+                   if d.findtext("d:state", namespaces=NS) == "early"]  # fmt: skip
+        assert ringing and {caller(d) for d in ringing} == {display}, tenant
+        for d in ringing:
+            assert (d.get("call-id"), d.get("remote-tag"), d.get("local-tag")) == ids[tenant]
+        other = ids["b" if tenant == "a" else "a"]
+        assert not any(i.encode() in n.body for n in notifies for i in other), tenant
