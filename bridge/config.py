@@ -398,6 +398,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one ``section.key=value`` override; the value is TOML, or a bare string."""
     name, sep, text = item.partition("=")
     section, dot, key = name.strip().partition(".")
+    if len(key) > 2 and key[0] == key[-1] == '"':  # quoted as in TOML: hints."202@tenant-b"
+        key = key[1:-1]
     if not sep or not dot or not section or not key:
         raise ConfigError(f"--set {item!r}: expected section.key=value")
     try:

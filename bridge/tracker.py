@@ -131,6 +131,7 @@ class CallTracker:
         # (context, exten), watched or not: the default context is counted from it
         self._default_context: str | None = self._settings.context or None  # None: not yet
         self._subscribe_contexts: dict[str, str] = {}  # endpoint → its subscribe_context
+        self._contexts: set[str] = set()  # the contexts hints were seen in
         self._device_extens: dict[str, set[str]] = {}  # device key → watchable extens
         self._states: dict[str, EntityState] = {}  # only entities that differ from idle
         self._stateful = HintStates()  # devices without channels, parked calls
@@ -162,7 +163,7 @@ class CallTracker:
 
     @property
     def default_context(self) -> str:
-        """The context whose keys go by their bare extension ("" until a hint names one)."""
+        """The context whose keys go by their bare extension ("": none named, or not yet)."""
         return self._default_context or ""
 
     def key(self, exten: str, context: str) -> str:
@@ -177,7 +178,10 @@ class CallTracker:
         the default context. None for a name that tries to say a context itself."""
         if "@" in user:
             return None
-        return self.key(user, self._subscribe_contexts.get(watcher, ""))
+        context = self._subscribe_contexts.get(watcher, "")
+        # A context without hints (ARI's bare [hints], a single-tenant PBX's odd endpoint)
+        # watches in the default one.
+        return self.key(user, context if context in self._contexts else "")
 
     def channels_needing_ids(self) -> frozenset[str]:
         """Uniqueids of ringing incoming PJSIP legs of watched extensions still without LegIds."""
@@ -362,8 +366,9 @@ class CallTracker:
 
     def _on_hint(self, ev: ExtensionHint) -> set[str]:
         devices = hint_devices(ev.hint)
-        self._context_hints[(ev.context, ev.exten)] = devices  # "": ARI's configured hints
-        if ev.context and self._default_context is None:  # until the sync's end counts them
+        self._context_hints[(ev.context, ev.exten)] = devices  # "": ARI's bare [hints]
+        self._contexts.add(ev.context)
+        if self._default_context is None:  # until the sync's end counts them
             self._default_context = ev.context
         return self._set_hint(self.key(ev.exten, ev.context), devices)
 
@@ -397,8 +402,7 @@ class CallTracker:
         when that moves, every key of the old and the new default is renamed."""
         counts: dict[str, int] = {}
         for context, _ in self._context_hints:
-            if context:
-                counts[context] = counts.get(context, 0) + 1
+            counts[context] = counts.get(context, 0) + 1
         if not counts:
             return set()
         best = min(counts, key=lambda c: (-counts[c], c))

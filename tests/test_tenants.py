@@ -12,6 +12,8 @@ the end (the recording replayed by the demo AMI server to a running bridge).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -19,13 +21,22 @@ from lxml import etree
 from own_blf import collapsed, own_blf
 from own_blf import key_state as own_key_state
 from sipp import SippWatcher
-from test_app import IDLE_MS, SPEED, check_notify_sequence, eventually, running_bridge
+from test_app import (
+    IDLE_MS,
+    SPEED,
+    check_notify_sequence,
+    eventually,
+    running_bridge,
+    running_over_ari,
+)
 from test_app import dialogs as socket_dialogs
 from test_core import NS, RESYNC_ANSWERS, Lab, Sip, dialogs, lab, with_ids
 
+from bridge.app import Bridge
 from bridge.asterisk import ami_events
 from bridge.config import ConfigError, load
 from bridge.demo.ami_server import RecordedAmiServer
+from bridge.demo.ari_server import RecordedAriServer
 from bridge.demo.recording import load_endpoints, load_scenario, offered_calls
 from bridge.devices import parse_groups
 from bridge.events import AsteriskEvent, EndpointGroups, ResyncFinished, ResyncStarted
@@ -177,11 +188,28 @@ def test_a_key_named_with_an_empty_context_is_refused_by_the_config() -> None:
 # --- over real sockets: the demo AMI server replays the recording, SIPp watches ----------------
 
 
-async def test_over_sockets_each_tenants_phone_sees_its_own_202_only() -> None:
-    async with (
-        RecordedAmiServer(TENANTS, speed=SPEED) as server,
-        running_bridge(server) as bridge,
-    ):
+@asynccontextmanager
+async def replayed(source: str) -> AsyncIterator[tuple[RecordedAmiServer | RecordedAriServer,
+                                                      Bridge]]:  # fmt: skip
+    """The recording's PBX on AMI, or on ARI (which lists no hints: tenant B's 202 is
+    configured as ``[hints] "202@tenant-b"``), and a bridge following it."""
+    if source == "ami":
+        async with (
+            RecordedAmiServer(TENANTS, speed=SPEED) as ami,
+            running_bridge(ami) as bridge,
+        ):
+            yield ami, bridge
+    else:
+        async with (
+            RecordedAriServer(TENANTS, speed=SPEED) as ari,
+            running_over_ari(ari, 'hints."202@tenant-b"="PJSIP/b202"') as bridge,
+        ):
+            yield ari, bridge
+
+
+@pytest.mark.parametrize("source", ["ami", "ari"])
+async def test_over_sockets_each_tenants_phone_sees_its_own_202_only(source: str) -> None:
+    async with replayed(source) as (server, bridge):
         # The subscribe_contexts come with the pickup groups, read after the sync.
         await eventually(lambda: bridge.core.policy.knows("b203"))
         async with (

@@ -356,7 +356,10 @@ class AriSource:
             events += listed_device(device)
         for endpoint in endpoints:
             events += listed_endpoint(endpoint)
-        events += [ExtensionHint(exten, "", hint, 0) for exten, hint in self._hints]
+        events += [  # "202@tenant-b" is tenant B's 202; a bare name is the default context's
+            ExtensionHint(exten.partition("@")[0], exten.partition("@")[2], hint, 0)
+            for exten, hint in self._hints
+        ]
         for found in await asyncio.gather(*(self._aor_contacts(a) for a in self._contact_aors)):
             events += found
         items = self._items(events, {})
