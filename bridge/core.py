@@ -319,7 +319,10 @@ class BridgeCore:
     def _source_news(self, event: AsteriskEvent, now: float) -> None:
         match event:
             case EndpointGroups():
-                if self.policy.set_groups(event.endpoint, event.call_groups, event.pickup_groups):
+                endpoint = event.endpoint
+                if self.tracker.set_subscribe_context(endpoint, event.subscribe_context):
+                    self._rehome(endpoint, event.subscribe_context, now)
+                if self.policy.set_groups(endpoint, event.call_groups, event.pickup_groups):
                     self._policy_changed(now)
             case ResyncStarted():
                 self.asterisk_connected = True
@@ -341,6 +344,19 @@ class BridgeCore:
                 extensions = sorted(self.tracker.extensions())
                 log.info("in sync with Asterisk; %d watchable extensions: %s", len(extensions),
                          ", ".join(extensions) or "none (no hints?)")  # fmt: skip
+
+    def _rehome(self, endpoint: str, context: str, now: float) -> None:
+        """An endpoint subscribed before its subscribe_context was read (just after a start):
+        subscriptions that resolved in the wrong context end as ``deactivated``, which makes
+        the phone subscribe again at once (RFC 6665), now to its own tenant's key."""
+        resolve = self.tracker.resolve
+
+        def misrouted(watcher: str, resource: str) -> bool:
+            return watcher == endpoint and resolve(resource.partition("@")[0], watcher) != resource
+
+        if ended := self.notifier.end_subscriptions(misrouted, now, "deactivated"):
+            log.info("%s watches in context %s: %d subscription(s) made before that was known "
+                     "ended (the phone subscribes again)", endpoint, context, ended)  # fmt: skip
 
     def _policy_changed(self, now: float) -> None:
         """Who may pick up changed: watchers of ringing extensions get their bodies again."""

@@ -49,7 +49,6 @@ from bridge.events import (
     DeviceStateChanged,
     DialBegan,
     DialEnded,
-    EndpointGroups,
     ExtensionHint,
     HoldChanged,
     LegIds,
@@ -63,6 +62,7 @@ from bridge.model import Dialog, DialogState, Direction, EntityState, PickupIds
 # Asterisk writes "<unknown>" for an identity nobody has set; it must never reach a display.
 _UNSET = frozenset({"", "<unknown>"})
 _UNIQUEID = re.compile(r"(\d+)\.(\d+)$")
+_MAX_GUESSED = 4096
 
 # Channel states only move forward; a late (reordered) Newchannel must not undo Ringing or Up.
 _RANK: dict[ChannelState, int] = {
@@ -132,6 +132,7 @@ class CallTracker:
         self._default_context: str | None = self._settings.context or None  # None: not yet
         self._subscribe_contexts: dict[str, str] = {}  # endpoint → its subscribe_context
         self._contexts: set[str] = set()  # the contexts hints were seen in
+        self._guessed: set[str] = set()  # watchers resolved before their context was known
         self._device_extens: dict[str, set[str]] = {}  # device key → watchable extens
         self._states: dict[str, EntityState] = {}  # only entities that differ from idle
         self._stateful = HintStates()  # devices without channels, parked calls
@@ -178,10 +179,23 @@ class CallTracker:
         the default context. None for a name that tries to say a context itself."""
         if "@" in user:
             return None
-        context = self._subscribe_contexts.get(watcher, "")
+        context = self._subscribe_contexts.get(watcher)
+        if context is None:
+            context = ""
+            if len(self._guessed) < _MAX_GUESSED:  # bounded: From users are anyone's to choose
+                self._guessed.add(watcher)
         # A context without hints (ARI's bare [hints], a single-tenant PBX's odd endpoint)
         # watches in the default one.
         return self.key(user, context if context in self._contexts else "")
+
+    def set_subscribe_context(self, endpoint: str, context: str) -> bool:
+        """Learn where an endpoint's SUBSCRIBEs resolve; True when it already watched before
+        that was known (its subscriptions may name the default context's keys wrongly)."""
+        self._subscribe_contexts[endpoint] = context
+        if endpoint in self._guessed:
+            self._guessed.discard(endpoint)
+            return True
+        return False
 
     def channels_needing_ids(self) -> frozenset[str]:
         """Uniqueids of ringing incoming PJSIP legs of watched extensions still without LegIds."""
@@ -212,9 +226,6 @@ class CallTracker:
                 dirty = self._on_hold(event, now)
             case ExtensionHint():
                 dirty = self._on_hint(event)
-            case EndpointGroups():
-                self._subscribe_contexts[event.endpoint] = event.subscribe_context
-                return set()
             case ResyncStarted():
                 self._epoch += 1
                 self._resyncing = True

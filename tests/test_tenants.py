@@ -232,3 +232,23 @@ async def test_over_sockets_each_tenants_phone_sees_its_own_202_only(source: str
             assert (d.get("call-id"), d.get("remote-tag"), d.get("local-tag")) == ids[tenant]
         other = ids["b" if tenant == "a" else "a"]
         assert not any(i.encode() in n.body for n in notifies for i in other), tenant
+
+
+def test_a_phone_that_subscribed_before_its_context_was_read_is_sent_to_subscribe_again(
+) -> None:  # fmt: skip
+    resync, timed = two_tenants()
+    lb = lab()
+    endpoints = [e for e in resync if isinstance(e, EndpointGroups)]
+    lb.feed(e for e in resync if not isinstance(e, EndpointGroups))  # the groups come late
+    early_b, early_a = lb.subscribe("202", user="b203"), lb.subscribe("202", user="203")
+    assert lb.core.notifier.stats().watchers == {"202": 2}  # b203 guessed the default context
+    lb.feed(endpoints)
+    final = of_subscription(lb, early_b)[-1]
+    assert final.headers["subscription-state"] == "terminated;reason=deactivated"
+    assert of_subscription(lb, early_a)[-1].headers["subscription-state"].startswith("active")
+    again = lb.subscribe("202", user="b203")  # what the phone does on "deactivated"
+    assert again.status == 200
+    assert lb.core.notifier.stats().watchers == {"202": 1, "202@tenant-b": 1}
+    lb.play(timed, start=lb.clock.ms)
+    assert {caller(d) for d in early(of_subscription(lb, again))} == {"Tenant B 201"}
+    assert {caller(d) for d in early(of_subscription(lb, early_a))} == {"Phone 201"}

@@ -324,6 +324,15 @@ class Notifier:
             self._terminate(sub, now, reason)
         return len(gone)
 
+    def end_subscriptions(self, ends: Callable[[str, str], bool], now: float, reason: str
+                          ) -> int:  # fmt: skip
+        """End (final NOTIFY saying ``reason``) every subscription for which
+        ``ends(watcher, resource)`` holds; returns how many."""
+        gone = [sub for sub in self._subs.values() if ends(sub.watcher, sub.resource)]
+        for sub in gone:
+            self._terminate(sub, now, reason)
+        return len(gone)
+
     # ----------------------------------------------------------------- requests
 
     def _log(self, now: float, level: int, key: tuple[str, str] | None, msg: str,
