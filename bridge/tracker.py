@@ -188,6 +188,10 @@ class CallTracker:
         # watches in the default one.
         return self.key(user, context if context in self._contexts else "")
 
+    def knows_watcher(self, endpoint: str) -> bool:
+        """Whether the endpoint's subscribe_context has been read."""
+        return endpoint in self._subscribe_contexts
+
     def set_subscribe_context(self, endpoint: str, context: str) -> bool:
         """Learn where an endpoint's SUBSCRIBEs resolve; True when it already watched before
         that was known (its subscriptions may name the default context's keys wrongly)."""

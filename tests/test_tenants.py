@@ -39,7 +39,14 @@ from bridge.demo.ami_server import RecordedAmiServer
 from bridge.demo.ari_server import RecordedAriServer
 from bridge.demo.recording import load_endpoints, load_scenario, offered_calls
 from bridge.devices import parse_groups
-from bridge.events import AsteriskEvent, EndpointGroups, ResyncFinished, ResyncStarted
+from bridge.events import (
+    AsteriskEvent,
+    EndpointGroups,
+    ExtensionHint,
+    ResyncFinished,
+    ResyncStarted,
+)
+from bridge.tracker import CallTracker
 
 TENANTS = Path(__file__).parent / "fixtures" / "asterisk-22.10.1" / "tenants"
 SCENARIO = "tenants/two-tenants-ring-202"  # under the recordings folder, as own_blf reads it
@@ -252,3 +259,50 @@ def test_a_phone_that_subscribed_before_its_context_was_read_is_sent_to_subscrib
     lb.play(timed, start=lb.clock.ms)
     assert {caller(d) for d in early(of_subscription(lb, again))} == {"Tenant B 201"}
     assert {caller(d) for d in early(of_subscription(lb, early_a))} == {"Phone 201"}
+
+
+def test_the_default_context_is_the_one_with_most_hints_whatever_came_first() -> None:
+    tracker = CallTracker()
+    tracker.apply(ResyncStarted(), 0.0)
+    # Tenant B's hint comes first: it names the keys until the sync's end counts them.
+    tracker.apply(ExtensionHint("202", "tenant-b", "PJSIP/b202", 0), 0.0)
+    assert tracker.extensions() == {"202"}
+    for exten in ("201", "202", "203"):
+        tracker.apply(ExtensionHint(exten, "internal", f"PJSIP/{exten}", 0), 0.0)
+    tracker.apply(ResyncFinished(), 0.0)
+    assert tracker.extensions() == {"201", "202", "203", "202@tenant-b"}
+    assert tracker.default_context == "internal"
+    assert tracker.state("202@tenant-b").exten == "202@tenant-b"
+
+
+def test_context_less_hints_are_the_default_context_and_ari_tenants_are_configured() -> None:
+    """ARI lists no hints: the endpoints are bare keys, [hints] "202@tenant-b" a tenant's."""
+    tracker = CallTracker()
+    for exten, context, device in (("201", "", "PJSIP/201"), ("202", "", "PJSIP/202"),
+                                   ("202", "tenant-b", "PJSIP/b202")):  # fmt: skip
+        tracker.apply(ExtensionHint(exten, context, device, 0), 0.0)
+    tracker.apply(ResyncFinished(), 0.0)
+    assert tracker.extensions() == {"201", "202", "202@tenant-b"}
+    tracker.set_subscribe_context("203", "internal")  # no hint in it: the default context
+    tracker.set_subscribe_context("b203", "tenant-b")
+    assert tracker.resolve("202", "203") == "202"
+    assert tracker.resolve("202", "b203") == "202@tenant-b"
+
+
+def test_when_the_default_context_moves_a_watcher_named_by_the_old_one_subscribes_again(
+) -> None:  # fmt: skip
+    lb = lab()
+    tenant_b = [ExtensionHint(e, "tenant-b", f"PJSIP/b{e}", 0) for e in ("201", "202", "203")]
+    lb.feed([ResyncStarted(), *tenant_b, ResyncFinished(),
+             EndpointGroups("b203", frozenset({11}), frozenset({11}), "tenant-b")])  # fmt: skip
+    first = lb.subscribe("202", user="b203")
+    assert lb.core.notifier.stats().watchers == {"202": 1}  # tenant-b is the default so far
+    # The dialplan grows a bigger context: "202" is now its key, tenant B's is 202@tenant-b.
+    internal = [ExtensionHint(e, "internal", f"PJSIP/{e}", 0) for e in ("201", "202", "203",
+                                                                         "204")]  # fmt: skip
+    lb.feed([ResyncStarted(), *tenant_b, *internal, ResyncFinished()])
+    assert lb.core.tracker.default_context == "internal"
+    final = of_subscription(lb, first)[-1]
+    assert final.headers["subscription-state"] == "terminated;reason=deactivated"
+    assert lb.subscribe("202", user="b203").status == 200
+    assert lb.core.notifier.stats().watchers == {"202@tenant-b": 1}
