@@ -32,6 +32,10 @@ class OneExtension:
         self._documents = (render(EntityState(RESOURCE), SETTINGS), render(ONE_DIALOG, SETTINGS))
         self._current = 0
 
+    def resolve(self, user: str, watcher: str) -> str | None:
+        """One PBX context: the user part is the resource."""
+        return user
+
     def knows(self, resource: str) -> bool:
         """Only the one extension can be watched."""
         return resource == RESOURCE

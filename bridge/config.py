@@ -64,9 +64,13 @@ class Extensions:
         if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
             raise ConfigError(f'{name}: must be a list of extensions, e.g. ["201"]')
         names = [str(v).strip() for v in value]
-        for i, exten in enumerate(names):
-            if not exten or any(c in exten for c in _NOT_IN_A_NAME):
-                raise ConfigError(f"{name}[{i}]: {exten!r} is not an extension")
+        for i, key in enumerate(names):
+            # "202" is the default context's 202; "202@tenant-b" the one of another context.
+            exten, at, context = key.partition("@")
+            if not exten or (at and not context) or any(
+                c in part for part in (exten, context) for c in _NOT_IN_A_NAME
+            ):
+                raise ConfigError(f"{name}[{i}]: {key!r} is not an extension (or exten@context)")
         return frozenset(names) if names else None
 
 
@@ -245,6 +249,12 @@ class WatchConfig:
     stale_ring_timeout: float = setting(
         60.0, Number(0, 86400), "seconds a ringing key keeps blinking while Asterisk is unreachable"
     )
+    context: str = setting(
+        "", Text(forbidden=_NOT_IN_A_NAME, what="a dialplan context name"),
+        "the hint context whose keys go by their bare extension (others: `202@tenant-b`), and "
+        "where a watcher whose endpoint names no `subscribe_context` watches",
+        shown="the context holding the most hints",
+    )
 
 
 DEFAULT_ALLOW = (
@@ -404,6 +414,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one ``section.key=value`` override; the value is TOML, or a bare string."""
     name, sep, text = item.partition("=")
     section, dot, key = name.strip().partition(".")
+    if len(key) > 2 and key[0] == key[-1] == '"':  # quoted as in TOML: hints."202@tenant-b"
+        key = key[1:-1]
     if not sep or not dot or not section or not key:
         raise ConfigError(f"--set {item!r}: expected section.key=value")
     try:

@@ -22,8 +22,10 @@ def read_hints(t: Any) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     for exten, value in t.items():
         name = str(exten).strip()
-        if not name or any(c in name for c in ' <>"@;:'):
-            raise ConfigError(f"hints.{exten}: {exten!r} is not an extension")
+        # "202@tenant-b": a key of another context (tenants), as watch.extensions names it.
+        bare, at, context = name.partition("@")
+        if not bare or (at and not context) or any(c in bare + context for c in ' <>"@;:'):
+            raise ConfigError(f"hints.{exten}: {exten!r} is not an extension (or exten@context)")
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f'hints.{name}: must be a device expression, e.g. "PJSIP/201"')
         for device in hint_parts(value):

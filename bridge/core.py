@@ -92,6 +92,7 @@ class BridgeCore:
         self.events_total = 0
         self.asterisk_connected = False  # logged in, since the last ResyncStarted
         self.asterisk_synced = False  # the last resync finished and nothing was lost since
+        self._default_context = ""  # the tracker's, as of the last sync (tenants)
         self._status_changed = False
         self._timer_moved = False  # the stale-ring deadline was set or cleared
 
@@ -303,9 +304,10 @@ class BridgeCore:
                     self.device_states[key] = event.state
                     leds.device_state(event.device, event.state, now)
             case ExtensionHint():
-                if self.hint_states.get(event.exten) != event.status:
-                    self.hint_states[event.exten] = event.status
-                    leds.hint_state(event.exten, event.status, now)
+                key = self.tracker.key(event.exten, event.context)  # tenants: 202@tenant-b
+                if self.hint_states.get(key) != event.status:
+                    self.hint_states[key] = event.status
+                    leds.hint_state(key, event.status, now)
             case ContactChanged():
                 leds.contact(event.aor, event.uri, now, reachable=event.reachable,
                              endpoint=event.endpoint, listed=event.listed)  # fmt: skip
@@ -318,7 +320,15 @@ class BridgeCore:
     def _source_news(self, event: AsteriskEvent, now: float) -> None:
         match event:
             case EndpointGroups():
-                if self.policy.set_groups(event.endpoint, event.call_groups, event.pickup_groups):
+                endpoint = event.endpoint
+                context = event.subscribe_context
+                if self.tracker.set_subscribe_context(endpoint, context) and (
+                    ended := self._rehome(endpoint, now)
+                ):
+                    log.info("%s watches in context %s: %d subscription(s) made before that was "
+                             "known ended (the phone subscribes again)", endpoint,
+                             context or "(default)", ended)  # fmt: skip
+                if self.policy.set_groups(endpoint, event.call_groups, event.pickup_groups):
                     self._policy_changed(now)
             case ResyncStarted():
                 self.asterisk_connected = True
@@ -333,6 +343,12 @@ class BridgeCore:
                 self._timer_moved = self.stale_ring_at is not None
                 self.stale_ring_at = None
                 self.notifier.ready = True
+                if self.tracker.default_context != self._default_context:
+                    self._default_context = self.tracker.default_context
+                    if ended := self._rehome(None, now):
+                        log.warning("the default context is now %s (it has the most hints): "
+                                    "%d subscription(s) in another context ended (the phones "
+                                    "subscribe again)", self._default_context, ended)  # fmt: skip
                 # Watchers of extensions that lost their hint (or were resumed for one) are told.
                 for resource in self.notifier.resources():
                     if not self.tracker.watchable(resource):
@@ -340,6 +356,21 @@ class BridgeCore:
                 extensions = sorted(self.tracker.extensions())
                 log.info("in sync with Asterisk; %d watchable extensions: %s", len(extensions),
                          ", ".join(extensions) or "none (no hints?)")  # fmt: skip
+
+    def _rehome(self, endpoint: str | None, now: float) -> int:
+        """Subscriptions that name another key than their watcher's SUBSCRIBE means now (it
+        subscribed before its endpoint's subscribe_context was read, or the default context
+        moved) end as ``deactivated``: the phone subscribes again at once (RFC 6665), to its
+        own tenant's key. ``endpoint``: only that watcher's. Returns how many ended."""
+        tracker = self.tracker
+
+        def misrouted(watcher: str, resource: str) -> bool:
+            if endpoint is not None and watcher != endpoint:
+                return False
+            user = resource.partition("@")[0]
+            return tracker.knows_watcher(watcher) and tracker.resolve(user, watcher) != resource
+
+        return self.notifier.end_subscriptions(misrouted, now, "deactivated")
 
     def _policy_changed(self, now: float) -> None:
         """Who may pick up changed: watchers of ringing extensions get their bodies again."""

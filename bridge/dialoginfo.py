@@ -81,7 +81,8 @@ def render(
 
     ``pickup_for``: ids of the dialogs whose pickup ids may be written (None: all of them).
     """
-    entity = sip_uri(state.exten, settings.domain)
+    # A key of another context (202@tenant-b) is still extension 202 to its phones.
+    entity = sip_uri(state.exten.partition("@")[0], settings.domain)
     # lxml-stubs type nsmap keys as str, but None is lxml's key for the default namespace.
     root = etree.Element(_NS + "dialog-info", nsmap={None: NAMESPACE})  # type: ignore[dict-item]
     root.set("version", "0")  # placeholder, cut out below; set first so it is found first

@@ -26,6 +26,10 @@ class Documents:
         # Per extension: the body each class of watchers gets (see PickupPolicy.class_of).
         self._by_class: dict[str, dict[Hashable, DialogInfoDocument]] = {}
 
+    def resolve(self, user: str, watcher: str) -> str | None:
+        """The key a watcher's SUBSCRIBE names: the extension in its endpoint's context."""
+        return self.tracker.resolve(user, watcher)
+
     def knows(self, resource: str) -> bool:
         """Whether phones may watch this extension."""
         return self.tracker.watchable(resource)

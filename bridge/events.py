@@ -160,6 +160,7 @@ class EndpointGroups:
     endpoint: str
     call_groups: frozenset[int]
     pickup_groups: frozenset[int]
+    subscribe_context: str = ""  # where its SUBSCRIBEs resolve (tenants); "" when not said
 
 
 @dataclass(frozen=True, slots=True)

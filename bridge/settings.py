@@ -49,7 +49,9 @@ def contacts(config: Config) -> dict[str, tuple[str, int]]:
 
 def tracker_settings(config: Config) -> TrackerSettings:
     return TrackerSettings(
-        outgoing_blinks=config.watch.outgoing_blinks, watch=config.watch.extensions
+        outgoing_blinks=config.watch.outgoing_blinks,
+        watch=config.watch.extensions,
+        context=config.watch.context,
     )
 
 

@@ -17,6 +17,10 @@ Decisions (see the recordings in ``tests/fixtures/asterisk-22.10.1``):
   For channel devices DeviceStateChanged is ignored: channel events are the truth. Devices that
   have no channels (``Custom:``, ``park:``, ``Queue:``…) light their keys from their device
   states and parked calls (``bridge.hintstate``), next to the channel dialogs of a composite hint.
+- Tenants: a key is (context, extension), named by the bare extension in the default context
+  (``watch.context``, else the context holding the most hints) and ``202@tenant-b`` in any
+  other. A watcher resolves what it asks for in its endpoint's ``subscribe_context``
+  (``resolve``), so it never sees, nor gets the pickup ids of, another context's calls.
 - Out-of-order events (ARI) converge: a channel's state only moves forward (Down → Ring(ing) →
   Up), identities are only overwritten by known values, a hangup leaves a bounded tombstone so a
   late event for that channel cannot resurrect it.
@@ -58,6 +62,7 @@ from bridge.model import Dialog, DialogState, Direction, EntityState, PickupIds
 # Asterisk writes "<unknown>" for an identity nobody has set; it must never reach a display.
 _UNSET = frozenset({"", "<unknown>"})
 _UNIQUEID = re.compile(r"(\d+)\.(\d+)$")
+_MAX_GUESSED = 4096
 
 # Channel states only move forward; a late (reordered) Newchannel must not undo Ringing or Up.
 _RANK: dict[ChannelState, int] = {
@@ -77,11 +82,14 @@ class TrackerSettings:
     (trying, early once the callee rings, confirmed when answered).
     ``watch``: the extensions to report; None means every extension that has a hint.
     ``max_tombstones``: how many hung-up channel ids are remembered against late events.
+    ``context``: the hint context whose keys go by their bare extension; "" picks the context
+    holding the most hints (decided at the end of each sync).
     """
 
     outgoing_blinks: bool = False
     watch: frozenset[str] | None = None
     max_tombstones: int = 4096
+    context: str = ""
 
 
 @dataclass(slots=True, eq=False)
@@ -118,7 +126,13 @@ class CallTracker:
         self._device_channels: dict[str, set[str]] = {}
         self._linked: dict[str, set[str]] = {}  # linkedid → uniqueids
         self._tombstones: dict[str, None] = {}  # insertion-ordered: oldest evicted first
-        self._hints: dict[str, tuple[str, ...]] = {}  # watchable exten → device keys
+        self._hints: dict[str, tuple[str, ...]] = {}  # watchable key → device keys
+        self._context_hints: dict[tuple[str, str], tuple[str, ...]] = {}  # every hint, by
+        # (context, exten), watched or not: the default context is counted from it
+        self._default_context: str | None = self._settings.context or None  # None: not yet
+        self._subscribe_contexts: dict[str, str] = {}  # endpoint → its subscribe_context
+        self._contexts: set[str] = set()  # the contexts hints were seen in
+        self._guessed: set[str] = set()  # watchers resolved before their context was known
         self._device_extens: dict[str, set[str]] = {}  # device key → watchable extens
         self._states: dict[str, EntityState] = {}  # only entities that differ from idle
         self._stateful = HintStates()  # devices without channels, parked calls
@@ -147,6 +161,45 @@ class CallTracker:
         if self._settings.watch is not None:
             return exten in self._settings.watch
         return exten in self._hints
+
+    @property
+    def default_context(self) -> str:
+        """The context whose keys go by their bare extension ("": none named, or not yet)."""
+        return self._default_context or ""
+
+    def key(self, exten: str, context: str) -> str:
+        """The name of an extension's key: bare in the default context, else exten@context."""
+        if not context or context == self._default_context:
+            return exten
+        return f"{exten}@{context}"
+
+    def resolve(self, user: str, watcher: str) -> str | None:
+        """The key a SUBSCRIBE for ``user`` (its Request-URI user part) from ``watcher`` (an
+        endpoint name) means: the extension in that endpoint's ``subscribe_context``, else in
+        the default context. None for a name that tries to say a context itself."""
+        if "@" in user:
+            return None
+        context = self._subscribe_contexts.get(watcher)
+        if context is None:
+            context = ""
+            if len(self._guessed) < _MAX_GUESSED:  # bounded: From users are anyone's to choose
+                self._guessed.add(watcher)
+        # A context without hints (ARI's bare [hints], a single-tenant PBX's odd endpoint)
+        # watches in the default one.
+        return self.key(user, context if context in self._contexts else "")
+
+    def knows_watcher(self, endpoint: str) -> bool:
+        """Whether the endpoint's subscribe_context has been read."""
+        return endpoint in self._subscribe_contexts
+
+    def set_subscribe_context(self, endpoint: str, context: str) -> bool:
+        """Learn where an endpoint's SUBSCRIBEs resolve; True when it already watched before
+        that was known (its subscriptions may name the default context's keys wrongly)."""
+        self._subscribe_contexts[endpoint] = context
+        if endpoint in self._guessed:
+            self._guessed.discard(endpoint)
+            return True
+        return False
 
     def channels_needing_ids(self) -> frozenset[str]:
         """Uniqueids of ringing incoming PJSIP legs of watched extensions still without LegIds."""
@@ -327,10 +380,16 @@ class CallTracker:
         return dirty
 
     def _on_hint(self, ev: ExtensionHint) -> set[str]:
-        exten = ev.exten
+        devices = hint_devices(ev.hint)
+        self._context_hints[(ev.context, ev.exten)] = devices  # "": ARI's bare [hints]
+        self._contexts.add(ev.context)
+        if self._default_context is None:  # until the sync's end counts them
+            self._default_context = ev.context
+        return self._set_hint(self.key(ev.exten, ev.context), devices)
+
+    def _set_hint(self, exten: str, devices: tuple[str, ...]) -> set[str]:
         if not self._watchable(exten):
             return set()
-        devices = hint_devices(ev.hint)
         old = self._hints.get(exten, ())
         if exten in self._hints and old == devices:
             return set()
@@ -349,7 +408,30 @@ class CallTracker:
                 dirty |= self._on_gone(uid)
             dirty |= self._extens_of_spaces(self._stateful.sweep(self._epoch))
             self._resyncing = False
+        if not self._settings.context:
+            dirty |= self._settle_default_context()
         return self._refresh(dirty) | self._set_known(True)
+
+    def _settle_default_context(self) -> set[str]:
+        """Make the context holding the most hints the default (ties: the first by name);
+        when that moves, every key of the old and the new default is renamed."""
+        counts: dict[str, int] = {}
+        for context, _ in self._context_hints:
+            counts[context] = counts.get(context, 0) + 1
+        if not counts:
+            return set()
+        best = min(counts, key=lambda c: (-counts[c], c))
+        if best == self._default_context:
+            return set()
+        self._default_context = best
+        renamed = set(self._hints)
+        for exten in renamed:
+            for device in self._hints[exten]:
+                _reindex(self._device_extens, exten, device, "")
+        self._hints.clear()
+        for (context, exten), devices in self._context_hints.items():
+            renamed |= self._set_hint(self.key(exten, context), devices)
+        return renamed
 
     def expire_rings(self) -> set[str]:
         """While Asterisk is unreachable, stop showing calls that are still ringing (no ring

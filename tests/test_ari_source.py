@@ -431,9 +431,11 @@ async def test_pickup_groups_of_every_endpoint_are_read_after_the_sync(
         assert sorted(config_requests(server)) == sorted(server.endpoints)
         # Asked again (a reload): re-listed, and what changed meanwhile is seen.
         server.endpoints["203"]["call_group"] = "7"
+        server.endpoints["203"]["subscribe_context"] = "tenant-b"  # where its keys resolve
         source.refresh_groups()
         await got.until(lambda _: len(got.groups) == 12)
-        assert EndpointGroups("203", frozenset({7}), frozenset({1})) in got.groups[6:]
+        assert got.groups[0].subscribe_context == "internal"
+        assert EndpointGroups("203", frozenset({7}), frozenset({1}), "tenant-b") in got.groups[6:]
         expected = await play_settled(server, "pickup-replaces", got)
         assert after_resync(got.events) == expected  # the groups took nothing from the stream
     asked = [w for k, w in server.log if k == "recv"]

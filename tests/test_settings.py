@@ -57,6 +57,7 @@ def cases(tmp: Path, cert: Path, key: Path) -> list[tuple[list[str], set[str]]]:
         (['watch.extensions=["201"]'], {"watch.extensions"}),
         (["watch.outgoing_blinks=true"], {"watch.outgoing_blinks"}),
         (["watch.stale_ring_timeout=0"], {"watch.stale_ring_timeout"}),
+        (['watch.context="tenant-b"'], {"watch.context"}),
         ([f"store.path={tmp / 's.sqlite3'}"], {"store.path"}),
         (["store.flush_interval=2"], {"store.flush_interval"}),
         (['security.allow=["10.0.0.0/8"]'], {"security.allow"}),

@@ -31,6 +31,9 @@ class Source:
     def __init__(self) -> None:
         self.states = {"202": "idle", "203": "idle"}
 
+    def resolve(self, user: str, watcher: str) -> str | None:
+        return user
+
     def knows(self, resource: str) -> bool:
         return resource in self.states
 

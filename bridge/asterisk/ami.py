@@ -482,7 +482,8 @@ class AmiSource:
                         parse_groups(h.get("CallGroup", "")),
                         parse_groups(h.get("PickupGroup", "")),
                     )
-                    self._queue.put_nowait(Batch([EndpointGroups(name, *groups)]))
+                    context = h.get("SubscribeContext", "")  # tenants: where it watches
+                    self._queue.put_nowait(Batch([EndpointGroups(name, *groups, context)]))
 
         await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
         log.debug("read the pickup groups of %d endpoints", len(names))

@@ -91,7 +91,7 @@ ENDPOINT_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "endpoint")
 AOR_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "aor")
 
 Answer = tuple[int, object]  # HTTP status, decoded JSON body (None if there was none)
-Groups = tuple[frozenset[int], frozenset[int]]  # call groups, pickup groups
+Groups = tuple[frozenset[int], frozenset[int], str]  # call, pickup groups; subscribe_context
 
 
 class _ResyncFailed(Exception):
@@ -141,7 +141,8 @@ def _pjsip_names(endpoints: Sequence[object]) -> list[str]:
 
 
 def _config_groups(body: object) -> Groups | None:
-    """``call_group`` and ``pickup_group`` from a list of ConfigTuples; None if not there.
+    """``call_group``, ``pickup_group`` (and ``subscribe_context``) from a list of
+    ConfigTuples; None if the groups are not there.
 
     Asterisk prints groups as ``1, 3, 4`` (empty for none); parse_groups also takes ranges.
     """
@@ -155,7 +156,8 @@ def _config_groups(body: object) -> Groups | None:
                 values[attribute] = value
     if "call_group" not in values or "pickup_group" not in values:
         return None
-    return parse_groups(values["call_group"]), parse_groups(values["pickup_group"])
+    groups = parse_groups(values["call_group"]), parse_groups(values["pickup_group"])
+    return (*groups, values.get("subscribe_context", ""))  # tenants: where it watches
 
 
 def _why(answer: Answer) -> str:
@@ -372,7 +374,10 @@ class AriSource:
             events += listed_device(device)
         for endpoint in endpoints:
             events += listed_endpoint(endpoint)
-        events += [ExtensionHint(exten, "", hint, 0) for exten, hint in self._hints]
+        events += [  # "202@tenant-b" is tenant B's 202; a bare name is the default context's
+            ExtensionHint(exten.partition("@")[0], exten.partition("@")[2], hint, 0)
+            for exten, hint in self._hints
+        ]
         for found in await asyncio.gather(*(self._aor_contacts(a) for a in self._contact_aors)):
             events += found
         items = self._items(events, {})

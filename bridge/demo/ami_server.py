@@ -447,7 +447,8 @@ class RecordedAmiServer:
             return [{"Response": "Error", "Message": "Unable to retrieve endpoint " + name}]
         detail = {"Event": "EndpointDetail", "ObjectType": "endpoint", "ObjectName": name,
                   "Context": opts.get("context", ""), "CallGroup": opts.get("call_group", ""),
-                  "PickupGroup": opts.get("pickup_group", "")}  # fmt: skip
+                  "PickupGroup": opts.get("pickup_group", ""),
+                  "SubscribeContext": opts.get("subscribe_context", "")}  # fmt: skip
         return [
             {"Response": "Success", "EventList": "start",
              "Message": "Following are Events for each object associated with the Endpoint"},

@@ -79,8 +79,13 @@ class SupportsBody(Protocol):
 class DocumentSource(Protocol):
     """Where resource state comes from."""
 
+    def resolve(self, user: str, watcher: str) -> str | None:
+        """The resource a SUBSCRIBE for ``user`` (a Request-URI user part) from ``watcher``
+        means (tenants: the same number is another key in another context); None: none."""
+        ...
+
     def knows(self, resource: str) -> bool:
-        """Whether the resource (a Request-URI user part) can be watched."""
+        """Whether the resource can be watched."""
         ...
 
     def document(self, resource: str, watcher: str) -> SupportsBody:
@@ -319,6 +324,15 @@ class Notifier:
             self._terminate(sub, now, reason)
         return len(gone)
 
+    def end_subscriptions(self, ends: Callable[[str, str], bool], now: float, reason: str
+                          ) -> int:  # fmt: skip
+        """End (final NOTIFY saying ``reason``) every subscription for which
+        ``ends(watcher, resource)`` holds; returns how many."""
+        gone = [sub for sub in self._subs.values() if ends(sub.watcher, sub.resource)]
+        for sub in gone:
+            self._terminate(sub, now, reason)
+        return len(gone)
+
     # ----------------------------------------------------------------- requests
 
     def _log(self, now: float, level: int, key: tuple[str, str] | None, msg: str,
@@ -472,7 +486,8 @@ class Notifier:
             if not refusal.drop:
                 self._answer(x, Answer(refusal.status, refusal.headers))
             return
-        resource = req.request_uri().user
+        user = req.request_uri().user
+        resource = None if user is None else self._source.resolve(user, watcher)
         if resource is not None:
             resource = sys.intern(resource)  # one copy per extension, not per subscription
         if resource is None or not self._source.knows(resource):
