@@ -45,7 +45,8 @@ from benchmarks.load import (
     udp_drops,
     wait_until,
 )
-from bridge.event_loop import EVENT_LOOPS, EventLoopUnavailable, choose_event_loop
+from bridge.config import EVENT_LOOPS
+from bridge.event_loop import EventLoopUnavailable, choose_event_loop
 
 SMALL_HINTS = [str(1000 + i) for i in range(10)]  # the fan-out and latency PBX
 FANOUT_EXTEN, LATENCY_EXTEN = "1000", "1001"

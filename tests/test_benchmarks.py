@@ -32,3 +32,13 @@ def test_connection_benchmark_runs_against_the_real_bridge() -> None:
     assert len(rows) == 2 * 10, done.stdout  # ten figures on each loop
     answers = [float(row.split()[-2]) for row in rows if "OPTIONS answer" in row]
     assert answers and all(ms > 0 for ms in answers), rows  # -1: a connection went unanswered
+
+
+def test_every_benchmark_module_imports() -> None:
+    """The benchmarks not run here (targets, attacks, load, soak, failover …) still import:
+    a name moved in the package must not break them unseen."""
+    names = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "__main__")
+    code = "import importlib, sys\nfor n in sys.argv[1:]: importlib.import_module('benchmarks.'+n)"
+    result = subprocess.run([sys.executable, "-c", code, *names], check=False, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
