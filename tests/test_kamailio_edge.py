@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 import shutil
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from bridge_process import BridgeProcess
 from lxml import etree
 from sipp import SippWatcher, TracedMessage, free_port
 from test_app import NS, collapsed, dialogs, key_state, replaces_csv
-from test_restart import BridgeProcess
 
 from bridge.demo.ami_server import RecordedAmiServer
 
@@ -32,6 +32,8 @@ ROOT = Path(__file__).parent.parent
 EDGE_CONFIG = ROOT / "etc" / "kamailio" / "kamailio.cfg"
 RECORDINGS = Path(__file__).parent / "fixtures" / "asterisk-22.10.1"
 IDLE_MS = 2500
+
+AMI_REPLAY_SPEED = 4  # tests/conftest.py's `server`: recorded gaps, quarter length
 
 
 class Kamailio:
@@ -159,12 +161,6 @@ def through_edge(message: TracedMessage, edge: int, bridge: int) -> bool:
 
 def entity(notify: TracedMessage) -> str | None:
     return etree.fromstring(notify.body).get("entity") if notify.body else None
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[RecordedAmiServer]:
-    async with RecordedAmiServer(RECORDINGS, speed=4) as srv:
-        yield srv
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
