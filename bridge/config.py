@@ -495,7 +495,7 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     return config
 
 
-_PBX_KEYS = ("name", "source", "domain", "ami", "ari")
+PBX_KEYS = ("name", "source", "domain", "ami", "ari")
 _PBX_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
@@ -516,8 +516,8 @@ def _with_pbxs(config: Config, raw: Mapping[str, Any], entries: list[Any], base:
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: must be a table ([[asterisk]])")
         for key in entry:
-            if key not in _PBX_KEYS:
-                known = ", ".join(_PBX_KEYS)
+            if key not in PBX_KEYS:
+                known = ", ".join(PBX_KEYS)
                 raise ConfigError(f"{where}.{key}: unknown setting (known: {known})")
         name = str(entry.get("name", ""))
         if not _PBX_NAME.fullmatch(name):
