@@ -544,9 +544,13 @@ def _with_pbxs(config: Config, raw: Mapping[str, Any], entries: list[Any], base:
             if value in seen:
                 raise ConfigError(f"asterisk[{i}].{attr}: {value!r} is used by another PBX")
             seen.add(value)
+    files = [str(_secret_path(Path(name), base)) for p in pbxs
+             for name in (p.ami.secret_file, p.ari.password_file) if name]  # fmt: skip
+    security = dataclasses.replace(config.security, secret_files=(
+        *config.security.secret_files, *files))  # fmt: skip
     first = pbxs[0]  # the one-PBX fields keep meaning something (the first PBX)
     return dataclasses.replace(config, pbxs=tuple(pbxs), source=first.source, ami=first.ami,
-                               ari=first.ari)  # fmt: skip
+                               ari=first.ari, security=security)  # fmt: skip
 
 
 def _pbx_section(table: Any, name: str) -> dict[str, Any]:

@@ -229,7 +229,7 @@ class BridgeCore:
         notifier = self.notifier
         notifier.settings = settings.notifier_settings(config)
         restart = any(  # a new source also takes the new [hints] keys
-            name.startswith(("ami.", "ari.", "asterisk.", "hints.")) for name in changed
+            name.startswith(("ami.", "ari.", "asterisk", "hints.")) for name in changed
         )
         if settings.tracker_settings(config) != settings.tracker_settings(old):
             for pbx in self.pbxs:

@@ -184,3 +184,17 @@ def test_one_pbx_lost_leaves_the_other_live_and_recovers_on_its_resync(tmp_path:
     assert 'snom_blf_pbx_synced{pbx="berlin"} 1.0' in page
     assert 'snom_blf_pbx_connected{pbx="hamburg"} 1.0' in page
     assert "snom_blf_synced 1.0" in page  # the one-PBX names stay, over all PBXs
+
+
+def test_a_reload_restarts_the_sources_but_keeps_the_set_of_pbxs_until_a_restart(
+    tmp_path: Path,
+) -> None:
+    lb = lab(tmp_path)
+    moved = load(two_pbxs(tmp_path, TWO_PBXS.replace("port = 5039", "port = 5040")))
+    done = lb.core.reconfigure(moved, lb.clock.now)
+    assert done.changed == {"asterisk[1]"} and done.kept == () and done.restart_source
+    assert done.config.pbxs[1].ami.port == 5040
+    renamed = load(two_pbxs(tmp_path, TWO_PBXS.replace('"hamburg.example:5060"', '"hh.example"')))
+    done = lb.core.reconfigure(renamed, lb.clock.now)
+    assert done.kept == ("asterisk.pbxs",)
+    assert done.config.pbxs[1].domain == "hamburg.example:5060"  # the core's PBXs stay as built
