@@ -234,6 +234,7 @@ class BridgeCore:
         if settings.tracker_settings(config) != settings.tracker_settings(old):
             for pbx in self.pbxs:
                 pbx.tracker = pbx.documents.tracker = _new_tracker(config, now)
+                pbx.ever_synced = False
             notifier.ready = config.watch.extensions is not None
             restart = True  # the new tracker learns everything from a fresh sync
         for pbx in self.pbxs:
@@ -387,7 +388,11 @@ class BridgeCore:
                 self._status_changed = True
                 self._timer_moved = pbx.stale_ring_at is not None
                 pbx.stale_ring_at = None
-                self.notifier.ready = True
+                pbx.ever_synced = True
+                # Until every PBX has told its keys, an unknown one may only be not known yet:
+                # 503 (come back) rather than 404.
+                if all(p.ever_synced for p in self.pbxs):
+                    self.notifier.ready = True
                 tracker = pbx.tracker
                 if tracker.default_context != pbx.default_context:
                     pbx.default_context = tracker.default_context

@@ -31,6 +31,7 @@ class PbxState:
     policy: PickupPolicy
     connected: bool = False  # logged in, since the last ResyncStarted
     synced: bool = False  # the last resync finished and nothing was lost since
+    ever_synced: bool = False  # it finished one resync: it knows which keys exist
     stale_ring_at: float | None = None  # lost: its ringing keys stop blinking then
     default_context: str = ""  # its tracker's, as of the last sync (tenants)
     events: int = 0  # Asterisk events handled from it

@@ -198,3 +198,15 @@ def test_a_reload_restarts_the_sources_but_keeps_the_set_of_pbxs_until_a_restart
     done = lb.core.reconfigure(renamed, lb.clock.now)
     assert done.kept == ("asterisk.pbxs",)
     assert done.config.pbxs[1].domain == "hamburg.example:5060"  # the core's PBXs stay as built
+
+
+def test_until_every_pbx_told_its_keys_an_unknown_key_is_not_yet_a_404(tmp_path: Path) -> None:
+    lb = Lab(BridgeCore(load(two_pbxs(tmp_path))))
+    resync, _ = over_ami("ring-cancel")
+    lb.feed(resync, "berlin")
+    assert lb.subscribe("202", domain="berlin.example").status == 200
+    waiting = lb.subscribe("202", domain="hamburg.example")
+    assert (waiting.status, waiting.headers["retry-after"]) == (503, "5")
+    lb.feed(resync, "hamburg")
+    assert lb.subscribe("202", domain="hamburg.example").status == 200
+    assert lb.subscribe("999", domain="hamburg.example").status == 404
