@@ -122,8 +122,9 @@ class Bridge:
         listening = [f"{kind} {self.bound(kind)[1]}" for kind in ("udp", "tcp", "tls")
                      if getattr(self.sip, kind)]  # fmt: skip
         origin = describe(self.source, self.config, local=self.pbx is not None)
+        domain = "each PBX's domain" if self.config.pbxs else settings.domain(self.config)
         log.info("listening for SUBSCRIBEs on %s; following %s; URIs name %s",
-                 ", ".join(listening), origin, settings.domain(self.config))  # fmt: skip
+                 ", ".join(listening), origin, domain)  # fmt: skip
 
     def _start_source(self) -> None:
         pbx = self.pbx
