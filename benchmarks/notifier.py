@@ -32,7 +32,7 @@ class OneExtension:
         self._documents = (render(EntityState(RESOURCE), SETTINGS), render(ONE_DIALOG, SETTINGS))
         self._current = 0
 
-    def resolve(self, user: str, watcher: str) -> str | None:
+    def resolve(self, user: str, watcher: str, domain: str = "") -> str | None:
         """One PBX context: the user part is the resource."""
         return user
 

@@ -153,6 +153,7 @@ def config_warnings(config: Config) -> list[str]:
         )
     if (
         config.ami.configured
+        and not config.pbxs  # several PBXs: each names its own domain
         and not config.sip.domain
         and config.ami.host in ("127.0.0.1", "::1", "localhost")
     ):

@@ -27,7 +27,7 @@ from bridge.provision.web import SnomDocuments
 from bridge.service import SystemdNotifier, keep_watchdog
 from bridge.sip.notifier import Notifier
 from bridge.sip.transport import SipService, start_sip
-from bridge.sources import Login, Source, build_source, describe
+from bridge.sources import Login, Source, build_sources, describe
 from bridge.status import BridgeStatus
 from bridge.store_keeper import StoreKeeper
 from bridge.web.server import start_web
@@ -63,10 +63,11 @@ class Bridge:
         self.core = BridgeCore(config)
         self.status = BridgeStatus(self.core, time.monotonic)  # loop.time() is this clock
         self.sip: SipService | None = None
-        self.source: Source | None = None
+        self.source: Source | None = None  # the (first) PBX's
+        self.sources: dict[str, Source] = {}  # by PBX name ("": the one PBX)
         self.store: StoreKeeper | None = None
         self.web: web.AppRunner | None = None
-        self._source_task: asyncio.Task[None] | None = None
+        self._source_tasks: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -121,24 +122,27 @@ class Bridge:
         listening = [f"{kind} {self.bound(kind)[1]}" for kind in ("udp", "tcp", "tls")
                      if getattr(self.sip, kind)]  # fmt: skip
         origin = describe(self.source, self.config, local=self.pbx is not None)
+        domain = "each PBX's domain" if self.config.pbxs else settings.domain(self.config)
         log.info("listening for SUBSCRIBEs on %s; following %s; URIs name %s",
-                 ", ".join(listening), origin, settings.domain(self.config))  # fmt: skip
+                 ", ".join(listening), origin, domain)  # fmt: skip
 
     def _start_source(self) -> None:
         pbx = self.pbx
         local = None if pbx is None else Login(pbx.host, pbx.port, pbx.username, pbx.secret)
-        self.source = build_source(self.config, self._on_event, local)
-        self._source_task = asyncio.create_task(self.source.run(), name="asterisk-source")
+        self.sources = build_sources(self.config, self._on_event, local)
+        self.source = next(iter(self.sources.values()))
+        self._source_tasks = [asyncio.create_task(source.run(), name=f"asterisk-source{name}")
+                              for name, source in self.sources.items()]  # fmt: skip
 
     async def _stop_source(self) -> None:
-        if self.source is not None:
-            await self.source.stop()
-        if self._source_task is not None:
+        for source in self.sources.values():
+            await source.stop()
+        for task in self._source_tasks:
             try:
-                await asyncio.wait_for(self._source_task, 5.0)
+                await asyncio.wait_for(task, 5.0)
             except Exception:
                 log.exception("the Asterisk source did not stop cleanly")
-            self._source_task = None
+        self._source_tasks = []
 
     def bound(self, transport: str) -> tuple[str, int]:
         """The first address a transport's listener is bound to (for tests and the log)."""
@@ -203,10 +207,10 @@ class Bridge:
             self.sip.flush()  # final NOTIFYs of ended subscriptions, new bodies
         log.info("reloaded: %s", ", ".join(sorted(done.changed - set(done.kept))) or "nothing")
 
-    def _on_event(self, event: AsteriskEvent) -> None:
-        """Every normalized Asterisk event, in order: into the core, then out to the phones."""
+    def _on_event(self, pbx: str, event: AsteriskEvent) -> None:
+        """Every normalized event of a PBX, in order: into the core, then out to the phones."""
         started = time.perf_counter()
-        changed = self.core.asterisk_event(event, asyncio.get_running_loop().time())
+        changed = self.core.asterisk_event(event, asyncio.get_running_loop().time(), pbx)
         if self.sip is not None and self.core.wants_flush():
             self.sip.flush()
         if changed:

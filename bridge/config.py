@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import ipaddress
 import os
+import re
 import ssl
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -45,8 +46,8 @@ from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
 
 __all__ = [
     "DEFAULT_LISTEN", "LED_KEYS", "PICKUP_MODES", "AmiConfig", "AriConfig", "Config",
-    "ConfigError", "ListenAddress", "SecurityConfig", "SipConfig", "StoreConfig", "WatchConfig",
-    "load",
+    "ConfigError", "ListenAddress", "PbxConfig", "SecurityConfig", "SipConfig", "StoreConfig",
+    "WatchConfig", "load",
 ]  # fmt: skip
 
 # runtime.event_loop (bridge/event_loop.py starts them; named here so reading a
@@ -322,6 +323,18 @@ class StoreConfig:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PbxConfig:
+    """One of several PBXs one bridge follows (an ``[[asterisk]]`` entry): its phones name it by
+    ``domain`` in their SUBSCRIBE's Request-URI; its keys, callers and pickup ids stay its own."""
+
+    name: str
+    source: str  # "ami" or "ari"
+    domain: str  # the SIP domain its phones use (host[:port]); also its dialog-info URIs
+    ami: AmiConfig = AmiConfig()
+    ari: AriConfig = AriConfig()
+
+
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -365,6 +378,7 @@ class Config:
     # [hints] exten = "device&device…": the keys ARI cannot list (Asterisk's own under AMI)
     hints: tuple[tuple[str, str], ...] = ()
     snom: SnomOptions = SnomOptions()  # noqa: RUF009  [snom]: Snom provisioning (frozen)
+    pbxs: tuple[PbxConfig, ...] = ()  # [[asterisk]] entries; empty: the one-PBX form
 
     @property
     def asterisk_configured(self) -> bool:
@@ -383,6 +397,9 @@ TABLES = {
     "any change needs a restart",
     "[hints]": 'with `asterisk.source = "ari"`: extra keys and their devices, e.g. '
     '`"210" = "Custom:DND201"`',
+    "[[asterisk]]": "several PBXs in one bridge, each `name`, `source`, `domain` (its phones' "
+    "SIP domain) and its own `ami`/`ari` table of the `[ami]`/`[ari]` settings above; "
+    "replaces `[asterisk]`/`[ami]`/`[ari]`",
 }
 
 
@@ -433,6 +450,9 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     base = base_dir or Path.cwd()
     leds = read_leds(raw.get("led", []))
     hints = read_hints(raw.get("hints", {}))
+    several = raw.get("asterisk")
+    if isinstance(several, list):  # [[asterisk]]: several PBXs
+        raw = {k: v for k, v in raw.items() if k != "asterisk"}
     for section, table in raw.items():
         if section in ("led", "hints"):
             continue
@@ -469,7 +489,82 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         config.ami.secret_file, config.security.users_file, config.ari.password_file) if name
     ]  # fmt: skip
     security = dataclasses.replace(config.security, secret_files=tuple(map(str, files)))
-    return dataclasses.replace(config, security=security)
+    config = dataclasses.replace(config, security=security)
+    if isinstance(several, list):
+        config = _with_pbxs(config, raw, several, base)
+    return config
+
+
+PBX_KEYS = ("name", "source", "domain", "ami", "ari")
+_PBX_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def _with_pbxs(config: Config, raw: Mapping[str, Any], entries: list[Any], base: Path) -> Config:
+    """``[[asterisk]]`` entries: each PBX with its own ami/ari settings (declared once, on
+    AmiConfig/AriConfig, read with the same kinds and checks as ``[ami]``/``[ari]``)."""
+    for section in ("ami", "ari"):
+        if section in raw:
+            raise ConfigError(f"[{section}] and [[asterisk]]: use one form; with several PBXs "
+                              f"each [[asterisk]] entry has its own {section} table")  # fmt: skip
+    if config.leds:
+        raise ConfigError("[[led]] and [[asterisk]]: LED rules work with one PBX only (so far)")
+    if not entries:
+        raise ConfigError("asterisk: [[asterisk]] needs at least one entry")
+    pbxs: list[PbxConfig] = []
+    for i, entry in enumerate(entries):
+        where = f"asterisk[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table ([[asterisk]])")
+        for key in entry:
+            if key not in PBX_KEYS:
+                known = ", ".join(PBX_KEYS)
+                raise ConfigError(f"{where}.{key}: unknown setting (known: {known})")
+        name = str(entry.get("name", ""))
+        if not _PBX_NAME.fullmatch(name):
+            raise ConfigError(f"{where}.name: {name!r} must be 1-32 letters, digits, - or _")
+        source = entry.get("source", "ami")
+        if source not in ("ami", "ari"):
+            raise ConfigError(f'{where}.source: {source!r} must be "ami" or "ari"')
+        domain = str(entry.get("domain", "")).strip().lower()
+        if not domain or any(c in domain for c in ' <>"@;/'):
+            raise ConfigError(f"{where}.domain: the SIP domain its phones use, e.g. pbx-a.example")
+        sections = {s: _pbx_section(entry.get(s, {}), f"{where}.{s}") for s in ("ami", "ari")}
+        try:
+            ami = _checked_ami(AmiConfig(**sections["ami"]), base)
+            ari = _checked_ari(AriConfig(**sections["ari"]), base, needed=source == "ari")
+        except ConfigError as exc:
+            raise ConfigError(f"{where} ({name}): {exc}") from None
+        if not (ari.username if source == "ari" else ami.username):
+            raise ConfigError(f"{where}.{source}.username: required (each PBX is a real one)")
+        pbxs.append(PbxConfig(name, source, domain, ami, ari))
+    for attr in ("name", "domain"):
+        seen: set[str] = set()
+        for i, pbx in enumerate(pbxs):
+            value = getattr(pbx, attr).lower()
+            if value in seen:
+                raise ConfigError(f"asterisk[{i}].{attr}: {value!r} is used by another PBX")
+            seen.add(value)
+    files = [str(_secret_path(Path(name), base)) for p in pbxs
+             for name in (p.ami.secret_file, p.ari.password_file) if name]  # fmt: skip
+    security = dataclasses.replace(config.security, secret_files=(
+        *config.security.secret_files, *files))  # fmt: skip
+    first = pbxs[0]  # the one-PBX fields keep meaning something (the first PBX)
+    return dataclasses.replace(config, pbxs=tuple(pbxs), source=first.source, ami=first.ami,
+                               ari=first.ari, security=security)  # fmt: skip
+
+
+def _pbx_section(table: Any, name: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name}: must be a table, e.g. {{ host = \"10.0.0.1\" }}")
+    section = name.rpartition(".")[2]
+    declared = SECTIONS[section]
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in declared:
+            known = ", ".join(sorted(declared))
+            raise ConfigError(f"{name}.{key}: unknown setting (known: {known})")
+        values[declared[key].attrs[-1]] = declared[key].setting.kind.read(value, f"{name}.{key}")
+    return values
 
 
 def _checked_ami(ami: AmiConfig, base_dir: Path) -> AmiConfig:

@@ -12,12 +12,14 @@ all that out.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge import settings
 from bridge.config import Config
+from bridge.dialoginfo import RenderSettings
 from bridge.documents import Documents
 from bridge.events import (
     AsteriskEvent,
@@ -30,6 +32,8 @@ from bridge.events import (
     SourceLost,
 )
 from bridge.led.controller import LedController
+from bridge.pbxs import PbxRouter, PbxState
+from bridge.pickup import PickupPolicy
 from bridge.sip.access import SourceGate
 from bridge.sip.message import ParseError, Request, Response, parse_message, response_ids
 from bridge.sip.notifier import Notifier
@@ -62,11 +66,13 @@ class BridgeCore:
 
     def __init__(self, config: Config, now: float = 0.0) -> None:
         self.config = config
-        self.tracker = _new_tracker(config, now)
-        self.policy = settings.pickup_policy(config)
-        self.documents = Documents(self.tracker, settings.render_settings(config), self.policy)
+        # One per [[asterisk]] entry, or the one PBX (named ""): keys, bodies, pickup groups.
+        self.pbxs = [_new_pbx(config, name, domain, now)
+                     for name, domain in _pbx_names(config)]  # fmt: skip
+        self.by_name = {pbx.name: pbx for pbx in self.pbxs}
+        self.router = PbxRouter(self.pbxs) if config.pbxs else None
         self.notifier = Notifier(
-            self.documents,
+            self.router or self.pbxs[0].documents,
             settings.notifier_settings(config),
             gate=SourceGate(settings.access_limits(config)),
             auth=settings.authenticator(config),
@@ -88,13 +94,42 @@ class BridgeCore:
         # extension → hint status): a key is told only when its state really changes.
         self.device_states: dict[str, str] = {}
         self.hint_states: dict[str, int] = {}
-        self.stale_ring_at: float | None = None  # Asterisk lost: ringing keys stop blinking then
         self.events_total = 0
-        self.asterisk_connected = False  # logged in, since the last ResyncStarted
-        self.asterisk_synced = False  # the last resync finished and nothing was lost since
-        self._default_context = ""  # the tracker's, as of the last sync (tenants)
         self._status_changed = False
         self._timer_moved = False  # the stale-ring deadline was set or cleared
+
+    # ----------------------------------------------------------------- the PBX(s) followed
+
+    @property
+    def tracker(self) -> CallTracker:
+        """The (first) PBX's call tracker."""
+        return self.pbxs[0].tracker
+
+    @property
+    def documents(self) -> Documents:
+        """The (first) PBX's bodies cache."""
+        return self.pbxs[0].documents
+
+    @property
+    def policy(self) -> PickupPolicy:
+        """The (first) PBX's pickup policy."""
+        return self.pbxs[0].policy
+
+    @property
+    def asterisk_connected(self) -> bool:
+        """Every PBX's source is logged in."""
+        return all(pbx.connected for pbx in self.pbxs)
+
+    @property
+    def asterisk_synced(self) -> bool:
+        """Every PBX's last resync finished and nothing was lost since."""
+        return all(pbx.synced for pbx in self.pbxs)
+
+    @property
+    def stale_ring_at(self) -> float | None:
+        """The earliest stale-ring deadline of a lost PBX, or None."""
+        return min((p.stale_ring_at for p in self.pbxs if p.stale_ring_at is not None),
+                   default=None)  # fmt: skip
 
     # ----------------------------------------------------------------- what a SIP side needs
 
@@ -118,22 +153,26 @@ class BridgeCore:
 
     # ----------------------------------------------------------------- inputs
 
-    def asterisk_event(self, event: AsteriskEvent, now: float) -> bool:
-        """One normalized Asterisk event, in order; True when a watched key changed."""
+    def asterisk_event(self, event: AsteriskEvent, now: float, pbx: str = "") -> bool:
+        """One normalized Asterisk event of the PBX named ``pbx`` ("" with one PBX), in order;
+        True when a watched key changed."""
         self.events_total += 1
+        followed = self.by_name[pbx]
+        followed.events += 1
         changed = False
-        dirty = self.tracker.apply(event, now)  # mostly empty: keep that path short
+        dirty = followed.tracker.apply(event, now)  # mostly empty: keep that path short
         for exten in sorted(dirty) if dirty else ():
-            if self.documents.changed(exten):
+            if followed.documents.changed(exten):
                 changed = True
-                log.info("%s: %s", exten, self.tracker.state(exten).summary())
-                self.notifier.resource_changed(exten, now)
+                resource = followed.resource(exten)
+                log.info("%s: %s", resource, followed.tracker.state(exten).summary())
+                self.notifier.resource_changed(resource, now)
         if changed:
             self._status_changed = True
         if self.leds is not None and isinstance(event, _LED_INPUTS):
             self._led_input(event, now)
         if isinstance(event, _SOURCE_NEWS):
-            self._source_news(event, now)
+            self._source_news(followed, event, now)
         return changed
 
     def receive(self, message: Request | Response | bytes, peer: Peer, now: float) -> None:
@@ -151,7 +190,8 @@ class BridgeCore:
 
     def resource_changed(self, resource: str, now: float) -> None:
         """Tell the watchers of ``resource`` its state again, if it changed since the last time."""
-        if self.documents.changed(resource):
+        pbx = self._pbx_of(resource)
+        if pbx is None or pbx.documents.changed(pbx.key(resource)):
             self.notifier.resource_changed(resource, now)
 
     def handle_timer(self, now: float) -> None:
@@ -160,16 +200,18 @@ class BridgeCore:
         self.notifier.handle_timer(now)
         if self.leds is not None:
             self.leds.handle_timer(now)
-        if self.stale_ring_at is not None and now >= self.stale_ring_at:
-            self.stale_ring_at = None
-            self._timer_moved = True
-            self._expire_rings(now)
+        for pbx in self.pbxs:
+            if pbx.stale_ring_at is not None and now >= pbx.stale_ring_at:
+                pbx.stale_ring_at = None
+                self._timer_moved = True
+                self._expire_rings(pbx, now)
 
     def source_restarting(self, now: float) -> None:
         """The glue follows Asterisk anew after a reload: nothing is known until the resync,
         but Asterisk was not lost (no warning, no stale-ring deadline; keys keep their state)."""
-        self.tracker.apply(SourceLost(), now)
-        self.asterisk_connected = self.asterisk_synced = False
+        for pbx in self.pbxs:
+            pbx.tracker.apply(SourceLost(), now)
+            pbx.connected = pbx.synced = False
         self._status_changed = True
 
     def reconfigure(self, config: Config, now: float, *, can_restart_source: bool = True
@@ -187,14 +229,17 @@ class BridgeCore:
         notifier = self.notifier
         notifier.settings = settings.notifier_settings(config)
         restart = any(  # a new source also takes the new [hints] keys
-            name.startswith(("ami.", "ari.", "asterisk.", "hints.")) for name in changed
+            name.startswith(("ami.", "ari.", "asterisk", "hints.")) for name in changed
         )
         if settings.tracker_settings(config) != settings.tracker_settings(old):
-            self.tracker = self.documents.tracker = _new_tracker(config, now)
+            for pbx in self.pbxs:
+                pbx.tracker = pbx.documents.tracker = _new_tracker(config, now)
+                pbx.ever_synced = False
             notifier.ready = config.watch.extensions is not None
             restart = True  # the new tracker learns everything from a fresh sync
-        self.documents.settings = settings.render_settings(config)
-        self.policy = self.documents.policy = settings.pickup_policy(config, self.policy)
+        for pbx in self.pbxs:
+            pbx.documents.settings = _render_settings(config, pbx.domain)
+            pbx.policy = pbx.documents.policy = settings.pickup_policy(config, pbx.policy)
         notifier.gate.limits = settings.access_limits(config)
         sec, old_sec = config.security, old.security
         same_digest = sec.auth == old_sec.auth and sec.realm == old_sec.realm
@@ -203,7 +248,8 @@ class BridgeCore:
         elif notifier.auth is not None:
             notifier.auth.set_users(dict(sec.users))
         self._end_unauthorized(old_sec.auth, now)
-        self.documents.forget_all()
+        for pbx in self.pbxs:
+            pbx.documents.forget_all()
         restart = restart and can_restart_source
         if not restart:
             for resource in notifier.resources():
@@ -317,86 +363,99 @@ class BridgeCore:
             case ResyncFinished():
                 leds.sync_finished(now)
 
-    def _source_news(self, event: AsteriskEvent, now: float) -> None:
+    def _source_news(self, pbx: PbxState, event: AsteriskEvent, now: float) -> None:
         match event:
             case EndpointGroups():
                 endpoint = event.endpoint
                 context = event.subscribe_context
-                if self.tracker.set_subscribe_context(endpoint, context) and (
-                    ended := self._rehome(endpoint, now)
+                if pbx.tracker.set_subscribe_context(endpoint, context) and (
+                    ended := self._rehome(pbx, endpoint, now)
                 ):
                     log.info("%s watches in context %s: %d subscription(s) made before that was "
                              "known ended (the phone subscribes again)", endpoint,
                              context or "(default)", ended)  # fmt: skip
-                if self.policy.set_groups(endpoint, event.call_groups, event.pickup_groups):
-                    self._policy_changed(now)
+                if pbx.policy.set_groups(endpoint, event.call_groups, event.pickup_groups):
+                    self._policy_changed(pbx, now)
             case ResyncStarted():
-                self.asterisk_connected = True
+                pbx.connected = True
                 self._status_changed = True
             case SourceLost():
-                self.asterisk_connected = self.asterisk_synced = False
+                pbx.connected = pbx.synced = False
                 self._status_changed = True
-                self._asterisk_lost(now)
+                self._asterisk_lost(pbx, now)
             case ResyncFinished():
-                self.asterisk_synced = self.asterisk_connected = True
+                pbx.synced = pbx.connected = True
                 self._status_changed = True
-                self._timer_moved = self.stale_ring_at is not None
-                self.stale_ring_at = None
-                self.notifier.ready = True
-                if self.tracker.default_context != self._default_context:
-                    self._default_context = self.tracker.default_context
-                    if ended := self._rehome(None, now):
+                self._timer_moved = pbx.stale_ring_at is not None
+                pbx.stale_ring_at = None
+                pbx.ever_synced = True
+                # Until every PBX has told its keys, an unknown one may only be not known yet:
+                # 503 (come back) rather than 404.
+                if all(p.ever_synced for p in self.pbxs):
+                    self.notifier.ready = True
+                tracker = pbx.tracker
+                if tracker.default_context != pbx.default_context:
+                    pbx.default_context = tracker.default_context
+                    if ended := self._rehome(pbx, None, now):
                         log.warning("the default context is now %s (it has the most hints): "
                                     "%d subscription(s) in another context ended (the phones "
-                                    "subscribe again)", self._default_context, ended)  # fmt: skip
+                                    "subscribe again)", pbx.default_context, ended)  # fmt: skip
                 # Watchers of extensions that lost their hint (or were resumed for one) are told.
-                for resource in self.notifier.resources():
-                    if not self.tracker.watchable(resource):
+                for resource in self._resources_of(pbx):
+                    if not tracker.watchable(pbx.key(resource)):
                         self.resource_changed(resource, now)
-                extensions = sorted(self.tracker.extensions())
-                log.info("in sync with Asterisk; %d watchable extensions: %s", len(extensions),
-                         ", ".join(extensions) or "none (no hints?)")  # fmt: skip
+                extensions = sorted(tracker.extensions())
+                log.info("in sync with Asterisk%s; %d watchable extensions: %s", _of(pbx),
+                         len(extensions), ", ".join(extensions) or "none (no hints?)")  # fmt: skip
 
-    def _rehome(self, endpoint: str | None, now: float) -> int:
+    def _pbx_of(self, resource: str) -> PbxState | None:
+        return self.pbxs[0] if self.router is None else self.router.pbx_of(resource)
+
+    def _resources_of(self, pbx: PbxState) -> list[str]:
+        """The watched resources of one PBX (all of them with one PBX)."""
+        return [r for r in self.notifier.resources() if self._pbx_of(r) is pbx]
+
+    def _rehome(self, pbx: PbxState, endpoint: str | None, now: float) -> int:
         """Subscriptions that name another key than their watcher's SUBSCRIBE means now (it
         subscribed before its endpoint's subscribe_context was read, or the default context
         moved) end as ``deactivated``: the phone subscribes again at once (RFC 6665), to its
         own tenant's key. ``endpoint``: only that watcher's. Returns how many ended."""
-        tracker = self.tracker
+        tracker = pbx.tracker
 
         def misrouted(watcher: str, resource: str) -> bool:
-            if endpoint is not None and watcher != endpoint:
+            if (endpoint is not None and watcher != endpoint) or self._pbx_of(resource) is not pbx:
                 return False
-            user = resource.partition("@")[0]
-            return tracker.knows_watcher(watcher) and tracker.resolve(user, watcher) != resource
+            key = pbx.key(resource)
+            user = key.partition("@")[0]
+            return tracker.knows_watcher(watcher) and tracker.resolve(user, watcher) != key
 
         return self.notifier.end_subscriptions(misrouted, now, "deactivated")
 
-    def _policy_changed(self, now: float) -> None:
+    def _policy_changed(self, pbx: PbxState, now: float) -> None:
         """Who may pick up changed: watchers of ringing extensions get their bodies again."""
-        self.documents.forget_all()
-        for resource in self.notifier.resources():
-            if any(d.pickup is not None for d in self.tracker.state(resource).dialogs):
+        pbx.documents.forget_all()
+        for resource in self._resources_of(pbx):
+            if any(d.pickup is not None for d in pbx.tracker.state(pbx.key(resource)).dialogs):
                 self.resource_changed(resource, now)
 
-    def _asterisk_lost(self, now: float) -> None:
+    def _asterisk_lost(self, pbx: PbxState, now: float) -> None:
         timeout = self.config.watch.stale_ring_timeout
         log.warning(
-            "Asterisk is unreachable: keys keep their last known state until it is back%s",
-            f"; ringing keys stop blinking after {timeout:g} s" if timeout else "",
-        )
-        if timeout and self.stale_ring_at is None:
-            self.stale_ring_at = now + timeout
+            "Asterisk%s is unreachable: keys keep their last known state until it is back%s",
+            _of(pbx), f"; ringing keys stop blinking after {timeout:g} s" if timeout else "",
+        )  # fmt: skip
+        if timeout and pbx.stale_ring_at is None:
+            pbx.stale_ring_at = now + timeout
             self._timer_moved = True
 
-    def _expire_rings(self, now: float) -> None:
-        changed = self.tracker.expire_rings()
+    def _expire_rings(self, pbx: PbxState, now: float) -> None:
+        changed = pbx.tracker.expire_rings()
         if changed:
-            log.warning("no word from Asterisk for %g s: %d ringing keys stop blinking",
+            log.warning("no word from Asterisk%s for %g s: %d ringing keys stop blinking", _of(pbx),
                         self.config.watch.stale_ring_timeout, len(changed))  # fmt: skip
             self._status_changed = True
         for exten in sorted(changed):
-            self.resource_changed(exten, now)
+            self.resource_changed(pbx.resource(exten), now)
 
     def _end_unauthorized(self, old_auth: str, now: float) -> None:
         """After a reload with digest on: subscriptions of users no longer in users_file end
@@ -413,6 +472,28 @@ class BridgeCore:
             why = "their users are no longer in security.users_file"
         if ended:
             log.warning("reload: ended %d subscription(s): %s", ended, why)
+
+
+def _pbx_names(config: Config) -> list[tuple[str, str]]:
+    """Each PBX's name and SIP domain; the one-PBX form is one PBX named "" (any domain)."""
+    return [(p.name, p.domain) for p in config.pbxs] or [("", "")]
+
+
+def _of(pbx: PbxState) -> str:
+    return f" {pbx.name}" if pbx.name else ""
+
+
+def _render_settings(config: Config, domain: str) -> RenderSettings:
+    """The bodies' settings; a PBX of several names its own domain in every URI."""
+    rendering = settings.render_settings(config)
+    return dataclasses.replace(rendering, domain=domain) if domain else rendering
+
+
+def _new_pbx(config: Config, name: str, domain: str, now: float) -> PbxState:
+    tracker = _new_tracker(config, now)
+    policy = settings.pickup_policy(config)
+    documents = Documents(tracker, _render_settings(config, domain), policy)
+    return PbxState(name, domain, tracker, documents, policy)
 
 
 def _new_tracker(config: Config, now: float) -> CallTracker:

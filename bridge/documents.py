@@ -26,8 +26,9 @@ class Documents:
         # Per extension: the body each class of watchers gets (see PickupPolicy.class_of).
         self._by_class: dict[str, dict[Hashable, DialogInfoDocument]] = {}
 
-    def resolve(self, user: str, watcher: str) -> str | None:
-        """The key a watcher's SUBSCRIBE names: the extension in its endpoint's context."""
+    def resolve(self, user: str, watcher: str, domain: str = "") -> str | None:
+        """The key a watcher's SUBSCRIBE names: the extension in its endpoint's context (one
+        PBX: any ``domain``)."""
         return self.tracker.resolve(user, watcher)
 
     def knows(self, resource: str) -> bool:

@@ -26,9 +26,14 @@ _BY_NAME: dict[str, Declared] = {item.name: item for item in SETTINGS}
 RESTART_ONLY = (*(item.name for item in SETTINGS if item.setting.restart), "led")
 
 
+# The [[asterisk]] entries' names and domains, as changed_settings names a change of them (a
+# change of one PBX's source or ami/ari settings is "asterisk[i]": its source restarts).
+PBX_SET = "asterisk.pbxs"
+
+
 def needs_restart(name: str) -> bool:
     """Whether a setting named by ``changed_settings`` only changes on a restart."""
-    if name == "led" or name.startswith("led["):
+    if name == "led" or name.startswith("led[") or name == PBX_SET:
         return True
     item = _BY_NAME.get(name)
     return item is not None and item.setting.restart
@@ -150,6 +155,10 @@ def changed_settings(old: Config, new: Config) -> set[str]:
     for i in range(max(len(old.leds), len(new.leds))):
         if old.leds[i : i + 1] != new.leds[i : i + 1]:
             out.add(f"led[{i}]")
+    if [(p.name, p.domain) for p in old.pbxs] != [(p.name, p.domain) for p in new.pbxs]:
+        out.add(PBX_SET)  # which PBXs, at which domains: the core is built for them
+    else:
+        out.update(f"asterisk[{i}]" for i, p in enumerate(new.pbxs) if p != old.pbxs[i])
     old_hints, new_hints = dict(old.hints), dict(new.hints)
     for exten in old_hints.keys() | new_hints.keys():
         if old_hints.get(exten) != new_hints.get(exten):
@@ -165,6 +174,9 @@ def keep_old_values(new: Config, old: Config, names: Iterable[str]) -> Config:
             new = dataclasses.replace(new, leds=old.leds)
         elif name.startswith("hints."):
             new = dataclasses.replace(new, hints=old.hints)
+        elif name == PBX_SET:
+            new = dataclasses.replace(new, pbxs=old.pbxs, source=old.source, ami=old.ami,
+                                      ari=old.ari)  # fmt: skip
         else:
             item = _BY_NAME[name]
             new = _with_value(new, item.attrs, item.value(old))

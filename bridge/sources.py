@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import NamedTuple
 
 from bridge.asterisk.ami import AmiSource
@@ -57,6 +59,24 @@ def describe(source: Source, config: Config, *, local: bool) -> str:
     where = f"{source.host}:{source.port}"
     if local:
         return f"the demo PBX (recorded Asterisk 22 calls, AMI on {where})"
+    if config.pbxs:
+        return f"{len(config.pbxs)} PBXs: " + ", ".join(
+            f"{p.name} ({p.domain}) {p.source.upper()}" for p in config.pbxs)
     if isinstance(source, AriSource):
         return f"Asterisk ARI {config.ari.username}@{where}"
     return f"Asterisk AMI {config.ami.username}@{where}"
+
+
+def build_sources(
+    config: Config, on_event: Callable[[str, AsteriskEvent], None], local: Login | None = None
+) -> dict[str, Source]:
+    """One source per PBX, by name: each ``[[asterisk]]`` entry with its own ami/ari settings,
+    or the one PBX (named "") of ``[asterisk]``/``[ami]``/``[ari]`` (or ``local``). Each
+    source's events reach ``on_event`` with the name of their PBX."""
+    if not config.pbxs or local is not None:
+        return {"": build_source(config, partial(on_event, ""), local)}
+    sources: dict[str, Source] = {}
+    for pbx in config.pbxs:
+        own = replace(config, source=pbx.source, ami=pbx.ami, ari=pbx.ari)
+        sources[pbx.name] = build_source(own, partial(on_event, pbx.name))
+    return sources

@@ -4,6 +4,7 @@ the core. It reads the core only (never the app), so the web side needs nothing 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from bridge.core import BridgeCore
@@ -16,6 +17,7 @@ from bridge.web.status import (
     Histogram,
     HistogramSnapshot,
     LedPhoneStatus,
+    PbxHealth,
     SubscriptionStatus,
     entity_status,
 )
@@ -35,8 +37,12 @@ class BridgeStatus:
         """Every watchable extension, in order."""
         core = self.core
         show = core.config.security.show_caller
-        return [entity_status(core.tracker.state(x), show_caller=show)
-                for x in sorted(core.tracker.extensions())]  # fmt: skip
+        out = []
+        for pbx in core.pbxs:  # with several PBXs each key is named berlin:202
+            for exten in sorted(pbx.tracker.extensions()):
+                entity = entity_status(pbx.tracker.state(exten), show_caller=show)
+                out.append(dataclasses.replace(entity, exten=pbx.resource(exten)))
+        return out
 
     def subscriptions(self) -> Sequence[SubscriptionStatus]:
         """Every active subscription."""
@@ -58,6 +64,9 @@ class BridgeStatus:
             ami_connected=core.asterisk_connected,
             synced=core.asterisk_synced,
             events_total=core.events_total,
+            pbxs=tuple(
+                PbxHealth(p.name, p.connected, p.synced, p.events) for p in core.pbxs if p.name
+            ),
         )
 
     def latency(self) -> HistogramSnapshot:

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from bridge.__main__ import main
-from bridge.config import LED_KEYS, SETTINGS, ConfigError, ListenAddress, load, readme_table
+from bridge.config import (
+    LED_KEYS,
+    PBX_KEYS,
+    SETTINGS,
+    ConfigError,
+    ListenAddress,
+    load,
+    readme_table,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "etc" / "snom-blf-bridge.toml"
@@ -209,8 +217,8 @@ def shipped_settings() -> set[str]:
     """``section.key`` of every setting the shipped file writes, commented out or not."""
     section, found = "", set()
     for line in SHIPPED.read_text(encoding="utf-8").splitlines():
-        if heading := re.match(r"#? ?\[\[?([a-z]+)\]\]?\s*$", line):
-            section = heading[1]
+        if heading := re.match(r"#? ?(\[\[?)([a-z]+)\]\]?\s*$", line):
+            section = heading[2] + ("[]" if heading[1] == "[[" and heading[2] != "led" else "")
         elif assignment := re.match(r"(?:# ?)?([a-z_]+) = ", line):
             found.add(f"{section}.{assignment[1]}")
     return found
@@ -218,8 +226,11 @@ def shipped_settings() -> set[str]:
 
 def test_shipped_file_shows_every_declared_setting_and_no_other() -> None:
     written = shipped_settings()
-    assert {n for n in written if not n.startswith("led.")} == {item.name for item in SETTINGS}
+    tables = ("led.", "asterisk[].")
+    assert {n for n in written if not n.startswith(tables)} == {item.name for item in SETTINGS}
     assert {n.partition(".")[2] for n in written if n.startswith("led.")} <= LED_KEYS
+    pbx_keys = {n.partition(".")[2] for n in written if n.startswith("asterisk[].")}
+    assert pbx_keys == set(PBX_KEYS)
 
 
 def test_shipped_file_sets_only_the_defaults() -> None:

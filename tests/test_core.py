@@ -191,20 +191,21 @@ class Lab:
             self.drain()
         self.clock.ms = max(self.clock.ms, ms)
 
-    def feed(self, events: Iterable[AsteriskEvent]) -> None:
+    def feed(self, events: Iterable[AsteriskEvent], pbx: str = "") -> None:
         for event in events:
-            self.core.asterisk_event(event, self.clock.now)
+            self.core.asterisk_event(event, self.clock.now, pbx)
             self.drain()
 
-    def play(self, timed: Timed, start: int = 0) -> None:
+    def play(self, timed: Timed, start: int = 0, pbx: str = "") -> None:
         for ms, event in timed:
             self.advance(start + ms)
-            self.feed([event])
+            self.feed([event], pbx)
 
-    def subscribe(self, exten: str, *, expires: int = 600, user: str = "203") -> Sip:
+    def subscribe(self, exten: str, *, expires: int = 600, user: str = "203",
+                  domain: str = DOMAIN) -> Sip:  # fmt: skip
         self.branches += 1
         request = "\r\n".join([
-            f"SUBSCRIBE sip:{exten}@{DOMAIN} SIP/2.0",
+            f"SUBSCRIBE sip:{exten}@{domain} SIP/2.0",
             f"Via: SIP/2.0/UDP {PHONE.host}:{PHONE.port};branch=z9hG4bK-{self.branches}",
             f"From: <sip:{user}@{DOMAIN}>;tag=phone{self.branches}",
             f"To: <sip:{exten}@{DOMAIN}>",

@@ -30,7 +30,7 @@ class Source:
     def __init__(self) -> None:
         self.states = {"202": "idle"}
 
-    def resolve(self, user: str, watcher: str) -> str | None:
+    def resolve(self, user: str, watcher: str, domain: str = "") -> str | None:
         return user
 
     def knows(self, resource: str) -> bool:

@@ -28,6 +28,7 @@ from bridge.web import (
     Histogram,
     HistogramSnapshot,
     LedPhoneStatus,
+    PbxHealth,
     StatusView,
     SubscriptionStatus,
     entity_status,
@@ -431,3 +432,13 @@ def test_app_factory_builds_without_a_loop_running() -> None:
     assert {r.resource.canonical for r in app.router.routes() if r.resource} >= {
         "/", "/metrics", "/healthz", "/api/entities", "/api/subscriptions", "/api/leds", "/events",
     }  # fmt: skip
+
+
+async def test_healthz_names_the_pbxs_not_in_sync(
+    view: FakeView, base_url: str, http: aiohttp.ClientSession
+) -> None:
+    pbxs = (PbxHealth("berlin", False, False, 3), PbxHealth("hamburg", True, True, 9))
+    view.counts = Counters(0, 0, 0, ami_connected=False, synced=False, events_total=12, pbxs=pbxs)
+    async with http.get(base_url + "/healthz") as resp:
+        assert resp.status == 503
+        assert await resp.text() == "asterisk not connected: berlin\n"

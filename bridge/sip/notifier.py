@@ -79,9 +79,10 @@ class SupportsBody(Protocol):
 class DocumentSource(Protocol):
     """Where resource state comes from."""
 
-    def resolve(self, user: str, watcher: str) -> str | None:
-        """The resource a SUBSCRIBE for ``user`` (a Request-URI user part) from ``watcher``
-        means (tenants: the same number is another key in another context); None: none."""
+    def resolve(self, user: str, watcher: str, domain: str = "") -> str | None:
+        """The resource a SUBSCRIBE for ``user`` (a Request-URI user part) at ``domain`` (its
+        host) from ``watcher`` means (tenants: the same number is another key in another
+        context; several PBXs: another key at another domain); None: none."""
         ...
 
     def knows(self, resource: str) -> bool:
@@ -486,8 +487,9 @@ class Notifier:
             if not refusal.drop:
                 self._answer(x, Answer(refusal.status, refusal.headers))
             return
-        user = req.request_uri().user
-        resource = None if user is None else self._source.resolve(user, watcher)
+        uri = req.request_uri()
+        user = uri.user
+        resource = None if user is None else self._source.resolve(user, watcher, uri.host)
         if resource is not None:
             resource = sys.intern(resource)  # one copy per extension, not per subscription
         if resource is None or not self._source.knows(resource):

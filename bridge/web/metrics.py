@@ -62,6 +62,8 @@ class BridgeCollector(Collector):
         yield _gauge("synced", "1 once the Asterisk source finished its resync.",
                      int(counters.synced))  # fmt: skip
         yield _counter("events", "Asterisk events handled.", counters.events_total)
+        if counters.pbxs:  # several PBXs: each apart, by a pbx label (the totals above stay)
+            yield from _per_pbx(counters)
         yield _histogram(snapshot.latency)
         states = GaugeMetricFamily(
             PREFIX + "entity_state",
@@ -73,6 +75,20 @@ class BridgeCollector(Collector):
             for state in KEY_STATES:
                 states.add_metric([entity.exten, state], int(entity.state == state))
         yield states
+
+
+def _per_pbx(counters: Counters) -> Iterator[Metric]:
+    connected = GaugeMetricFamily(PREFIX + "pbx_connected",
+                                  "1 while this PBX's source is connected.", labels=["pbx"])
+    synced = GaugeMetricFamily(PREFIX + "pbx_synced",
+                               "1 once this PBX's source finished its resync.", labels=["pbx"])
+    events = CounterMetricFamily(PREFIX + "pbx_events", "Asterisk events handled from this PBX.",
+                                 labels=["pbx"])  # fmt: skip
+    for pbx in counters.pbxs:
+        connected.add_metric([pbx.name], int(pbx.connected))
+        synced.add_metric([pbx.name], int(pbx.synced))
+        events.add_metric([pbx.name], pbx.events_total)
+    yield from (connected, synced, events)
 
 
 def render_metrics(snapshot: MetricsSnapshot) -> bytes:

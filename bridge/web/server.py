@@ -181,6 +181,8 @@ async def healthz(request: web.Request) -> web.Response:
     if counters.ami_connected and counters.synced:
         return web.Response(text="ok\n", headers=NO_CACHE)
     why = "asterisk not connected" if not counters.ami_connected else "asterisk not synced yet"
+    if counters.pbxs:  # several PBXs: which
+        why += ": " + ", ".join(p.name for p in counters.pbxs if not (p.connected and p.synced))
     return web.Response(status=503, text=why + "\n", headers=NO_CACHE)
 
 

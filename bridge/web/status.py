@@ -55,6 +55,16 @@ class LedPhoneStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class PbxHealth:
+    """One PBX of several (``[[asterisk]]``): its source's health and its events."""
+
+    name: str
+    connected: bool
+    synced: bool
+    events_total: int
+
+
+@dataclass(frozen=True, slots=True)
 class Counters:
     """Totals since start, and the Asterisk source's health."""
 
@@ -64,6 +74,7 @@ class Counters:
     ami_connected: bool  # the Asterisk source (AMI, or ARI) is connected
     synced: bool  # it finished a full resync since it (re)connected: the states are current
     events_total: int  # Asterisk events handled
+    pbxs: tuple[PbxHealth, ...] = ()  # each PBX apart, with several ([[asterisk]]); else none
 
 
 @dataclass(frozen=True, slots=True)
