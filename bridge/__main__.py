@@ -37,12 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.file, args.set)
     if args.command == "status":
         try:
-            entities, health, phones = asyncio.run(fetch_status(args.url))
+            entities, health, phones, pbxs = asyncio.run(fetch_status(args.url))
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             print(f"cannot reach the bridge at {args.url}: {exc or 'timeout'} "
                   "(is it running, and is web.listen set?)", file=sys.stderr)  # fmt: skip
             return 1
-        print(format_status(entities, health, phones))
+        print(format_status(entities, health, phones, pbxs))
         return 0
     if args.command == "led":
         ok, what = asyncio.run(

@@ -379,6 +379,10 @@ class BridgeCore:
             case ResyncStarted():
                 pbx.connected = True
                 self._status_changed = True
+                if event.endpoint:
+                    if pbx.endpoint and event.endpoint != pbx.endpoint:
+                        pbx.failovers += 1
+                    pbx.endpoint = event.endpoint
             case SourceLost():
                 pbx.connected = pbx.synced = False
                 self._status_changed = True

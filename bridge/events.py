@@ -7,7 +7,7 @@ Channel identity is Asterisk's ``Uniqueid`` (AMI) / channel ``id`` (ARI); they a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 
@@ -166,6 +166,10 @@ class EndpointGroups:
 @dataclass(frozen=True, slots=True)
 class ResyncStarted:
     """The source is about to replay Asterisk's complete current state (after a (re)connect)."""
+
+    # Which of the PBX's endpoints it comes from (failover), as logged; not part of equality:
+    # a resync is a resync, wherever it comes from.
+    endpoint: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ class PbxState:
     stale_ring_at: float | None = None  # lost: its ringing keys stop blinking then
     default_context: str = ""  # its tracker's, as of the last sync (tenants)
     events: int = 0  # Asterisk events handled from it
+    endpoint: str = ""  # the AMI/ARI endpoint its state comes from, as of the last resync
+    failovers: int = 0  # resyncs from another endpoint than the one before (standby taken)
 
     def resource(self, key: str) -> str:
         """The bridge-wide name of one of its keys."""

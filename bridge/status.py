@@ -65,8 +65,11 @@ class BridgeStatus:
             synced=core.asterisk_synced,
             events_total=core.events_total,
             pbxs=tuple(
-                PbxHealth(p.name, p.connected, p.synced, p.events) for p in core.pbxs if p.name
+                PbxHealth(p.name, p.connected, p.synced, p.events, p.endpoint, p.failovers)
+                for p in core.pbxs if p.name
             ),
+            endpoint=core.pbxs[0].endpoint if len(core.pbxs) == 1 else "",
+            failovers=sum(p.failovers for p in core.pbxs),
         )
 
     def latency(self) -> HistogramSnapshot:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
 import pytest
 from bridge_process import BridgeProcess
 from conftest import RECORDINGS
@@ -22,6 +23,7 @@ from test_app import NS, RINGING_202, collapsed, dialogs, key_state
 from bridge.demo.ami_server import RecordedAmiServer
 from bridge.demo.ari_server import RecordedAriServer, event_is
 from bridge.demo.relay import TcpRelay
+from bridge.web.cli import format_status
 
 
 @pytest.fixture
@@ -56,10 +58,11 @@ async def test_the_standby_takes_over_under_a_live_watcher(
         RecordedAmiServer(RECORDINGS, speed=4) as standby,
         TcpRelay("127.0.0.1", primary.port) as relay,
     ):
-        sip_port = free_port()
+        sip_port, web_port = free_port(), free_port()
         bridge = with_standby(
             BridgeProcess(config, sip_port, relay.port, tmp_path / "s.sqlite3"), standby.port
         )
+        bridge.args += ["--set", f"web.listen=127.0.0.1:{web_port}"]
         try:
             await bridge.start()
             async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=5000) as watcher:
@@ -76,6 +79,22 @@ async def test_the_standby_takes_over_under_a_live_watcher(
                 await bridge.wait_for(switched)
                 # The standby has no such call (the primary's calls died with it): idle at once.
                 await next_line(bridge, "202: idle", idle)
+                # The status says so too: which endpoint, and that it moved once.
+                async with aiohttp.ClientSession() as http:
+                    base = f"http://127.0.0.1:{web_port}"
+                    async with http.get(f"{base}/api/asterisk") as response:
+                        followed = await response.json()
+                    async with http.get(f"{base}/metrics") as response:
+                        metrics = await response.text()
+                assert [(p["endpoint"], p["failovers"]) for p in followed] == [
+                    (f"127.0.0.1:{standby.port}", 1)
+                ]
+                assert "snom_blf_failovers_total 1.0" in metrics
+                followed_at = f'endpoint="127.0.0.1:{standby.port}"'
+                assert f"snom_blf_asterisk_endpoint{{{followed_at}}} 1.0" in metrics
+                assert f"asterisk: following 127.0.0.1:{standby.port}, 1 failover" in (
+                    format_status([], "ok", [], followed)
+                )
                 # Another Asterisk, another call (its own Uniqueids): ringing, answered, over.
                 ringing = count(bridge, "202: ringing")
                 await standby.play("ring-answer-hangup", until=RINGING_202)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 import signal
 import sys
 from pathlib import Path
@@ -94,8 +95,10 @@ async def test_status_command_prints_what_the_running_bridge_sees(tmp_path: Path
     text = output.decode()
     assert status.returncode == 0, text
     assert text.splitlines()[0] == "bridge: ok"
+    # Which AMI endpoint it follows (the demo PBX's, on loopback), no failover yet.
+    assert re.fullmatch(r"asterisk: following 127\.0\.0\.1:\d+", text.splitlines()[1]), text
     # Every kind of key from the first sync: phones, a DND key, FreePBX's hint, a park slot.
-    assert [line.split()[0] for line in text.splitlines()[1:]] == [
+    assert [line.split()[0] for line in text.splitlines()[2:]] == [
         "201", "202", "203", "204", "205", "206", "210", "211", "701"
     ]  # fmt: skip
 

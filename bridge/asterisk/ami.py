@@ -427,7 +427,7 @@ class AmiSource:
         """Login accepted (seen in stream order): announce, then ask for the full state."""
         self.connected = True
         self._announced = True
-        self._queue.put_nowait(Batch([ResyncStarted()]))
+        self._queue.put_nowait(Batch([ResyncStarted(_where(self.host, self.port))]))
         actions = (*RESYNC_ACTIONS, *CONTACTS_ACTIONS) if self._contacts else RESYNC_ACTIONS
         for action in actions:  # pipelined: Asterisk answers them in order
             action_id, _ = conn.send({"Action": action})

@@ -343,7 +343,7 @@ class AriSource:
         self._loop.following(self._current)
         self._announced = True
         held, self._held = self._held or [], None
-        for item in [Batch([ResyncStarted()]), *items, *held]:
+        for item in [Batch([ResyncStarted(self._current)]), *items, *held]:
             self._queue.put_nowait(item)
 
         def synced() -> None:

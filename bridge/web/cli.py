@@ -12,9 +12,9 @@ LAMPS = {"idle": "○", "ringing": "◉ ringing", "busy": "● busy", "held": "�
 Json = list[dict[str, object]]
 
 
-async def fetch_status(url: str, within: float = 5.0) -> tuple[Json, str, Json]:
-    """The entities (with their watchers), /healthz's answer and the LED rules' phones of a
-    running bridge."""
+async def fetch_status(url: str, within: float = 5.0) -> tuple[Json, str, Json, Json]:
+    """The entities (with their watchers), /healthz's answer, the LED rules' phones and the
+    PBXs followed (endpoint, failovers) of a running bridge."""
     base = url.rstrip("/")
     limit = aiohttp.ClientTimeout(total=within)
     async with aiohttp.ClientSession(timeout=limit) as http:
@@ -25,13 +25,18 @@ async def fetch_status(url: str, within: float = 5.0) -> tuple[Json, str, Json]:
             health = (await response.text()).strip() or str(response.status)
         async with http.get(f"{base}/api/leds") as response:
             phones: Json = await response.json() if response.status == 200 else []
-    return entities, health, phones
+        async with http.get(f"{base}/api/asterisk") as response:
+            pbxs: Json = await response.json() if response.status == 200 else []
+    return entities, health, phones, pbxs
 
 
-def format_status(entities: Json, health: str, phones: Json | None = None) -> str:
+def format_status(
+    entities: Json, health: str, phones: Json | None = None, pbxs: Json | None = None
+) -> str:
     """One line per watched extension: its key, who calls, who watches; then one per phone of
-    an LED rule: reachable or not, and where."""
+    an LED rule: reachable or not, and where. Before them, which endpoint each PBX follows."""
     lines = [f"bridge: {health}"]
+    lines += [_pbx_line(pbx) for pbx in pbxs or () if pbx.get("endpoint")]
     width = max((len(str(e.get("exten", ""))) for e in entities), default=4)
     for entity in entities:
         exten = str(entity.get("exten", ""))
@@ -44,6 +49,14 @@ def format_status(entities: Json, health: str, phones: Json | None = None) -> st
         lines.append("LED phones:")
         lines += [_phone_line(phone) for phone in phones]
     return "\n".join(lines)
+
+
+def _pbx_line(pbx: dict[str, object]) -> str:
+    """"asterisk berlin: following 10.0.0.2:5038, 1 failover" (no name in the one-PBX form)."""
+    name = f" {pbx['name']}" if pbx.get("name") else ""
+    moves = pbx.get("failovers")
+    after = f", {moves} failover{'s' * (moves != 1)}" if isinstance(moves, int) and moves else ""
+    return f"asterisk{name}: following {pbx.get('endpoint')}{after}"
 
 
 def _phone_line(phone: dict[str, object]) -> str:

@@ -62,6 +62,14 @@ class BridgeCollector(Collector):
         yield _gauge("synced", "1 once the Asterisk source finished its resync.",
                      int(counters.synced))  # fmt: skip
         yield _counter("events", "Asterisk events handled.", counters.events_total)
+        yield _counter("failovers", "Moves to another AMI/ARI endpoint of a PBX (standby taken).",
+                       counters.failovers)  # fmt: skip
+        if counters.endpoint:  # one PBX: which endpoint it follows, as an info-style gauge
+            following = GaugeMetricFamily(PREFIX + "asterisk_endpoint",
+                                          "1 for the AMI/ARI endpoint followed.",
+                                          labels=["endpoint"])  # fmt: skip
+            following.add_metric([counters.endpoint], 1)
+            yield following
         if counters.pbxs:  # several PBXs: each apart, by a pbx label (the totals above stay)
             yield from _per_pbx(counters)
         yield _histogram(snapshot.latency)
@@ -84,11 +92,19 @@ def _per_pbx(counters: Counters) -> Iterator[Metric]:
                                "1 once this PBX's source finished its resync.", labels=["pbx"])
     events = CounterMetricFamily(PREFIX + "pbx_events", "Asterisk events handled from this PBX.",
                                  labels=["pbx"])  # fmt: skip
+    failovers = CounterMetricFamily(PREFIX + "pbx_failovers",
+                                    "Moves to another AMI/ARI endpoint of this PBX.",
+                                    labels=["pbx"])  # fmt: skip
+    following = GaugeMetricFamily(PREFIX + "pbx_endpoint", "1 for the endpoint this PBX follows.",
+                                  labels=["pbx", "endpoint"])  # fmt: skip
     for pbx in counters.pbxs:
         connected.add_metric([pbx.name], int(pbx.connected))
         synced.add_metric([pbx.name], int(pbx.synced))
         events.add_metric([pbx.name], pbx.events_total)
-    yield from (connected, synced, events)
+        failovers.add_metric([pbx.name], pbx.failovers)
+        if pbx.endpoint:
+            following.add_metric([pbx.name, pbx.endpoint], 1)
+    yield from (connected, synced, events, failovers, following)
 
 
 def render_metrics(snapshot: MetricsSnapshot) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import importlib.resources
 import ipaddress
@@ -15,7 +16,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bridge.web.metrics import CONTENT_TYPE, MetricsSnapshot, render_metrics
-from bridge.web.status import EntityStatus, LedPhoneStatus, StatusView, SubscriptionStatus
+from bridge.web.status import (
+    EntityStatus,
+    LedPhoneStatus,
+    PbxHealth,
+    StatusView,
+    SubscriptionStatus,
+)
 
 if TYPE_CHECKING:  # bridge.provision.web reads bridge.web.status: no import cycle at run time
     from bridge.provision.web import SnomDocuments
@@ -91,6 +98,7 @@ def make_app(
     app.router.add_get("/api/entities", api_entities)
     app.router.add_get("/api/subscriptions", api_subscriptions)
     app.router.add_get("/api/leds", api_leds)
+    app.router.add_get("/api/asterisk", api_asterisk)
     app.router.add_get("/events", events)
     if snom is not None:
         app[SNOM] = snom
@@ -189,6 +197,16 @@ async def healthz(request: web.Request) -> web.Response:
 async def api_entities(request: web.Request) -> web.Response:
     """Every watchable extension, its key state, dialogs and watchers."""
     return web.json_response(entities_json(request.app[VIEW]), headers=NO_CACHE)
+
+
+async def api_asterisk(request: web.Request) -> web.Response:
+    """Each PBX followed (one, unnamed, in the one-PBX form): its health, the AMI/ARI endpoint
+    its state comes from and how often it moved to a standby."""
+    counters = request.app[VIEW].counters()
+    pbxs = counters.pbxs or (PbxHealth("", counters.ami_connected, counters.synced,
+                                       counters.events_total, counters.endpoint,
+                                       counters.failovers),)  # fmt: skip
+    return web.json_response([dataclasses.asdict(p) for p in pbxs], headers=NO_CACHE)
 
 
 async def api_subscriptions(request: web.Request) -> web.Response:

@@ -62,6 +62,8 @@ class PbxHealth:
     connected: bool
     synced: bool
     events_total: int
+    endpoint: str = ""  # the AMI/ARI endpoint followed (failover: ami.standby, ari.standby)
+    failovers: int = 0  # times it moved to another endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class Counters:
     synced: bool  # it finished a full resync since it (re)connected: the states are current
     events_total: int  # Asterisk events handled
     pbxs: tuple[PbxHealth, ...] = ()  # each PBX apart, with several ([[asterisk]]); else none
+    endpoint: str = ""  # one PBX: the endpoint followed; several: see pbxs
+    failovers: int = 0  # moves to another endpoint, all PBXs together
 
 
 @dataclass(frozen=True, slots=True)
