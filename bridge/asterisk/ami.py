@@ -324,16 +324,6 @@ class AmiSource:
         self._stopping = self._loop.stopping
         self._problems = self._loop.problems
 
-    @property
-    def endpoint(self) -> str:
-        """The AMI endpoint followed ("host:port"): the last that accepted the login."""
-        return self._loop.endpoint
-
-    @property
-    def switches(self) -> int:
-        """How often the bridge moved to another endpoint of this PBX (failover)."""
-        return self._loop.switches
-
     async def run(self) -> None:
         """Connect, resync and stream events until ``stop()`` or cancellation."""
         self._logoff = None

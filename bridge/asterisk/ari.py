@@ -248,16 +248,6 @@ class AriSource:
 
     # -- one connection ----------------------------------------------------------------------
 
-    @property
-    def endpoint(self) -> str:
-        """The ARI endpoint followed (its URL): the last whose resync went through."""
-        return self._loop.endpoint
-
-    @property
-    def switches(self) -> int:
-        """How often the bridge moved to another endpoint of this PBX (failover)."""
-        return self._loop.switches
-
     async def _session(self, endpoint: str) -> bool:
         """One websocket's life; True when its resync went through (the backoff starts over)."""
         http = self._http

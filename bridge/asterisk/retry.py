@@ -69,7 +69,7 @@ class ReconnectLoop:
     It also runs the task that hands the source's events over (``events``), so everything a
     session queued is delivered before :meth:`run` returns. ``endpoint`` is the endpoint
     followed (the last whose login was accepted; the first until then) and ``switches`` how
-    often that changed, for the status view.
+    often that changed, for the log; the status view learns both from ``ResyncStarted``.
     """
 
     def __init__(
