@@ -233,6 +233,18 @@ class Lab:
                 out.append(message)
         return out
 
+    def notifies_of(self, reply: Sip) -> list[Sip]:
+        """The NOTIFYs of the subscription ``reply`` accepted (by its Call-ID, to whichever
+        phone), retransmissions left out."""
+        seen, out = set(), []
+        call_id = reply.headers["call-id"]
+        for _, _, message in self.sent:
+            ours = message.method == "NOTIFY" and message.headers["call-id"] == call_id
+            if ours and message.headers["cseq"] not in seen:
+                seen.add(message.headers["cseq"])
+                out.append(message)
+        return out
+
 
 def answer(request: Sip, status: int = 200) -> bytes:
     h = request.headers

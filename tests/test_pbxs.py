@@ -110,17 +110,6 @@ def lab(tmp_path: Path) -> Lab:
     return lb
 
 
-def of(lb: Lab, reply: Sip) -> list[Sip]:
-    """The NOTIFYs of one subscription (by its Call-ID), retransmissions left out."""
-    seen, out = set(), []
-    for _, _, message in lb.sent:
-        ours = message.method == "NOTIFY" and message.headers["call-id"] == reply.headers["call-id"]
-        if ours and message.headers["cseq"] not in seen:
-            seen.add(message.headers["cseq"])
-            out.append(message)
-    return out
-
-
 def entity(notify: Sip) -> str:
     return str(etree.fromstring(notify.body).get("entity"))
 
@@ -141,18 +130,18 @@ def test_a_subscribe_goes_to_the_pbx_its_request_uri_names(tmp_path: Path) -> No
     assert (berlin.status, hamburg.status, by_name.status) == (200, 200, 200)
     assert lb.subscribe("202", domain="elsewhere.example").status == 404
     assert lb.subscribe("999", domain="berlin.example").status == 404
-    assert entity(of(lb, berlin)[0]) == "sip:202@berlin.example"
-    assert entity(of(lb, hamburg)[0]) == "sip:202@hamburg.example:5060"
+    assert entity(lb.notifies_of(berlin)[0]) == "sip:202@berlin.example"
+    assert entity(lb.notifies_of(hamburg)[0]) == "sip:202@hamburg.example:5060"
     assert sorted(lb.core.notifier.resources()) == ["berlin:202", "hamburg:202"]
 
     ring_on(lb, "berlin")
-    assert key_state(of(lb, berlin)[-1]) == "early/recipient"
+    assert key_state(lb.notifies_of(berlin)[-1]) == "early/recipient"
     # Hamburg's 202 is another phone: its watchers never hear of Berlin's call or its ids.
-    assert [key_state(n) for n in of(lb, hamburg)] == ["idle"]
-    assert [key_state(n) for n in of(lb, by_name)] == ["idle"]
-    ring = dialogs(of(lb, berlin)[-1])[0]
+    assert [key_state(n) for n in lb.notifies_of(hamburg)] == ["idle"]
+    assert [key_state(n) for n in lb.notifies_of(by_name)] == ["idle"]
+    ring = dialogs(lb.notifies_of(berlin)[-1])[0]
     assert ring.get("call-id")
-    assert all(ring.get("call-id").encode() not in n.body for n in of(lb, hamburg))
+    assert all(ring.get("call-id").encode() not in n.body for n in lb.notifies_of(hamburg))
     states = {e.exten: e.state for e in BridgeStatus(lb.core, lambda: 0.0).entities()}
     assert states["berlin:202"] == "ringing" and states["hamburg:202"] == "idle"
 
@@ -169,16 +158,16 @@ def test_one_pbx_lost_leaves_the_other_live_and_recovers_on_its_resync(tmp_path:
     assert lb.core.next_timer() == pytest.approx((lost + 20_000) / 1000)
 
     ring_on(lb, "hamburg")  # the other PBX's calls still light its keys
-    assert key_state(of(lb, hamburg)[-1]) == "early/recipient"
+    assert key_state(lb.notifies_of(hamburg)[-1]) == "early/recipient"
     lb.advance(lost + 20_000)  # Berlin stayed away: its ringing key stops blinking, only its
-    assert key_state(of(lb, berlin)[-1]) == "idle"
-    assert key_state(of(lb, hamburg)[-1]) == "early/recipient"
+    assert key_state(lb.notifies_of(berlin)[-1]) == "idle"
+    assert key_state(lb.notifies_of(hamburg)[-1]) == "early/recipient"
 
     resync, _ = over_ami("ring-answer-hangup")  # back: its resync, then a new call rings
     lb.feed(resync, "berlin")
     assert lb.core.asterisk_synced and lb.core.stale_ring_at is None
     ring_on(lb, "berlin", "ring-answer-hangup")
-    assert key_state(of(lb, berlin)[-1]) == "early/recipient"
+    assert key_state(lb.notifies_of(berlin)[-1]) == "early/recipient"
 
     page = render_metrics(MetricsSnapshot.of(BridgeStatus(lb.core, lambda: 0.0))).decode()
     assert 'snom_blf_pbx_synced{pbx="berlin"} 1.0' in page

@@ -77,17 +77,6 @@ def two_tenants() -> tuple[list[AsteriskEvent], Timed]:
     return [ResyncStarted(), *listed, ResyncFinished(), *tenant_groups()], timed
 
 
-def of_subscription(lb: Lab, reply: Sip) -> list[Sip]:
-    """The NOTIFYs of the subscription ``reply`` accepted (retransmissions left out)."""
-    seen, out = set(), []
-    for _, _, message in lb.sent:
-        ours = message.method == "NOTIFY" and message.headers["call-id"] == reply.headers["call-id"]
-        if ours and message.headers["cseq"] not in seen:
-            seen.add(message.headers["cseq"])
-            out.append(message)
-    return out
-
-
 def early(notifies: list[Sip]) -> list[etree._Element]:
     return [d for n in notifies for d in dialogs(n) if d.findtext("d:state", namespaces=NS)
             == "early"]  # fmt: skip
@@ -122,7 +111,7 @@ def test_each_tenants_watcher_sees_only_its_own_202_as_asterisks_own_blf_did() -
     lb, a, b = both_watching()
     ids = leg_ids()
     for reply, tenant, display in ((a, "a", "Phone 201"), (b, "b", "Tenant B 201")):
-        notifies = of_subscription(lb, reply)
+        notifies = lb.notifies_of(reply)
         got = [own_key_state(n.body) for n in notifies]
         assert collapsed(got) == collapsed(own_blf(SCENARIO, f"202-tenant-{tenant}")), tenant
         ringing = early(notifies)
@@ -151,13 +140,13 @@ def test_another_default_context_renames_the_keys_not_what_a_watcher_sees() -> N
     lb, a, b = both_watching('watch.context="tenant-b"')
     assert lb.core.tracker.resolve("202", "203") == "202@internal"
     assert lb.core.tracker.resolve("202", "b203") == "202"
-    assert {caller(d) for d in early(of_subscription(lb, a))} == {"Phone 201"}
-    assert {caller(d) for d in early(of_subscription(lb, b))} == {"Tenant B 201"}
+    assert {caller(d) for d in early(lb.notifies_of(a))} == {"Phone 201"}
+    assert {caller(d) for d in early(lb.notifies_of(b))} == {"Tenant B 201"}
 
 
 def test_a_watcher_whose_endpoint_is_unknown_watches_in_the_default_context() -> None:
     lb, a, _ = both_watching(users=("nobody", "b203"))
-    assert {caller(d) for d in early(of_subscription(lb, a))} == {"Phone 201"}
+    assert {caller(d) for d in early(lb.notifies_of(a))} == {"Phone 201"}
 
 
 @pytest.mark.parametrize(
@@ -250,15 +239,15 @@ def test_a_phone_that_subscribed_before_its_context_was_read_is_sent_to_subscrib
     early_b, early_a = lb.subscribe("202", user="b203"), lb.subscribe("202", user="203")
     assert lb.core.notifier.stats().watchers == {"202": 2}  # b203 guessed the default context
     lb.feed(endpoints)
-    final = of_subscription(lb, early_b)[-1]
+    final = lb.notifies_of(early_b)[-1]
     assert final.headers["subscription-state"] == "terminated;reason=deactivated"
-    assert of_subscription(lb, early_a)[-1].headers["subscription-state"].startswith("active")
+    assert lb.notifies_of(early_a)[-1].headers["subscription-state"].startswith("active")
     again = lb.subscribe("202", user="b203")  # what the phone does on "deactivated"
     assert again.status == 200
     assert lb.core.notifier.stats().watchers == {"202": 1, "202@tenant-b": 1}
     lb.play(timed, start=lb.clock.ms)
-    assert {caller(d) for d in early(of_subscription(lb, again))} == {"Tenant B 201"}
-    assert {caller(d) for d in early(of_subscription(lb, early_a))} == {"Phone 201"}
+    assert {caller(d) for d in early(lb.notifies_of(again))} == {"Tenant B 201"}
+    assert {caller(d) for d in early(lb.notifies_of(early_a))} == {"Phone 201"}
 
 
 def test_the_default_context_is_the_one_with_most_hints_whatever_came_first() -> None:
@@ -302,7 +291,7 @@ def test_when_the_default_context_moves_a_watcher_named_by_the_old_one_subscribe
                                                                          "204")]  # fmt: skip
     lb.feed([ResyncStarted(), *tenant_b, *internal, ResyncFinished()])
     assert lb.core.tracker.default_context == "internal"
-    final = of_subscription(lb, first)[-1]
+    final = lb.notifies_of(first)[-1]
     assert final.headers["subscription-state"] == "terminated;reason=deactivated"
     assert lb.subscribe("202", user="b203").status == 200
     assert lb.core.notifier.stats().watchers == {"202@tenant-b": 1}
