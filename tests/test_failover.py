@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from bridge_process import BridgeProcess
 from conftest import RECORDINGS
-from sipp import SippWatcher, free_port
+from sipp import SippResult, SippWatcher, free_port
 from test_app import NS, RINGING_202, collapsed, dialogs, key_state
 
 from bridge.demo.ami_server import RecordedAmiServer
@@ -47,6 +47,24 @@ async def next_line(bridge: BridgeProcess, text: str, seen: int) -> None:
 
 def count(bridge: BridgeProcess, text: str) -> int:
     return sum(text in line for line in bridge.lines)
+
+
+def the_dialog_went_on(result: SippResult) -> list[str]:
+    """What a watcher across a failover must see: one dialog, never a new SUBSCRIBE, all its
+    NOTIFYs active; its key ringing, idle at the switch (the standby has no such call), ringing
+    again with the standby's call and idle at the end; every ringing dialog with its ids, so a
+    Snom can pick the standby's call up. Returns the key's states, repeats collapsed."""
+    assert result.ok, result.output
+    notifies = result.notifies
+    assert all((n.header("Subscription-State") or "").startswith("active;") for n in notifies)
+    assert len({n.header("Call-ID") for n in notifies}) == 1  # one dialog: no new SUBSCRIBE
+    states = collapsed([key_state(n) for n in notifies])
+    assert states[:4] == ["idle", "early/recipient", "idle", "early/recipient"], states
+    assert states[-1] == "idle", states
+    early = [d for n in notifies for d in dialogs(n) if d.findtext("d:state", namespaces=NS)
+             == "early"]  # fmt: skip
+    assert early and all(d.get("call-id") for d in early)
+    return states
 
 
 @pytest.mark.parametrize("death", ["closed", "silent"])
@@ -104,19 +122,10 @@ async def test_the_standby_takes_over_under_a_live_watcher(
                 result = await watcher.finish()
         finally:
             await bridge.close()
-    assert result.ok, result.output
-    notifies = result.notifies
-    assert all((n.header("Subscription-State") or "").startswith("active;") for n in notifies)
-    assert len({n.header("Call-ID") for n in notifies}) == 1  # one dialog: no new SUBSCRIBE
-    cseqs = [n.cseq for n in notifies]
+    states = the_dialog_went_on(result)
+    cseqs = [n.cseq for n in result.notifies]
     assert cseqs == sorted(set(cseqs)), cseqs
-    states = collapsed([key_state(n) for n in notifies])
-    assert states[:4] == ["idle", "early/recipient", "idle", "early/recipient"], states
-    assert "confirmed/recipient" in states[4:] and states[-1] == "idle", states
-    # The call ringing at the standby carries its real leg's ids, so a Snom can pick it up.
-    early = [d for n in notifies for d in dialogs(n) if d.findtext("d:state", namespaces=NS)
-             == "early"]  # fmt: skip
-    assert early and all(d.get("call-id") for d in early)
+    assert "confirmed/recipient" in states[4:], states
     if death == "silent":
         assert "AMI did not answer a Ping within 1.0 s" in bridge.log
     assert "Traceback" not in bridge.log
@@ -242,14 +251,5 @@ async def test_the_ari_standby_takes_over_under_a_live_watcher(
                 result = await watcher.finish()
         finally:
             await bridge.close()
-    assert result.ok, result.output
-    notifies = result.notifies
-    assert all((n.header("Subscription-State") or "").startswith("active;") for n in notifies)
-    assert len({n.header("Call-ID") for n in notifies}) == 1
-    states = collapsed([key_state(n) for n in notifies])
-    assert states[:4] == ["idle", "early/recipient", "idle", "early/recipient"], states
-    assert states[-1] == "idle", states
-    early = [d for n in notifies for d in dialogs(n) if d.findtext("d:state", namespaces=NS)
-             == "early"]  # fmt: skip
-    assert early and all(d.get("call-id") for d in early)
+    the_dialog_went_on(result)
     assert "Traceback" not in bridge.log
