@@ -180,9 +180,11 @@ class Bridge:
 
     async def reload(self, config: Config) -> None:
         """Take over a new configuration without dropping a subscription."""
-        if self.sip is not None and self.sip.tls and config.sip.tls:
+        live_tls = self.sip is not None and self.sip.tls
+        renewed = settings.tls_context(config) if live_tls else None  # ConfigError: kept as is
+        if self.sip is not None and renewed is not None:
             # Before the diff: a renewed (ACME) certificate keeps its file names.
-            self.sip.use_tls_context(settings.renewed_tls_context(config))  # ConfigError: kept
+            self.sip.use_tls_context(renewed)
             log.info("reload: new TLS connections use %s", config.sip.tls_certificate)
         loop = asyncio.get_running_loop()
         done = self.core.reconfigure(config, loop.time(), can_restart_source=self.pbx is None)

@@ -621,12 +621,21 @@ def _checked_sip(sip: SipConfig, base_dir: Path) -> SipConfig:
         raise ConfigError("sip.tls_certificate / sip.tls_key: both needed when sip.tls is set")
     cert = str(_secret_path(Path(sip.tls_certificate), base_dir))
     key = str(_secret_path(Path(sip.tls_key), base_dir))
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"sip.tls_certificate / sip.tls_key: cannot load {cert} with {key}: "
-                          f"{exc}") from exc  # fmt: skip
+    tls_server_context(cert, key)  # a file that does not load is refused here, not at start
     return dataclasses.replace(sip, tls_certificate=cert, tls_key=key)
+
+
+def tls_server_context(certificate: str, key: str) -> ssl.SSLContext:
+    """The TLS listeners' context with ``sip.tls_certificate`` and ``sip.tls_key`` loaded; read
+    when the configuration is checked, at start and at every reload (ACME renews the files
+    under the same names). Raises ConfigError naming both settings when they do not load."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certificate, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"sip.tls_certificate / sip.tls_key: cannot load {certificate} with "
+                          f"{key}: {exc}") from exc  # fmt: skip
+    return context
 
 
 def _checked_store(store: StoreConfig, base_dir: Path) -> StoreConfig:

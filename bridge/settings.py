@@ -11,7 +11,7 @@ from typing import Any
 
 from yarl import URL
 
-from bridge.config import SETTINGS, Config, ConfigError, ListenAddress
+from bridge.config import SETTINGS, Config, ListenAddress, tls_server_context
 from bridge.config_schema import Declared
 from bridge.dialoginfo import RenderSettings
 from bridge.pickup import PickupPolicy
@@ -81,24 +81,11 @@ def domain(config: Config) -> str:
 
 
 def tls_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS listeners' context, the files read now (start, and every reload), or None
+    without ``sip.tls``; ConfigError naming the settings when they do not load."""
     if not config.sip.tls:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.sip.tls_certificate, config.sip.tls_key)
-    return context
-
-
-def renewed_tls_context(config: Config) -> ssl.SSLContext:
-    """The TLS certificate and key read again (a reload: ACME renews them under the same
-    names); raises ConfigError naming the settings when they no longer load."""
-    sip = config.sip
-    try:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(sip.tls_certificate, sip.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"sip.tls_certificate / sip.tls_key: cannot load {sip.tls_certificate} "
-                          f"with {sip.tls_key}: {exc}") from exc  # fmt: skip
-    return context
+    return tls_server_context(config.sip.tls_certificate, config.sip.tls_key)
 
 
 def stream_limits(config: Config) -> StreamLimits:
