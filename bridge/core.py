@@ -31,6 +31,7 @@ from bridge.events import (
     ResyncStarted,
     SourceLost,
 )
+from bridge.findings import Finding
 from bridge.led.controller import LedController
 from bridge.pbxs import PbxRouter, PbxState
 from bridge.pickup import PickupPolicy
@@ -95,6 +96,8 @@ class BridgeCore:
         self.device_states: dict[str, str] = {}
         self.hint_states: dict[str, int] = {}
         self.events_total = 0
+        # What the bridge found wrong with the site while running (the panel shows them).
+        self.findings: list[Finding] = []
         self._status_changed = False
         self._timer_moved = False  # the stale-ring deadline was set or cleared
 

@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 from bridge.core import BridgeCore
+from bridge.findings import Finding
 from bridge.led.controller import Phone
 from bridge.sip.headers import ParseError, parse_name_addr
 from bridge.web.status import (
@@ -71,6 +72,10 @@ class BridgeStatus:
             endpoint=core.pbxs[0].endpoint if len(core.pbxs) == 1 else "",
             failovers=sum(p.failovers for p in core.pbxs),
         )
+
+    def findings(self) -> Sequence[Finding]:
+        """What the bridge found wrong with the site while running (empty when all is well)."""
+        return tuple(self.core.findings)
 
     def latency(self) -> HistogramSnapshot:
         """The event→NOTIFY latencies so far."""
