@@ -1,4 +1,5 @@
-"""Command line: ``snom-blf-bridge run|check-config`` (also ``python -m bridge``)."""
+"""Command line: ``snom-blf-bridge run|check-config|check-site|status|led|snom-keys`` (also
+``python -m bridge``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from bridge.led.buttons import LIGHTS
 from bridge.led.cli import light_key
 from bridge.logs import setup_logging
 from bridge.provision import cli as provision_cli
+from bridge.sitecheck import cli as site_cli
 from bridge.web.cli import fetch_status, format_status
 
 DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
@@ -51,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         print(what, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
+    if args.command == "check-site":
+        return site_cli.check_site(args)
     if args.command == "snom-keys":
         return provision_cli.snom_keys(args, DEFAULT_CONFIG)
     return _run(args.config, args.set, demo=args.demo)
@@ -88,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", help="configuration file to check")
     _add_set(check)
     provision_cli.add_parser(sub, DEFAULT_CONFIG)
+    site_cli.add_parser(sub, DEFAULT_CONFIG)
     return parser
 
 

@@ -49,6 +49,7 @@ from bridge.events import (
     LegIds,
     ResyncFinished,
     ResyncStarted,
+    RightsMissing,
     SourceLost,
 )
 
@@ -315,6 +316,7 @@ class AmiSource:
         self._hinted: set[str] = set()
         self._conn: _Connection | None = None
         self._announced = False  # ResyncStarted sent and no SourceLost since
+        self._told_rights = False  # RightsMissing sent on this connection
         self._logoff: asyncio.Future[Any] | None = None
         self._groups: asyncio.Task[None] | None = None
         self._loop = ReconnectLoop(
@@ -374,6 +376,7 @@ class AmiSource:
     async def _logged_in(self, conn: _Connection) -> bool:
         """Log in, then keep the connection until it goes or ``stop()``; False if refused."""
         self._ids.clear()
+        self._told_rights = False
         self._hinted.clear()  # the resync's ExtensionStateList names them again
         login_action = {"Action": "Login", "Username": self._username, "Secret": self._secret}
         conn.login_id, login = conn.send({**login_action, "Events": self._events})
@@ -529,6 +532,10 @@ class AmiSource:
                 variable = _header(answer, "Variable", "ids")
                 problem = _header(answer, "Message", "empty value")
                 log.warning("no %s for %s: %s", variable, leg.name, problem)
+                if "permission" in problem.lower() and not self._told_rights:
+                    self._told_rights = True  # once per connection: the panel shows it
+                    self._queue.put_nowait(Batch([RightsMissing(
+                        "Getvar", "write = call", "the pickup ids of ringing calls")]))
                 return None
             values.append(value)
         presentation = _header(answers[-1], "Value").lower()
