@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import urllib.parse
 
 import aiohttp
@@ -11,6 +10,7 @@ from yarl import URL
 
 from bridge.asterisk.ari import AOR_CONFIG, ENDPOINT_CONFIG, _ari_base, _config_groups, _pjsip_names
 from bridge.asterisk.ari_events import aor_contacts
+from bridge.events import ContactChanged
 from bridge.sitecheck.facts import Endpoint, SiteFacts
 
 ENABLE = ("in http.conf: `enabled = yes` and `bindaddr`/`bindport`; in ari.conf: `[general]` "
@@ -22,9 +22,9 @@ async def read_site(url: str, username: str, password: str, app: str, aors: list
     """Everything the live check needs from Asterisk's REST interface at ``url``."""
     base = _ari_base(url)
     facts = SiteFacts(f"ARI {username}@{base}", "ari")
-    auth = aiohttp.BasicAuth(username, password)
+    authorization = {"Authorization": aiohttp.encode_basic_auth(username, password)}
     limit = aiohttp.ClientTimeout(total=patience)
-    async with aiohttp.ClientSession(auth=auth, timeout=limit) as http:
+    async with aiohttp.ClientSession(headers=authorization, timeout=limit) as http:
 
         async def get(target: URL) -> tuple[int, object]:
             async with http.get(target) as response:
@@ -80,7 +80,7 @@ async def read_site(url: str, username: str, password: str, app: str, aors: list
             target = base.joinpath(*AOR_CONFIG, urllib.parse.quote(aor, safe=""), encoded=True)
             status, body = await get(target)
             if status == 200:
-                contacts[aor] = [e.uri for e in aor_contacts(aor, body) if hasattr(e, "uri")]
+                contacts[aor] = [e.uri for e in aor_contacts(aor, body)
+                                 if isinstance(e, ContactChanged)]  # fmt: skip
         facts.contacts = contacts
-    await asyncio.sleep(0)
     return facts
