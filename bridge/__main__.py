@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "led":
         ok, what = asyncio.run(
             light_key(args.phone, args.key, args.light, label=args.label, dial=args.dial,
-                      action=args.action, domain=args.domain)
+                      action=args.action, domain=args.domain, wait=args.wait)
         )  # fmt: skip
         print(what, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     led.add_argument("--dial", default="", help="what the key dials when pressed")
     led.add_argument("--action", default="", help="the key's action (default: invite)")
     led.add_argument("--domain", default="", help="the SIP domain for From/To (default: phone's)")
+    led.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                     help="how long to wait for the phone's answer (default: 5)")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", help="configuration file to check")
     _add_set(check)
@@ -110,7 +112,8 @@ def _check_config(path: str, overrides: list[str]) -> int:
     try:
         config = load(path, overrides)
     except ConfigError as exc:
-        print(f"{path}: error: {exc}", file=sys.stderr)
+        for error in exc.errors:  # every mistake at once, one line each
+            print(f"{path}: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     for warning in config_warnings(config):
         print(f"{path}: warning: {warning}", file=sys.stderr)

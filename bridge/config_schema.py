@@ -19,7 +19,12 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A setting is missing, malformed or out of range; the message names it."""
+    """A setting is missing, malformed or out of range; the message names it. ``errors``: every
+    problem found (a file with three mistakes is told all three at once), one message each."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
 
 
 class Kind(Protocol):
