@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -14,7 +15,7 @@ import aiohttp
 
 from bridge import __version__
 from bridge.app import run_until_signalled
-from bridge.config import Config, ConfigError, load
+from bridge.config import DEFAULT_STORE, Config, ConfigError, load
 from bridge.demo_pbx import DemoPbx
 from bridge.event_loop import EventLoopUnavailable, choose_event_loop
 from bridge.led.buttons import LIGHTS
@@ -30,6 +31,18 @@ EXIT_CONFIG = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status."""
+    try:
+        status = _command(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`status | head`): what it wanted it has; nothing more to say,
+        # and Python must not complain about the unwritable stdout at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return status
+
+
+def _command(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -194,13 +207,28 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
         print(f"snom-blf-bridge: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     log.info("event loop: %s", loop_name)
+    pbx = _demo_pbx(config, demo)
+    if pbx is not None:
+        config = demo_store(config)
+        log.info("demo PBX: subscriptions are kept in %s", config.store.path or "memory only")
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run_until_signalled(config, pbx=_demo_pbx(config, demo), reload=reload))
+            runner.run(run_until_signalled(config, pbx=pbx, reload=reload))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0
+
+
+def demo_store(config: Config) -> Config:
+    """The demo PBX's calls are not a site's: unless store.path was set, its subscriptions are
+    kept under $XDG_STATE_HOME (~/.local/state), never in the production store."""
+    if config.store.path != DEFAULT_STORE:
+        return config
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                             "state")  # fmt: skip
+    path = os.path.join(state, "snom-blf-bridge", "demo-subscriptions.sqlite3")
+    return dataclasses.replace(config, store=dataclasses.replace(config.store, path=path))
 
 
 def _demo_pbx(config: Config, forced: bool) -> DemoPbx | None:
