@@ -391,7 +391,7 @@ class BridgeCore:
                 self._groups_finding(pbx, event)
             case RightsMissing():
                 self._set_finding(Finding(
-                    "fail", f"manager rights{_of(pbx)}",
+                    "fail", f"manager rights{_of(pbx)}: {event.action}",
                     f"Asterisk refused {event.action} (Permission denied): no {event.needed_for}",
                     f"add `{event.right}` to the bridge's user in manager.conf, then "
                     "`asterisk -rx 'manager reload'`"))  # fmt: skip

@@ -133,6 +133,12 @@ async def test_no_manager_interface_says_enabled_yes(tmp_path: Path) -> None:
 async def test_without_write_call_getvar_is_refused_and_the_fix_says_write_call(
     server: RecordedAmiServer, tmp_path: Path
 ) -> None:
+    server.write = frozenset({"system", "reporting"})  # the lists and Getvar, not ParkedCalls
+    found = await site_findings(load(None, settings(server, tmp_path, 1, 1)), listen=0)
+    rights = [f for f in found if f.subject == "manager rights"]
+    (parked,) = rights
+    assert parked.text.startswith("ParkedCalls refused (Permission denied)")
+    assert "`write = call`" in parked.fix and "parking" in parked.text
     server.write = frozenset({"system"})
     found = await site_findings(load(None, settings(server, tmp_path, 1, 1)), listen=0)
     rights = [f for f in found if f.subject == "manager rights"]
@@ -227,7 +233,7 @@ async def test_listeners_down_and_a_store_that_cannot_be_written_fail(tmp_path: 
                if f.subject.startswith(("SIP", "web")))  # fmt: skip
     store = by_subject(found)["store"][0]
     if os.geteuid() != 0:  # root writes anywhere
-        assert store.level == "fail" and "install -d" in store.fix
+            assert store.level == "fail" and "install -d" in store.fix
     missing = await site_findings(load(None, [*lines[:-1], f'store.path="{tmp_path}/no/s.db"']),
                                   listen=0, patience=0.5)  # fmt: skip
     assert "does not exist" in by_subject(missing)["store"][0].text
@@ -262,15 +268,17 @@ async def test_the_running_bridge_finds_endpoints_without_groups_and_a_refused_g
             await asyncio.sleep(0.02)
         (found,) = [f for f in status.findings() if f.subject == "endpoint 204"]
         assert found.level == "warn" and "pickup_group" in found.fix
-        assert not any(f.subject.startswith("manager rights") for f in status.findings())
-        # Now Getvar is refused (write = call missing): a ringing call shows it.
+        # ParkedCalls needs write = call: the resync said so.
+        parked = next(f for f in status.findings() if f.subject == "manager rights: ParkedCalls")
+        assert parked.level == "fail" and "`write = call`" in parked.fix
+        # Now Getvar is refused too (nor reporting): a ringing call shows it.
         server.write = frozenset({"system"})
         await server.play("ring-answer-hangup")
         for _ in range(200):
-            if any(f.subject == "manager rights" for f in status.findings()):
+            if any(f.subject == "manager rights: Getvar" for f in status.findings()):
                 break
             await asyncio.sleep(0.02)
-        rights = next(f for f in status.findings() if f.subject == "manager rights")
+        rights = next(f for f in status.findings() if f.subject == "manager rights: Getvar")
         assert rights.level == "fail" and "`write = call`" in rights.fix
         # The groups come back after a reload of the endpoint: the finding goes.
         server.endpoints["204"]["pickup_group"] = "1"

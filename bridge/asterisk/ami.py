@@ -264,8 +264,10 @@ class _Connection:
                 # command: ParkedCalls" that res_parking is not loaded: nothing wrong.
                 quiet = "found" in message.lower() or "unknown command" in message.lower()
                 level = logging.DEBUG if quiet else logging.WARNING
-                log.log(level, "AMI refused %s: %s", self.list_names.get(action_id, action_id),
-                        message)  # fmt: skip
+                action = self.list_names.get(action_id, action_id)
+                log.log(level, "AMI refused %s: %s", action, message)
+                if "permission" in message.lower():  # the panel says which right is missing
+                    self.source._accept([_rights_missing(action)])
                 self._list_done(action_id)
             elif h.get("eventlist", "").lower() == "complete":
                 self._list_done(action_id)
@@ -276,6 +278,15 @@ class _Connection:
         self.lists.discard(action_id)
         if not self.lists:
             self.source._finish_resync(self)
+
+
+def _rights_missing(action: str) -> RightsMissing:
+    """What a refused resync list costs, and the manager.conf right that allows it."""
+    if action == "ParkedCalls":
+        return RightsMissing(action, "write = call", "callers shown on parking keys")
+    if action.startswith("PJSIP"):
+        return RightsMissing(action, "write = system", "phones' contacts for the LED keys")
+    return RightsMissing(action, "write = call", "key states after a (re)connect")
 
 
 class AmiSource:

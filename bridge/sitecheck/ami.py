@@ -14,7 +14,8 @@ from bridge.events import ContactChanged
 from bridge.sitecheck.facts import Endpoint, SiteFacts
 
 Headers = dict[str, str]
-LISTS = ("ExtensionStateList", "DeviceStateList", "CoreShowChannels")
+# ParkedCalls: an "unknown command" (no res_parking) is no fault; "Permission denied" is.
+LISTS = ("ExtensionStateList", "DeviceStateList", "CoreShowChannels", "ParkedCalls")
 ENABLE = ("in manager.conf: `[general]` `enabled = yes`, `port = {port}`, `bindaddr` an address "
           "this host reaches; then `asterisk -rx 'manager reload'`")  # fmt: skip
 
@@ -128,7 +129,8 @@ async def _read_all(ami: _Ami, facts: SiteFacts, username: str, secret: str, *,
     for action in LISTS:
         answer = await ami.ask({"Action": action}, patience)
         if (why := _refused(answer)) is not None:
-            facts.denied[action] = why
+            if "permission" in why.lower():
+                facts.denied[action] = why
             continue
         if action == "ExtensionStateList":
             hints = [(h.get("exten", ""), h.get("context", ""), h.get("hint", ""))

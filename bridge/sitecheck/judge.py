@@ -13,7 +13,8 @@ RELOAD_AMI = "then `asterisk -rx 'manager reload'`"
 # What AMI's actions need (Asterisk's manager.c / res_pjsip): Getvar reads the pickup ids,
 # the lists resync the keys, PJSIPShow* read pickup groups and phones' registrations.
 RIGHTS = {
-    "Getvar": "write = call",
+    "Getvar": "write = call",  # or reporting; call also lets ParkedCalls tell parked callers
+    "ParkedCalls": "write = call",
     "ExtensionStateList": "write = call",
     "DeviceStateList": "write = call",
     "CoreShowChannels": "write = call",
@@ -44,8 +45,9 @@ def _rights(facts: SiteFacts) -> list[Finding]:
         if ami:
             right = RIGHTS.get(action, "write = system,call")
             fix = f"add `{right}` to the user's section of manager.conf, {RELOAD_AMI}"
-            what = "the pickup ids of ringing calls and parked callers" if action == "Getvar" \
-                else "the keys' state after each (re)connect"
+            what = {"Getvar": "the pickup ids of ringing calls",
+                    "ParkedCalls": "the callers waiting in parking spaces"}.get(
+                action, "the keys' state after each (re)connect")  # fmt: skip
         else:
             fix = ("give the ari.conf user `read_only = no`, then "
                    "`asterisk -rx 'module reload res_ari.so'`")

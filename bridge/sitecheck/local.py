@@ -108,8 +108,9 @@ def check_store(config: Config) -> Finding:
                        "not survive a restart")  # fmt: skip
     path = Path(config.store.path)
     folder = path.parent
-    fix = (f"`install -d -o snom-blf-bridge {folder}` (the service's user), or set store.path; "
-           "run the check as that user: `sudo -u snom-blf-bridge snom-blf-bridge check-site`")
+    fix = (f"the unit's StateDirectory= makes {folder} at the service's first start "
+           "(`systemctl start snom-blf-bridge`); another store.path must be writable by the "
+           "bridge's user (`install -d -m 0700 -o <user> <folder>`)")
     if path.exists() and not os.access(path, os.W_OK):
         return Finding("fail", "store", f"{path} cannot be written by this user", fix)
     if not folder.is_dir():
