@@ -1,8 +1,8 @@
 """The bridge's configuration: one TOML file, validated once at start.
 
 Each setting is declared once, on the dataclass field that holds it (``setting(default, kind,
-help)``, see ``bridge/config_schema.py``): the parser, the reload diff and the README's table
-are all read from those declarations. Every error names the setting by its dotted path
+help)``, see ``bridge/config_schema.py``): the parser, the reload diff and the settings table
+of docs/CONFIGURATION.md are all read from those declarations. Every error names the setting by its dotted path
 (``sip.udp[1]``, ``ami.port``) so an installer can find it in the file. ``--set
 section.key=value`` overrides are applied before validation, so they are checked exactly like
 the file.
@@ -392,7 +392,8 @@ SETTINGS: tuple[Declared, ...] = tuple(declared_in(Config))
 SECTIONS: dict[str, dict[str, Declared]] = {}
 for _item in SETTINGS:
     SECTIONS.setdefault(_item.section, {})[_item.key] = _item
-# Tables of their own shape, read in config_tables.py: name → what they hold (the README says it).
+# Tables of their own shape, read in config_tables.py: name → what they hold (as
+# docs/CONFIGURATION.md says it).
 TABLES = {
     "[[led]]": "LED rules: a phone's key follows a device or hint state (MESSAGE x-buttons); "
     "any change needs a restart",
@@ -405,7 +406,8 @@ TABLES = {
 
 
 def readme_table() -> str:
-    """The settings table README.md carries (tests/test_config.py checks it is up to date)."""
+    """The settings table docs/CONFIGURATION.md carries (tests/test_config.py checks it is
+    up to date)."""
     return settings_table(sorted(SETTINGS, key=lambda item: item.name), TABLES)
 
 
