@@ -2,10 +2,10 @@
 
 Each setting is declared once, on the dataclass field that holds it (``setting(default, kind,
 help)``, see ``bridge/config_schema.py``): the parser, the reload diff and the settings table
-of docs/CONFIGURATION.md are all read from those declarations. Every error names the setting by its dotted path
-(``sip.udp[1]``, ``ami.port``) so an installer can find it in the file. ``--set
-section.key=value`` overrides are applied before validation, so they are checked exactly like
-the file.
+of docs/CONFIGURATION.md are all read from those declarations. Every error names the setting
+by its dotted path (``sip.udp[1]``, ``ami.port``) so an installer can find it in the file.
+``--set section.key=value`` overrides are applied before validation, so they are checked
+exactly like the file.
 """
 
 from __future__ import annotations
