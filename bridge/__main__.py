@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
@@ -15,7 +14,7 @@ import aiohttp
 
 from bridge import __version__
 from bridge.app import run_until_signalled
-from bridge.config import DEFAULT_STORE, Config, ConfigError, load
+from bridge.config import Config, ConfigError, demo_store, load
 from bridge.demo_pbx import DemoPbx
 from bridge.event_loop import EventLoopUnavailable, choose_event_loop
 from bridge.led.buttons import LIGHTS
@@ -218,17 +217,6 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
         log.error("cannot start: %s", exc)
         return 1
     return 0
-
-
-def demo_store(config: Config) -> Config:
-    """The demo PBX's calls are not a site's: unless store.path was set, its subscriptions are
-    kept under $XDG_STATE_HOME (~/.local/state), never in the production store."""
-    if config.store.path != DEFAULT_STORE:
-        return config
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                             "state")  # fmt: skip
-    path = os.path.join(state, "snom-blf-bridge", "demo-subscriptions.sqlite3")
-    return dataclasses.replace(config, store=dataclasses.replace(config.store, path=path))
 
 
 def _demo_pbx(config: Config, forced: bool) -> DemoPbx | None:

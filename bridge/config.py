@@ -405,6 +405,17 @@ TABLES = {
 }
 
 
+def demo_store(config: Config) -> Config:
+    """The demo PBX's calls are not a site's: unless store.path was set, its subscriptions are
+    kept under $XDG_STATE_HOME (~/.local/state), never in the production store."""
+    if config.store.path != DEFAULT_STORE:
+        return config
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                             "state")  # fmt: skip
+    path = os.path.join(state, "snom-blf-bridge", "demo-subscriptions.sqlite3")
+    return dataclasses.replace(config, store=dataclasses.replace(config.store, path=path))
+
+
 def readme_table() -> str:
     """The settings table docs/CONFIGURATION.md carries (tests/test_config.py checks it is
     up to date)."""

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from sipp import free_port
 
-from bridge.__main__ import demo_store, main
+from bridge.__main__ import main
 from bridge.app import Bridge
-from bridge.config import DEFAULT_STORE, load
+from bridge.config import DEFAULT_STORE, demo_store, load
 from bridge.demo.ami_server import RecordedAmiServer
 from bridge.led.cli import light_key
 

@@ -9,7 +9,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from bridge.config import AmiConfig, AriConfig, Config, ConfigError, load
+from bridge.config import AmiConfig, AriConfig, Config, ConfigError, demo_store, load
 from bridge.findings import Finding
 from bridge.sitecheck import ami, ari
 from bridge.sitecheck.facts import SiteFacts
@@ -70,6 +70,7 @@ async def site_findings(config: Config, *, listen: float = 3.0,
     """Every finding of the live check for this configuration."""
     found: list[Finding] = []
     if config.demo or not config.asterisk_configured:
+        config = demo_store(config)  # where the demo keeps its subscriptions
         user = "ari.username" if config.source == "ari" else "ami.username"
         found.append(Finding("fail", "asterisk", f"{user} is empty: the bridge runs its demo "
                              "PBX, not this site's Asterisk", f"set {user} and its secret in "
