@@ -239,3 +239,13 @@ async def test_make_runs_demo_writes_no_error_and_nothing_under_var_lib(tmp_path
     assert " ERROR " not in text, text
     assert DEFAULT_STORE not in text
     assert (tmp_path / "snom-blf-bridge" / "demo-subscriptions.sqlite3").exists()
+
+
+async def test_snom_keys_behind_a_wildcard_address_names_this_host_and_says_so() -> None:
+    status, out, err = await run("snom-keys", "--phone", "203", "--config", str(SHIPPED),
+                                 "--set", 'watch.extensions=["202"]')  # fmt: skip
+    assert status == 0, err  # the shipped file listens on 0.0.0.0:5065
+    (host,) = re.findall(r"blf sip:202@([^:]+):5065", out)
+    assert host != "0.0.0.0"
+    assert f"the keys name {host} (this host's address towards the network)" in err
+    assert "set snom.address" in err
