@@ -1,4 +1,5 @@
-"""Command line: ``snom-blf-bridge run|check-config`` (also ``python -m bridge``)."""
+"""Command line: ``snom-blf-bridge run|check-config|check-site|status|led|snom-keys`` (also
+``python -m bridge``)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import aiohttp
 
 from bridge import __version__
 from bridge.app import run_until_signalled
-from bridge.config import Config, ConfigError, load
+from bridge.config import Config, ConfigError, demo_store, load
 from bridge.demo_pbx import DemoPbx
 from bridge.event_loop import EventLoopUnavailable, choose_event_loop
 from bridge.led.buttons import LIGHTS
 from bridge.led.cli import light_key
 from bridge.logs import setup_logging
 from bridge.provision import cli as provision_cli
+from bridge.sitecheck import cli as site_cli
 from bridge.web.cli import fetch_status, format_status
 
 DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
@@ -28,6 +30,18 @@ EXIT_CONFIG = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status."""
+    try:
+        status = _command(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`status | head`): what it wanted it has; nothing more to say,
+        # and Python must not complain about the unwritable stdout at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return status
+
+
+def _command(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -47,10 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "led":
         ok, what = asyncio.run(
             light_key(args.phone, args.key, args.light, label=args.label, dial=args.dial,
-                      action=args.action, domain=args.domain)
+                      action=args.action, domain=args.domain, wait=args.wait)
         )  # fmt: skip
         print(what, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
+    if args.command == "check-site":
+        return site_cli.check_site(args)
     if args.command == "snom-keys":
         return provision_cli.snom_keys(args, DEFAULT_CONFIG)
     return _run(args.config, args.set, demo=args.demo)
@@ -84,10 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     led.add_argument("--dial", default="", help="what the key dials when pressed")
     led.add_argument("--action", default="", help="the key's action (default: invite)")
     led.add_argument("--domain", default="", help="the SIP domain for From/To (default: phone's)")
+    led.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                     help="how long to wait for the phone's answer (default: 5)")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", help="configuration file to check")
     _add_set(check)
     provision_cli.add_parser(sub, DEFAULT_CONFIG)
+    site_cli.add_parser(sub, DEFAULT_CONFIG)
     return parser
 
 
@@ -105,7 +124,8 @@ def _check_config(path: str, overrides: list[str]) -> int:
     try:
         config = load(path, overrides)
     except ConfigError as exc:
-        print(f"{path}: error: {exc}", file=sys.stderr)
+        for error in exc.errors:  # every mistake at once, one line each
+            print(f"{path}: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     for warning in config_warnings(config):
         print(f"{path}: warning: {warning}", file=sys.stderr)
@@ -186,9 +206,13 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
         print(f"snom-blf-bridge: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     log.info("event loop: %s", loop_name)
+    pbx = _demo_pbx(config, demo)
+    if pbx is not None:
+        config = demo_store(config)
+        log.info("demo PBX: subscriptions are kept in %s", config.store.path or "memory only")
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run_until_signalled(config, pbx=_demo_pbx(config, demo), reload=reload))
+            runner.run(run_until_signalled(config, pbx=pbx, reload=reload))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

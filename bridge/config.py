@@ -1,11 +1,11 @@
 """The bridge's configuration: one TOML file, validated once at start.
 
 Each setting is declared once, on the dataclass field that holds it (``setting(default, kind,
-help)``, see ``bridge/config_schema.py``): the parser, the reload diff and the README's table
-are all read from those declarations. Every error names the setting by its dotted path
-(``sip.udp[1]``, ``ami.port``) so an installer can find it in the file. ``--set
-section.key=value`` overrides are applied before validation, so they are checked exactly like
-the file.
+help)``, see ``bridge/config_schema.py``): the parser, the reload diff and the settings table
+of docs/CONFIGURATION.md are all read from those declarations. Every error names the setting
+by its dotted path (``sip.udp[1]``, ``ami.port``) so an installer can find it in the file.
+``--set section.key=value`` overrides are applied before validation, so they are checked
+exactly like the file.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import os
 import re
 import ssl
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bridge.config_schema import (
     Addresses,
@@ -53,6 +53,7 @@ __all__ = [
 # runtime.event_loop (bridge/event_loop.py starts them; named here so reading a
 # configuration never imports asyncio)
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+_T = TypeVar("_T")
 DEFAULT_LISTEN = (ListenAddress("0.0.0.0", 5065),)
 _NOT_IN_A_NAME = ' <>"@;:'  # characters no extension or AOR name may hold in a SIP URI
 
@@ -391,7 +392,8 @@ SETTINGS: tuple[Declared, ...] = tuple(declared_in(Config))
 SECTIONS: dict[str, dict[str, Declared]] = {}
 for _item in SETTINGS:
     SECTIONS.setdefault(_item.section, {})[_item.key] = _item
-# Tables of their own shape, read in config_tables.py: name → what they hold (the README says it).
+# Tables of their own shape, read in config_tables.py: name → what they hold (as
+# docs/CONFIGURATION.md says it).
 TABLES = {
     "[[led]]": "LED rules: a phone's key follows a device or hint state (MESSAGE x-buttons); "
     "any change needs a restart",
@@ -403,8 +405,20 @@ TABLES = {
 }
 
 
+def demo_store(config: Config) -> Config:
+    """The demo PBX's calls are not a site's: unless store.path was set, its subscriptions are
+    kept under $XDG_STATE_HOME (~/.local/state), never in the production store."""
+    if config.store.path != DEFAULT_STORE:
+        return config
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                             "state")  # fmt: skip
+    path = os.path.join(state, "snom-blf-bridge", "demo-subscriptions.sqlite3")
+    return dataclasses.replace(config, store=dataclasses.replace(config.store, path=path))
+
+
 def readme_table() -> str:
-    """The settings table README.md carries (tests/test_config.py checks it is up to date)."""
+    """The settings table docs/CONFIGURATION.md carries (tests/test_config.py checks it is
+    up to date)."""
     return settings_table(sorted(SETTINGS, key=lambda item: item.name), TABLES)
 
 
@@ -446,10 +460,22 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
-    """Validate a parsed TOML document into a Config."""
+    """Validate a parsed TOML document into a Config; a ConfigError lists every bad setting."""
     base = base_dir or Path.cwd()
-    leds = read_leds(raw.get("led", []))
-    hints = read_hints(raw.get("hints", {}))
+    errors: list[str] = []
+
+    def checked(read: Callable[[], _T], fallback: _T) -> _T:
+        """``read()``, or ``fallback`` with its error kept: every mistake is found in one go."""
+        try:
+            return read()
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+            return fallback
+
+    no_leds: tuple[LedRule, ...] = ()
+    no_hints: tuple[tuple[str, str], ...] = ()
+    leds = checked(lambda: read_leds(raw.get("led", [])), no_leds)
+    hints = checked(lambda: read_hints(raw.get("hints", {})), no_hints)
     several = raw.get("asterisk")
     if isinstance(several, list):  # [[asterisk]]: several PBXs
         raw = {k: v for k, v in raw.items() if k != "asterisk"}
@@ -457,34 +483,43 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         if section in ("led", "hints"):
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"[{section}]: unknown section (known: {', '.join(SECTIONS)})")
+            errors.append(f"[{section}]: unknown section (known: {', '.join(SECTIONS)})")
+            continue
         if not isinstance(table, dict):
-            raise ConfigError(f"{section}: must be a table ([{section}])")
+            errors.append(f"{section}: must be a table ([{section}])")
+            continue
         for key in table:
             if key not in SECTIONS[section]:
                 known = ", ".join(sorted(SECTIONS[section]))
-                raise ConfigError(f"{section}.{key}: unknown setting (known: {known})")
+                errors.append(f"{section}.{key}: unknown setting (known: {known})")
     values: dict[str, dict[str, Any]] = {}  # Config attribute → its fields, "" for Config's own
     for item in SETTINGS:
         table = raw.get(item.section, {})
-        if item.key in table:
-            value = item.setting.kind.read(table[item.key], item.name)
-        else:
-            value = copy.copy(item.default)  # a dict default is not shared between configs
+        value = copy.copy(item.default)  # a dict default is not shared between configs
+        if isinstance(table, dict) and item.key in table:
+            value = checked(lambda: item.setting.kind.read(table[item.key], item.name), value)  # noqa: B023
         owner, attr = item.attrs if len(item.attrs) == 2 else ("", item.attrs[0])
         values.setdefault(owner, {})[attr] = value
+    ami = AmiConfig(**values["ami"])
+    sip = SipConfig(**values["sip"])
+    store = StoreConfig(**values["store"])
+    security = SecurityConfig(**values["security"])
+    ari = AriConfig(**values["ari"])
     config = Config(
-        ami=_checked_ami(AmiConfig(**values["ami"]), base),
-        sip=_checked_sip(SipConfig(**values["sip"]), base),
+        ami=checked(lambda: _checked_ami(ami, base), ami),
+        sip=checked(lambda: _checked_sip(sip, base), sip),
         watch=WatchConfig(**values["watch"]),
-        store=_checked_store(StoreConfig(**values["store"]), base),
-        security=_checked_security(SecurityConfig(**values["security"]), base),
-        ari=_checked_ari(AriConfig(**values["ari"]), base, needed=values[""]["source"] == "ari"),
+        store=checked(lambda: _checked_store(store, base), store),
+        security=checked(lambda: _checked_security(security, base), security),
+        ari=checked(lambda: _checked_ari(ari, base, needed=values[""]["source"] == "ari"), ari),
         leds=leds,
         hints=hints,
         snom=SnomOptions(**values["snom"]),
         **values[""],
     )
+    if errors:
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          f"{len(errors)} errors: " + "; ".join(errors), errors)  # fmt: skip
     files = [_secret_path(Path(name), base) for name in (
         config.ami.secret_file, config.security.users_file, config.ari.password_file) if name
     ]  # fmt: skip

@@ -29,9 +29,10 @@ from bridge.events import (
     ExtensionHint,
     ResyncFinished,
     ResyncStarted,
+    RightsMissing,
     SourceLost,
 )
-from bridge.findings import Finding
+from bridge.findings import Finding, pickup_group_finding
 from bridge.led.controller import LedController
 from bridge.pbxs import PbxRouter, PbxState
 from bridge.pickup import PickupPolicy
@@ -48,7 +49,7 @@ log = logging.getLogger("bridge")
 Address = tuple[str, int]
 # Events the core itself acts on besides handing them to the tracker (kept short: every event
 # of every call is checked against it).
-_SOURCE_NEWS = (EndpointGroups, SourceLost, ResyncStarted, ResyncFinished)
+_SOURCE_NEWS = (EndpointGroups, SourceLost, ResyncStarted, ResyncFinished, RightsMissing)
 _LED_INPUTS = (DeviceStateChanged, ExtensionHint, ContactChanged, ResyncStarted, ResyncFinished)
 
 
@@ -387,6 +388,13 @@ class BridgeCore:
                              context or "(default)", ended)  # fmt: skip
                 if pbx.policy.set_groups(endpoint, event.call_groups, event.pickup_groups):
                     self._policy_changed(pbx, now)
+                self._groups_finding(pbx, event)
+            case RightsMissing():
+                self._set_finding(Finding(
+                    "fail", f"manager rights{_of(pbx)}: {event.action}",
+                    f"Asterisk refused {event.action} (Permission denied): no {event.needed_for}",
+                    f"add `{event.right}` to the bridge's user in manager.conf, then "
+                    "`asterisk -rx 'manager reload'`"))  # fmt: skip
             case ResyncStarted():
                 pbx.connected = True
                 self._status_changed = True
@@ -422,6 +430,25 @@ class BridgeCore:
                 extensions = sorted(tracker.extensions())
                 log.info("in sync with Asterisk%s; %d watchable extensions: %s", _of(pbx),
                          len(extensions), ", ".join(extensions) or "none (no hints?)")  # fmt: skip
+
+    def _set_finding(self, finding: Finding) -> None:
+        """Keep one finding per subject: a newer one replaces the older."""
+        kept = [f for f in self.findings if f.subject != finding.subject]
+        self.findings = [*kept, finding]
+        self._status_changed = True
+
+    def _groups_finding(self, pbx: PbxState, event: EndpointGroups) -> None:
+        """Under ``security.pickup = "group"``, an endpoint without groups is a finding (its
+        watchers never get pickup ids), until Asterisk says it has them."""
+        subject = f"endpoint {event.endpoint}{_of(pbx)}"
+        finding = None
+        if self.config.security.pickup == "group":
+            finding = pickup_group_finding(event.endpoint, event.call_groups, event.pickup_groups)
+        if finding is not None:
+            self._set_finding(dataclasses.replace(finding, subject=subject))
+        elif any(f.subject == subject for f in self.findings):
+            self.findings = [f for f in self.findings if f.subject != subject]
+            self._status_changed = True
 
     def _pbx_of(self, resource: str) -> PbxState | None:
         return self.pbxs[0] if self.router is None else self.router.pbx_of(resource)

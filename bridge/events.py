@@ -164,6 +164,16 @@ class EndpointGroups:
 
 
 @dataclass(frozen=True, slots=True)
+class RightsMissing:
+    """Asterisk refused an action the bridge needs for lack of rights (``Permission denied``):
+    ``right`` is what its user lacks, e.g. ``write = call`` for Getvar."""
+
+    action: str
+    right: str
+    needed_for: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResyncStarted:
     """The source is about to replay Asterisk's complete current state (after a (re)connect)."""
 
@@ -195,6 +205,7 @@ AsteriskEvent = (
     | ExtensionHint
     | ContactChanged
     | EndpointGroups
+    | RightsMissing
     | ResyncStarted
     | ResyncFinished
     | SourceLost

@@ -49,6 +49,7 @@ from bridge.events import (
     LegIds,
     ResyncFinished,
     ResyncStarted,
+    RightsMissing,
     SourceLost,
 )
 
@@ -263,8 +264,10 @@ class _Connection:
                 # command: ParkedCalls" that res_parking is not loaded: nothing wrong.
                 quiet = "found" in message.lower() or "unknown command" in message.lower()
                 level = logging.DEBUG if quiet else logging.WARNING
-                log.log(level, "AMI refused %s: %s", self.list_names.get(action_id, action_id),
-                        message)  # fmt: skip
+                action = self.list_names.get(action_id, action_id)
+                log.log(level, "AMI refused %s: %s", action, message)
+                if "permission" in message.lower():  # the panel says which right is missing
+                    self.source._accept([_rights_missing(action)])
                 self._list_done(action_id)
             elif h.get("eventlist", "").lower() == "complete":
                 self._list_done(action_id)
@@ -275,6 +278,15 @@ class _Connection:
         self.lists.discard(action_id)
         if not self.lists:
             self.source._finish_resync(self)
+
+
+def _rights_missing(action: str) -> RightsMissing:
+    """What a refused resync list costs, and the manager.conf right that allows it."""
+    if action == "ParkedCalls":
+        return RightsMissing(action, "write = call", "callers shown on parking keys")
+    if action.startswith("PJSIP"):
+        return RightsMissing(action, "write = system", "phones' contacts for the LED keys")
+    return RightsMissing(action, "write = call", "key states after a (re)connect")
 
 
 class AmiSource:
@@ -315,6 +327,7 @@ class AmiSource:
         self._hinted: set[str] = set()
         self._conn: _Connection | None = None
         self._announced = False  # ResyncStarted sent and no SourceLost since
+        self._told_rights = False  # RightsMissing sent on this connection
         self._logoff: asyncio.Future[Any] | None = None
         self._groups: asyncio.Task[None] | None = None
         self._loop = ReconnectLoop(
@@ -374,6 +387,7 @@ class AmiSource:
     async def _logged_in(self, conn: _Connection) -> bool:
         """Log in, then keep the connection until it goes or ``stop()``; False if refused."""
         self._ids.clear()
+        self._told_rights = False
         self._hinted.clear()  # the resync's ExtensionStateList names them again
         login_action = {"Action": "Login", "Username": self._username, "Secret": self._secret}
         conn.login_id, login = conn.send({**login_action, "Events": self._events})
@@ -529,6 +543,10 @@ class AmiSource:
                 variable = _header(answer, "Variable", "ids")
                 problem = _header(answer, "Message", "empty value")
                 log.warning("no %s for %s: %s", variable, leg.name, problem)
+                if "permission" in problem.lower() and not self._told_rights:
+                    self._told_rights = True  # once per connection: the panel shows it
+                    self._queue.put_nowait(Batch([RightsMissing(
+                        "Getvar", "write = call", "the pickup ids of ringing calls")]))
                 return None
             values.append(value)
         presentation = _header(answers[-1], "Value").lower()

@@ -62,6 +62,19 @@ _LISTS = {
 }
 _UNPARKED = frozenset({"UnParkedCall", "ParkedCallTimeOut", "ParkedCallGiveUp"})
 _LIST_NAMES = {name.lower(): name for name in _LISTS}
+# The write classes Asterisk requires of an action (any one of them will do): manager.c and
+# res_pjsip register them so. Actions missing here need none.
+_RIGHTS = {
+    "getvar": {"call", "reporting"},
+    "devicestatelist": {"call", "reporting"},
+    "extensionstatelist": {"call", "reporting"},
+    "coreshowchannels": {"system", "call", "reporting"},
+    "parkedcalls": {"call"},
+    "pjsipshowendpoints": {"system"},
+    "pjsipshowendpoint": {"system"},
+    "pjsipshowcontacts": {"system"},
+    "pjsipshowaors": {"system"},
+}
 _MAX_PENDING = 1 << 20
 EventPredicate = Callable[[Mapping[str, str]], bool]
 
@@ -169,13 +182,16 @@ class _Client:
     number: int
     writer: asyncio.StreamWriter
     mask: frozenset[str] | None = None  # None until logged in
+    read: frozenset[str] = ALL_EVENTS  # the user's manager.conf `read` classes
 
     def wants(self, event: Mapping[str, str]) -> bool:
         if self.mask is None:
             return False
+        classes = {c.strip().lower() for c in event.get("Privilege", "").split(",")} - {"all", ""}
+        if classes and "all" not in self.read and not classes & self.read:
+            return False  # Asterisk sends a user only the classes it may read
         if "all" in self.mask:
             return True
-        classes = {c.strip().lower() for c in event.get("Privilege", "").split(",")} - {"all", ""}
         return bool(classes & self.mask) if classes else bool(self.mask)
 
     def send(self, frames: Iterable[Mapping[str, str]], action_id: str | None = None) -> None:
@@ -226,6 +242,9 @@ class RecordedAmiServer:
         self.speed = speed  # 1.0 = recorded pace, 0 = as fast as possible
         self.auth_fail_delay = auth_fail_delay  # Asterisk itself waits 1 s before refusing
         self.getvar_delay = 0.0  # a slow Asterisk, to test the client's timeout
+        # The user's manager.conf `read` and `write` classes (tests take rights away).
+        self.read: frozenset[str] = ALL_EVENTS
+        self.write: frozenset[str] = ALL_EVENTS
         self.before_answer: Callable[[Mapping[str, str]], Awaitable[None]] | None = None
         self.log: list[tuple[str, str, str]] = []  # (recv|send|event, action/event, id/client)
         self.logins: list[Headers] = []
@@ -372,6 +391,7 @@ class RecordedAmiServer:
                 reply({"Response": "Error", "Message": "Authentication failed"})
                 return False
             client.mask = parse_event_mask(frame.get("Events"))
+            client.read = self.read
             reply({"Response": "Success", "Message": "Authentication accepted"})
             client.send(b for b in self._current.booted if client.wants(b))
         elif action == "logoff":
@@ -381,6 +401,8 @@ class RecordedAmiServer:
             reply({"Response": "Error", "Message": "Permission denied"})
         elif not action:
             reply({"Response": "Error", "Message": "Missing action in request"})
+        elif "all" not in self.write and action in _RIGHTS and not _RIGHTS[action] & self.write:
+            reply({"Response": "Error", "Message": "Permission denied"})
         else:
             if self.before_answer is not None:
                 await self.before_answer(frame)

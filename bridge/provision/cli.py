@@ -4,11 +4,15 @@ from the configuration alone (no Asterisk needed)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
 
-from bridge.config import ConfigError, load
+import aiohttp
+
+from bridge.config import Config, ConfigError, load
 from bridge.provision.site import (
     ProvisionError,
     bridge_address,
@@ -41,18 +45,35 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], default
                         help="write there (with --all: a directory, one <phone>.xml each); "
                         "default: standard output")  # fmt: skip
     parser.add_argument("--list", action="store_true", help="only list the phones (with --all)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a setting of the file (value in TOML syntax)")  # fmt: skip
 
 
 def snom_keys(args: argparse.Namespace, default: str) -> int:
     """Run ``snom-keys``; returns the exit status."""
     path = args.config or (default if os.path.exists(default) else None)
     try:
-        config = load(path)
-        extensions = configured_extensions(config)
-        address = bridge_address(config)
+        config = load(path, args.set)
+        address = bridge_address(config, towards=_this_host())
     except (ConfigError, ProvisionError) as exc:
         print(f"snom-keys: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if address.host == _this_host() and not config.snom.address and not config.sip.contact_host:
+        print(f"snom-keys: the bridge listens on every address; the keys name {address.host} "
+              "(this host's address towards the network): set snom.address if phones reach "
+              "it at another", file=sys.stderr)  # fmt: skip
+    if config.watch.extensions:
+        extensions = configured_extensions(config)
+    else:
+        extensions, source = asyncio.run(pbx_extensions(config))
+        if not extensions:
+            print(f"snom-keys: watch.extensions is empty, so the keys are the extensions "
+                  f"Asterisk has hints for, and {source}. Start the bridge (`make run`, or "
+                  "`systemctl start snom-blf-bridge`) and run this again, or list the keys: "
+                  """--set 'watch.extensions=["201", "202"]'""", file=sys.stderr)  # fmt: skip
+            return 1
+        print(f"snom-keys: keys for the {len(extensions)} extensions {source} "
+              "(watch.extensions is empty)", file=sys.stderr)  # fmt: skip
     policy = pickup_policy(config)
     phones = [args.phone] if args.phone else known_phones(config)
     if args.list:
@@ -76,3 +97,57 @@ def snom_keys(args: argparse.Namespace, default: str) -> int:
             return 1
         print(target)
     return 0
+
+
+def _this_host() -> str:
+    """This host's address towards the network (the source of its default route); no packet
+    is sent. Loopback when there is no route."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routed like any outside address
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+async def pbx_extensions(config: Config) -> tuple[list[str], str]:
+    """The extensions that have keys when watch.extensions is empty: those the running bridge
+    knows (its web API), else those Asterisk has hints for (asked directly); with where they
+    came from, or why none could be learnt."""
+    tried = []
+    if config.web is not None:
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.web.host, config.web.host)
+        url = f"http://[{host}]:{config.web.port}" if ":" in host else \
+            f"http://{host}:{config.web.port}"  # fmt: skip
+        try:
+            limit = aiohttp.ClientTimeout(total=3)
+            async with aiohttp.ClientSession(timeout=limit) as http, \
+                    http.get(f"{url}/api/entities") as response:  # fmt: skip
+                response.raise_for_status()
+                entities = await response.json()
+            names = sorted({str(e.get("exten", "")) for e in entities if isinstance(e, dict)})
+            bare = [n for n in names if n and "@" not in n and ":" not in n]
+            if bare:
+                return bare, f"the running bridge at {url} knows"
+            tried.append(f"the running bridge at {url} knows none yet")
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            tried.append(f"no bridge answers at {url} (web.listen)")
+    else:
+        tried.append("web.listen is off (the running bridge cannot be asked)")
+    if config.asterisk_configured and not config.demo and not config.pbxs:
+        # Imported here: the live check's AMI reader, only needed on this path.
+        from bridge.sitecheck import ami  # noqa: PLC0415
+        from bridge.sitecheck.judge import default_context  # noqa: PLC0415
+
+        if config.source == "ami":
+            facts = await ami.read_site(config.ami.host, config.ami.port, config.ami.username,
+                                        config.ami.secret, listen=0, patience=3)  # fmt: skip
+            home = default_context(config, facts)
+            hinted = sorted({e for e, c, _ in facts.hints or () if c == home})
+            if hinted:
+                return hinted, f"Asterisk has hints for in context {home}"
+            tried.append(f"Asterisk at {facts.source} told none: "
+                         f"{facts.login_error or 'no hints'}")  # fmt: skip
+    elif not config.asterisk_configured:
+        tried.append("no Asterisk is configured (ami.username is empty: the demo PBX)")
+    return [], "; ".join(tried)

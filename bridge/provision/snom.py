@@ -2,7 +2,7 @@
 
 The format is Snom's provisioning XML (``<settings>`` holding ``<phone-settings>`` and
 ``<functionKeys>``); the settings it writes and where they are documented are listed in
-README.md ("Provisioning Snom phones"). lxml writes the document, so every label and value is
+docs/PROVISIONING.md. lxml writes the document, so every label and value is
 escaped; characters XML 1.0 cannot carry at all are dropped.
 """
 
