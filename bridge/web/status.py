@@ -259,6 +259,7 @@ def _dialog_dict(dialog: Dialog, show_caller: bool, now: float | None) -> dict[s
     }
     if now is not None:  # the panel's extras: never the pickup ids either
         out["party"] = (dialog.remote_name or dialog.remote_num) if shown else ""
+        out["party_number"] = dialog.remote_num if shown else ""  # for the dense layout
         out["hidden"] = dialog.remote_hidden
         out["parked"] = dialog.parked
         out["seconds"] = round(max(0.0, now - dialog.since), 1) if dialog.since else None
