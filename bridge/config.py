@@ -393,8 +393,9 @@ class Config:
     )  # fmt: skip
     web_groups: Mapping[str, tuple[str, ...]] = setting(
         {}, PanelGroups(),
-        'the panel\'s own groups of keys besides its PBX and context groups, e.g. '
-        '`{ "Front desk" = ["201", "202"] }` (a key may be in several)', path="web.groups",
+        'the panel\'s own groups of keys, shown before its PBX and context groups, e.g. '
+        '`{ "Front desk" = ["201", "202"] }` (a key named twice shows under the first)',
+        path="web.groups",
     )  # fmt: skip
     event_loop: str = setting(
         "auto", Text(choices=EVENT_LOOPS),

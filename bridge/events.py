@@ -210,7 +210,7 @@ def callerid_name(callerid: str) -> str:
     text = callerid.strip()
     if "<" in text:
         text = text.partition("<")[0].strip()
-    elif text.isdigit() or text.startswith("+") and text[1:].isdigit():
+    elif text.isdigit() or (text.startswith("+") and text[1:].isdigit()):
         return ""
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]

@@ -91,8 +91,9 @@ class HintStates:
         self._states[device] = state
         return True
 
-    def park(self, space: str, uniqueid: str, num: str, name: str, epoch: int,
-             now: float = 0.0) -> bool:  # fmt: skip
+    def park(
+        self, space: str, uniqueid: str, num: str, name: str, epoch: int, *, now: float = 0.0
+    ) -> bool:
         """A call is parked on ``space`` (again, in a resync); True if the key must change."""
         calls = self._parked.setdefault(space, {})
         old = calls.get(uniqueid)

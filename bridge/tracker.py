@@ -310,7 +310,7 @@ class CallTracker:
         if ev.uniqueid in self._tombstones:
             return set()  # a late word about a call that has hung up
         num, name = _known_or_empty(ev.caller_num), _known_or_empty(ev.caller_name)
-        if not self._stateful.park(ev.space, ev.uniqueid, num, name, self._epoch, now):
+        if not self._stateful.park(ev.space, ev.uniqueid, num, name, self._epoch, now=now):
             return set()
         return self._extens_of_spaces({ev.space})
 

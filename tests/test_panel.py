@@ -23,9 +23,15 @@ from sipp import free_port
 from test_app import eventually, running_bridge
 
 from bridge.app import Bridge
+from bridge.config import load
+from bridge.core import BridgeCore
 from bridge.demo.ami_server import RecordedAmiServer, bundled_recordings, event_matches
+from bridge.events import CallParked, ChannelSeen, ChannelState, ExtensionHint, callerid_name
 from bridge.findings import Finding
+from bridge.hintstate import device_dialog
 from bridge.model import Dialog, DialogState, Direction, EntityState
+from bridge.status import BridgeStatus
+from bridge.tracker import CallTracker
 from bridge.web import (
     ChangeSignal,
     Counters,
@@ -38,6 +44,7 @@ from bridge.web import (
     StatusView,
     SubscriptionStatus,
     entity_status,
+    panel_activity,
     start_web,
 )
 
@@ -64,6 +71,7 @@ COLOURS = {
 @pytest.fixture
 async def chromium(tmp_path: Path) -> AsyncIterator[Any]:
     """A headless Chromium with a fresh profile (Debian's chromium driven by playwright)."""
+    await asyncio.to_thread(SHOTS.mkdir, parents=True, exist_ok=True)
     playwright = pytest.importorskip(
         "playwright.async_api", reason="playwright is not installed (pip install playwright)"
     )
@@ -154,7 +162,6 @@ def _seconds(clock: str) -> int:
 async def test_each_state_shows_in_words_and_colour_with_its_party_and_timer(
     demo: RecordedAmiServer, chromium: Any
 ) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
     async with running_bridge(demo, "web.listen=127.0.0.1:0", LABELS, GROUPS) as bridge:
         page, problems = await open_panel(chromium, web_url(bridge))
         await state_is(page, "203", "idle")
@@ -368,7 +375,6 @@ async def large_site() -> AsyncIterator[str]:
 async def test_500_keys_fit_one_screen_and_a_phone_shows_them_in_a_column(
     large_site: str, chromium: Any
 ) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
     page, problems = await open_panel(chromium, large_site)
     await page.set_viewport_size({"width": 1920, "height": 1080})
     await page.wait_for_function("document.querySelectorAll('.key').length === 500")
@@ -401,10 +407,6 @@ async def test_500_keys_fit_one_screen_and_a_phone_shows_them_in_a_column(
 
 def test_a_finding_that_needs_attention_reaches_the_status() -> None:
     """BridgeStatus passes the core's warn and fail findings on, fail first; ok stays out."""
-    from bridge.config import load
-    from bridge.core import BridgeCore
-    from bridge.status import BridgeStatus
-
     core = BridgeCore(load(None, ["web.listen="]))
     core.findings += [Finding("ok", "manager user", "can read"),
                       Finding("warn", "endpoint 203", "no hint", "add one"),
@@ -414,3 +416,49 @@ def test_a_finding_that_needs_attention_reaches_the_status() -> None:
         ("fail", "SIP listener udp"), ("warn", "endpoint 203")
     ]
     assert json.loads(json.dumps([f.fix for f in status.attention()])) == ["free it", "add one"]
+
+
+@pytest.mark.parametrize(
+    ("callerid", "name"),
+    [('"Phone 201" <201>', "Phone 201"), ("Anna <202>", "Anna"), ("<203>", ""), ("204", ""),
+     ("+4930123", ""), ("Front desk", "Front desk"), ("", "")],
+)  # fmt: skip
+def test_the_name_of_a_caller_id(callerid: str, name: str) -> None:
+    assert callerid_name(callerid) == name
+
+
+def test_a_dnd_key_and_an_unavailable_key_say_so_and_a_call_says_more() -> None:
+    lit = device_dialog("BUSY")  # Custom:DND201 busy: FreePBX's DND on
+    assert lit is not None
+    dnd = entity_status(EntityState("210", (lit,)))
+    assert dnd.activity == "in-call"  # as its LED: lit
+    assert panel_activity(dnd, 2, {"custom:dnd201": "BUSY"}) == "dnd"
+    assert panel_activity(dnd, 1, {"custom:dnd201": "INUSE"}) == "dnd"
+    # A real call on a key whose hint also has the DND device: the call is what counts.
+    call = Dialog("1.1", Direction.RECIPIENT, DialogState.CONFIRMED, "203", "Phone 203")
+    talking = entity_status(EntityState("211", (call, lit)))
+    assert panel_activity(talking, 2, {"custom:dnd201": "BUSY"}) == "in-call"
+    idle = entity_status(EntityState("201"))
+    assert panel_activity(idle, 4, {}) == "unavailable"
+    assert panel_activity(idle, 0, {}) == "idle"
+    assert panel_activity(entity_status(EntityState("201", known=False)), 4, {}) == "unknown"
+
+
+def test_the_tracker_times_calls_from_the_answer_and_parked_calls_from_the_park() -> None:
+    tracker = CallTracker()
+    tracker.apply(ExtensionHint("202", "internal", "PJSIP/202", 0), 1.0)
+    tracker.apply(ExtensionHint("701", "internal", "park:701@parkedcalls", 0), 1.0)
+    tracker.apply(ChannelSeen("9.1", "PJSIP/202-00000001", ChannelState.RINGING, "201"), 10.0)
+    (ringing,) = tracker.state("202").dialogs
+    assert ringing.since == 10.0
+    tracker.apply(ChannelSeen("9.1", "PJSIP/202-00000001", ChannelState.UP, "201"), 14.0)
+    tracker.apply(ChannelSeen("9.1", "PJSIP/202-00000001", ChannelState.UP, "201"), 20.0)
+    (answered,) = tracker.state("202").dialogs
+    assert answered.since == 14.0
+    tracker.apply(CallParked("701", "9.2", "205", "Phone 205"), 30.0)
+    tracker.apply(CallParked("701", "9.2", "205", "Phone 205"), 35.0)  # a resync lists it again
+    (parked,) = tracker.state("701").dialogs
+    assert (parked.parked, parked.since, parked.remote_name) == (True, 30.0, "Phone 205")
+    status = entity_status(tracker.state("701"), now=42.5)
+    assert status.activity == "parked"
+    assert status.dialogs[0]["seconds"] == 12.5

@@ -159,8 +159,10 @@ def status_json(view: StatusView) -> dict[str, object]:
     site findings that need attention."""
     counters = view.counters()
     return {
-        "pbxs": [{"name": p.name, "connected": p.connected, "synced": p.synced,
-                  "endpoint": p.endpoint} for p in _pbxs(counters)],  # fmt: skip
+        "pbxs": [
+            {"name": p.name, "connected": p.connected, "synced": p.synced, "endpoint": p.endpoint}
+            for p in _pbxs(counters)
+        ],
         "bridge": {
             "subscriptions": counters.subscriptions,
             "notifies_sent": counters.notifies_sent,

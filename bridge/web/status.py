@@ -257,10 +257,12 @@ def _dialog_dict(dialog: Dialog, show_caller: bool, now: float | None) -> dict[s
         "remote_held": dialog.remote_held,
         "pickup_ready": dialog.pickup is not None,
     }
-    if now is not None:  # the panel's extras: never the pickup ids either
-        out["party"] = (dialog.remote_name or dialog.remote_num) if shown else ""
-        out["party_number"] = dialog.remote_num if shown else ""  # for the dense layout
-        out["hidden"] = dialog.remote_hidden
-        out["parked"] = dialog.parked
+    # The panel's: the other party by name (else number) and by number, and how long (with
+    # ``now``); never the pickup ids either.
+    out["party"] = (dialog.remote_name or dialog.remote_num) if shown else ""
+    out["party_number"] = dialog.remote_num if shown else ""
+    out["hidden"] = dialog.remote_hidden
+    out["parked"] = dialog.parked
+    if now is not None:
         out["seconds"] = round(max(0.0, now - dialog.since), 1) if dialog.since else None
     return out
