@@ -184,7 +184,8 @@ class BridgeCore:
                 resource = followed.resource(exten)
                 log.info("%s: %s", resource, followed.tracker.state(exten).summary())
                 self.notifier.resource_changed(resource, now)
-        if changed:
+        if changed or followed.tracker.panel_news:  # the panel also shows answers and times
+            followed.tracker.panel_news = False
             self._status_changed = True
         if self.leds is not None and isinstance(event, _LED_INPUTS):
             self._led_input(event, now)

@@ -62,6 +62,7 @@ class Dialog:
     # was answered, on the caller's clock (``now``; 0.0: unknown), and whether it waits parked.
     since: float = field(default=0.0, compare=False)
     parked: bool = field(default=False, compare=False)
+    answered: bool = field(default=True, compare=False)  # False: still being placed
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,9 @@ class CallTracker:
         self._states: dict[str, EntityState] = {}  # only entities that differ from idle
         self._stateful = HintStates()  # devices without channels, parked calls
         self._hint_status: dict[str, int] = {}  # key → Asterisk's last ExtensionStatus of it
+        # Set when a key changed only in what the panel shows (Dialog.since, .answered); the
+        # core clears it.
+        self.panel_news = False
         self._needing_ids: set[str] = set()
         self._held = 0  # channels on hold; lets the common case skip the partner scan
         self._known = True
@@ -483,9 +486,12 @@ class CallTracker:
     def _refresh(self, dirty: set[str]) -> set[str]:
         changed: set[str] = set()
         for exten in dirty:
-            new = self._build(exten)
-            if new != self.state(exten):
-                changed.add(exten)
+            new, old = self._build(exten), self.state(exten)
+            if new != old or _timings(new) != _timings(old):
+                if new != old:
+                    changed.add(exten)
+                else:  # the phones see no change; the panel does (an answer, its time)
+                    self.panel_news = True
                 if new.dialogs or not new.known:
                     self._states[exten] = new
                 else:
@@ -545,7 +551,7 @@ class CallTracker:
         since = ch.answered if state is DialogState.CONFIRMED and ch.answered else ch.created
         return Dialog(
             ch.uniqueid, direction, state, num, name, pickup, ch.on_hold, remote_held, hidden,
-            since,
+            since, answered=ch.state is ChannelState.UP,
         )
 
     def _direction(self, ch: _Channel) -> Direction:
@@ -642,6 +648,11 @@ class CallTracker:
         self._tombstones[uniqueid] = None
         while len(self._tombstones) > self._settings.max_tombstones:
             del self._tombstones[next(iter(self._tombstones))]
+
+
+def _timings(state: EntityState) -> list[tuple[float, bool]]:
+    """What the panel shows of a state's dialogs that their equality leaves out."""
+    return [(d.since, d.answered) for d in state.dialogs]
 
 
 def _order(ch: _Channel) -> tuple[int, float, int]:

@@ -247,6 +247,7 @@ async def test_api_entities(base_url: str, http: aiohttp.ClientSession, view: Fa
             "party_number": "201",
             "hidden": False,
             "parked": False,
+            "answered": True,
         }
     ]
     assert entities["203"]["state"] == "busy"

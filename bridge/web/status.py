@@ -263,6 +263,7 @@ def _dialog_dict(dialog: Dialog, show_caller: bool, now: float | None) -> dict[s
     out["party_number"] = dialog.remote_num if shown else ""
     out["hidden"] = dialog.remote_hidden
     out["parked"] = dialog.parked
+    out["answered"] = dialog.answered
     if now is not None:
         out["seconds"] = round(max(0.0, now - dialog.since), 1) if dialog.since else None
     return out
