@@ -20,13 +20,23 @@ from typing import Any
 import aiohttp
 import pytest
 from sipp import free_port
-from test_app import eventually, running_bridge
+from test_app import RECORDINGS, eventually, running_bridge, running_over_ari
 
 from bridge.app import Bridge
-from bridge.config import load
+from bridge.config import from_mapping, load
 from bridge.core import BridgeCore
 from bridge.demo.ami_server import RecordedAmiServer, bundled_recordings, event_matches
-from bridge.events import CallParked, ChannelSeen, ChannelState, ExtensionHint, callerid_name
+from bridge.demo.ari_server import RecordedAriServer
+from bridge.events import (
+    CallParked,
+    ChannelSeen,
+    ChannelState,
+    EndpointGroups,
+    ExtensionHint,
+    ResyncFinished,
+    ResyncStarted,
+    callerid_name,
+)
 from bridge.findings import Finding
 from bridge.hintstate import device_dialog
 from bridge.model import Dialog, DialogState, Direction, EntityState
@@ -462,3 +472,54 @@ def test_the_tracker_times_calls_from_the_answer_and_parked_calls_from_the_park(
     status = entity_status(tracker.state("701"), now=42.5)
     assert status.activity == "parked"
     assert status.dialogs[0]["seconds"] == 12.5
+
+
+def test_each_key_knows_its_pbx_context_name_groups_and_availability() -> None:
+    """Two PBXs, one with two tenants: what BridgeStatus tells the panel of each key."""
+    ami = {"host": "10.0.0.1", "username": "bridge", "secret": "s"}
+    config = from_mapping({
+        "asterisk": [{"name": "berlin", "domain": "berlin.example", "ami": ami},
+                     {"name": "hamburg", "domain": "hamburg.example", "ami": ami}],
+        "web": {"listen": "", "groups": {"Front desk": ["berlin:201", "hamburg:202@tenant-b"]}},
+        "snom": {"labels": {"berlin:201": "Anna"}},
+        "store": {"path": ""},
+    })  # fmt: skip
+    core = BridgeCore(config)
+    groups = frozenset({1}), frozenset({1})
+    for pbx, events in {
+        "berlin": [ExtensionHint("201", "internal", "PJSIP/201", 0),
+                   ExtensionHint("202", "internal", "PJSIP/202", 4)],
+        "hamburg": [ExtensionHint("203", "tenant-a", "PJSIP/a-203", 0),
+                    ExtensionHint("202", "tenant-b", "PJSIP/b-202", 0)],
+    }.items():  # fmt: skip
+        for event in [ResyncStarted(), *events, ResyncFinished()]:
+            core.asterisk_event(event, 1.0, pbx)
+    core.asterisk_event(EndpointGroups("202", *groups, "", '"Ben" <202>'), 1.0, "berlin")
+    core.asterisk_event(EndpointGroups("b-202", *groups, "tenant-b", "Carla <202>"), 1.0, "hamburg")
+    assert core.take_status_change()  # the names came: the panel hears of it
+    shown = {
+        e.exten: (e.label, e.number, e.pbx, e.context, e.groups, e.activity)
+        for e in BridgeStatus(core, lambda: 2.0).entities()
+    }
+    assert shown == {
+        "berlin:201": ("Anna", "201", "berlin", "internal", ("Front desk",), "idle"),
+        "berlin:202": ("Ben", "202", "berlin", "internal", (), "unavailable"),
+        "hamburg:203": ("", "203", "hamburg", "tenant-a", (), "idle"),
+        "hamburg:202@tenant-b": ("Carla", "202", "hamburg", "tenant-b", ("Front desk",), "idle"),
+    }
+    # 202 comes back: only the panel sees a change (no dialog either way).
+    core.asterisk_event(ExtensionHint("202", "internal", "PJSIP/202", 0), 3.0, "berlin")
+    assert core.take_status_change()
+    assert BridgeStatus(core, lambda: 3.0).entities()[1].activity == "idle"
+
+
+async def test_over_ari_the_keys_are_named_by_the_endpoints_caller_id() -> None:
+    async with (
+        RecordedAriServer(RECORDINGS, speed=0) as ari,
+        running_over_ari(ari) as bridge,
+    ):
+        def label(exten: str) -> str:
+            return next(e.label for e in bridge.status.entities() if e.exten == exten)
+
+        await eventually(lambda: label("201") == "Phone 201")
+        assert label("203") == "Phone 203"
