@@ -269,12 +269,16 @@ async def test_the_banner_says_when_the_bridge_is_away_and_goes_when_it_is_back(
     await banner.wait_for(state="visible", timeout=5000)
     assert "reconnecting" in await banner.inner_text()
     assert await page.locator("#link").inner_text() == "reconnecting…"
+    assert await page.locator("#health").inner_text() == "bridge: not reachable"
     assert "stale" in (await page.locator("[id='key-202']").get_attribute("class")).split()
     await page.screenshot(path=str(SHOTS / "reconnecting.png"))
     async with running_bridge(demo, listen, LABELS):  # back on the same address
         await banner.wait_for(state="hidden", timeout=15000)
         await page.wait_for_function("document.getElementById('link').textContent === 'live'")
         assert "stale" not in (await page.locator("[id='key-202']").get_attribute("class"))
+        await page.wait_for_function(
+            "document.getElementById('health').textContent.includes('connected, in sync')"
+        )
 
 
 async def test_pickup_ids_never_reach_the_page_its_api_or_its_stream(
