@@ -92,6 +92,27 @@ class PickupRules:
 
 
 @dataclass(frozen=True, slots=True)
+class PanelGroups:
+    """``web.groups``: a group's name → the keys the panel shows under it."""
+
+    def read(self, value: Any, name: str) -> dict[str, tuple[str, ...]]:
+        if not isinstance(value, dict):
+            raise ConfigError(f'{name}: must be a table, e.g. {{ "Front desk" = ["201", "202"] }}')
+        groups: dict[str, tuple[str, ...]] = {}
+        for group, keys in value.items():
+            if not group.strip() or any(ord(c) < 32 for c in group):
+                raise ConfigError(f"{name}: {group!r} is not a group name (text, one line)")
+            if not isinstance(keys, list) or not all(isinstance(k, str | int) for k in keys):
+                raise ConfigError(f'{name}.{group}: must be a list of keys, e.g. ["201"]')
+            for i, key in enumerate(str(k).strip() for k in keys):
+                if not key or any(c.isspace() or ord(c) < 32 for c in key):
+                    raise ConfigError(f"{name}.{group}[{i}]: {key!r} is not a key name "
+                                      "(201, 202@tenant-b or berlin:202)")  # fmt: skip
+            groups[group.strip()] = tuple(str(k).strip() for k in keys)
+        return groups
+
+
+@dataclass(frozen=True, slots=True)
 class DigestAlgorithms:
     """``security.digest_algorithms``: names the digest module knows, each once, in order."""
 
@@ -370,6 +391,12 @@ class Config:
         (), Strings('host names, e.g. ["bridge.example.com"]', _host_name),
         "host names the web side answers for, besides addresses and `localhost`",
         path="web.hosts", restart=True,
+    )  # fmt: skip
+    web_groups: Mapping[str, tuple[str, ...]] = setting(
+        {}, PanelGroups(),
+        'the panel\'s own groups of keys, shown before its PBX and context groups, e.g. '
+        '`{ "Front desk" = ["201", "202"] }` (a key named twice shows under the first)',
+        path="web.groups",
     )  # fmt: skip
     event_loop: str = setting(
         "auto", Text(choices=EVENT_LOOPS),

@@ -31,6 +31,7 @@ from bridge.events import (
     ResyncStarted,
     RightsMissing,
     SourceLost,
+    callerid_name,
 )
 from bridge.findings import Finding, pickup_group_finding
 from bridge.led.controller import LedController
@@ -50,6 +51,7 @@ Address = tuple[str, int]
 # Events the core itself acts on besides handing them to the tracker (kept short: every event
 # of every call is checked against it).
 _SOURCE_NEWS = (EndpointGroups, SourceLost, ResyncStarted, ResyncFinished, RightsMissing)
+HINT_UNAVAILABLE = 4  # ExtensionStatus: no device of the hint can be reached
 _LED_INPUTS = (DeviceStateChanged, ExtensionHint, ContactChanged, ResyncStarted, ResyncFinished)
 
 
@@ -171,6 +173,11 @@ class BridgeCore:
         followed = self.by_name[pbx]
         followed.events += 1
         changed = False
+        if isinstance(event, ExtensionHint):  # unavailable is no dialog: only the panel shows it
+            key = followed.tracker.key(event.exten, event.context)
+            was = followed.tracker.hint_status(key)
+            if (was == HINT_UNAVAILABLE) != (event.status == HINT_UNAVAILABLE):
+                self._status_changed = True
         dirty = followed.tracker.apply(event, now)  # mostly empty: keep that path short
         for exten in sorted(dirty) if dirty else ():
             if followed.documents.changed(exten):
@@ -178,7 +185,8 @@ class BridgeCore:
                 resource = followed.resource(exten)
                 log.info("%s: %s", resource, followed.tracker.state(exten).summary())
                 self.notifier.resource_changed(resource, now)
-        if changed:
+        if changed or followed.tracker.panel_news:  # the panel also shows answers and times
+            followed.tracker.panel_news = False
             self._status_changed = True
         if self.leds is not None and isinstance(event, _LED_INPUTS):
             self._led_input(event, now)
@@ -386,6 +394,10 @@ class BridgeCore:
                     log.info("%s watches in context %s: %d subscription(s) made before that was "
                              "known ended (the phone subscribes again)", endpoint,
                              context or "(default)", ended)  # fmt: skip
+                name = callerid_name(event.callerid)
+                if pbx.names.get(endpoint, "") != name:
+                    pbx.names[endpoint] = name
+                    self._status_changed = True  # the panel names keys by it
                 if pbx.policy.set_groups(endpoint, event.call_groups, event.pickup_groups):
                     self._policy_changed(pbx, now)
                 self._groups_finding(pbx, event)

@@ -161,6 +161,9 @@ class EndpointGroups:
     call_groups: frozenset[int]
     pickup_groups: frozenset[int]
     subscribe_context: str = ""  # where its SUBSCRIBEs resolve (tenants); "" when not said
+    # Its caller id as Asterisk prints it (``"Phone 201" <201>``), for the panel's key names;
+    # not compared: the groups are what the policy follows.
+    callerid: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,3 +213,16 @@ AsteriskEvent = (
     | ResyncFinished
     | SourceLost
 )
+
+
+def callerid_name(callerid: str) -> str:
+    """The name part of a caller id as Asterisk prints it: ``"Phone 201" <201>`` → Phone 201;
+    "" when it has none (``<201>``, ``201``)."""
+    text = callerid.strip()
+    if "<" in text:
+        text = text.partition("<")[0].strip()
+    elif text.isdigit() or (text.startswith("+") and text[1:].isdigit()):
+        return ""
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    return text.strip()

@@ -97,6 +97,8 @@ class _Channel:
     uniqueid: str
     order: tuple[int, float, int]
     epoch: int
+    created: float = 0.0  # ``now`` when first heard of (the panel's call timer)
+    answered: float = 0.0  # ``now`` when first seen Up; 0.0: not yet
     name: str = ""
     device: str = ""  # normalized device key, "" while only a Dial event has named the channel
     state: ChannelState | None = None
@@ -136,6 +138,10 @@ class CallTracker:
         self._device_extens: dict[str, set[str]] = {}  # device key → watchable extens
         self._states: dict[str, EntityState] = {}  # only entities that differ from idle
         self._stateful = HintStates()  # devices without channels, parked calls
+        self._hint_status: dict[str, int] = {}  # key → Asterisk's last ExtensionStatus of it
+        # Set when a key changed only in what the panel shows (Dialog.since, .answered); the
+        # core clears it.
+        self.panel_news = False
         self._needing_ids: set[str] = set()
         self._held = 0  # channels on hold; lets the common case skip the partner scan
         self._known = True
@@ -149,6 +155,18 @@ class CallTracker:
         """The current state of one extension (no dialogs if nothing is going on)."""
         found = self._states.get(exten)
         return found if found is not None else EntityState(exten, (), self._known)
+
+    def hint_status(self, exten: str) -> int | None:
+        """Asterisk's last status of the key's hint (4: unavailable, …); None when unsaid."""
+        return self._hint_status.get(exten)
+
+    def devices(self, exten: str) -> tuple[str, ...]:
+        """The key's devices (normalized: ``pjsip/201``, ``custom:dnd201``), hint order."""
+        return self._devices_of(exten)
+
+    def device_states(self, exten: str) -> dict[str, str]:
+        """The last known state of each of the key's devices that has no channels."""
+        return self._stateful.states(self._devices_of(exten))
 
     def extensions(self) -> frozenset[str]:
         """Watchable extensions: the configured watch list, else every extension with a hint."""
@@ -215,7 +233,7 @@ class CallTracker:
             case DeviceStateChanged():
                 dirty = self._on_device_state(event)
             case CallParked():
-                dirty = self._on_parked(event)
+                dirty = self._on_parked(event, now)
             case CallUnparked():
                 dirty = self._extens_of_spaces(self._stateful.unpark(event.uniqueid, event.space))
             case ChannelGone():
@@ -260,6 +278,8 @@ class CallTracker:
             ch.name = ev.name
         if ch.state is None or _RANK.get(ev.state, 0) >= _RANK.get(ch.state, 0):
             ch.state = ev.state
+        if ev.state is ChannelState.UP and not ch.answered:
+            ch.answered = now
         if ev.state is ChannelState.RING:
             ch.seen_ring = True
         elif ev.state is ChannelState.RINGING:
@@ -289,11 +309,11 @@ class CallTracker:
             return set()
         return self._extens_of(device)
 
-    def _on_parked(self, ev: CallParked) -> set[str]:
+    def _on_parked(self, ev: CallParked, now: float) -> set[str]:
         if ev.uniqueid in self._tombstones:
             return set()  # a late word about a call that has hung up
         num, name = _known_or_empty(ev.caller_num), _known_or_empty(ev.caller_name)
-        if not self._stateful.park(ev.space, ev.uniqueid, num, name, self._epoch):
+        if not self._stateful.park(ev.space, ev.uniqueid, num, name, self._epoch, now=now):
             return set()
         return self._extens_of_spaces({ev.space})
 
@@ -385,7 +405,10 @@ class CallTracker:
         self._contexts.add(ev.context)
         if self._default_context is None:  # until the sync's end counts them
             self._default_context = ev.context
-        return self._set_hint(self.key(ev.exten, ev.context), devices)
+        key = self.key(ev.exten, ev.context)
+        if self._watchable(key):
+            self._hint_status[key] = ev.status
+        return self._set_hint(key, devices)
 
     def _set_hint(self, exten: str, devices: tuple[str, ...]) -> set[str]:
         if not self._watchable(exten):
@@ -463,9 +486,12 @@ class CallTracker:
     def _refresh(self, dirty: set[str]) -> set[str]:
         changed: set[str] = set()
         for exten in dirty:
-            new = self._build(exten)
-            if new != self.state(exten):
-                changed.add(exten)
+            new, old = self._build(exten), self.state(exten)
+            if new != old or _timings(new) != _timings(old):
+                if new != old:
+                    changed.add(exten)
+                else:  # the phones see no change; the panel does (an answer, its time)
+                    self.panel_news = True
                 if new.dialogs or not new.known:
                     self._states[exten] = new
                 else:
@@ -522,8 +548,10 @@ class CallTracker:
         hidden = ch.ids is not None and ch.ids.caller_hidden
         if hidden:
             num, name = "", ""  # restricted presentation: not even in the log
+        since = ch.answered if state is DialogState.CONFIRMED and ch.answered else ch.created
         return Dialog(
-            ch.uniqueid, direction, state, num, name, pickup, ch.on_hold, remote_held, hidden
+            ch.uniqueid, direction, state, num, name, pickup, ch.on_hold, remote_held, hidden,
+            since, answered=ch.state is ChannelState.UP,
         )
 
     def _direction(self, ch: _Channel) -> Direction:
@@ -600,7 +628,7 @@ class CallTracker:
         # first-seen time at the source, whatever order the events arrived in.
         m = _UNIQUEID.search(uniqueid)
         order = (0, float(m[1]), int(m[2])) if m else (1, now, self._counter)
-        ch = self._channels[uniqueid] = _Channel(uniqueid, order, self._epoch)
+        ch = self._channels[uniqueid] = _Channel(uniqueid, order, self._epoch, now)
         return ch
 
     def _get_or_placeholder(self, uniqueid: str, now: float) -> _Channel | None:
@@ -620,6 +648,11 @@ class CallTracker:
         self._tombstones[uniqueid] = None
         while len(self._tombstones) > self._settings.max_tombstones:
             del self._tombstones[next(iter(self._tombstones))]
+
+
+def _timings(state: EntityState) -> list[tuple[float, bool]]:
+    """What the panel shows of a state's dialogs that their equality leaves out."""
+    return [(d.since, d.answered) for d in state.dialogs]
 
 
 def _order(ch: _Channel) -> tuple[int, float, int]:

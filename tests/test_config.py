@@ -127,6 +127,10 @@ def test_secret_never_in_repr(tmp_path: Path) -> None:
         ("[security]\ndigest_algorithms = []\n", None, "security.digest_algorithms"),
         ("[security]\ndigest_algorithms = ['md5', 'MD5']\n", None, "security.digest_algorithms"),
         ("[web]\nhosts = ['']\n", None, "web.hosts"),
+        ("[web]\ngroups = ['201']\n", None, "web.groups"),
+        ("[web]\ngroups = { 'Front desk' = '201' }\n", None, "web.groups.Front desk"),
+        ("[web]\ngroups = { 'Front desk' = ['201', '20 2'] }\n", None, "web.groups.Front desk[1]"),
+        ("[web]\ngroups = { ' ' = ['201'] }\n", None, "web.groups"),
         ("", "sip.max_expires=-5", "sip.max_expires"),
         ("", "justtext", "section.key=value"),
         ("[sip\n", None, "not valid TOML"),
@@ -237,6 +241,12 @@ def test_shipped_file_sets_only_the_defaults() -> None:
     shipped, defaults = load(SHIPPED), load(None)
     for item in SETTINGS:
         assert item.value(shipped) == item.value(defaults), item.name
+
+
+def test_panel_groups_keep_their_order_and_keys(tmp_path: Path) -> None:
+    text = "[web]\ngroups = { 'Front desk' = ['201', 202], 'Berlin' = ['berlin:203'] }\n"
+    groups = load(write(tmp_path, text)).web_groups
+    assert list(groups.items()) == [("Front desk", ("201", "202")), ("Berlin", ("berlin:203",))]
 
 
 def test_the_settings_table_is_made_from_the_declarations() -> None:

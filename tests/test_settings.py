@@ -78,6 +78,7 @@ def cases(tmp: Path, cert: Path, key: Path) -> list[tuple[list[str], set[str]]]:
         (['security.digest_algorithms=["SHA-256"]'], {"security.digest_algorithms"}),
         (['web.listen=""'], {"web.listen"}),
         (['web.hosts=["bridge.example.com"]'], {"web.hosts"}),
+        (['web.groups={ "Front desk" = ["201"] }'], {"web.groups"}),
         (["log.level=debug"], {"log.level"}),
         (["runtime.event_loop=asyncio"], {"runtime.event_loop"}),
         (["demo.enabled=true"], {"demo.enabled"}),

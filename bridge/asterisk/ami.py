@@ -487,7 +487,10 @@ class AmiSource:
                         parse_groups(h.get("PickupGroup", "")),
                     )
                     context = h.get("SubscribeContext", "")  # tenants: where it watches
-                    self._queue.put_nowait(Batch([EndpointGroups(name, *groups, context)]))
+                    callerid = h.get("Callerid", "")  # the panel's name for its keys
+                    self._queue.put_nowait(
+                        Batch([EndpointGroups(name, *groups, context, callerid)])
+                    )
 
         await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
         log.debug("read the pickup groups of %d endpoints", len(names))

@@ -91,7 +91,8 @@ ENDPOINT_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "endpoint")
 AOR_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "aor")
 
 Answer = tuple[int, object]  # HTTP status, decoded JSON body (None if there was none)
-Groups = tuple[frozenset[int], frozenset[int], str]  # call, pickup groups; subscribe_context
+# call, pickup groups; subscribe_context; callerid (the panel's name for the endpoint's keys)
+Groups = tuple[frozenset[int], frozenset[int], str, str]
 
 
 class _ResyncFailed(Exception):
@@ -157,7 +158,8 @@ def _config_groups(body: object) -> Groups | None:
     if "call_group" not in values or "pickup_group" not in values:
         return None
     groups = parse_groups(values["call_group"]), parse_groups(values["pickup_group"])
-    return (*groups, values.get("subscribe_context", ""))  # tenants: where it watches
+    # tenants: where it watches; the caller id names its keys on the panel
+    return (*groups, values.get("subscribe_context", ""), values.get("callerid", ""))
 
 
 def _why(answer: Answer) -> str:

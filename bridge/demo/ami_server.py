@@ -470,7 +470,8 @@ class RecordedAmiServer:
         detail = {"Event": "EndpointDetail", "ObjectType": "endpoint", "ObjectName": name,
                   "Context": opts.get("context", ""), "CallGroup": opts.get("call_group", ""),
                   "PickupGroup": opts.get("pickup_group", ""),
-                  "SubscribeContext": opts.get("subscribe_context", "")}  # fmt: skip
+                  "SubscribeContext": opts.get("subscribe_context", ""),
+                  "Callerid": opts.get("callerid", "")}  # fmt: skip
         return [
             {"Response": "Success", "EventList": "start",
              "Message": "Following are Events for each object associated with the Endpoint"},

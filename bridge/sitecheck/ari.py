@@ -71,7 +71,7 @@ async def read_site(url: str, username: str, password: str, app: str, aors: list
                 facts.denied["GET /ari/asterisk/config"] = "403 Forbidden"
                 break
             groups = _config_groups(body) if status == 200 else None
-            call, pickup, context = groups or (frozenset(), frozenset(), "")
+            call, pickup, context, _callerid = groups or (frozenset(), frozenset(), "", "")
             found[name] = Endpoint(name, "", context, call, pickup)
         else:
             facts.endpoints = found
