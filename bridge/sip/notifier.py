@@ -58,8 +58,13 @@ __all__ = [
 
 logger = logging.getLogger("bridge.sip")
 
-# Before the first sync with Asterisk nobody knows which extensions exist: a phone asking then
-# is told to come back (503 + Retry-After) rather than that its extension does not exist (404).
+# Before the first sync with Asterisk nobody knows which extensions exist: a SUBSCRIBE for one
+# not known yet is accepted (a neutral NOTIFY, then the state once known, or a final NOTIFY with
+# reason=noresource once the sync says there is no such key). A phone that ignores Retry-After
+# (a Snom waits retry_after_failed_subscribe, often 600 s) would leave its key dark otherwise.
+# Keys being waited for are bounded (a source that never syncs, From users anyone may choose):
+# past MAX_PENDING_RESOURCES distinct ones, a new one is told to come back (503 + Retry-After).
+MAX_PENDING_RESOURCES = 1000
 NOT_READY_RETRY_AFTER = 5
 # A NOTIFY to a UDP address that has never answered one is sent twice (at 0 and T1) and given
 # up at 3*T1, not retransmitted for 32 s: the source of a SUBSCRIBE may be forged, and what an
@@ -156,7 +161,10 @@ class Notifier:
         # What the store has not heard yet: subscriptions to (re)write, dialogs to delete.
         self._changed: dict[DialogKey, Subscription] = {}
         self._removed: set[DialogKey] = set()
-        self.ready = True  # False: the document source cannot tell yet which resources exist
+        # Whether the document source can tell yet if a resource exists (False for a PBX that
+        # has not finished its first sync): an unknown one is then pending, not a 404.
+        self.settled: Callable[[str], bool] = _always
+        self._pending: set[str] = set()  # watched resources not known yet (bounded, see above)
         self.notifies_sent = 0  # NOTIFY transactions started (retransmissions not counted)
         self.notifies_failed = 0  # ended by a failure response or a timeout
         self._per_source: dict[str, int] = {}  # active subscriptions per source address
@@ -209,9 +217,13 @@ class Notifier:
         if not subs:
             return
         if not self._source.knows(resource):
+            if not self.settled(resource):
+                return  # still not known: its watchers keep their neutral state
+            self._pending.discard(resource)
             for sub in list(subs.values()):
                 self._terminate(sub, now, "noresource")
             return
+        self._pending.discard(resource)
         source = self._source  # renders once per variant; each watcher's is a cache lookup
         for sub in subs.values():
             if sub.in_flight is not None:
@@ -492,12 +504,17 @@ class Notifier:
         resource = None if user is None else self._source.resolve(user, watcher, uri.host)
         if resource is not None:
             resource = sys.intern(resource)  # one copy per extension, not per subscription
+        pending = False
         if resource is None or not self._source.knows(resource):
-            if resource is not None and not self.ready:
-                self._answer(x, Answer(503, (("Retry-After", str(NOT_READY_RETRY_AFTER)),)))
-            else:
+            if resource is None or self.settled(resource):
                 self._answer(x, Answer(404))
-            return
+                return
+            # Not known yet: accepted, told a neutral state now and the real one (or its end,
+            # noresource) once the PBX has told its keys.
+            if resource not in self._pending and len(self._pending) >= MAX_PENDING_RESOURCES:
+                self._answer(x, Answer(503, (("Retry-After", str(NOT_READY_RETRY_AFTER)),)))
+                return
+            pending = True
         event, contact = req.event(), req.contact()
         assert event is not None and contact is not None  # screen_subscribe checked them
         local_tag = secrets.token_hex(8)
@@ -525,8 +542,10 @@ class Notifier:
             self._send_notify(sub, now, once=True)
             return
         self._index(sub, now)
-        self._log(now, logging.INFO, None, "%s subscribed to %s for %d s", x.peer, resource,
-                  expires)  # fmt: skip
+        if pending:
+            self._pending.add(resource)
+        self._log(now, logging.INFO, None, "%s subscribed to %s for %d s%s", x.peer, resource,
+                  expires, " (not known yet: waiting for the sync)" if pending else "")  # fmt: skip
         self._send_notify(sub, now)
 
     def _index(self, sub: Subscription, now: float) -> None:
@@ -617,7 +636,9 @@ class Notifier:
     ) -> None:
         """Send the next NOTIFY of ``sub``; ``once``: no transaction, no retransmission."""
         body = b""
-        if doc is not None or self._source.knows(sub.resource):
+        resource = sub.resource
+        # A key not known yet gets its neutral (no dialogs) body; a gone one's final NOTIFY none.
+        if doc is not None or self._source.knows(resource) or not self.settled(resource):
             body = (doc or self._source.document(sub.resource, sub.watcher)).body(sub.version)
             sub.version += 1
         final = sub.state != "active"
@@ -667,6 +688,7 @@ class Notifier:
         watchers.pop(sub.key, None)
         if not watchers:
             self._by_resource.pop(sub.resource, None)
+            self._pending.discard(sub.resource)
         self._timers.cancel(sub)
         if not notify:
             sub.state = "gone"
@@ -729,3 +751,7 @@ class Notifier:
                   tx.peer, sub.resource, outcome)  # fmt: skip
         self._terminate(sub, now, "", notify=False)
         sub.state = "gone"
+
+
+def _always(resource: str) -> bool:
+    return True
