@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import aiohttp
 
@@ -188,15 +189,17 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
     log.info("event loop: %s", loop_name)
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run_until_signalled(config, pbx=_demo_pbx(config, demo), reload=reload))
+            runner.run(run_until_signalled(config, local_pbx=partial(_demo_pbx, forced=demo),
+                                           reload=reload))  # fmt: skip
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0
 
 
-def _demo_pbx(config: Config, forced: bool) -> DemoPbx | None:
-    """The demo PBX when asked for (--demo, demo.enabled) or when no Asterisk is configured."""
+def _demo_pbx(config: Config, *, forced: bool) -> DemoPbx | None:
+    """The demo PBX when asked for (--demo, demo.enabled) or when no Asterisk is configured;
+    asked again on every reload, so setting ami.username and reloading follows Asterisk."""
     if forced or config.demo or not config.asterisk_configured:
         return DemoPbx()
     return None

@@ -53,13 +53,21 @@ class LocalPbx(Protocol):
     async def close(self) -> None: ...
 
 
+# Which local PBX a configuration asks for (the demo: no Asterisk named, demo.enabled, --demo),
+# None for the configured Asterisk; asked again on every reload.
+LocalPbxChoice = Callable[[Config], "LocalPbx | None"]
+
+
 class Bridge:
     """One running bridge; ``start()``, then ``stop()``; ``reload()`` in between. ``pbx``: follow
-    that local PBX instead of the configured Asterisk."""
+    that local PBX instead of the configured Asterisk, for good; ``local_pbx``: the local PBX
+    (or none) each configuration asks for, so a reload may move between it and Asterisk."""
 
-    def __init__(self, config: Config, *, pbx: LocalPbx | None = None) -> None:
+    def __init__(self, config: Config, *, pbx: LocalPbx | None = None,
+                 local_pbx: LocalPbxChoice | None = None) -> None:  # fmt: skip
         self.config = config
-        self.pbx = pbx
+        self.local_pbx = local_pbx
+        self.pbx = pbx if pbx is not None or local_pbx is None else local_pbx(config)
         self.core = BridgeCore(config)
         self.status = BridgeStatus(self.core, time.monotonic)  # loop.time() is this clock
         self.sip: SipService | None = None
@@ -69,6 +77,7 @@ class Bridge:
         self.web: web.AppRunner | None = None
         self._source_tasks: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._play: asyncio.Task[None] | None = None  # the local PBX's calls
 
     @property
     def notifier(self) -> Notifier:
@@ -105,8 +114,6 @@ class Bridge:
         self.core.local_towards = self.sip.local_towards
         self._start_source()
         assert self.source is not None
-        if self.pbx is not None:  # plays once the source is in sync
-            self._tasks.append(asyncio.create_task(self.pbx.play(self.source.synced), name="pbx"))
         if self.store is not None:
             self._tasks.append(asyncio.create_task(self.store.flush_forever(), name="store"))
         if self.config.web is not None:
@@ -133,8 +140,15 @@ class Bridge:
         self.source = next(iter(self.sources.values()))
         self._source_tasks = [asyncio.create_task(source.run(), name=f"asterisk-source{name}")
                               for name, source in self.sources.items()]  # fmt: skip
+        if pbx is not None:  # plays once the source is in sync
+            self._play = asyncio.create_task(pbx.play(self.source.synced), name="pbx")
 
     async def _stop_source(self) -> None:
+        if self._play is not None:
+            self._play.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._play
+            self._play = None
         for source in self.sources.values():
             await source.stop()
         for task in self._source_tasks:
@@ -187,13 +201,22 @@ class Bridge:
             self.sip.use_tls_context(renewed)
             log.info("reload: new TLS connections use %s", config.sip.tls_certificate)
         loop = asyncio.get_running_loop()
-        done = self.core.reconfigure(config, loop.time(), can_restart_source=self.pbx is None)
-        if not done.changed:
+        wanted = self._wanted_pbx(config)
+        switch = (wanted is None) != (self.pbx is None)  # the demo <-> Asterisk
+        done = self.core.reconfigure(config, loop.time(), can_restart_source=wanted is None,
+                                     new_pbx=switch)  # fmt: skip
+        if not done.changed and not switch:
             log.info("reload: nothing changed")
             return
         if done.kept:
             log.warning("reload: %s only change on a restart; keeping the old value(s)",
                         ", ".join(done.kept))  # fmt: skip
+        if wanted is not None and not switch and (ignored := sorted(
+            name for name in done.changed if name.startswith(("ami.", "ari.", "asterisk"))
+        )):  # fmt: skip
+            log.warning("reload: %s changed, but the demo PBX goes on (demo.enabled or --demo); "
+                        "the bridge follows Asterisk once neither asks for the demo",
+                        ", ".join(ignored))  # fmt: skip
         self.config = config = done.config
         if "log.level" in done.changed:
             logging.getLogger().setLevel(config.log_level.upper())
@@ -201,13 +224,34 @@ class Bridge:
             self.sip.stream_limits = settings.stream_limits(config)
         if done.restart_source:
             await self._stop_source()
+            if switch:
+                await self._switch_pbx(wanted)
             self.core.source_restarting(loop.time())
             self._start_source()
+            assert self.source is not None
+            log.info("reload: following %s",
+                     describe(self.source, config, local=self.pbx is not None))  # fmt: skip
         elif self.source is not None:
             self.source.refresh_groups()  # "refreshed on reload": Asterisk may have changed
         if self.sip is not None:
             self.sip.flush()  # final NOTIFYs of ended subscriptions, new bodies
         log.info("reloaded: %s", ", ".join(sorted(done.changed - set(done.kept))) or "nothing")
+
+    def _wanted_pbx(self, config: Config) -> LocalPbx | None:
+        """The local PBX a new configuration asks for: the running one if it still asks for
+        one, a new one (not started) if it now does, None for Asterisk."""
+        if self.local_pbx is None:
+            return self.pbx  # given for good
+        wanted = self.local_pbx(settings.reloadable(self.config, config))
+        return self.pbx if wanted is not None and self.pbx is not None else wanted
+
+    async def _switch_pbx(self, wanted: LocalPbx | None) -> None:
+        """Stop the local PBX followed so far (if any) and start the one wanted (if any)."""
+        old, self.pbx = self.pbx, wanted
+        if old is not None:
+            await old.close()
+        if wanted is not None:
+            await wanted.start()
 
     def _on_event(self, pbx: str, event: AsteriskEvent) -> None:
         """Every normalized event of a PBX, in order: into the core, then out to the phones."""
@@ -244,13 +288,17 @@ async def _tell_systemd(bridge: Bridge, systemd: SystemdNotifier) -> None:
 
 
 async def run_until_signalled(
-    config: Config, *, pbx: LocalPbx | None = None, reload: Callable[[], Config] | None = None
+    config: Config,
+    *,
+    pbx: LocalPbx | None = None,
+    reload: Callable[[], Config] | None = None,
+    local_pbx: LocalPbxChoice | None = None,
 ) -> None:
-    """Run the bridge (following ``pbx`` if given) until SIGTERM or SIGINT; SIGHUP reloads the
-    configuration (``reload`` reads it again; a broken file is logged and the running one kept).
-    Under systemd (Type=notify) it reports READY, STATUS, RELOADING, STOPPING and pings the
-    watchdog from the event loop."""
-    bridge = Bridge(config, pbx=pbx)
+    """Run the bridge (following ``pbx`` if given, or what ``local_pbx`` chooses for each
+    configuration) until SIGTERM or SIGINT; SIGHUP reloads the configuration (``reload`` reads
+    it again; a broken file is logged and the running one kept). Under systemd (Type=notify) it
+    reports READY, STATUS, RELOADING, STOPPING and pings the watchdog from the event loop."""
+    bridge = Bridge(config, pbx=pbx, local_pbx=local_pbx)
     systemd = SystemdNotifier()
     await bridge.start()
     helpers = [

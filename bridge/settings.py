@@ -153,6 +153,13 @@ def changed_settings(old: Config, new: Config) -> set[str]:
     return out
 
 
+def reloadable(old: Config, new: Config) -> Config:
+    """``new`` as a reload takes it over from ``old``: the settings that need a restart keep
+    their old values."""
+    kept = [name for name in changed_settings(old, new) if needs_restart(name)]
+    return keep_old_values(new, old, kept) if kept else new
+
+
 def keep_old_values(new: Config, old: Config, names: Iterable[str]) -> Config:
     """``new`` with the settings ``names`` (as changed_settings names them) as in ``old``: what
     a reload does with the settings only a restart takes over."""
