@@ -85,6 +85,7 @@ class BridgeCore:
         # Without a fixed watch list nobody knows which extensions exist before the first sync:
         # a key not known yet is pending until its PBX has told its keys.
         self.notifier.settled = self._settled
+        self.notifier.names = settings.bridge_names(config)
         # Our address as a phone's host sees it (the Via of a MESSAGE): the glue knows the
         # routes; until it says, the configured UDP contact.
         self.local_towards: Callable[[str], Address] = lambda host: self.notifier.contact("udp")
@@ -266,6 +267,7 @@ class BridgeCore:
             pbx.documents.settings = _render_settings(config, pbx.domain)
             pbx.policy = pbx.documents.policy = settings.pickup_policy(config, pbx.policy)
         notifier.gate.limits = settings.access_limits(config)
+        notifier.names = settings.bridge_names(config)
         sec, old_sec = config.security, old.security
         same_digest = sec.auth == old_sec.auth and sec.realm == old_sec.realm
         if not same_digest or sec.digest_algorithms != old_sec.digest_algorithms:

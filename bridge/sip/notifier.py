@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.sip.access import SourceGate
+from bridge.sip.access import BridgeNames, SourceGate
 from bridge.sip.digest import DigestAuthenticator, Verdict
 from bridge.sip.message import (
     ParseError,
@@ -146,6 +146,7 @@ class Notifier:
         self._source = source
         self.gate = gate or SourceGate()
         self.auth = auth  # None: phones are known by the user part of their From URI
+        self.names = BridgeNames()  # what a digest answer's uri may name besides the Request-URI
         self._contacts = dict(settings.contacts)
         self._subs: dict[DialogKey, Subscription] = {}
         self._by_resource: dict[str, dict[DialogKey, Subscription]] = {}
@@ -423,12 +424,17 @@ class Notifier:
         if self.auth is None:
             return x.req.from_addr().uri.user or ""
         outcome = self.auth.check(
-            x.req.headers.get("Authorization"), x.req.method, x.peer.host, x.now, x.req.uri
+            x.req.headers.get("Authorization"), x.req.method, x.peer.host, x.now, x.req.uri,
+            also=lambda uri: self._names_us(uri, x),
         )
         if outcome.verdict is Verdict.OK:
             return outcome.user
         if outcome.verdict is Verdict.WRONG_URI:
-            self._answer(x, Answer(400, problem="Authorization uri is not the Request-URI"))
+            self._log(x.now, logging.WARNING, ("auth uri", x.peer.host), "refusing a digest answer "
+                      "from %s signed for another URI than %s or this bridge (%s)", x.peer,
+                      x.req.uri, ", ".join(sorted(self.names.domains)) or "no sip.domain set"
+                      )  # fmt: skip
+            self._answer(x, Answer(400, problem=outcome.reason))
             return None
         if outcome.verdict is Verdict.FORBIDDEN:
             self._log(x.now, logging.WARNING, ("auth", x.peer.host),
@@ -593,6 +599,15 @@ class Notifier:
             sub.dirty = True  # coalesce: one NOTIFY with the newest state after the current one
         else:
             self._send_notify(sub, x.now)
+
+    def _names_us(self, uri: str, x: _Exchange) -> bool:
+        """Whether a digest answer's ``uri`` names this bridge (its domain or an address it
+        listens on, as configured, bound, or as this request reached it)."""
+        names = self.names
+        bound = self._contacts.values()
+        names = BridgeNames(names.domains, names.hosts | {h.lower() for h, _ in bound},
+                            names.ports | {p for _, p in bound})  # fmt: skip
+        return names.named(uri, x.req.request_uri().user, x.peer.local)
 
     def _from_owner(self, x: _Exchange, sub: Subscription) -> bool:
         """Whether a refresh may touch this subscription; if not, it has been answered.
