@@ -21,7 +21,8 @@ from bridge.demo.ari_server import RecordedAriServer, event_is
 AMI_REPLAY_SPEED = 4  # the shared server fixture (conftest.py) replays this fast
 RECORDINGS = Path(__file__).parent / "fixtures" / "asterisk-22.10.1"
 ARI_RINGING = event_is("ChannelStateChange", state="Ringing")
-AMI_FILE = "[ami]\nhost = '127.0.0.1'\nport = {port}\nusername = 'bridge'\nsecret = 'bridgesecret'\n"
+AMI_FILE = "[ami]\nport = {port}\nusername = 'bridge'\nsecret = 'bridgesecret'\n"
+FOLLOWING = "reload: following Asterisk {source} bridge@127.0.0.1:{port}"
 
 
 def count(bridge: BridgeProcess, text: str) -> int:
@@ -62,7 +63,7 @@ async def test_a_reload_moves_from_the_demo_to_the_asterisk_the_file_names(
         async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=4000) as watcher:
             await bridge.wait_for("subscribed to 202")
             await reload(bridge, config, AMI_FILE.format(port=server.port))
-            await bridge.wait_for(f"reload: following Asterisk AMI bridge@127.0.0.1:{server.port}")
+            await bridge.wait_for(FOLLOWING.format(source="AMI", port=server.port))
             await bridge.wait_for("in sync with Asterisk", count=2)
             assert server.logged_in == 1
             ringing, idle = count(bridge, "202: ringing"), count(bridge, "202: idle")
@@ -96,14 +97,14 @@ async def test_a_reload_moves_from_ami_to_ari_and_back(
                 await reload(bridge, config, "[asterisk]\nsource = 'ari'\n[ari]\n"
                              f"url = 'http://127.0.0.1:{ari.port}'\nusername = 'bridge'\n"
                              "password = 'bridgesecret'\n")  # fmt: skip
-                await bridge.wait_for(f"reload: following Asterisk ARI bridge@127.0.0.1:{ari.port}")
+                await bridge.wait_for(FOLLOWING.format(source="ARI", port=ari.port))
                 await bridge.wait_for("in sync with Asterisk", count=2)
                 await ari.play("ring-cancel", until=ARI_RINGING)
                 await bridge.wait_for("202: ringing")
                 await ari.play("ring-cancel")
                 await bridge.wait_for("202: idle", count=2)
                 await reload(bridge, config, "# AMI again\n")
-                await bridge.wait_for(f"reload: following Asterisk AMI bridge@127.0.0.1:{server.port}")
+                await bridge.wait_for(FOLLOWING.format(source="AMI", port=server.port))
                 await bridge.wait_for("in sync with Asterisk", count=3)
                 await server.play("ring-cancel", until=RINGING_202)
                 await bridge.wait_for("202: ringing", count=2)
