@@ -21,7 +21,7 @@ from bridge.led.buttons import LIGHTS
 from bridge.led.cli import light_key
 from bridge.logs import setup_logging
 from bridge.provision import cli as provision_cli
-from bridge.web.cli import fetch_status, format_status
+from bridge.web.cli import fetch_findings, fetch_status, format_status
 
 DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
 EXIT_CONFIG = 2
@@ -39,11 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         try:
             entities, health, phones, pbxs = asyncio.run(fetch_status(args.url))
+            findings = asyncio.run(fetch_findings(args.url))
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             print(f"cannot reach the bridge at {args.url}: {exc or 'timeout'} "
                   "(is it running, and is web.listen set?)", file=sys.stderr)  # fmt: skip
             return 1
-        print(format_status(entities, health, phones, pbxs))
+        print(format_status(entities, health, phones, pbxs, findings))
         return 0
     if args.command == "led":
         ok, what = asyncio.run(

@@ -483,6 +483,21 @@ def test_keys_being_waited_for_are_bounded(monkeypatch: pytest.MonkeyPatch) -> N
     assert lb.subscribe("202", user="31").status == 200
 
 
+def test_a_setting_only_a_restart_takes_over_stays_a_finding_until_then() -> None:
+    lb = lab()
+    base = lb.core.config
+    moved = load(None, [f"sip.domain={DOMAIN}", 'sip.udp=["127.0.0.1:5091"]', "store.path=",
+                        "web.listen=", "security.requests_per_second=0"])  # fmt: skip
+    done = lb.core.reconfigure(moved, 0.0)
+    assert done.kept == ("sip.udp",) and done.config.sip.udp == base.sip.udp
+    (finding,) = lb.core.findings
+    assert (finding.level, finding.subject) == ("warn", "reload") and "sip.udp" in finding.text
+    lb.core.reconfigure(moved, 1.0)  # the file still differs: still said
+    assert len(lb.core.findings) == 1
+    lb.core.reconfigure(base, 2.0)  # back to the running value: nothing waits for a restart
+    assert lb.core.findings == []
+
+
 def test_a_fixed_watch_list_knows_its_keys_before_the_sync() -> None:
     lb = lab('watch.extensions=["202"]')
     assert lb.subscribe("202").status == 200

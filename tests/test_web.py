@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.findings import Finding
 from bridge.model import Dialog, DialogState, Direction, EntityState, PickupIds
 from bridge.web import (
     ChangeSignal,
@@ -35,6 +36,7 @@ from bridge.web import (
     make_app,
     start_web,
 )
+from bridge.web.cli import format_status
 from bridge.web.metrics import MetricsSnapshot, render_metrics
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -73,6 +75,7 @@ class FakeView:
     histogram: Histogram = field(default_factory=Histogram)
     signal: ChangeSignal = field(default_factory=ChangeSignal)
     phones: list[LedPhoneStatus] = field(default_factory=list)
+    found: list[Finding] = field(default_factory=list)
 
     def set(self, *states: EntityState) -> None:
         for state in states:
@@ -93,6 +96,9 @@ class FakeView:
 
     def led_phones(self) -> Sequence[LedPhoneStatus]:
         return list(self.phones)
+
+    def findings(self) -> Sequence[Finding]:
+        return self.found
 
     def next_change(self) -> asyncio.Event:
         return self.signal.next()
@@ -258,6 +264,19 @@ async def test_api_subscriptions(base_url: str, http: aiohttp.ClientSession) -> 
         "expires_in": 541.3,
     }
     assert len(subs) == 3
+
+
+async def test_a_setting_waiting_for_a_restart_is_in_the_api_and_the_status(
+    base_url: str, http: aiohttp.ClientSession, view: FakeView
+) -> None:
+    view.found.append(Finding("warn", "reload", "running with the old value(s) until a restart: "
+                              "sip.udp", "systemctl restart snom-blf-bridge"))  # fmt: skip
+    async with http.get(base_url + "/api/findings") as resp:
+        assert resp.status == 200
+        found = await resp.json()
+    assert [f["subject"] for f in found] == ["reload"] and "sip.udp" in found[0]["text"]
+    assert "warn: reload: running with the old value(s) until a restart: sip.udp (fix: systemctl " \
+        "restart snom-blf-bridge)" in format_status([], "ok", [], [], found)
 
 
 async def _next_data(resp: aiohttp.ClientResponse) -> Any:

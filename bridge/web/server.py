@@ -99,6 +99,7 @@ def make_app(
     app.router.add_get("/api/subscriptions", api_subscriptions)
     app.router.add_get("/api/leds", api_leds)
     app.router.add_get("/api/asterisk", api_asterisk)
+    app.router.add_get("/api/findings", api_findings)
     app.router.add_get("/events", events)
     if snom is not None:
         app[SNOM] = snom
@@ -207,6 +208,13 @@ async def api_asterisk(request: web.Request) -> web.Response:
                                        counters.events_total, counters.endpoint,
                                        counters.failovers),)  # fmt: skip
     return web.json_response([dataclasses.asdict(p) for p in pbxs], headers=NO_CACHE)
+
+
+async def api_findings(request: web.Request) -> web.Response:
+    """What the bridge found wrong while running, e.g. settings changed in the file that only
+    a restart takes over (each with its fix)."""
+    found = [dataclasses.asdict(f) for f in request.app[VIEW].findings()]
+    return web.json_response(found, headers=NO_CACHE)
 
 
 async def api_subscriptions(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
+from bridge.findings import Finding
 from bridge.model import Dialog, DialogState, Direction, EntityState
 
 KeyState = Literal["idle", "ringing", "busy", "held", "unknown"]
@@ -114,6 +115,10 @@ class StatusView(Protocol):
 
     def led_phones(self) -> Sequence[LedPhoneStatus]:
         """Every phone of an ``[[led]]`` rule, sorted; empty without rules."""
+        ...
+
+    def findings(self) -> Sequence[Finding]:
+        """What the bridge found wrong while running (settings a reload could not take over)."""
         ...
 
     def next_change(self) -> asyncio.Event:
