@@ -46,7 +46,8 @@ class BridgeNames:
     """What names this bridge in a digest answer's ``uri`` besides the Request-URI itself: its
     SIP domain(s) (``sip.domain``, each ``[[asterisk]]`` domain) and the hosts and ports it
     listens on, sip or sips, with or without a user part (which must then be the Request-URI's
-    user, so an answer for one key never opens another). Pjsip compares no URI at all."""
+    user, so an answer for one key never opens another; a refresh to our Contact has none).
+    Pjsip compares no URI at all."""
 
     domains: frozenset[str] = frozenset()  # host or host:port, lower case
     hosts: frozenset[str] = frozenset()  # listening or Contact hosts, lower case, no brackets
@@ -60,7 +61,10 @@ class BridgeNames:
             uri = parse_uri(text)
         except ParseError:
             return False
-        if uri.scheme not in ("sip", "sips") or (uri.user is not None and uri.user != request_user):
+        if uri.scheme not in ("sip", "sips"):
+            return False
+        # A refresh goes to our Contact (no user): its dialog, not its URI, names the key.
+        if uri.user is not None and request_user is not None and uri.user != request_user:
             return False
         host = uri.host.lower().strip("[]")
         where = host if uri.port is None else f"{host}:{uri.port}"
