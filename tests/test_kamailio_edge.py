@@ -244,15 +244,17 @@ async def test_digest_signed_before_the_edge_rewrote_the_request_uri_is_taken(
     login = ["-au", "203", "-ap", "s3cret-203", "-auth_uri", "202@a.example"]
     try:
         await bridge.start()
-        async with Kamailio(tmp_path, {1: [sip_port]}, BRIDGE_REWRITE_RURI="1") as edge:
-            async with SippWatcher(
+        async with (
+            Kamailio(tmp_path, {1: [sip_port]}, BRIDGE_REWRITE_RURI="1") as edge,
+            SippWatcher(
                 "202", ("127.0.0.1", edge.port), domain="a.example", idle_ms=IDLE_MS,
                 scenario=SCENARIOS / "watcher-auth.xml", extra_args=login, timeout=20,
-            ) as watcher:  # fmt: skip
-                await bridge.wait_for("subscribed to 202")
-                await server.play("ring-cancel")
-                await bridge.wait_for("202: idle")
-                result = await watcher.finish()
+            ) as watcher,
+        ):  # fmt: skip
+            await bridge.wait_for("subscribed to 202")
+            await server.play("ring-cancel")
+            await bridge.wait_for("202: idle")
+            result = await watcher.finish()
     finally:
         await bridge.close()
     assert result.ok, result.output + bridge.log
