@@ -82,6 +82,41 @@ async def test_a_reload_moves_from_the_demo_to_the_asterisk_the_file_names(
     assert "Traceback" not in bridge.log
 
 
+async def test_a_reload_moves_to_another_asterisk_and_relearns_its_keys(
+    server: RecordedAmiServer, tmp_path: Path
+) -> None:
+    """Another AMI endpoint: the old one's keys are forgotten, the new one's sync tells them
+    (a watcher of a key the new one lacks is ended with noresource; 202's goes on)."""
+    config = tmp_path / "bridge.toml"
+    config.write_text(AMI_FILE.format(port=server.port))
+    sip_port = free_port()
+    bridge = BridgeProcess(config, sip_port, server.port, tmp_path / "s.sqlite3")
+    args = bridge.args
+    bridge.args = [a for i, a in enumerate(args) if not a.startswith("ami.port")
+                   and not (a == "--set" and args[i + 1].startswith("ami.port"))]  # fmt: skip
+    async with RecordedAmiServer(RECORDINGS, speed=4) as other:
+        try:
+            await bridge.start()
+            async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=4000) as watcher:
+                await bridge.wait_for("subscribed to 202")
+                await reload(bridge, config, AMI_FILE.format(port=other.port))
+                await bridge.wait_for(FOLLOWING.format(source="AMI", port=other.port))
+                await bridge.wait_for("in sync with Asterisk", count=2)
+                await other.play("ring-cancel", until=RINGING_202)
+                await bridge.wait_for("202: ringing")
+                await other.play("ring-cancel")
+                await bridge.wait_for("202: idle", count=2)
+                result = await watcher.finish()
+            assert await bridge.end(signal.SIGTERM) == 0
+        finally:
+            await bridge.close()
+    states = the_dialog_went_on(result)
+    assert states == ["idle", "early/recipient", "idle"], states
+    assert (len(server.logins), len(other.logins)) == (1, 1)
+    assert "failover" not in bridge.log  # a move by reload is no failover
+    assert "Traceback" not in bridge.log
+
+
 async def test_a_reload_moves_from_ami_to_ari_and_back(
     server: RecordedAmiServer, tmp_path: Path
 ) -> None:
