@@ -203,6 +203,13 @@ class Bridge:
         loop = asyncio.get_running_loop()
         wanted = self._wanted_pbx(config)
         switch = (wanted is None) != (self.pbx is None)  # the demo <-> Asterisk
+        if switch and wanted is not None:
+            try:  # before anything changes: a demo that cannot listen leaves all as it was
+                await wanted.start()
+            except OSError as exc:
+                log.error("reload refused, keeping the running configuration: the demo PBX "
+                          "cannot start: %s", exc)  # fmt: skip
+                return
         done = self.core.reconfigure(config, loop.time(), can_restart_source=wanted is None,
                                      new_pbx=switch)  # fmt: skip
         if not done.changed and not switch:
@@ -246,12 +253,10 @@ class Bridge:
         return self.pbx if wanted is not None and self.pbx is not None else wanted
 
     async def _switch_pbx(self, wanted: LocalPbx | None) -> None:
-        """Stop the local PBX followed so far (if any) and start the one wanted (if any)."""
+        """Stop the local PBX followed so far (if any); follow ``wanted`` (started) from now."""
         old, self.pbx = self.pbx, wanted
         if old is not None:
             await old.close()
-        if wanted is not None:
-            await wanted.start()
 
     def _on_event(self, pbx: str, event: AsteriskEvent) -> None:
         """Every normalized event of a PBX, in order: into the core, then out to the phones."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 
 from bridge_process import BridgeProcess
@@ -66,18 +67,27 @@ async def test_a_reload_moves_from_the_demo_to_the_asterisk_the_file_names(
             await bridge.wait_for(FOLLOWING.format(source="AMI", port=server.port))
             await bridge.wait_for("in sync with Asterisk", count=2)
             assert server.logged_in == 1
+            on_asterisk = time.time()  # from here on the demo is closed: every call is the replay's
             ringing, idle = count(bridge, "202: ringing"), count(bridge, "202: idle")
             await server.play("ring-cancel", until=RINGING_202)
             await bridge.wait_for("202: ringing", count=ringing + 1)
             await server.play("ring-cancel")
             await bridge.wait_for("202: idle", count=idle + 1)
+            back_on_demo = time.time()
+            # And back: the file names no Asterisk any more, the demo runs again.
+            await reload(bridge, config, "# no Asterisk: the demo PBX again\n")
+            await bridge.wait_for("reload: following the demo PBX")
+            await bridge.wait_for("in sync with Asterisk", count=3)
             result = await watcher.finish()
         assert await bridge.end(signal.SIGTERM) == 0
     finally:
         await bridge.close()
-    states = the_dialog_went_on(result)
-    assert states[-2:] == ["early/recipient", "idle"], states  # the replayed PBX's call
+    the_dialog_went_on(result)
+    replayed = [key_state(n) for n in result.notifies
+                if n.time is not None and on_asterisk <= n.time < back_on_demo]  # fmt: skip
+    assert collapsed(replayed)[-2:] == ["early/recipient", "idle"], replayed
     assert "reloaded: ami.port, ami.secret, ami.username" in bridge.log
+    assert "reload: following the demo PBX" in bridge.log
     assert "only change on a restart" not in bridge.log
     assert "Traceback" not in bridge.log
 
