@@ -423,9 +423,9 @@ class Notifier:
         user part of the From URI. None when the request has been answered (401/403/503)."""
         if self.auth is None:
             return x.req.from_addr().uri.user or ""
+        authorization, also = x.req.headers.get("Authorization"), self._names_us
         outcome = self.auth.check(
-            x.req.headers.get("Authorization"), x.req.method, x.peer.host, x.now, x.req.uri,
-            also=lambda uri: self._names_us(uri, x),
+            authorization, x.req.method, x.peer.host, x.now, x.req.uri, also=lambda u: also(u, x)
         )
         if outcome.verdict is Verdict.OK:
             return outcome.user
