@@ -81,6 +81,8 @@ def bridge_names(config: Config) -> BridgeNames:
     if sip.contact_host:
         hosts.add(sip.contact_host.lower().strip("[]"))
     domains = {domain(config).lower(), *(p.domain for p in config.pbxs)} - {""}
+    # "pbx.example:5060" is also named as "pbx.example" (the port is the phone's choice).
+    domains |= {d.rpartition(":")[0] for d in domains if d.rpartition(":")[2].isdigit()} - {""}
     return BridgeNames(frozenset(domains), frozenset(hosts),
                        frozenset(a.port for a in listening if a.port))  # fmt: skip
 

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.config import load
+from bridge.settings import bridge_names
 from bridge.sip.access import BridgeNames
 from bridge.sip.digest import (
     WRONG_URI_REASON,
@@ -151,3 +153,11 @@ def test_any_header_is_judged_without_raising(header: str) -> None:
     auth = DigestAuthenticator("pbx", USERS)
     assert auth.check(header, "SUBSCRIBE", "10.0.0.5", 0).verdict in Verdict
     parse_credentials(header)
+
+
+def test_the_bridge_is_named_by_its_domain_with_or_without_the_port() -> None:
+    config = load(None, ["sip.domain=pbx.example:5060", 'sip.udp=["0.0.0.0:5065"]'])
+    names = bridge_names(config)
+    assert names.named("sip:202@pbx.example", "202") and names.named("sip:pbx.example:5060", None)
+    assert not names.named("sip:0.0.0.0:5065", "202")  # a wildcard is no name
+    assert names.named("sip:10.1.2.3:5065", "202", here=("10.1.2.3", 5065))
