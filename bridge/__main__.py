@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import aiohttp
 
@@ -22,7 +23,7 @@ from bridge.led.cli import light_key
 from bridge.logs import setup_logging
 from bridge.provision import cli as provision_cli
 from bridge.sitecheck import cli as site_cli
-from bridge.web.cli import fetch_status, format_status
+from bridge.web.cli import fetch_findings, fetch_status, format_status
 
 DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
 EXIT_CONFIG = 2
@@ -52,11 +53,12 @@ def _command(argv: Sequence[str] | None) -> int:
     if args.command == "status":
         try:
             entities, health, phones, pbxs = asyncio.run(fetch_status(args.url))
+            findings = asyncio.run(fetch_findings(args.url))
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             print(f"cannot reach the bridge at {args.url}: {exc or 'timeout'} "
                   "(is it running, and is web.listen set?)", file=sys.stderr)  # fmt: skip
             return 1
-        print(format_status(entities, health, phones, pbxs))
+        print(format_status(entities, health, phones, pbxs, findings))
         return 0
     if args.command == "led":
         ok, what = asyncio.run(
@@ -198,7 +200,8 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
         log.warning("config: %s", warning)
 
     def reload() -> Config:
-        return load(path, overrides)
+        new = load(path, overrides)
+        return demo_store(new) if _wants_demo(new, forced=demo) else new
 
     try:
         loop_factory, loop_name = choose_event_loop(config.event_loop)
@@ -206,24 +209,28 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
         print(f"snom-blf-bridge: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     log.info("event loop: %s", loop_name)
-    pbx = _demo_pbx(config, demo)
-    if pbx is not None:
+    if _wants_demo(config, forced=demo):
         config = demo_store(config)
         log.info("demo PBX: subscriptions are kept in %s", config.store.path or "memory only")
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run_until_signalled(config, pbx=pbx, reload=reload))
+            runner.run(run_until_signalled(config, local_pbx=partial(_demo_pbx, forced=demo),
+                                           reload=reload))  # fmt: skip
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0
 
 
-def _demo_pbx(config: Config, forced: bool) -> DemoPbx | None:
-    """The demo PBX when asked for (--demo, demo.enabled) or when no Asterisk is configured."""
-    if forced or config.demo or not config.asterisk_configured:
-        return DemoPbx()
-    return None
+def _demo_pbx(config: Config, *, forced: bool) -> DemoPbx | None:
+    """The demo PBX when asked for (--demo, demo.enabled) or when no Asterisk is configured;
+    asked again on every reload, so setting ami.username and reloading follows Asterisk."""
+    return DemoPbx() if _wants_demo(config, forced=forced) else None
+
+
+def _wants_demo(config: Config, *, forced: bool) -> bool:
+    """--demo, demo.enabled, or no Asterisk configured: the demo PBX (and its own store)."""
+    return forced or config.demo or not config.asterisk_configured
 
 
 if __name__ == "__main__":

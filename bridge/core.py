@@ -63,6 +63,10 @@ class Reconfigured:
     changed: frozenset[str]  # dotted names of the settings that differ
     kept: tuple[str, ...]  # changed, but only taken over on a restart
     restart_source: bool  # follow Asterisk anew (its settings changed, or the tracker did)
+    relearned: tuple[str, ...] = ()  # PBXs followed at another endpoint: keys learned anew
+
+
+RELOAD_FINDING = "reload"  # the subject of the finding "changed, but only on a restart"
 
 
 class BridgeCore:
@@ -81,8 +85,10 @@ class BridgeCore:
             gate=SourceGate(settings.access_limits(config)),
             auth=settings.authenticator(config),
         )
-        # Without a fixed watch list nobody knows which extensions exist before the first sync.
-        self.notifier.ready = config.watch.extensions is not None
+        # Without a fixed watch list nobody knows which extensions exist before the first sync:
+        # a key not known yet is pending until its PBX has told its keys.
+        self.notifier.settled = self._settled
+        self.notifier.names = settings.bridge_names(config)
         # Our address as a phone's host sees it (the Via of a MESSAGE): the glue knows the
         # routes; until it says, the configured UDP contact.
         self.local_towards: Callable[[str], Address] = lambda host: self.notifier.contact("udp")
@@ -233,33 +239,44 @@ class BridgeCore:
             pbx.connected = pbx.synced = False
         self._status_changed = True
 
-    def reconfigure(self, config: Config, now: float, *, can_restart_source: bool = True
-                    ) -> Reconfigured:  # fmt: skip
+    def reconfigure(self, config: Config, now: float, *, can_restart_source: bool = True,
+                    new_pbx: bool = False) -> Reconfigured:  # fmt: skip
         """Take over a new configuration without dropping a subscription. Settings that need
-        a restart keep their old values. When the source is not restarted, watchers whose
-        bodies differ now (domain, policy, privacy) are told at once."""
+        a restart keep their old values (and are kept as a finding until then). When the source
+        is not restarted, watchers whose bodies differ now (domain, policy, privacy) are told at
+        once. ``can_restart_source``: False while the glue follows a PBX of its own (the demo)
+        and goes on doing so; ``new_pbx``: the glue follows another PBX from now on (the demo
+        and Asterisk, either way), whose keys are learned anew."""
         changed = frozenset(settings.changed_settings(self.config, config))
-        if not changed:
-            return Reconfigured(self.config, changed, (), False)
         kept = tuple(sorted(name for name in changed if settings.needs_restart(name)))
+        self._keep_finding(kept)
+        if not changed and not new_pbx:
+            return Reconfigured(self.config, changed, (), False)
         if kept:
             config = settings.keep_old_values(config, self.config, kept)
         old, self.config = self.config, config
         notifier = self.notifier
         notifier.settings = settings.notifier_settings(config)
-        restart = any(  # a new source also takes the new [hints] keys
+        restart = new_pbx or any(  # a new source also takes the new [hints] keys
             name.startswith(("ami.", "ari.", "asterisk", "hints.")) for name in changed
         )
+        restart = restart and (can_restart_source or new_pbx)
+        moved = [pbx for pbx in self.pbxs if new_pbx or (
+            restart and _endpoint(old, pbx.name) != _endpoint(config, pbx.name))]  # fmt: skip
         if settings.tracker_settings(config) != settings.tracker_settings(old):
-            for pbx in self.pbxs:
-                pbx.tracker = pbx.documents.tracker = _new_tracker(config, now)
-                pbx.ever_synced = False
-            notifier.ready = config.watch.extensions is not None
-            restart = True  # the new tracker learns everything from a fresh sync
+            moved = self.pbxs
+        for pbx in moved:
+            # Another PBX (or another tracker): what the old one said is no key of the new one.
+            # Until its first sync a key not known yet is pending, as at a start.
+            pbx.tracker = pbx.documents.tracker = _new_tracker(config, now)
+            pbx.ever_synced = False
+            pbx.default_context = pbx.endpoint = ""  # a move by reload is no failover
+        restart = restart or bool(moved)  # the new tracker learns everything from a fresh sync
         for pbx in self.pbxs:
             pbx.documents.settings = _render_settings(config, pbx.domain)
             pbx.policy = pbx.documents.policy = settings.pickup_policy(config, pbx.policy)
         notifier.gate.limits = settings.access_limits(config)
+        notifier.names = settings.bridge_names(config)
         sec, old_sec = config.security, old.security
         same_digest = sec.auth == old_sec.auth and sec.realm == old_sec.realm
         if not same_digest or sec.digest_algorithms != old_sec.digest_algorithms:
@@ -269,11 +286,22 @@ class BridgeCore:
         self._end_unauthorized(old_sec.auth, now)
         for pbx in self.pbxs:
             pbx.documents.forget_all()
-        restart = restart and can_restart_source
         if not restart:
             for resource in notifier.resources():
                 self.resource_changed(resource, now)
-        return Reconfigured(config, changed, kept, restart)
+        return Reconfigured(config, changed, kept, restart, tuple(p.name for p in moved))
+
+    def _keep_finding(self, kept: tuple[str, ...]) -> None:
+        """The settings a reload could not take over stay in view (panel, API, ``status``)
+        until a restart or a file that matches the running values again."""
+        self.findings = [f for f in self.findings if f.subject != RELOAD_FINDING]
+        if kept:
+            self.findings.append(Finding(
+                "warn", RELOAD_FINDING,
+                f"changed in the file but running with the old value(s) until a restart: "
+                f"{', '.join(kept)}", "systemctl restart snom-blf-bridge",
+            ))  # fmt: skip
+        self._status_changed = True
 
     # ----------------------------------------------------------------- outputs
 
@@ -423,11 +451,7 @@ class BridgeCore:
                 self._status_changed = True
                 self._timer_moved = pbx.stale_ring_at is not None
                 pbx.stale_ring_at = None
-                pbx.ever_synced = True
-                # Until every PBX has told its keys, an unknown one may only be not known yet:
-                # 503 (come back) rather than 404.
-                if all(p.ever_synced for p in self.pbxs):
-                    self.notifier.ready = True
+                pbx.ever_synced = True  # from now on an unknown key of this PBX is no key
                 tracker = pbx.tracker
                 if tracker.default_context != pbx.default_context:
                     pbx.default_context = tracker.default_context
@@ -461,6 +485,14 @@ class BridgeCore:
         elif any(f.subject == subject for f in self.findings):
             self.findings = [f for f in self.findings if f.subject != subject]
             self._status_changed = True
+
+    def _settled(self, resource: str) -> bool:
+        """Whether it is known yet if ``resource`` exists: a fixed watch list says it at once,
+        else its PBX's first sync (each PBX for its own keys)."""
+        if self.config.watch.extensions is not None:
+            return True
+        pbx = self._pbx_of(resource)
+        return pbx is None or pbx.ever_synced
 
     def _pbx_of(self, resource: str) -> PbxState | None:
         return self.pbxs[0] if self.router is None else self.router.pbx_of(resource)
@@ -531,6 +563,15 @@ class BridgeCore:
 def _pbx_names(config: Config) -> list[tuple[str, str]]:
     """Each PBX's name and SIP domain; the one-PBX form is one PBX named "" (any domain)."""
     return [(p.name, p.domain) for p in config.pbxs] or [("", "")]
+
+
+def _endpoint(config: Config, name: str) -> tuple[str, str, int, str]:
+    """Which Asterisk a PBX's settings point at (a change of anything else reconnects to the
+    same one, whose keys stay as they were until its resync)."""
+    own = next((p for p in config.pbxs if p.name == name), None)
+    source, ami, ari = (config.source, config.ami, config.ari) if own is None else (
+        own.source, own.ami, own.ari)  # fmt: skip
+    return (source, ami.host, ami.port, "") if source != "ari" else (source, "", 0, ari.url)
 
 
 def _of(pbx: PbxState) -> str:

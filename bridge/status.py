@@ -16,7 +16,6 @@ from bridge.web.status import (
     ChangeSignal,
     Counters,
     EntityStatus,
-    FindingStatus,
     Histogram,
     HistogramSnapshot,
     LedPhoneStatus,
@@ -62,11 +61,11 @@ class BridgeStatus:
                 ))  # fmt: skip
         return out
 
-    def attention(self) -> Sequence[FindingStatus]:
+    def attention(self) -> Sequence[Finding]:
         """The findings of the live check that need attention: fail first, then warn."""
         found = [f for f in self.core.findings if f.level in ("warn", "fail")]
         found.sort(key=lambda f: f.level != "fail")
-        return [FindingStatus(f.level, f.subject, f.text, f.fix) for f in found]
+        return found
 
     def subscriptions(self) -> Sequence[SubscriptionStatus]:
         """Every active subscription."""

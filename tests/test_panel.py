@@ -23,12 +23,12 @@ from test_app import eventually, running_bridge
 
 from bridge.app import Bridge
 from bridge.demo.ami_server import RecordedAmiServer, bundled_recordings, event_matches
+from bridge.findings import Finding
 from bridge.model import Dialog, DialogState, Direction, EntityState
 from bridge.web import (
     ChangeSignal,
     Counters,
     EntityStatus,
-    FindingStatus,
     Histogram,
     HistogramSnapshot,
     LedPhoneStatus,
@@ -299,7 +299,7 @@ class SiteView:
     """A StatusView of a site with many keys and fixed figures."""
 
     keys: list[EntityStatus]
-    findings: list[FindingStatus] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     signal: ChangeSignal = field(default_factory=ChangeSignal)
 
     def entities(self) -> Sequence[EntityStatus]:
@@ -321,7 +321,7 @@ class SiteView:
     def next_change(self) -> asyncio.Event:
         return self.signal.next()
 
-    def attention(self) -> Sequence[FindingStatus]:
+    def attention(self) -> Sequence[Finding]:
         return self.findings
 
 
@@ -354,7 +354,7 @@ def site(size: int) -> SiteView:
         keys.append(replace(entity, exten=resource, number=number, pbx=pbx, context=context,
                             activity=activity, label=names[i % 9],
                             groups=("Reception",) if i < 12 else ()))  # fmt: skip
-    return SiteView(keys, [FindingStatus("warn", "endpoint 203", "no hint for 203",
+    return SiteView(keys, [Finding("warn", "endpoint 203", "no hint for 203",
                                          "add exten => 203,hint,PJSIP/203")])  # fmt: skip
 
 

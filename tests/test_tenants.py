@@ -250,6 +250,23 @@ def test_a_phone_that_subscribed_before_its_context_was_read_is_sent_to_subscrib
     assert {caller(d) for d in early(lb.notifies_of(early_a))} == {"Phone 201"}
 
 
+def test_phones_that_subscribe_before_the_first_sync_end_up_on_their_own_tenants_key() -> None:
+    """Before any sync both tenants' phones are accepted for "202" (not known yet); the sync
+    tells tenant B's phone to subscribe again (deactivated), and then each sees its own call."""
+    resync, timed = two_tenants()
+    lb = lab()
+    early_b, early_a = lb.subscribe("202", user="b203"), lb.subscribe("202", user="203")
+    assert (early_b.status, early_a.status) == (200, 200)
+    lb.feed(resync)
+    assert lb.notifies_of(early_b)[-1].headers["subscription-state"] == (
+        "terminated;reason=deactivated")  # fmt: skip
+    assert lb.notifies_of(early_a)[-1].headers["subscription-state"].startswith("active")
+    again = lb.subscribe("202", user="b203")
+    lb.play(timed, start=lb.clock.ms)
+    assert {caller(d) for d in early(lb.notifies_of(again))} == {"Tenant B 201"}
+    assert {caller(d) for d in early(lb.notifies_of(early_a))} == {"Phone 201"}
+
+
 def test_the_default_context_is_the_one_with_most_hints_whatever_came_first() -> None:
     tracker = CallTracker()
     tracker.apply(ResyncStarted(), 0.0)

@@ -20,12 +20,12 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.findings import Finding
 from bridge.model import Dialog, DialogState, Direction, EntityState, PickupIds
 from bridge.web import (
     ChangeSignal,
     Counters,
     EntityStatus,
-    FindingStatus,
     Histogram,
     HistogramSnapshot,
     LedPhoneStatus,
@@ -36,6 +36,7 @@ from bridge.web import (
     make_app,
     start_web,
 )
+from bridge.web.cli import format_status
 from bridge.web.metrics import MetricsSnapshot, render_metrics
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -74,7 +75,7 @@ class FakeView:
     histogram: Histogram = field(default_factory=Histogram)
     signal: ChangeSignal = field(default_factory=ChangeSignal)
     phones: list[LedPhoneStatus] = field(default_factory=list)
-    findings: list[FindingStatus] = field(default_factory=list)
+    found: list[Finding] = field(default_factory=list)
 
     def set(self, *states: EntityState) -> None:
         for state in states:
@@ -96,11 +97,14 @@ class FakeView:
     def led_phones(self) -> Sequence[LedPhoneStatus]:
         return list(self.phones)
 
+    def findings(self) -> Sequence[Finding]:
+        return self.found
+
     def next_change(self) -> asyncio.Event:
         return self.signal.next()
 
-    def attention(self) -> Sequence[FindingStatus]:
-        return list(self.findings)
+    def attention(self) -> Sequence[Finding]:
+        return [f for f in self.found if f.level != "ok"]
 
 
 def _view() -> FakeView:
@@ -270,6 +274,19 @@ async def test_api_subscriptions(base_url: str, http: aiohttp.ClientSession) -> 
     assert len(subs) == 3
 
 
+async def test_a_setting_waiting_for_a_restart_is_in_the_api_and_the_status(
+    base_url: str, http: aiohttp.ClientSession, view: FakeView
+) -> None:
+    view.found.append(Finding("warn", "reload", "running with the old value(s) until a restart: "
+                              "sip.udp", "systemctl restart snom-blf-bridge"))  # fmt: skip
+    async with http.get(base_url + "/api/findings") as resp:
+        assert resp.status == 200
+        found = await resp.json()
+    assert [f["subject"] for f in found] == ["reload"] and "sip.udp" in found[0]["text"]
+    assert "warn: reload: running with the old value(s) until a restart: sip.udp (fix: systemctl " \
+        "restart snom-blf-bridge)" in format_status([], "ok", [], [], found)
+
+
 async def _next_data(resp: aiohttp.ClientResponse, name: str = "") -> Any:
     """The payload of the next event called ``name`` ("": the unnamed ones, the keys),
     skipping keepalive comments and the other events."""
@@ -414,7 +431,7 @@ async def test_the_stream_tells_the_status_and_again_when_it_changed(
         assert first["pbxs"] == [{"name": "", "connected": True, "synced": True, "endpoint": ""}]
         assert first["bridge"] == {"subscriptions": 3, "notifies_sent": 10, "notifies_failed": 1}
         assert first["findings"] == []
-        view.findings = [FindingStatus("fail", "manager user", "cannot log in", "fix it")]
+        view.found = [Finding("fail", "manager user", "cannot log in", "fix it")]
         view.signal.fire()
         second = await _next_data(resp, "status")
         assert second["findings"] == [

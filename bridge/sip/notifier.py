@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.sip.access import SourceGate
+from bridge.sip.access import BridgeNames, SourceGate
 from bridge.sip.digest import DigestAuthenticator, Verdict
 from bridge.sip.message import (
     ParseError,
@@ -58,8 +58,13 @@ __all__ = [
 
 logger = logging.getLogger("bridge.sip")
 
-# Before the first sync with Asterisk nobody knows which extensions exist: a phone asking then
-# is told to come back (503 + Retry-After) rather than that its extension does not exist (404).
+# Before the first sync with Asterisk nobody knows which extensions exist: a SUBSCRIBE for one
+# not known yet is accepted (a neutral NOTIFY, then the state once known, or a final NOTIFY with
+# reason=noresource once the sync says there is no such key). A phone that ignores Retry-After
+# (a Snom waits retry_after_failed_subscribe, often 600 s) would leave its key dark otherwise.
+# Keys being waited for are bounded (a source that never syncs, From users anyone may choose):
+# past MAX_PENDING_RESOURCES distinct ones, a new one is told to come back (503 + Retry-After).
+MAX_PENDING_RESOURCES = 1000
 NOT_READY_RETRY_AFTER = 5
 # A NOTIFY to a UDP address that has never answered one is sent twice (at 0 and T1) and given
 # up at 3*T1, not retransmitted for 32 s: the source of a SUBSCRIBE may be forged, and what an
@@ -141,6 +146,7 @@ class Notifier:
         self._source = source
         self.gate = gate or SourceGate()
         self.auth = auth  # None: phones are known by the user part of their From URI
+        self.names = BridgeNames()  # what a digest answer's uri may name besides the Request-URI
         self._contacts = dict(settings.contacts)
         self._subs: dict[DialogKey, Subscription] = {}
         self._by_resource: dict[str, dict[DialogKey, Subscription]] = {}
@@ -156,7 +162,10 @@ class Notifier:
         # What the store has not heard yet: subscriptions to (re)write, dialogs to delete.
         self._changed: dict[DialogKey, Subscription] = {}
         self._removed: set[DialogKey] = set()
-        self.ready = True  # False: the document source cannot tell yet which resources exist
+        # Whether the document source can tell yet if a resource exists (False for a PBX that
+        # has not finished its first sync): an unknown one is then pending, not a 404.
+        self.settled: Callable[[str], bool] = _always
+        self._pending: set[str] = set()  # watched resources not known yet (bounded, see above)
         self.notifies_sent = 0  # NOTIFY transactions started (retransmissions not counted)
         self.notifies_failed = 0  # ended by a failure response or a timeout
         self._per_source: dict[str, int] = {}  # active subscriptions per source address
@@ -209,9 +218,13 @@ class Notifier:
         if not subs:
             return
         if not self._source.knows(resource):
+            if not self.settled(resource):
+                return  # still not known: its watchers keep their neutral state
+            self._pending.discard(resource)
             for sub in list(subs.values()):
                 self._terminate(sub, now, "noresource")
             return
+        self._pending.discard(resource)
         source = self._source  # renders once per variant; each watcher's is a cache lookup
         for sub in subs.values():
             if sub.in_flight is not None:
@@ -410,13 +423,18 @@ class Notifier:
         user part of the From URI. None when the request has been answered (401/403/503)."""
         if self.auth is None:
             return x.req.from_addr().uri.user or ""
+        authorization, also = x.req.headers.get("Authorization"), self._names_us
         outcome = self.auth.check(
-            x.req.headers.get("Authorization"), x.req.method, x.peer.host, x.now, x.req.uri
+            authorization, x.req.method, x.peer.host, x.now, x.req.uri, also=lambda u: also(u, x)
         )
         if outcome.verdict is Verdict.OK:
             return outcome.user
         if outcome.verdict is Verdict.WRONG_URI:
-            self._answer(x, Answer(400, problem="Authorization uri is not the Request-URI"))
+            self._log(x.now, logging.WARNING, ("auth uri", x.peer.host), "refusing a digest answer "
+                      "from %s signed for another URI than %s or this bridge (%s)", x.peer,
+                      x.req.uri, ", ".join(sorted(self.names.domains)) or "no sip.domain set"
+                      )  # fmt: skip
+            self._answer(x, Answer(400, problem=outcome.reason))
             return None
         if outcome.verdict is Verdict.FORBIDDEN:
             self._log(x.now, logging.WARNING, ("auth", x.peer.host),
@@ -492,12 +510,17 @@ class Notifier:
         resource = None if user is None else self._source.resolve(user, watcher, uri.host)
         if resource is not None:
             resource = sys.intern(resource)  # one copy per extension, not per subscription
+        pending = False
         if resource is None or not self._source.knows(resource):
-            if resource is not None and not self.ready:
-                self._answer(x, Answer(503, (("Retry-After", str(NOT_READY_RETRY_AFTER)),)))
-            else:
+            if resource is None or self.settled(resource):
                 self._answer(x, Answer(404))
-            return
+                return
+            # Not known yet: accepted, told a neutral state now and the real one (or its end,
+            # noresource) once the PBX has told its keys.
+            if resource not in self._pending and len(self._pending) >= MAX_PENDING_RESOURCES:
+                self._answer(x, Answer(503, (("Retry-After", str(NOT_READY_RETRY_AFTER)),)))
+                return
+            pending = True
         event, contact = req.event(), req.contact()
         assert event is not None and contact is not None  # screen_subscribe checked them
         local_tag = secrets.token_hex(8)
@@ -525,8 +548,10 @@ class Notifier:
             self._send_notify(sub, now, once=True)
             return
         self._index(sub, now)
-        self._log(now, logging.INFO, None, "%s subscribed to %s for %d s", x.peer, resource,
-                  expires)  # fmt: skip
+        if pending:
+            self._pending.add(resource)
+        self._log(now, logging.INFO, None, "%s subscribed to %s for %d s%s", x.peer, resource,
+                  expires, " (not known yet: waiting for the sync)" if pending else "")  # fmt: skip
         self._send_notify(sub, now)
 
     def _index(self, sub: Subscription, now: float) -> None:
@@ -575,6 +600,15 @@ class Notifier:
         else:
             self._send_notify(sub, x.now)
 
+    def _names_us(self, uri: str, x: _Exchange) -> bool:
+        """Whether a digest answer's ``uri`` names this bridge (its domain or an address it
+        listens on, as configured, bound, or as this request reached it)."""
+        names = self.names
+        bound = self._contacts.values()
+        names = BridgeNames(names.domains, names.hosts | {h.lower() for h, _ in bound},
+                            names.ports | {p for _, p in bound})  # fmt: skip
+        return names.named(uri, x.req.request_uri().user, x.peer.local)
+
     def _from_owner(self, x: _Exchange, sub: Subscription) -> bool:
         """Whether a refresh may touch this subscription; if not, it has been answered.
 
@@ -617,7 +651,9 @@ class Notifier:
     ) -> None:
         """Send the next NOTIFY of ``sub``; ``once``: no transaction, no retransmission."""
         body = b""
-        if doc is not None or self._source.knows(sub.resource):
+        resource = sub.resource
+        # A key not known yet gets its neutral (no dialogs) body; a gone one's final NOTIFY none.
+        if doc is not None or self._source.knows(resource) or not self.settled(resource):
             body = (doc or self._source.document(sub.resource, sub.watcher)).body(sub.version)
             sub.version += 1
         final = sub.state != "active"
@@ -667,6 +703,7 @@ class Notifier:
         watchers.pop(sub.key, None)
         if not watchers:
             self._by_resource.pop(sub.resource, None)
+            self._pending.discard(sub.resource)
         self._timers.cancel(sub)
         if not notify:
             sub.state = "gone"
@@ -729,3 +766,7 @@ class Notifier:
                   tx.peer, sub.resource, outcome)  # fmt: skip
         self._terminate(sub, now, "", notify=False)
         sub.state = "gone"
+
+
+def _always(resource: str) -> bool:
+    return True

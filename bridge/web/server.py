@@ -101,6 +101,7 @@ def make_app(
     app.router.add_get("/api/leds", api_leds)
     app.router.add_get("/api/asterisk", api_asterisk)
     app.router.add_get("/api/status", api_status)
+    app.router.add_get("/api/findings", api_findings)
     app.router.add_get("/events", events)
     if snom is not None:
         app[SNOM] = snom
@@ -242,6 +243,13 @@ async def api_asterisk(request: web.Request) -> web.Response:
 async def api_status(request: web.Request) -> web.Response:
     """What the panel shows at its top (the stream's ``status`` events say the same)."""
     return web.json_response(status_json(request.app[VIEW]), headers=NO_CACHE)
+
+
+async def api_findings(request: web.Request) -> web.Response:
+    """What the bridge found wrong while running, e.g. settings changed in the file that only
+    a restart takes over (each with its fix)."""
+    found = [dataclasses.asdict(f) for f in request.app[VIEW].findings()]
+    return web.json_response(found, headers=NO_CACHE)
 
 
 async def api_subscriptions(request: web.Request) -> web.Response:

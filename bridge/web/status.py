@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, get_args
 
+from bridge.findings import Finding
 from bridge.model import DEVICE_STATE_DIALOG, Dialog, DialogState, Direction, EntityState
 
 KeyState = Literal["idle", "ringing", "busy", "held", "unknown"]
@@ -84,16 +85,6 @@ class PbxHealth:
 
 
 @dataclass(frozen=True, slots=True)
-class FindingStatus:
-    """A finding of the site check that needs attention (level warn or fail)."""
-
-    level: str
-    subject: str
-    text: str
-    fix: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class Counters:
     """Totals since start, and the Asterisk source's health."""
 
@@ -143,11 +134,15 @@ class StatusView(Protocol):
         """Every phone of an ``[[led]]`` rule, sorted; empty without rules."""
         ...
 
+    def findings(self) -> Sequence[Finding]:
+        """What the bridge found wrong while running (settings a reload could not take over)."""
+        ...
+
     def next_change(self) -> asyncio.Event:
         """An event set at the next change of an entity or a subscription (``ChangeSignal``)."""
         ...
 
-    def attention(self) -> Sequence[FindingStatus]:
+    def attention(self) -> Sequence[Finding]:
         """The site findings that need attention (warn, fail), worst first."""
         ...
 
