@@ -38,10 +38,11 @@ from bridge.config_schema import (
     setting,
     settings_table,
 )
-from bridge.config_tables import LED_KEYS, read_hints, read_leds
+from bridge.config_tables import LED_KEYS, read_hints, read_leds, read_lists
 from bridge.led.rules import LedRule
 from bridge.pickup import MODES as PICKUP_MODES
 from bridge.provision.options import SnomOptions
+from bridge.resource_lists import ResourceList
 from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
 
 __all__ = [
@@ -379,6 +380,7 @@ class Config:
     hints: tuple[tuple[str, str], ...] = ()
     snom: SnomOptions = SnomOptions()  # noqa: RUF009  [snom]: Snom provisioning (frozen)
     pbxs: tuple[PbxConfig, ...] = ()  # [[asterisk]] entries; empty: the one-PBX form
+    lists: tuple[ResourceList, ...] = ()  # [[lists]]: BLF lists (RFC 4662), docs/LISTS.md
 
     @property
     def asterisk_configured(self) -> bool:
@@ -450,11 +452,12 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     base = base_dir or Path.cwd()
     leds = read_leds(raw.get("led", []))
     hints = read_hints(raw.get("hints", {}))
+    lists = read_lists(raw.get("lists", []))
     several = raw.get("asterisk")
     if isinstance(several, list):  # [[asterisk]]: several PBXs
         raw = {k: v for k, v in raw.items() if k != "asterisk"}
     for section, table in raw.items():
-        if section in ("led", "hints"):
+        if section in ("led", "hints", "lists"):
             continue
         if section not in SECTIONS:
             raise ConfigError(f"[{section}]: unknown section (known: {', '.join(SECTIONS)})")
@@ -482,6 +485,7 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         ari=_checked_ari(AriConfig(**values["ari"]), base, needed=values[""]["source"] == "ari"),
         leds=leds,
         hints=hints,
+        lists=lists,
         snom=SnomOptions(**values["snom"]),
         **values[""],
     )

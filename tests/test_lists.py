@@ -1,0 +1,314 @@
+"""RFC 4662 resource lists on the fake clock: ``BridgeCore`` with a list subscriber (Supported:
+eventlist) while Asterisk 22.10.1's recordings play. Every list NOTIFY is read with the standard
+library's MIME parser (not ours), its RLMI part checked against tests/fixtures/schemas/rlmi.xsd
+and every dialog-info part against the RFC 4235 schema."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from lxml import etree
+from test_core import (
+    DOMAIN,
+    FIXTURES,
+    NS,
+    PHONE,
+    SCHEMA,
+    Lab,
+    Sip,
+    collapsed,
+    key_state,
+    lab,
+    over_ami,
+)
+
+from bridge.config import load
+from bridge.config_schema import ConfigError
+from bridge.events import ResourceListEntry, ResourceListsRead
+
+RLMI = etree.XMLSchema(etree.parse(str(FIXTURES / "schemas" / "rlmi.xsd")))
+RNS = {"r": "urn:ietf:params:xml:ns:rlmi"}
+KEYS = ("201", "202", "203")
+CONFIG = """
+[[lists]]
+name = "blf-list"
+keys = ["201", "202", "203"]
+notification_batch_interval = {interval}
+"""
+
+
+@dataclass
+class ListNotify:
+    """One list NOTIFY as a phone reads it: the RLMI document and each resource's part."""
+
+    notify: Sip
+    rlmi: etree._Element
+    parts: dict[str, Sip]  # resource URI → its dialog-info part (as a Sip-like body holder)
+
+    @property
+    def full(self) -> bool:
+        return self.rlmi.get("fullState") == "true"
+
+    @property
+    def version(self) -> int:
+        return int(self.rlmi.get("version", "-1"))
+
+    def resources(self) -> list[str]:
+        return [str(r.get("uri")) for r in self.rlmi.findall("r:resource", RNS)]
+
+    def state(self, exten: str) -> str | None:
+        part = self.parts.get(f"sip:{exten}@{DOMAIN}")
+        return None if part is None else key_state(part)
+
+    def dialogs(self, exten: str) -> list[etree._Element]:
+        part = self.parts[f"sip:{exten}@{DOMAIN}"]
+        return list(etree.fromstring(part.body).findall("d:dialog", NS))
+
+
+def read_list(notify: Sip) -> ListNotify:
+    """Split a list NOTIFY as RFC 4662 says a subscriber does: the multipart's start is the
+    RLMI document, whose instances name their parts by Content-ID."""
+    ctype = notify.headers["content-type"]
+    assert ctype.startswith("multipart/related"), ctype
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {ctype}\r\n\r\n".encode() + notify.body
+    )
+    assert message.get_param("type") == "application/rlmi+xml"
+    start = message.get_param("start")
+    by_cid: dict[str, tuple[str, bytes]] = {}
+    for part in message.iter_parts():
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        by_cid[str(part["Content-ID"])] = (part.get_content_type(), payload)
+    first = next(iter(by_cid))
+    assert first == start, "the RLMI document is the first part and the start"
+    kind, rlmi_body = by_cid.pop(first)
+    assert kind == "application/rlmi+xml"
+    rlmi = etree.fromstring(rlmi_body)
+    RLMI.assertValid(rlmi)
+    parts = {}
+    for resource in rlmi.findall("r:resource", RNS):
+        for instance in resource.findall("r:instance", RNS):
+            if instance.get("state") != "active":
+                continue
+            kind, body = by_cid.pop(f"<{instance.get('cid')}>")
+            assert kind == "application/dialog-info+xml"
+            doc = etree.fromstring(body)
+            SCHEMA.assertValid(doc)
+            assert doc.get("entity") == resource.get("uri")
+            parts[str(resource.get("uri"))] = Sip("", {}, body)
+    assert not by_cid, f"parts no RLMI instance names: {list(by_cid)}"
+    return ListNotify(notify, rlmi, parts)
+
+
+def list_lab(tmp_path: Path, *extra: str, interval: int = 200) -> Lab:
+    path = tmp_path / "bridge.toml"
+    path.write_text(CONFIG.format(interval=interval))
+    return lab(*extra, path=path)
+
+
+def subscribe_list(lb: Lab, name: str = "blf-list", *, eventlist: bool = True,
+                   user: str = "203", cseq: int = 1, to_tag: str = "",
+                   call_id: str = "") -> Sip:  # fmt: skip
+    lb.branches += 1
+    call_id = call_id or f"list-{lb.branches}@{PHONE.host}"
+    headers = [
+        f"SUBSCRIBE sip:{name}@{DOMAIN} SIP/2.0",
+        f"Via: SIP/2.0/UDP {PHONE.host}:{PHONE.port};branch=z9hG4bK-l{lb.branches}",
+        f"From: <sip:{user}@{DOMAIN}>;tag=list{call_id[:12]}",
+        f"To: <sip:{name}@{DOMAIN}>" + (f";tag={to_tag}" if to_tag else ""),
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} SUBSCRIBE",
+        f"Contact: <sip:{user}@{PHONE.host}:{PHONE.port}>",
+        "Event: dialog",
+        "Accept: application/dialog-info+xml, application/rlmi+xml, multipart/related",
+        *(["Supported: eventlist"] if eventlist else []),
+        "Expires: 600",
+        "Content-Length: 0",
+    ]
+    lb.core.receive(("\r\n".join(headers) + "\r\n\r\n").encode(), PHONE, lb.clock.now)
+    (reply, *_) = lb.drain()
+    return reply
+
+
+def list_notifies(lb: Lab, reply: Sip) -> list[ListNotify]:
+    out = [read_list(n) for n in lb.notifies_of(reply)]
+    for n in out:
+        assert n.notify.headers["require"] == "eventlist"
+        assert n.notify.headers["event"] == "dialog"
+    assert [n.version for n in out] == list(range(len(out))), "RLMI version +1 per NOTIFY"
+    return out
+
+
+def played(tmp_path: Path, scenario: str, *extra: str, interval: int = 200,
+           user: str = "203") -> tuple[Lab, list[ListNotify]]:  # fmt: skip
+    resync, timed = over_ami(scenario)
+    lb = list_lab(tmp_path, *extra, interval=interval)
+    lb.feed(resync)
+    reply = subscribe_list(lb, user=user)
+    assert reply.status == 200
+    lb.play(timed, start=lb.clock.ms)
+    lb.advance(lb.clock.ms + 5000)  # the last gathering interval runs out
+    return lb, list_notifies(lb, reply)
+
+
+def test_a_list_subscription_is_accepted_with_require_eventlist_and_full_state_first(
+    tmp_path: Path,
+) -> None:
+    lb = list_lab(tmp_path)
+    lb.feed(over_ami("ring-cancel")[0])
+    reply = subscribe_list(lb)
+    assert reply.status == 200
+    assert reply.headers["require"] == "eventlist"
+    (first,) = list_notifies(lb, reply)
+    assert first.full and first.version == 0
+    assert first.resources() == [f"sip:{k}@{DOMAIN}" for k in KEYS]
+    assert first.rlmi.get("uri") == f"sip:blf-list@{DOMAIN}"
+    assert all(first.state(k) == "idle" for k in KEYS)
+
+
+def test_without_supported_eventlist_a_list_is_refused_with_421(tmp_path: Path) -> None:
+    lb = list_lab(tmp_path)
+    lb.feed(over_ami("ring-cancel")[0])
+    reply = subscribe_list(lb, eventlist=False)
+    assert reply.status == 421
+    assert reply.headers["require"] == "eventlist"
+    assert lb.core.notifier.stats().subscriptions == 0
+
+
+def test_supported_eventlist_to_a_single_key_is_an_ordinary_subscription(tmp_path: Path) -> None:
+    lb = list_lab(tmp_path)
+    lb.feed(over_ami("ring-cancel")[0])
+    reply = subscribe_list(lb, "202")
+    assert reply.status == 200 and "require" not in reply.headers
+    (notify,) = lb.notifies_of(reply)
+    assert notify.headers["content-type"] == "application/dialog-info+xml"
+
+
+def test_a_call_sends_only_what_changed_with_the_pickup_ids_in_the_part(tmp_path: Path) -> None:
+    _, notifies = played(tmp_path, "pickup-replaces")
+    first, *changes = notifies
+    assert first.full and changes
+    assert not any(n.full for n in changes)
+    states = [n.state("202") for n in notifies if n.state("202") is not None]
+    assert collapsed(states) == ["idle", "early/recipient", "idle"]
+    early = [d for n in notifies if n.state("202") == "early/recipient" for d in n.dialogs("202")]
+    lines = (FIXTURES / "asterisk-22.10.1" / "pickup-replaces" / "replaces.csv").read_text()
+    call_id, asterisk_tag, phone_tag = lines.splitlines()[1].split(";")
+    assert early and all(
+        (d.get("call-id"), d.get("remote-tag"), d.get("local-tag"))
+        == (call_id, asterisk_tag, phone_tag)
+        for d in early
+    )
+    # Dialog-info versions count per resource: 202's parts 0, 1, 2 …
+    versions = [int(etree.fromstring(n.parts[f"sip:202@{DOMAIN}"].body).get("version"))
+                for n in notifies if n.state("202") is not None]  # fmt: skip
+    assert versions == list(range(len(versions)))
+
+
+def test_a_key_that_never_changes_is_only_in_the_full_state(tmp_path: Path) -> None:
+    first, *changes = played(tmp_path, "ring-cancel")[1]  # 201 calls 202; 203 stays idle
+    assert changes and f"sip:203@{DOMAIN}" in first.resources()
+    assert all(f"sip:203@{DOMAIN}" not in n.resources() for n in changes)
+
+
+def test_the_list_shows_each_key_as_a_single_key_subscription_does(tmp_path: Path) -> None:
+    resync, timed = over_ami("ring-answer-hangup")
+    lb = list_lab(tmp_path)
+    lb.feed(resync)
+    reply = subscribe_list(lb)
+    singles = {k: lb.subscribe(k) for k in KEYS}
+    lb.play(timed, start=lb.clock.ms)
+    lb.advance(lb.clock.ms + 5000)
+    notifies = list_notifies(lb, reply)
+    for exten, single in singles.items():
+        alone = collapsed([key_state(n) for n in lb.notifies_of(single)])
+        listed = collapsed([s for n in notifies if (s := n.state(exten)) is not None])
+        assert listed == alone, exten
+
+
+def test_changes_within_the_interval_go_in_one_notify(tmp_path: Path) -> None:
+    _, gathered = played(tmp_path, "ring-answer-hangup", interval=500)
+    _, one_by_one = played(tmp_path, "ring-answer-hangup", interval=0)
+    # 201 and 202 change together when the call starts: one NOTIFY carries both.
+    assert any({f"sip:201@{DOMAIN}", f"sip:202@{DOMAIN}"} <= set(n.resources())
+               for n in gathered[1:])  # fmt: skip
+    assert len(gathered) < len(one_by_one)
+
+
+@pytest.mark.parametrize(("mode", "shown"), [("group", True), ("nobody", False)])
+def test_the_pickup_policy_decides_the_ids_inside_each_part(
+    tmp_path: Path, mode: str, shown: bool
+) -> None:
+    _, notifies = played(tmp_path, "pickup-replaces", f"security.pickup={mode}")
+    early = [d for n in notifies if n.state("202") == "early/recipient" for d in n.dialogs("202")]
+    assert early and all((d.get("call-id") is not None) == shown for d in early)
+
+
+def test_a_refresh_gets_the_full_state_again(tmp_path: Path) -> None:
+    lb = list_lab(tmp_path)
+    lb.feed(over_ami("ring-cancel")[0])
+    reply = subscribe_list(lb)
+    to_tag = reply.headers["to"].partition(";tag=")[2]
+    again = subscribe_list(lb, cseq=2, to_tag=to_tag, call_id=reply.headers["call-id"])
+    assert again.status == 200 and again.headers["require"] == "eventlist"
+    first, second = list_notifies(lb, reply)
+    assert second.full and second.resources() == first.resources()
+
+
+def test_asterisks_own_lists_are_served_and_a_changed_list_is_renewed() -> None:
+    lb = lab()
+    lb.feed(over_ami("ring-cancel")[0])
+    lists = (ResourceListEntry("blf-list", "dialog", ("201", "202"), False, 0),
+             ResourceListEntry("presence", "presence", ("201",), False, 0))  # fmt: skip
+    lb.feed([ResourceListsRead(lists)])
+    assert subscribe_list(lb, "presence").status == 404  # only dialog lists are served
+    reply = subscribe_list(lb)
+    assert reply.status == 200
+    (first,) = list_notifies(lb, reply)
+    assert first.resources() == [f"sip:201@{DOMAIN}", f"sip:202@{DOMAIN}"]
+    lb.feed([ResourceListsRead(lists)])  # read again at the next sync, unchanged: nothing
+    assert len(lb.notifies_of(reply)) == 1
+    changed = (ResourceListEntry("blf-list", "dialog", ("201", "202", "203"), False, 0),)
+    lb.feed([ResourceListsRead(changed)])
+    final = lb.notifies_of(reply)[-1]
+    assert final.headers["subscription-state"] == "terminated;reason=deactivated"
+    renewed = subscribe_list(lb)
+    assert list_notifies(lb, renewed)[0].resources() == [f"sip:{k}@{DOMAIN}" for k in KEYS]
+
+
+def test_nested_lists_are_flattened_and_an_unknown_key_is_a_terminated_instance() -> None:
+    lb = lab()
+    lb.feed(over_ami("ring-cancel")[0])
+    lb.feed([ResourceListsRead((
+        ResourceListEntry("outer", "dialog", ("201", "inner", "999"), False, 0),
+        ResourceListEntry("inner", "dialog", ("202", "outer"), False, 0),
+    ))])  # fmt: skip
+    reply = subscribe_list(lb, "outer")
+    (first,) = list_notifies(lb, reply)
+    assert first.resources() == [f"sip:{k}@{DOMAIN}" for k in ("201", "202", "999")]
+    assert set(first.parts) == {f"sip:201@{DOMAIN}", f"sip:202@{DOMAIN}"}
+    (unknown,) = first.rlmi.findall("r:resource[3]/r:instance", RNS)
+    assert (unknown.get("state"), unknown.get("reason")) == ("terminated", "noresource")
+
+
+@pytest.mark.parametrize(("table", "named"), [
+    ('[[lists]]\nkeys = ["201"]', "lists[0].name"),
+    ('[[lists]]\nname = "a"\nkeys = []', "lists[0].keys"),
+    ('[[lists]]\nname = "a"\nkeys = ["2 01"]', "lists[0].keys"),
+    ('[[lists]]\nname = "a"\nkeys = ["201"]\nnotification_batch_interval = -1',
+     "lists[0].notification_batch_interval"),
+    ('[[lists]]\nname = "a"\nkeys = ["201"]\nfull_state = "yes"', "lists[0].full_state"),
+    ('[[lists]]\nname = "a"\nkeys = ["201"]\nbatch = 1', "lists[0].batch"),
+    ('[[lists]]\nname = "a"\nkeys = ["201"]\n[[lists]]\nname = "a"\nkeys = ["202"]',
+     "lists[1].name"),
+])  # fmt: skip
+def test_a_bad_list_is_refused_naming_the_setting(tmp_path: Path, table: str, named: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(table + "\n")
+    with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
+        load(path)
