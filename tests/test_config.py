@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge.__main__ import main
+from bridge.config_tables import LIST_KEYS
 from bridge.config import (
     LED_KEYS,
     PBX_KEYS,
@@ -226,9 +227,10 @@ def shipped_settings() -> set[str]:
 
 def test_shipped_file_shows_every_declared_setting_and_no_other() -> None:
     written = shipped_settings()
-    tables = ("led.", "asterisk[].")
+    tables = ("led.", "asterisk[].", "lists[].")
     assert {n for n in written if not n.startswith(tables)} == {item.name for item in SETTINGS}
     assert {n.partition(".")[2] for n in written if n.startswith("led.")} <= LED_KEYS
+    assert {n.partition(".")[2] for n in written if n.startswith("lists[].")} == LIST_KEYS
     pbx_keys = {n.partition(".")[2] for n in written if n.startswith("asterisk[].")}
     assert pbx_keys == set(PBX_KEYS)
 
