@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from lxml import etree
+from panoramisk.message import Message
 from test_core import (
     DOMAIN,
     FIXTURES,
@@ -26,6 +28,13 @@ from test_core import (
     over_ami,
 )
 
+from bridge.asterisk import ami_events
+from bridge.asterisk.ami_wire import (
+    LIST_DETAIL,
+    MessageSplitter,
+    parse_message,
+    renamed_list_event,
+)
 from bridge.config import load
 from bridge.config_schema import ConfigError
 from bridge.events import ResourceListEntry, ResourceListsRead
@@ -323,3 +332,44 @@ def test_a_bad_list_is_refused_naming_the_setting(tmp_path: Path, table: str, na
     path.write_text(table + "\n")
     with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
         load(path)
+
+
+# --- Asterisk's lists over AMI ------------------------------------------------------------------
+
+
+def recorded_list_answer() -> list[str]:
+    """The messages of the recorded answer to PJSIPShowResourceLists, as text blocks."""
+    wire = (FIXTURES / "asterisk-22.10.1" / "lists" / "ami-wire.jsonl").read_text()
+    records = [json.loads(line) for line in wire.splitlines()]
+    asked = next(i for i, r in enumerate(records) if r["data"].startswith(
+        "Action: PJSIPShowResourceLists"))  # fmt: skip
+    splitter = MessageSplitter()
+    return splitter.feed(records[asked + 1]["data"].encode()) + splitter.feed(
+        records[asked + 2]["data"].encode()
+    )
+
+
+def test_the_live_reader_takes_the_lists_asterisk_answers() -> None:
+    blocks = recorded_list_answer()
+    detail = next(b for b in blocks if b.startswith(LIST_DETAIL))
+    with pytest.raises(ValueError, match="Event twice"):
+        parse_message(detail)  # a repeated Event is a broken stream, unless renamed first
+    # As the AMI reader hands the answer over: renamed, then read by panoramisk.
+    blocks = [renamed_list_event(b) if b.startswith(LIST_DETAIL) else b for b in blocks]
+    assert all(parse_message(b) for b in blocks)
+    frames = [dict(Message.from_line(b).items()) for b in blocks]
+    assert ami_events.resource_lists(frames) == ResourceListsRead((ResourceListEntry(
+        "blf-list", "dialog", ("201", "202", "203", "210", "701"), False, 200),))  # fmt: skip
+
+
+@pytest.mark.parametrize(("frames", "expected"), [
+    ([{"Response": "Error", "Message": "No resource lists found"}], ResourceListsRead(())),
+    ([{"Response": "Error", "Message": "Permission denied"}], None),
+    ([{"Response": "Success"}, {"Event": ["ResourceListDetail", "presence"],
+      "ObjectName": "p", "ListItem": "201"}],
+     ResourceListsRead((ResourceListEntry("p", "presence", ("201",), False, 0),))),
+])  # fmt: skip
+def test_what_asterisk_may_answer_about_lists(
+    frames: list[dict[str, object]], expected: ResourceListsRead | None
+) -> None:
+    assert ami_events.resource_lists(frames) == expected

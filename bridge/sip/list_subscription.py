@@ -12,18 +12,22 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from bridge.rlmi import ResourcePart, content_type, list_body, rlmi_document
-from bridge.sip.timers import NO_TIMER
+from bridge.sip.timers import Timed
 
-if TYPE_CHECKING:
-    from bridge.sip.notifier import SupportsBody
-    from bridge.sip.subscription import Subscription
-
-__all__ = ["EVENTLIST", "ListBatch", "ListDefinition", "ListMember", "ListState"]
+__all__ = ["EVENTLIST", "ListDefinition", "ListMember", "ListState", "PartBody"]
 
 EVENTLIST = "eventlist"  # the option tag of RFC 4662 (Supported / Require)
+
+
+class PartBody(Protocol):
+    """A member's rendered document (the notifier's ``SupportsBody``)."""
+
+    def body(self, version: int) -> bytes:
+        """The document with this version number."""
+        ...
 
 
 class ListDefinition(Protocol):
@@ -61,14 +65,6 @@ class ListMember:
 
 
 @dataclass(eq=False, slots=True)
-class ListBatch:
-    """The timer entry of a list subscription's gathering interval."""
-
-    subscription: Subscription
-    timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue
-
-
-@dataclass(eq=False, slots=True)
 class ListState:
     """The list side of one subscription."""
 
@@ -81,7 +77,7 @@ class ListState:
     # Members changed since the last NOTIFY; None: the next NOTIFY carries the full state.
     pending: set[str] | None = None
     versions: dict[str, int] = field(default_factory=dict)  # dialog-info version per member
-    batch: ListBatch | None = None
+    batch: Timed | None = None  # the gathering interval's timer entry (see ListBatch)
     _token: str = field(default_factory=lambda: secrets.token_hex(6))
     _sent: int = 0
 
@@ -100,7 +96,7 @@ class ListState:
         return self.pending is None or bool(self.pending)
 
     def next_body(
-        self, version: int, document: Callable[[str], SupportsBody | None]
+        self, version: int, document: Callable[[str], PartBody | None]
     ) -> tuple[str, bytes]:
         """Content-Type and body of the next NOTIFY (RLMI ``version``), full state when due;
         ``document`` gives a member's rendered body (None: the key is not watchable now)."""

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from bridge.sip.access import SourceGate
 from bridge.sip.digest import DigestAuthenticator, Verdict
-from bridge.sip.list_subscription import EVENTLIST, ListBatch, ListDefinition, ListState
+from bridge.sip.list_subscription import EVENTLIST, ListDefinition, ListState
 from bridge.sip.message import (
     ParseError,
     Request,
@@ -29,6 +29,7 @@ from bridge.sip.message import (
 )
 from bridge.sip.subscription import (
     DialogKey,
+    ListBatch,
     NotifierSettings,
     NotifyTransaction,
     Peer,
@@ -37,7 +38,7 @@ from bridge.sip.subscription import (
     WatcherKey,
     contact_uri,
 )
-from bridge.sip.timers import TimerQueue
+from bridge.sip.timers import NO_TIMER, TimerQueue
 from bridge.sip.uas import (
     EVENT_PACKAGE,
     Answer,
@@ -695,7 +696,7 @@ class Notifier:
         if sub.rlist is not None:
             ctype, body = sub.rlist.next_body(sub.version, lambda r: self._member_document(sub, r))
             sub.version += 1
-            if sub.rlist.batch is not None:
+            if isinstance(sub.rlist.batch, ListBatch):
                 self._timers.cancel(sub.rlist.batch)  # what it gathered goes now
         elif doc is not None or self._source.knows(sub.resource):
             body = (doc or self._source.document(sub.resource, sub.watcher)).body(sub.version)
@@ -854,10 +855,11 @@ class Notifier:
         if rlist.batch_interval <= 0:
             self._send_notify(sub, now)
             return
-        if rlist.batch is None:
-            rlist.batch = ListBatch(sub)
-        if rlist.batch.timer_seq == -1:  # not gathering yet: the first change starts it
-            self._timers.schedule(rlist.batch, now + rlist.batch_interval)
+        batch = rlist.batch
+        if not isinstance(batch, ListBatch):
+            batch = rlist.batch = ListBatch(sub)
+        if batch.timer_seq == NO_TIMER:  # not gathering yet: the first change starts it
+            self._timers.schedule(batch, now + rlist.batch_interval)
 
     def _list_batch_due(self, sub: Subscription, now: float) -> None:
         rlist = sub.rlist
@@ -876,5 +878,5 @@ class Notifier:
                 subs.pop(sub.key, None)
                 if not subs:
                     del self._by_member[member]
-        if sub.rlist.batch is not None:
+        if isinstance(sub.rlist.batch, ListBatch):
             self._timers.cancel(sub.rlist.batch)

@@ -19,6 +19,7 @@ __all__ = [
     "SEQUENCE_LEASE",
     "STREAMS",
     "DialogKey",
+    "ListBatch",
     "NotifierSettings",
     "NotifyTemplate",
     "NotifyTransaction",
@@ -294,6 +295,14 @@ class Subscription:
             content_type=content_type,
             require="eventlist" if self.rlist is not None else "",
         )
+
+
+@dataclass(eq=False, slots=True)
+class ListBatch:
+    """The timer entry of a list subscription's gathering interval (RFC 4662 lists)."""
+
+    subscription: Subscription
+    timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue
 
 
 class NotifyTransaction(ClientTransaction):

@@ -1,0 +1,92 @@
+"""A BLF list end to end, matched against Asterisk's own: the ``lists`` recording of Asterisk
+22.10.1 (tests/fixtures/asterisk-22.10.1/lists: a ``resource_list`` blf-list of 201, 202, 203, 210
+and 701; 201 calls 202 and 203 picks up by Replaces, 201 calls 203, 201 parks on 701 and 203
+takes it back, DND201 goes busy and back) replayed over AMI into a running bridge, which reads
+the list from Asterisk (``PJSIPShowResourceLists``), and a SIPp list watcher (Supported:
+eventlist) on UDP. Each key's states in the bridge's list NOTIFYs must be those Asterisk's own
+list NOTIFYs showed during the same calls (``own-blf-list.log``), key by key."""
+
+from __future__ import annotations
+
+from own_blf import collapsed, key_state, lit
+from sipp import SCENARIOS, SippWatcher, TracedMessage, parse_trace
+from test_app import IDLE_MS, RECORDINGS, eventually, running_bridge
+from test_core import Sip
+from test_lists import ListNotify, read_list
+
+from bridge.demo.ami_server import RecordedAmiServer
+
+SCENARIO = "lists"
+KEYS = ("201", "202", "203", "210", "701")
+CHANNEL_FREE = {"210", "701"}  # no channel device: the key shows exactly Asterisk's state
+# Slower than the single-key replays (10): Asterisk's list gathers changes for 200 ms, and the
+# recorded gaps must stay longer than that for every state to get its own NOTIFY.
+SPEED = 4.0
+
+
+def as_sip(message: TracedMessage) -> Sip:
+    headers = {name: values[0] for name, values in message.headers.items()}
+    return Sip(message.start_line, headers, message.body)
+
+
+def key_states(notifies: list[ListNotify], exten: str) -> list[str]:
+    """One key's states, NOTIFY by NOTIFY, where a NOTIFY carries it."""
+    return [key_state(part) for n in notifies if (part := n.part_of(exten)) is not None]
+
+
+def asterisks_own() -> tuple[list[TracedMessage], list[ListNotify]]:
+    """What Asterisk's own BLF sent the list watcher of the recording."""
+    trace = parse_trace((RECORDINGS / SCENARIO / "own-blf-list.log").read_bytes())
+    notifies = [m for m in trace if m.direction == "received" and m.method == "NOTIFY"
+                and (m.header("Content-Type") or "").startswith("multipart/related")]  # fmt: skip
+    return trace, [read_list(as_sip(m), strict=False) for m in notifies]
+
+
+def test_the_recording_holds_asterisks_own_list_notifies() -> None:
+    trace, notifies = asterisks_own()
+    (ok,) = [m for m in trace if m.status == 200 and m.header("CSeq") == "1 SUBSCRIBE"]
+    assert ok.header("Require") == "eventlist"
+    assert notifies[0].full and not any(n.full for n in notifies[1:-1])
+    assert all(m.header("Require") == "eventlist" for m in trace if m.method == "NOTIFY")
+    assert [n.version for n in notifies] == list(range(len(notifies)))
+    assert [r.rpartition("sip:")[2].partition("@")[0] for r in notifies[0].resources()] == list(
+        KEYS
+    )
+
+
+async def test_each_key_of_the_list_shows_what_asterisks_own_list_showed() -> None:
+    async with RecordedAmiServer(RECORDINGS, speed=SPEED) as ami:
+        ami.select(SCENARIO)
+        async with running_bridge(ami) as bridge:
+            await eventually(lambda: bridge.core.lists.find("blf-list") is not None)
+            watcher = SippWatcher("blf-list", bridge.bound("udp"), idle_ms=IDLE_MS * 2,
+                                  scenario=SCENARIOS / "list-watcher.xml", timeout=40)  # fmt: skip
+            async with watcher:
+                await eventually(lambda: bridge.notifier.stats().subscriptions == 1)
+                await ami.play(SCENARIO)
+                result = await watcher.finish()
+    assert result.ok, result.output
+    ours = [read_list(as_sip(m)) for m in result.notifies]  # RLMI and every part XSD-valid
+    assert [n.version for n in ours] == list(range(len(ours)))
+    assert ours[0].full and not any(n.full for n in ours[1:])
+    assert all(m.header("Require") == "eventlist" for m in result.notifies)
+    _, theirs = asterisks_own()
+    for exten in KEYS:
+        got, expected = key_states(ours, exten), key_states(theirs, exten)
+        assert collapsed(map(lit, got)) == collapsed(map(lit, expected)), exten
+        if exten in CHANNEL_FREE:
+            assert collapsed(got) == collapsed(expected), exten
+    # The pickup ids of the ringing 202 inside its part: those 203 took the call with.
+    early = [p for n in ours if (p := n.part_of("202")) is not None and b"early" in p]
+    call_id = (RECORDINGS / SCENARIO / "replaces.csv").read_text().splitlines()[1].split(";")[0]
+    assert early and all(f'call-id="{call_id}"'.encode() in p for p in early)
+
+
+async def test_a_list_is_read_from_the_recorded_ami_answer() -> None:
+    async with RecordedAmiServer(RECORDINGS, speed=SPEED) as ami:
+        ami.select(SCENARIO)
+        async with running_bridge(ami) as bridge:
+            await eventually(lambda: bridge.core.lists.find("blf-list") is not None)
+            found = bridge.core.lists.find("blf-list")
+    assert found is not None and found.items == KEYS
+    assert found.batch_interval == 0.2 and not found.full_state
