@@ -191,6 +191,17 @@ def test_a_list_subscription_is_accepted_with_require_eventlist_and_full_state_f
     assert all(first.state(k) == "idle" for k in KEYS)
 
 
+def test_a_retransmitted_list_subscribe_gets_the_same_200(tmp_path: Path) -> None:
+    lb = list_lab(tmp_path)
+    lb.feed(over_ami("ring-cancel")[0])
+    reply = subscribe_list(lb, call_id="same@phone")
+    lb.branches -= 1  # the same branch: a retransmission
+    again = subscribe_list(lb, call_id="same@phone")
+    assert (again.status, again.headers["require"]) == (200, "eventlist")
+    assert again.headers["to"] == reply.headers["to"]
+    assert lb.core.notifier.stats().subscriptions == 1
+
+
 def test_without_supported_eventlist_a_list_is_refused_with_421(tmp_path: Path) -> None:
     lb = list_lab(tmp_path)
     lb.feed(over_ami("ring-cancel")[0])
