@@ -324,6 +324,7 @@ class BridgeCore:
         """Whether something waits to be sent or ``next_timer()`` may have moved since the last
         ``outgoing()`` (most Asterisk events change nothing: the glue skips its flush then)."""
         moved, self._timer_moved = self._timer_moved, False
+        moved = self.notifier.take_timer_moved() or moved
         return moved or self.notifier.has_outgoing or (
             self.leds is not None and self.leds.has_outgoing
         )

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from bridge.__main__ import main
-from bridge.config_tables import LIST_KEYS
 from bridge.config import (
     LED_KEYS,
     PBX_KEYS,
@@ -20,6 +19,7 @@ from bridge.config import (
     load,
     readme_table,
 )
+from bridge.config_tables import LIST_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "etc" / "snom-blf-bridge.toml"

@@ -103,7 +103,8 @@ def read_list(notify: Sip, *, strict: bool = True) -> ListNotify:
         assert isinstance(payload, bytes)
         by_cid[str(part["Content-ID"])] = (part.get_content_type(), payload)
     first = next(iter(by_cid))
-    assert first == start, "the RLMI document is the first part and the start"
+    # RFC 2387: without a start parameter (Asterisk writes none) the first part is the root.
+    assert first == start or (not strict and start is None), "the RLMI document is the start"
     kind, rlmi_body = by_cid.pop(first)
     assert kind == "application/rlmi+xml"
     rlmi = etree.fromstring(rlmi_body)
@@ -112,7 +113,7 @@ def read_list(notify: Sip, *, strict: bool = True) -> ListNotify:
     parts = {}
     for resource in rlmi.findall("r:resource", RNS):
         for instance in resource.findall("r:instance", RNS):
-            if instance.get("state") != "active":
+            if instance.get("cid") is None:  # no part (Asterisk's final NOTIFY keeps them)
                 continue
             kind, body = by_cid.pop(f"<{instance.get('cid')}>")
             assert kind == "application/dialog-info+xml"

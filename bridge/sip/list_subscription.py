@@ -121,7 +121,7 @@ class ListState:
                                       doc.body(part_version)))  # fmt: skip
         self.pending = set()
         start = f"{prefix}.rlmi@{host}"
-        rlmi = rlmi_document(self.uri, version, full, parts)
+        rlmi = rlmi_document(self.uri, version, full, parts, self.name)  # <name> as Asterisk
         return content_type(self.boundary, start), list_body(self.boundary, start, rlmi, parts)
 
     @classmethod

@@ -183,6 +183,9 @@ class Notifier:
         self._changed: dict[DialogKey, Subscription] = {}
         self._removed: set[DialogKey] = set()
         self.ready = True  # False: the document source cannot tell yet which resources exist
+        # A deadline was set by a resource change (a list's gathering interval): the glue, which
+        # re-arms its one timer only after sending something, must re-arm it now.
+        self._timer_moved = False
         self.notifies_sent = 0  # NOTIFY transactions started (retransmissions not counted)
         self.notifies_failed = 0  # ended by a failure response or a timeout
         self._per_source: dict[str, int] = {}  # active subscriptions per source address
@@ -253,6 +256,11 @@ class Notifier:
         """Take everything to send, in order."""
         out, self._out = self._out, []
         return out
+
+    def take_timer_moved(self) -> bool:
+        """Whether ``next_timer()`` moved without anything to send (since last asked)."""
+        moved, self._timer_moved = self._timer_moved, False
+        return moved
 
     @property
     def has_outgoing(self) -> bool:
@@ -860,6 +868,7 @@ class Notifier:
             batch = rlist.batch = ListBatch(sub)
         if batch.timer_seq == NO_TIMER:  # not gathering yet: the first change starts it
             self._timers.schedule(batch, now + rlist.batch_interval)
+            self._timer_moved = True
 
     def _list_batch_due(self, sub: Subscription, now: float) -> None:
         rlist = sub.rlist
