@@ -272,6 +272,21 @@ def test_changes_within_the_interval_go_in_one_notify(tmp_path: Path) -> None:
     assert len(gathered) < len(one_by_one)
 
 
+def test_a_gathered_change_asks_the_glue_to_wake_at_the_interval(tmp_path: Path) -> None:
+    resync, timed = over_ami("ring-cancel")
+    lb = list_lab(tmp_path, interval=300)
+    lb.feed(resync)
+    subscribe_list(lb)
+    lb.core.wants_flush()  # what the subscription asked is done
+    for _, event in timed:
+        if lb.core.asterisk_event(event, lb.clock.now):  # a key of the list changed: nothing
+            assert lb.core.outgoing() == []  # goes out yet, but the glue must re-arm its timer
+            assert lb.core.wants_flush()
+            assert lb.core.next_timer() == pytest.approx(lb.clock.now + 0.3)
+            return
+    pytest.fail("no key changed")
+
+
 @pytest.mark.parametrize(("mode", "shown"), [("group", True), ("nobody", False)])
 def test_the_pickup_policy_decides_the_ids_inside_each_part(
     tmp_path: Path, mode: str, shown: bool
