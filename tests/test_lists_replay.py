@@ -1,5 +1,5 @@
 """A BLF list end to end, matched against Asterisk's own: the ``lists`` recording of Asterisk
-22.10.1 (tests/fixtures/asterisk-22.10.1/lists: a ``resource_list`` blf-list of 201, 202, 203, 210
+22.10.1 (tests/fixtures/asterisk-22.10.1-lists: a ``resource_list`` blf-list of 201, 202, 203, 210
 and 701; 201 calls 202 and 203 picks up by Replaces, 201 calls 203, 201 parks on 701 and 203
 takes it back, DND201 goes busy and back) replayed over AMI into a running bridge, which reads
 the list from Asterisk (``PJSIPShowResourceLists``), and a SIPp list watcher (Supported:
@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from own_blf import collapsed, key_state
 from sipp import SCENARIOS, SippWatcher, TracedMessage, parse_trace
-from test_app import IDLE_MS, RECORDINGS, config_for, eventually, running_bridge
+from test_app import FIXTURES, IDLE_MS, config_for, eventually, running_bridge
 from test_core import Sip
 from test_lists import ListNotify, read_list
 
@@ -25,6 +25,9 @@ from bridge.config import load
 from bridge.demo.ami_server import RecordedAmiServer
 from bridge.resource_lists import ResourceList
 
+# Apart from the other recordings (which the demo bundles, and the benchmarks replay): the
+# lab's pjsip.conf here has the resource_list, asterisk-etc/ beside the scenario.
+RECORDINGS = FIXTURES / "asterisk-22.10.1-lists"
 SCENARIO = "lists"
 KEYS = ("201", "202", "203", "210", "701")
 SPEED = 4.0  # the recording takes 33 s
