@@ -400,3 +400,20 @@ def test_what_asterisk_may_answer_about_lists(
     frames: list[dict[str, object]], expected: ResourceListsRead | None
 ) -> None:
     assert ami_events.resource_lists(frames) == expected
+
+
+def test_a_reload_that_changes_a_configured_list_renews_its_subscriptions(tmp_path: Path) -> None:
+    lb = list_lab(tmp_path)
+    lb.feed(over_ami("ring-cancel")[0])
+    reply = subscribe_list(lb)
+    path = tmp_path / "bridge.toml"
+    path.write_text(CONFIG.format(interval=200).replace('"203"]', '"203", "204"]'))
+    same = [f"sip.domain={DOMAIN}", 'sip.udp=["127.0.0.1:5090"]', "store.path=", "web.listen=",
+            "security.requests_per_second=0"]  # fmt: skip
+    done = lb.core.reconfigure(load(path, same), lb.clock.now)
+    assert "lists" in done.changed and "lists" not in done.kept
+    lb.drain()
+    final = lb.notifies_of(reply)[-1]
+    assert final.headers["subscription-state"] == "terminated;reason=deactivated"
+    renewed = subscribe_list(lb)
+    assert len(list_notifies(lb, renewed)[0].resources()) == len(KEYS) + 1
