@@ -14,9 +14,10 @@ import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from lxml import etree
 from own_blf import collapsed, key_state
 from sipp import SCENARIOS, SippWatcher, TracedMessage, parse_trace
-from test_app import FIXTURES, IDLE_MS, config_for, eventually, running_bridge
+from test_app import FIXTURES, IDLE_MS, NS, config_for, eventually, running_bridge
 from test_core import Sip
 from test_lists import ListNotify, read_list
 
@@ -117,3 +118,24 @@ async def test_the_list_is_read_from_the_recorded_ami_answer() -> None:
             found = bridge.core.lists.find("blf-list")
     assert found is not None and found.items == KEYS
     assert found.batch_interval == 0.2 and not found.full_state
+
+
+def test_the_lab_pickup_took_the_ids_from_the_bridges_list_notify() -> None:
+    """The lab proof (pickup-via-list: the bridge against the lab Asterisk 22.10.1, a list
+    watcher as 203; 203's INVITE with Replaces took 201's call to 202): the list NOTIFYs the
+    bridge sent there are valid, and 203's Replaces is built from 202's ringing part."""
+    proof = RECORDINGS / "pickup-via-list"
+    trace = parse_trace((proof / "watcher.log").read_bytes())
+    notifies = [read_list(as_sip(m)) for m in trace if m.direction == "received"
+                and m.method == "NOTIFY" and m.header("Content-Type")]  # fmt: skip
+    ringing = [p for n in notifies if (p := n.part_of("202")) is not None and b"early" in p]
+    assert notifies[0].full and ringing
+    dialog = etree.fromstring(ringing[0]).find("d:dialog", NS)
+    assert dialog is not None
+    built = (f"{dialog.get('call-id')};to-tag={dialog.get('remote-tag')}"
+             f";from-tag={dialog.get('local-tag')}")  # fmt: skip
+    (invite,) = [m for m in parse_trace((proof / "sip-203.log").read_bytes())
+                 if m.direction == "sent" and m.method == "INVITE"]  # fmt: skip
+    assert invite.header("Replaces") == built
+    answered = [m for m in parse_trace((proof / "sip-203.log").read_bytes()) if m.status == 200]
+    assert answered, "Asterisk answered the pickup INVITE"
