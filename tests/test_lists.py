@@ -212,6 +212,21 @@ def test_without_supported_eventlist_a_list_is_refused_with_421(tmp_path: Path) 
     assert lb.core.notifier.stats().subscriptions == 0
 
 
+def test_a_list_named_like_a_key_is_the_key_without_supported_eventlist(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text('[[lists]]\nname = "202"\nkeys = ["201", "203"]\n')
+    lb = lab(path=path)
+    lb.feed(over_ami("ring-cancel")[0])
+    as_key = subscribe_list(lb, "202", eventlist=False)
+    assert as_key.status == 200 and "require" not in as_key.headers
+    (notify,) = lb.notifies_of(as_key)
+    assert notify.headers["content-type"] == "application/dialog-info+xml"
+    as_list = subscribe_list(lb, "202", user="204")
+    assert (as_list.status, as_list.headers["require"]) == (200, "eventlist")
+    (first,) = list_notifies(lb, as_list)
+    assert first.resources() == [f"sip:201@{DOMAIN}", f"sip:203@{DOMAIN}"]
+
+
 def test_supported_eventlist_to_a_single_key_is_an_ordinary_subscription(tmp_path: Path) -> None:
     lb = list_lab(tmp_path)
     lb.feed(over_ami("ring-cancel")[0])

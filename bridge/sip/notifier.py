@@ -556,17 +556,17 @@ class Notifier:
         uri = req.request_uri()
         user = uri.user
         rlist = None
+        resource = None if user is None else self._source.resolve(user, watcher, uri.host)
         if user is not None and self.lists is not None:
             definition = self.lists.find_list(user, watcher, uri.host)
-            if definition is not None:
-                if not supports_eventlist(req):
-                    # RFC 4662 §5.1: a list is only served to who says it understands lists.
-                    self._answer(x, Answer(421, (("Require", EVENTLIST),)))
-                    return
+            if definition is not None and supports_eventlist(req):
                 rlist = self._expand(definition, watcher, uri.host)
-        resource = None if user is None else self._source.resolve(user, watcher, uri.host)
-        if rlist is not None:
-            resource = LIST_LABEL + rlist.name
+                resource = LIST_LABEL + rlist.name
+            elif definition is not None and not (resource and self._source.knows(resource)):
+                # RFC 4662 §5.1: a list is only served to who says it understands lists. (A
+                # key of the same name is served as a key, as Asterisk does.)
+                self._answer(x, Answer(421, (("Require", EVENTLIST),)))
+                return
         if resource is not None:
             resource = sys.intern(resource)  # one copy per extension, not per subscription
         if resource is None or (rlist is None and not self._source.knows(resource)):
