@@ -118,14 +118,15 @@ def read_lists(raw: Any) -> tuple[ResourceList, ...]:
         if not isinstance(name, str) or not name.strip() or any(c in name for c in _BAD_NAME):
             raise ConfigError(f'{where}.name: the list\'s name, the user part phones subscribe '
                               'to (e.g. "blf-list")')  # fmt: skip
-        keys = t.get("keys")
+        keys = t.get("keys", [])  # left out: Asterisk's resource_list of this name
         if (
             not isinstance(keys, list)
-            or not keys
+            or ("keys" in t and not keys)
             or not all(isinstance(k, str | int) and not isinstance(k, bool) for k in keys)
         ):
             raise ConfigError(f'{where}.keys: a non-empty array of extensions, e.g. '
-                              '["201", "202", "210"]')  # fmt: skip
+                              '["201", "202", "210"] (or leave it out to take Asterisk\'s '
+                              'resource_list of this name)')  # fmt: skip
         items = tuple(str(k).strip() for k in keys)
         for item in items:
             if not item or any(c in item for c in _BAD_NAME):

@@ -27,7 +27,9 @@ class ResourceList:
     """One list of keys phones may subscribe to as a whole."""
 
     name: str
-    items: tuple[str, ...]  # extensions, in order, nested lists already expanded
+    # Extensions, in order, nested lists already expanded; a configured list without keys is
+    # Asterisk's list of that name (read over ARI by name, see bridge.asterisk.ari).
+    items: tuple[str, ...]
     batch_interval: float = 0.0  # seconds changes are gathered before a NOTIFY
     full_state: bool = False  # every NOTIFY carries every resource, not only what changed
     origin: str = "asterisk"  # or "config"
@@ -68,9 +70,14 @@ class ListDirectory:
     def find(self, name: str, pbx: str = "") -> ResourceList | None:
         """The list a Request-URI user names, configured first, then the PBX's own."""
         found = self._configured.get(name)
-        if found is None:
+        if found is None or not found.items:  # declared by name only: Asterisk's, once read
             found = self._asterisk.get(pbx, {}).get(name)
         return found
+
+    def named_only(self) -> list[str]:
+        """The configured lists declared by name only, whose keys Asterisk's list of that
+        name gives (what a source that cannot list them all must read one by one)."""
+        return [name for name, lst in self._configured.items() if not lst.items]
 
     def lists(self) -> list[ResourceList]:
         """Every list known, configured ones first (for the panel and the logs)."""

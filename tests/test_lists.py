@@ -343,6 +343,18 @@ def test_asterisks_own_lists_are_served_and_a_changed_list_is_renewed() -> None:
     assert list_notifies(lb, renewed)[0].resources() == [f"sip:{k}@{DOMAIN}" for k in KEYS]
 
 
+def test_a_list_named_without_keys_is_asterisks_list_of_that_name(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text('[[lists]]\nname = "blf-list"\n')
+    lb = lab(path=path)
+    lb.feed(over_ami("ring-cancel")[0])
+    assert subscribe_list(lb).status == 404  # Asterisk has not told its keys yet
+    lb.feed([ResourceListsRead((ResourceListEntry("blf-list", "dialog", ("202",), False, 0),))])
+    reply = subscribe_list(lb)
+    assert reply.status == 200
+    assert list_notifies(lb, reply)[0].resources() == [f"sip:202@{DOMAIN}"]
+
+
 def test_nested_lists_are_flattened_and_an_unknown_key_is_a_terminated_instance() -> None:
     lb = lab()
     lb.feed(over_ami("ring-cancel")[0])
@@ -361,6 +373,7 @@ def test_nested_lists_are_flattened_and_an_unknown_key_is_a_terminated_instance(
 @pytest.mark.parametrize(("table", "named"), [
     ('[[lists]]\nkeys = ["201"]', "lists[0].name"),
     ('[[lists]]\nname = "a"\nkeys = []', "lists[0].keys"),
+    ('[[lists]]\nname = "a"\nkeys = "201"', "lists[0].keys"),
     ('[[lists]]\nname = "a"\nkeys = ["2 01"]', "lists[0].keys"),
     ('[[lists]]\nname = "a"\nkeys = ["201"]\nnotification_batch_interval = -1',
      "lists[0].notification_batch_interval"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,8 +23,11 @@ from test_core import Sip
 from test_lists import ListNotify, read_list
 
 from bridge.app import Bridge
+from bridge.asterisk.ari import resource_list_entry
 from bridge.config import load
 from bridge.demo.ami_server import RecordedAmiServer
+from bridge.demo.ari_server import RecordedAriServer
+from bridge.events import ResourceListEntry
 from bridge.resource_lists import ResourceList
 
 # Apart from the other recordings (which the demo bundles, and the benchmarks replay): the
@@ -139,3 +143,38 @@ def test_the_lab_pickup_took_the_ids_from_the_bridges_list_notify() -> None:
     assert invite.header("Replaces") == built
     answered = [m for m in parse_trace((proof / "sip-203.log").read_bytes()) if m.status == 200]
     assert answered, "Asterisk answered the pickup INVITE"
+
+
+# --- over ARI: lists named in the configuration, read by name ------------------------------------
+
+
+def test_ari_reads_a_list_by_name_as_asterisk_answers_it() -> None:
+    """Asterisk 22.10.1's answer to GET …/res_pjsip/resource_list/blf-list, recorded."""
+    text = (RECORDINGS / SCENARIO / "ari-config-resource_list-blf-list.txt").read_text()
+    status = text.rstrip().rpartition("HTTP ")[2]
+    assert status == "200"
+    body = json.loads(text.rstrip().rpartition("\nHTTP ")[0])
+    assert resource_list_entry("blf-list", body) == ResourceListEntry(
+        "blf-list", "dialog", KEYS, full_state=False, batch_interval_ms=200)  # fmt: skip
+    listing = (RECORDINGS / SCENARIO / "ari-config-resource_list.txt").read_text()
+    assert listing.rstrip().endswith("HTTP 405")  # why ARI reads lists by name only
+
+
+async def test_over_ari_a_list_named_in_the_configuration_takes_asterisks_keys() -> None:
+    async with RecordedAriServer(RECORDINGS, speed=SPEED) as ari:
+        config = load(None, [
+            "asterisk.source=ari", f"ari.url=http://127.0.0.1:{ari.port}", "ari.username=bridge",
+            "ari.password=bridgesecret", 'sip.udp=["127.0.0.1:0"]', 'sip.tcp=["127.0.0.1:0"]',
+            "store.path=", "security.requests_per_second=0", "web.listen=",
+        ])  # fmt: skip
+        named = (ResourceList("blf-list", (), origin="config"),
+                 ResourceList("no-such-list", (), origin="config"))  # fmt: skip
+        bridge = Bridge(dataclasses.replace(config, lists=named))
+        await bridge.start()
+        try:
+            await eventually(lambda: bridge.core.lists.find("blf-list") is not None)
+            found = bridge.core.lists.find("blf-list")
+            assert found is not None and found.items == KEYS and found.batch_interval == 0.2
+            assert bridge.core.lists.find("no-such-list") is None  # Asterisk has none: 404
+        finally:
+            await bridge.stop()
