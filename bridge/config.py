@@ -38,10 +38,11 @@ from bridge.config_schema import (
     setting,
     settings_table,
 )
-from bridge.config_tables import LED_KEYS, read_hints, read_leds
+from bridge.config_tables import LED_KEYS, read_hints, read_leds, read_lists
 from bridge.led.rules import LedRule
 from bridge.pickup import MODES as PICKUP_MODES
 from bridge.provision.options import SnomOptions
+from bridge.resource_lists import ResourceList
 from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
 
 __all__ = [
@@ -407,6 +408,7 @@ class Config:
     hints: tuple[tuple[str, str], ...] = ()
     snom: SnomOptions = SnomOptions()  # noqa: RUF009  [snom]: Snom provisioning (frozen)
     pbxs: tuple[PbxConfig, ...] = ()  # [[asterisk]] entries; empty: the one-PBX form
+    lists: tuple[ResourceList, ...] = ()  # [[lists]]: BLF lists (RFC 4662), docs/LISTS.md
 
     @property
     def asterisk_configured(self) -> bool:
@@ -429,6 +431,9 @@ TABLES = {
     "[[asterisk]]": "several PBXs in one bridge, each `name`, `source`, `domain` (its phones' "
     "SIP domain) and its own `ami`/`ari` table of the `[ami]`/`[ari]` settings above; "
     "replaces `[asterisk]`/`[ami]`/`[ari]`",
+    "[[lists]]": "BLF lists (RFC 4662) phones subscribe to as one URI: `name`, `keys` (none: "
+    "Asterisk's `resource_list` of that name), `notification_batch_interval` (ms), "
+    "`full_state`; see [LISTS.md](LISTS.md)",
 }
 
 
@@ -503,11 +508,13 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
     no_hints: tuple[tuple[str, str], ...] = ()
     leds = checked(lambda: read_leds(raw.get("led", [])), no_leds)
     hints = checked(lambda: read_hints(raw.get("hints", {})), no_hints)
+    no_lists: tuple[ResourceList, ...] = ()
+    lists = checked(lambda: read_lists(raw.get("lists", [])), no_lists)
     several = raw.get("asterisk")
     if isinstance(several, list):  # [[asterisk]]: several PBXs
         raw = {k: v for k, v in raw.items() if k != "asterisk"}
     for section, table in raw.items():
-        if section in ("led", "hints"):
+        if section in ("led", "hints", "lists"):
             continue
         if section not in SECTIONS:
             errors.append(f"[{section}]: unknown section (known: {', '.join(SECTIONS)})")
@@ -541,6 +548,7 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         ari=checked(lambda: _checked_ari(ari, base, needed=values[""]["source"] == "ari"), ari),
         leds=leds,
         hints=hints,
+        lists=lists,
         snom=SnomOptions(**values["snom"]),
         **values[""],
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from bridge import settings
 from bridge.config import Config
-from bridge.dialoginfo import RenderSettings
+from bridge.dialoginfo import RenderSettings, sip_uri
 from bridge.documents import Documents
 from bridge.events import (
     AsteriskEvent,
@@ -27,6 +27,7 @@ from bridge.events import (
     DeviceStateChanged,
     EndpointGroups,
     ExtensionHint,
+    ResourceListsRead,
     ResyncFinished,
     ResyncStarted,
     RightsMissing,
@@ -37,6 +38,7 @@ from bridge.findings import Finding, pickup_group_finding
 from bridge.led.controller import LedController
 from bridge.pbxs import PbxRouter, PbxState
 from bridge.pickup import PickupPolicy
+from bridge.resource_lists import ListDirectory, ResourceList
 from bridge.sip.access import SourceGate
 from bridge.sip.message import ParseError, Request, Response, parse_message, response_ids
 from bridge.sip.notifier import Notifier
@@ -50,7 +52,8 @@ log = logging.getLogger("bridge")
 Address = tuple[str, int]
 # Events the core itself acts on besides handing them to the tracker (kept short: every event
 # of every call is checked against it).
-_SOURCE_NEWS = (EndpointGroups, SourceLost, ResyncStarted, ResyncFinished, RightsMissing)
+_SOURCE_NEWS = (EndpointGroups, ResourceListsRead, SourceLost, ResyncStarted, ResyncFinished,
+                RightsMissing)
 HINT_UNAVAILABLE = 4  # ExtensionStatus: no device of the hint can be reached
 _LED_INPUTS = (DeviceStateChanged, ExtensionHint, ContactChanged, ResyncStarted, ResyncFinished)
 
@@ -79,11 +82,14 @@ class BridgeCore:
                      for name, domain in _pbx_names(config)]  # fmt: skip
         self.by_name = {pbx.name: pbx for pbx in self.pbxs}
         self.router = PbxRouter(self.pbxs) if config.pbxs else None
+        # RFC 4662 lists: [[lists]] of the configuration, and each PBX's resource_list objects.
+        self.lists = ListDirectory(config.lists)
         self.notifier = Notifier(
             self.router or self.pbxs[0].documents,
             settings.notifier_settings(config),
             gate=SourceGate(settings.access_limits(config)),
             auth=settings.authenticator(config),
+            lists=self,
         )
         # Without a fixed watch list nobody knows which extensions exist before the first sync:
         # a key not known yet is pending until its PBX has told its keys.
@@ -169,6 +175,29 @@ class BridgeCore:
     def set_contact(self, transport: str, host: str, port: int) -> None:
         """Set the Contact/Via address of a transport (once its port is bound)."""
         self.notifier.set_contact(transport, host, port)
+
+    # ----------------------------------------------------------------- lists (ListSource)
+
+    def find_list(self, user: str, watcher: str, domain: str) -> ResourceList | None:
+        """The list a SUBSCRIBE names (the notifier's ListSource): configured, or its PBX's."""
+        pbx = self._pbx_at(domain)
+        return None if pbx is None else self.lists.find(user, pbx.name)
+
+    def list_uri(self, name: str, domain: str) -> str:
+        """A list's URI in its RLMI documents, in its PBX's SIP domain."""
+        pbx = self._pbx_at(domain) or self.pbxs[0]
+        return sip_uri(name, pbx.documents.settings.domain)
+
+    def resource_uri(self, resource: str) -> str:
+        """A list member's URI: the entity of its dialog-info part."""
+        pbx = self._pbx_of(resource) or self.pbxs[0]
+        user = pbx.key(resource).partition("@")[0]
+        return sip_uri(user, pbx.documents.settings.domain)
+
+    def _pbx_at(self, domain: str) -> PbxState | None:
+        if self.router is None:
+            return self.pbxs[0]
+        return self.router.by_host.get(domain.lower())
 
     # ----------------------------------------------------------------- inputs
 
@@ -284,6 +313,8 @@ class BridgeCore:
         elif notifier.auth is not None:
             notifier.auth.set_users(dict(sec.users))
         self._end_unauthorized(old_sec.auth, now)
+        if lists := self.lists.set_configured(config.lists):
+            self._lists_changed(lists, now, "the configuration")
         for pbx in self.pbxs:
             pbx.documents.forget_all()
         if not restart:
@@ -331,6 +362,7 @@ class BridgeCore:
         """Whether something waits to be sent or ``next_timer()`` may have moved since the last
         ``outgoing()`` (most Asterisk events change nothing: the glue skips its flush then)."""
         moved, self._timer_moved = self._timer_moved, False
+        moved = self.notifier.take_timer_moved() or moved
         return moved or self.notifier.has_outgoing or (
             self.leds is not None and self.leds.has_outgoing
         )
@@ -411,8 +443,19 @@ class BridgeCore:
             case ResyncFinished():
                 leds.sync_finished(now)
 
+    def _lists_changed(self, names: set[str], now: float, where: str) -> None:
+        """Lists whose definition changed: their subscribers subscribe again (deactivated,
+        RFC 6665 §4.1.3) and get the new members."""
+        ended = self.notifier.end_list_subscriptions(names, now, "deactivated")
+        log.info("lists changed in %s: %s%s", where, ", ".join(sorted(names)),
+                 f"; {ended} list subscription(s) renewed" if ended else "")  # fmt: skip
+        self._status_changed = True
+
     def _source_news(self, pbx: PbxState, event: AsteriskEvent, now: float) -> None:
         match event:
+            case ResourceListsRead():
+                if names := self.lists.set_from_asterisk(pbx.name, event.lists):
+                    self._lists_changed(names, now, f"Asterisk{_of(pbx)}")
             case EndpointGroups():
                 endpoint = event.endpoint
                 context = event.subscribe_context

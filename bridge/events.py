@@ -177,6 +177,25 @@ class RightsMissing:
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceListsRead:
+    """Every ``type = resource_list`` object Asterisk has now (AMI ``PJSIPShowResourceLists``),
+    read at each sync: the complete set, so a list not named here is gone."""
+
+    lists: tuple[ResourceListEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceListEntry:
+    """One RFC 4662 resource list as ``pjsip.conf`` declares it."""
+
+    name: str
+    event: str  # only "dialog" lists are served
+    items: tuple[str, ...]  # list_item, in order: extensions (or other lists' names)
+    full_state: bool = False
+    batch_interval_ms: int = 0  # notification_batch_interval
+
+
+@dataclass(frozen=True, slots=True)
 class ResyncStarted:
     """The source is about to replay Asterisk's complete current state (after a (re)connect)."""
 
@@ -209,6 +228,7 @@ AsteriskEvent = (
     | ContactChanged
     | EndpointGroups
     | RightsMissing
+    | ResourceListsRead
     | ResyncStarted
     | ResyncFinished
     | SourceLost

@@ -161,6 +161,8 @@ def changed_settings(old: Config, new: Config) -> set[str]:
         out.add(PBX_SET)  # which PBXs, at which domains: the core is built for them
     else:
         out.update(f"asterisk[{i}]" for i, p in enumerate(new.pbxs) if p != old.pbxs[i])
+    if old.lists != new.lists:
+        out.add("lists")  # taken over on reload: subscribers of a changed list subscribe again
     old_hints, new_hints = dict(old.hints), dict(new.hints)
     for exten in old_hints.keys() | new_hints.keys():
         if old_hints.get(exten) != new_hints.get(exten):

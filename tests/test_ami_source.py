@@ -27,6 +27,7 @@ from bridge.events import (
     DeviceStateChanged,
     ExtensionHint,
     LegIds,
+    ResourceListsRead,
     ResyncFinished,
     ResyncStarted,
     SourceLost,
@@ -80,7 +81,9 @@ def recorded(
 
 
 def after_resync(events: Events) -> Events:
-    return events[len(events) - events[::-1].index(ResyncFinished()) :]
+    """The events after the last resync, but the resource lists read in the background."""
+    tail = events[len(events) - events[::-1].index(ResyncFinished()) :]
+    return [e for e in tail if not isinstance(e, ResourceListsRead)]
 
 
 def ringing(event: AsteriskEvent) -> TypeGuard[ChannelSeen]:

@@ -19,6 +19,7 @@ from bridge.config import (
     load,
     readme_table,
 )
+from bridge.config_tables import LIST_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "etc" / "snom-blf-bridge.toml"
@@ -230,9 +231,10 @@ def shipped_settings() -> set[str]:
 
 def test_shipped_file_shows_every_declared_setting_and_no_other() -> None:
     written = shipped_settings()
-    tables = ("led.", "asterisk[].")
+    tables = ("led.", "asterisk[].", "lists[].")
     assert {n for n in written if not n.startswith(tables)} == {item.name for item in SETTINGS}
     assert {n.partition(".")[2] for n in written if n.startswith("led.")} <= LED_KEYS
+    assert {n.partition(".")[2] for n in written if n.startswith("lists[].")} == LIST_KEYS
     pbx_keys = {n.partition(".")[2] for n in written if n.startswith("asterisk[].")}
     assert pbx_keys == set(PBX_KEYS)
 

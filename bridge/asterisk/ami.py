@@ -35,8 +35,13 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
-from bridge.asterisk.ami_events import MAPPED_EVENTS, events_of, needs_ids
-from bridge.asterisk.ami_wire import MessageSplitter, parse_message
+from bridge.asterisk.ami_events import MAPPED_EVENTS, events_of, needs_ids, resource_lists
+from bridge.asterisk.ami_wire import (
+    LIST_DETAIL,
+    MessageSplitter,
+    parse_message,
+    renamed_list_event,
+)
 from bridge.asterisk.delivery import Batch, IdsTask, OrderedEvents, ids_result
 from bridge.asterisk.retry import ReconnectLoop
 from bridge.devices import device_of_channel, hint_devices, parse_groups
@@ -135,9 +140,10 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk has no type hi
             self.version = line.partition("/")[2].strip()
             self.log.info("protocol version: '%s'", self.version)
         responses, link = self.responses, self.link
-        for block in self.splitter.feed(data):
-            if block.startswith("Event: ") and _ignorable(block):
+        for text in self.splitter.feed(data):
+            if text.startswith("Event: ") and _ignorable(text):
                 continue
+            block = renamed_list_event(text) if text.startswith(LIST_DETAIL) else text
             h = parse_message(block)
             if h is None:
                 continue
@@ -456,7 +462,28 @@ class AmiSource:
             self._groups.cancel()
         self._groups = asyncio.create_task(self._read_groups(conn), name="ami-groups")
 
+    async def _read_lists(self, conn: _Connection) -> None:
+        """Asterisk's resource_list objects (RFC 4662 BLF lists), the complete set."""
+        try:
+            answer = await asyncio.wait_for(
+                conn.send({"Action": "PJSIPShowResourceLists"}, lists=True)[1], 10
+            )
+        except TimeoutError:
+            log.warning("PJSIPShowResourceLists: no answer; the lists stay as they were")
+            return
+        messages = answer if isinstance(answer, list) else [answer]
+        read = resource_lists([dict(m.items()) for m in messages])
+        if read is None:
+            why = _header(messages[0] if messages else None, "Message")
+            self._problems.report(f"cannot read the resource lists: PJSIPShowResourceLists: {why}")
+            return
+        self._queue.put_nowait(Batch([read]))
+
     async def _read_groups(self, conn: _Connection) -> None:
+        try:
+            await self._read_lists(conn)
+        except asyncio.CancelledError:
+            return
         try:
             answer = await asyncio.wait_for(
                 conn.send({"Action": "PJSIPShowEndpoints"}, lists=True)[1], 10

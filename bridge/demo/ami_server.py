@@ -439,6 +439,8 @@ class RecordedAmiServer:
             return self.registered.aor_list(self.static_contacts)
         if action == "pjsipshowendpoint":
             return self._endpoint_detail(frame.get("Endpoint", ""))
+        if action == "pjsipshowresourcelists":
+            return self._resource_lists()
         name = frame.get("Action", "")
         text = (
             f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
@@ -458,6 +460,14 @@ class RecordedAmiServer:
             {"Event": "EndpointListComplete", "EventList": "Complete",
              "ListItems": str(len(items))},
         ]  # fmt: skip
+
+    def _resource_lists(self) -> list[Headers]:
+        """The resource lists a recording's Asterisk answered (the lists recording has them),
+        or Asterisk's answer when pjsip.conf has none."""
+        for scenario in self.scenarios.values():
+            for answer in scenario.answers.get("pjsipshowresourcelists", [])[:1]:
+                return [self._ids.ami(frame) for frame in answer.frames]
+        return [{"Response": "Error", "Message": "No resource lists found"}]
 
     def emit(self, event: Mapping[str, str]) -> None:
         """Send one synthesized event to every client that wants it (tests)."""

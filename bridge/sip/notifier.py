@@ -18,6 +18,7 @@ from typing import Protocol
 
 from bridge.sip.access import BridgeNames, SourceGate
 from bridge.sip.digest import DigestAuthenticator, Verdict
+from bridge.sip.list_subscription import EVENTLIST, ListDefinition, ListState
 from bridge.sip.message import (
     ParseError,
     Request,
@@ -28,6 +29,7 @@ from bridge.sip.message import (
 )
 from bridge.sip.subscription import (
     DialogKey,
+    ListBatch,
     NotifierSettings,
     NotifyTransaction,
     Peer,
@@ -36,7 +38,7 @@ from bridge.sip.subscription import (
     WatcherKey,
     contact_uri,
 )
-from bridge.sip.timers import TimerQueue
+from bridge.sip.timers import NO_TIMER, TimerQueue
 from bridge.sip.uas import (
     EVENT_PACKAGE,
     Answer,
@@ -44,10 +46,12 @@ from bridge.sip.uas import (
     SentAnswer,
     screen_request,
     screen_subscribe,
+    supports_eventlist,
 )
 
 __all__ = [
     "DocumentSource",
+    "ListSource",
     "Notifier",
     "NotifierSettings",
     "NotifierStats",
@@ -71,6 +75,7 @@ NOT_READY_RETRY_AFTER = 5
 # unverified address receives must stay a small multiple of what was sent in its name.
 UNVERIFIED_TIMEOUT_T1 = 3
 _MAX_VERIFIED = 65536  # addresses known to receive our NOTIFYs (least recently used forgotten)
+LIST_LABEL = "list:"  # a list subscription's resource label (not a key: never in _by_resource)
 
 
 class SupportsBody(Protocol):
@@ -96,6 +101,22 @@ class DocumentSource(Protocol):
 
     def document(self, resource: str, watcher: str) -> SupportsBody:
         """The current state of a known resource, as this watcher may see it."""
+        ...
+
+
+class ListSource(Protocol):
+    """Where RFC 4662 resource lists come from (the core's list directory)."""
+
+    def find_list(self, user: str, watcher: str, domain: str) -> ListDefinition | None:
+        """The list a SUBSCRIBE's Request-URI user names at ``domain``, or None (no list)."""
+        ...
+
+    def list_uri(self, name: str, domain: str) -> str:
+        """The list's URI written into its RLMI documents."""
+        ...
+
+    def resource_uri(self, resource: str) -> str:
+        """A member key's URI in the RLMI document (its dialog-info entity)."""
         ...
 
 
@@ -141,21 +162,26 @@ class Notifier:
         *,
         gate: SourceGate | None = None,
         auth: DigestAuthenticator | None = None,
+        lists: ListSource | None = None,
     ) -> None:
         self.settings = settings = settings or NotifierSettings()
         self._source = source
+        self.lists = lists  # None: no resource lists (every SUBSCRIBE names one key)
         self.gate = gate or SourceGate()
         self.auth = auth  # None: phones are known by the user part of their From URI
         self.names = BridgeNames()  # what a digest answer's uri may name besides the Request-URI
         self._contacts = dict(settings.contacts)
         self._subs: dict[DialogKey, Subscription] = {}
         self._by_resource: dict[str, dict[DialogKey, Subscription]] = {}
+        # List subscriptions by each of their member keys (they are not in _by_resource).
+        self._by_member: dict[str, dict[DialogKey, Subscription]] = {}
+        self._boundary = f"blf-list-{secrets.token_hex(8)}"  # of every list body (RFC 2046)
         # One subscription per watcher: a phone that re-subscribes under a new Call-ID without
         # ending the old dialog (a reboot, a lost 200) replaces it instead of doubling up.
         self._by_watcher: dict[WatcherKey, Subscription] = {}
         self._client_tx: dict[str, NotifyTransaction] = {}  # by Via branch
         self._answers = ResponseCache(64 * settings.t1)
-        self._timers: TimerQueue[Subscription | NotifyTransaction] = TimerQueue()
+        self._timers: TimerQueue[Subscription | NotifyTransaction | ListBatch] = TimerQueue()
         self._out: list[tuple[bytes, Peer]] = []
         self._branch_prefix = f"z9hG4bK{secrets.token_hex(4)}."
         self._branch_counter = itertools.count(1)
@@ -166,6 +192,9 @@ class Notifier:
         # has not finished its first sync): an unknown one is then pending, not a 404.
         self.settled: Callable[[str], bool] = _always
         self._pending: set[str] = set()  # watched resources not known yet (bounded, see above)
+        # A deadline was set by a resource change (a list's gathering interval): the glue, which
+        # re-arms its one timer only after sending something, must re-arm it now.
+        self._timer_moved = False
         self.notifies_sent = 0  # NOTIFY transactions started (retransmissions not counted)
         self.notifies_failed = 0  # ended by a failure response or a timeout
         self._per_source: dict[str, int] = {}  # active subscriptions per source address
@@ -214,6 +243,10 @@ class Notifier:
 
     def resource_changed(self, resource: str, now: float) -> None:
         """The resource's state changed: notify its watchers (coalesced per subscription)."""
+        members = self._by_member.get(resource)
+        if members:
+            for sub in list(members.values()):
+                self._list_member_changed(sub, resource, now)
         subs = self._by_resource.get(resource)
         if not subs:
             return
@@ -237,6 +270,11 @@ class Notifier:
         out, self._out = self._out, []
         return out
 
+    def take_timer_moved(self) -> bool:
+        """Whether ``next_timer()`` moved without anything to send (since last asked)."""
+        moved, self._timer_moved = self._timer_moved, False
+        return moved
+
     @property
     def has_outgoing(self) -> bool:
         """Whether outgoing() has anything."""
@@ -254,6 +292,8 @@ class Notifier:
         while (obj := self._timers.pop_due(now)) is not None:
             if isinstance(obj, NotifyTransaction):
                 self._on_transaction_timer(obj, now)
+            elif isinstance(obj, ListBatch):
+                self._list_batch_due(obj.subscription, now)
             else:
                 self._log(now, logging.INFO, None, "subscription %s to %s expired",
                           obj.key[0], obj.resource)  # fmt: skip
@@ -274,7 +314,9 @@ class Notifier:
 
     def take_changes(self, now: float) -> tuple[list[SubscriptionSnapshot], list[DialogKey]]:
         """What changed for the store since the last call: snapshots to write, keys to delete."""
-        changed = [sub.snapshot(now) for sub in self._changed.values()]
+        # List subscriptions are not stored: after a restart their phones subscribe anew (a
+        # refresh gets 481), since the lists themselves are read again from Asterisk first.
+        changed = [sub.snapshot(now) for sub in self._changed.values() if sub.rlist is None]
         removed = list(self._removed)
         self._changed.clear()
         self._removed.clear()
@@ -293,11 +335,13 @@ class Notifier:
         """
         self._changed.clear()
         self._removed.clear()
-        return [sub.snapshot(now, exact=exact) for sub in self._subs.values()]
+        return [sub.snapshot(now, exact=exact) for sub in self._subs.values() if sub.rlist is None]
 
     def resources(self) -> list[str]:
-        """Resources that have watchers now."""
-        return list(self._by_resource)
+        """Resources that have watchers now (keys watched through a list included)."""
+        if not self._by_member:
+            return list(self._by_resource)
+        return list(dict.fromkeys([*self._by_resource, *self._by_member]))
 
     def restore(self, snapshots: list[SubscriptionSnapshot], now: float) -> int:
         """Take over subscriptions of an earlier process; returns how many were resumed.
@@ -342,7 +386,18 @@ class Notifier:
                           ) -> int:  # fmt: skip
         """End (final NOTIFY saying ``reason``) every subscription for which
         ``ends(watcher, resource)`` holds; returns how many."""
-        gone = [sub for sub in self._subs.values() if ends(sub.watcher, sub.resource)]
+        gone = [sub for sub in self._subs.values()
+                if sub.rlist is None and ends(sub.watcher, sub.resource)]  # fmt: skip
+        for sub in gone:
+            self._terminate(sub, now, reason)
+        return len(gone)
+
+    def end_list_subscriptions(self, names: set[str], now: float, reason: str) -> int:
+        """End (final NOTIFY saying ``reason``) the subscriptions to the lists named, e.g. a
+        list Asterisk changed: with ``deactivated`` the phones subscribe again at once and
+        get the new list. Returns how many ended."""
+        gone = [sub for sub in self._subs.values()
+                if sub.rlist is not None and sub.rlist.name in names]  # fmt: skip
         for sub in gone:
             self._terminate(sub, now, reason)
         return len(gone)
@@ -396,7 +451,8 @@ class Notifier:
             if sent.data:
                 self._out.append((sent.data, peer))
             else:
-                self._accept(_Exchange(req, peer, now, None), sent.to_tag, sent.expires)
+                self._accept(_Exchange(req, peer, now, None), sent.to_tag, sent.expires,
+                             eventlist=sent.eventlist)  # fmt: skip
             return
         answer = screen_request(req)
         if answer is not None:
@@ -456,7 +512,12 @@ class Notifier:
         return None
 
     def _answer(
-        self, x: _Exchange, answer: Answer, to_tag: str = "", expires: int | None = None
+        self,
+        x: _Exchange,
+        answer: Answer,
+        to_tag: str = "",
+        expires: int | None = None,
+        eventlist: bool = False,
     ) -> None:
         """Send (and cache, for retransmissions) the answer to a request; ``expires`` when it
         accepts a SUBSCRIBE (the cache then keeps how to build it again, not its bytes)."""
@@ -477,21 +538,26 @@ class Notifier:
             if expires is None:
                 self._answers.put(x.key, SentAnswer(call_id, data), x.now)
             else:
-                self._answers.put(x.key, SentAnswer(call_id, to_tag=to_tag, expires=expires), x.now)
+                sent = SentAnswer(call_id, to_tag=to_tag, expires=expires, eventlist=eventlist)
+                self._answers.put(x.key, sent, x.now)
         if answer.status >= 300:
             self._log(x.now, logging.INFO, (f"answer {answer.status}", x.peer.host), "%s from %s: "
                       "%d %s", x.req.method, x.peer, answer.status, response.reason)  # fmt: skip
 
-    def _accept(self, x: _Exchange, to_tag: str, expires: int) -> None:
-        """Send the 200 for a SUBSCRIBE (the NOTIFY must follow it, never precede it)."""
+    def _accept(self, x: _Exchange, to_tag: str, expires: int, *, eventlist: bool = False
+                ) -> None:  # fmt: skip
+        """Send the 200 for a SUBSCRIBE (the NOTIFY must follow it, never precede it);
+        ``eventlist``: it subscribes to a list (RFC 4662 §5.1: Require: eventlist)."""
         host, port = self.contact_for(x.peer)
         headers = [
             ("Expires", str(expires)),
             ("Contact", contact_uri(x.peer.transport, host, port)),
         ]
+        if eventlist:
+            headers.append(("Require", EVENTLIST))
         # RFC 3261 §12.1.1: Record-Route is copied into the answer that creates the dialog.
         headers += [("Record-Route", r) for r in x.req.list_values("Record-Route")]
-        self._answer(x, Answer(200, tuple(headers)), to_tag, expires)
+        self._answer(x, Answer(200, tuple(headers)), to_tag, expires, eventlist)
 
     def _new_subscription(self, x: _Exchange, from_tag: str, expires: int, watcher: str) -> None:
         req, now = x.req, x.now
@@ -507,11 +573,22 @@ class Notifier:
             return
         uri = req.request_uri()
         user = uri.user
+        rlist = None
         resource = None if user is None else self._source.resolve(user, watcher, uri.host)
+        if user is not None and self.lists is not None:
+            definition = self.lists.find_list(user, watcher, uri.host)
+            if definition is not None and supports_eventlist(req):
+                rlist = self._expand(definition, watcher, uri.host)
+                resource = LIST_LABEL + rlist.name
+            elif definition is not None and not (resource and self._source.knows(resource)):
+                # RFC 4662 §5.1: a list is only served to who says it understands lists. (A
+                # key of the same name is served as a key, as Asterisk does.)
+                self._answer(x, Answer(421, (("Require", EVENTLIST),)))
+                return
         if resource is not None:
             resource = sys.intern(resource)  # one copy per extension, not per subscription
         pending = False
-        if resource is None or not self._source.knows(resource):
+        if resource is None or (rlist is None and not self._source.knows(resource)):
             if resource is None or self.settled(resource):
                 self._answer(x, Answer(404))
                 return
@@ -537,9 +614,10 @@ class Notifier:
             expires_at=now + expires,
             remote_cseq=req.cseq().seq,
             watcher=watcher,
+            rlist=rlist,
         )
         self._build_template(sub)
-        self._accept(x, sub.key[2], expires)
+        self._accept(x, sub.key[2], expires, eventlist=rlist is not None)
         if expires == 0:
             # A fetch (RFC 6665 §4.4.3): one NOTIFY with the state, then done. Sent once and
             # forgotten, never retransmitted: nothing is kept per fetch but the cached 200, and
@@ -562,7 +640,11 @@ class Notifier:
                       "one is dropped", sub.peer, sub.resource)  # fmt: skip
             self._terminate(older, now, "", notify=False)  # the phone has forgotten it
         self._subs[sub.key] = sub
-        self._by_resource.setdefault(sub.resource, {})[sub.key] = sub
+        if sub.rlist is None:
+            self._by_resource.setdefault(sub.resource, {})[sub.key] = sub
+        else:
+            for member in sub.rlist.member_resources():
+                self._by_member.setdefault(member, {})[sub.key] = sub
         self._by_watcher[sub.watcher_key()] = sub
         sub.source = sub.peer.host
         self._per_source[sub.source] = self._per_source.get(sub.source, 0) + 1
@@ -587,7 +669,9 @@ class Notifier:
             sub.target = contact.uri.raw  # SUBSCRIBE is a target refresh request (RFC 6665)
             self._by_watcher[sub.watcher_key()] = sub
         self._build_template(sub)
-        self._accept(x, sub.key[2], expires)
+        self._accept(x, sub.key[2], expires, eventlist=sub.rlist is not None)
+        if sub.rlist is not None:
+            sub.rlist.pending = None  # a refresh is answered with the full state
         if expires == 0:
             self._log(x.now, logging.INFO, None, "%s unsubscribed from %s", x.peer, sub.resource)
             self._terminate(sub, x.now, "timeout")
@@ -650,10 +734,15 @@ class Notifier:
         self, sub: Subscription, now: float, doc: SupportsBody | None = None, *, once: bool = False
     ) -> None:
         """Send the next NOTIFY of ``sub``; ``once``: no transaction, no retransmission."""
-        body = b""
+        body, ctype = b"", ""
         resource = sub.resource
+        if sub.rlist is not None:
+            ctype, body = sub.rlist.next_body(sub.version, lambda r: self._member_document(sub, r))
+            sub.version += 1
+            if isinstance(sub.rlist.batch, ListBatch):
+                self._timers.cancel(sub.rlist.batch)  # what it gathered goes now
         # A key not known yet gets its neutral (no dialogs) body; a gone one's final NOTIFY none.
-        if doc is not None or self._source.knows(resource) or not self.settled(resource):
+        elif doc is not None or self._source.knows(resource) or not self.settled(resource):
             body = (doc or self._source.document(sub.resource, sub.watcher)).body(sub.version)
             sub.version += 1
         final = sub.state != "active"
@@ -670,7 +759,7 @@ class Notifier:
             self._changed[sub.key] = sub
         branch = f"{self._branch_prefix}{next(self._branch_counter):x}"
         assert sub.template is not None
-        data = sub.template.render(sub, branch, state, body)
+        data = sub.template.render(sub, branch, state, body, ctype)
         self.notifies_sent += 1
         if once:
             self._out.append((data, sub.peer))
@@ -694,6 +783,8 @@ class Notifier:
         self._removed.add(sub.key)
         if self._by_watcher.get(sub.watcher_key()) is sub:
             del self._by_watcher[sub.watcher_key()]
+        if sub.rlist is not None:
+            self._unindex_list(sub)
         left = self._per_source.get(sub.source, 0) - 1
         if left > 0:
             self._per_source[sub.source] = left
@@ -754,7 +845,10 @@ class Notifier:
                 self._verified.popitem(last=False)
         if status is not None and status < 300:
             if sub.state == "terminating" or (sub.state == "active" and sub.dirty):
-                self._send_notify(sub, now)
+                if sub.rlist is not None and sub.state == "active" and sub.rlist.batch_interval:
+                    self._list_member_changed(sub, None, now)  # gathers again, then sends
+                elif sub.rlist is None or sub.state != "active" or sub.rlist.has_news:
+                    self._send_notify(sub, now)
             return
         self.notifies_failed += 1
         # RFC 6665 §4.2.2: a NOTIFY that times out or gets a failure response ends the
@@ -766,6 +860,72 @@ class Notifier:
                   tx.peer, sub.resource, outcome)  # fmt: skip
         self._terminate(sub, now, "", notify=False)
         sub.state = "gone"
+
+    # ----------------------------------------------------------------- resource lists
+
+    def _expand(self, definition: ListDefinition, watcher: str, domain: str) -> ListState:
+        """A list subscription's members: each item as this watcher's SUBSCRIBE for it would
+        name it (tenants, several PBXs); items that name no key are left out, logged. A key
+        that cannot be watched now is listed as a terminated instance until it can."""
+        assert self.lists is not None
+        members: list[tuple[str, str, str]] = []
+        for item in definition.items:
+            resource = self._source.resolve(item, watcher, domain)
+            if resource is None:
+                logger.info("list %s: item %s names no key for %s; left out", definition.name,
+                            item, watcher or "anyone")  # fmt: skip
+                continue
+            resource = sys.intern(resource)
+            members.append((resource, self.lists.resource_uri(resource), item))
+        uri = self.lists.list_uri(definition.name, domain)
+        return ListState.expand(definition, uri, members, self._boundary)
+
+    def _member_document(self, sub: Subscription, resource: str) -> SupportsBody | None:
+        if not self._source.knows(resource):
+            return None
+        return self._source.document(resource, sub.watcher)
+
+    def _list_member_changed(self, sub: Subscription, resource: str | None, now: float) -> None:
+        """A member of a list subscription changed (None: its last NOTIFY was answered while
+        more changes waited): gather for the list's interval, then one NOTIFY carries them."""
+        rlist = sub.rlist
+        assert rlist is not None
+        if resource is not None:
+            rlist.changed(resource)
+        if sub.state != "active":
+            return
+        if sub.in_flight is not None:
+            sub.dirty = True  # sent (after gathering) once the NOTIFY in flight is answered
+            return
+        if rlist.batch_interval <= 0:
+            self._send_notify(sub, now)
+            return
+        batch = rlist.batch
+        if not isinstance(batch, ListBatch):
+            batch = rlist.batch = ListBatch(sub)
+        if batch.timer_seq == NO_TIMER:  # not gathering yet: the first change starts it
+            self._timers.schedule(batch, now + rlist.batch_interval)
+            self._timer_moved = True
+
+    def _list_batch_due(self, sub: Subscription, now: float) -> None:
+        rlist = sub.rlist
+        if rlist is None or sub.state != "active" or not rlist.has_news:
+            return
+        if sub.in_flight is not None:
+            sub.dirty = True
+            return
+        self._send_notify(sub, now)
+
+    def _unindex_list(self, sub: Subscription) -> None:
+        assert sub.rlist is not None
+        for member in sub.rlist.member_resources():
+            subs = self._by_member.get(member)
+            if subs is not None:
+                subs.pop(sub.key, None)
+                if not subs:
+                    del self._by_member[member]
+        if isinstance(sub.rlist.batch, ListBatch):
+            self._timers.cancel(sub.rlist.batch)
 
 
 def _always(resource: str) -> bool:

@@ -6,16 +6,20 @@ import contextlib
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from bridge.sip.client_transaction import ClientTransaction
 from bridge.sip.headers import ParseError, parse_name_addr
 from bridge.sip.timers import NO_TIMER
 
+if TYPE_CHECKING:
+    from bridge.sip.list_subscription import ListState
+
 __all__ = [
     "SEQUENCE_LEASE",
     "STREAMS",
     "DialogKey",
+    "ListBatch",
     "NotifierSettings",
     "NotifyTemplate",
     "NotifyTransaction",
@@ -96,16 +100,25 @@ class NotifyTemplate:
         event: str,
         user_agent: str,
         content_type: str,
+        require: str = "",
     ) -> None:
         self._via = f"SIP/2.0/{transport.upper()} {host}:{port};rport;branch="
         contact = contact_uri(transport, host, port)
         self._trailer = f"\r\nContact: {contact}\r\nEvent: {event}\r\nUser-Agent: {user_agent}"
+        if require:  # a list subscription's NOTIFYs carry Require: eventlist (RFC 4662 §5.1)
+            self._trailer += f"\r\nRequire: {require}"
         self._content_type = f"\r\nContent-Type: {content_type}"
 
-    def render(self, sub: Subscription, branch: str, state: str, body: bytes) -> bytes:
-        """The NOTIFY's bytes at ``sub.cseq``; Content-Type only when there is a body."""
+    def render(
+        self, sub: Subscription, branch: str, state: str, body: bytes, content_type: str = ""
+    ) -> bytes:
+        """The NOTIFY's bytes at ``sub.cseq``; Content-Type only when there is a body
+        (``content_type``: this body's own, e.g. a list's multipart boundary and start)."""
         route = "".join(f"\r\nRoute: {r}" for r in sub.route) if sub.route else ""
-        content_type = self._content_type if body else ""
+        if content_type:
+            content_type = f"\r\nContent-Type: {content_type}" if body else ""
+        else:
+            content_type = self._content_type if body else ""
         head = (
             f"NOTIFY {sub.target} SIP/2.0\r\nVia: {self._via}{branch}\r\nMax-Forwards: 70{route}"
             f"\r\nFrom: {sub.local}\r\nTo: {sub.remote}\r\nCall-ID: {sub.key[0]}{self._trailer}"
@@ -117,13 +130,21 @@ class NotifyTemplate:
 
 @functools.lru_cache(maxsize=1024)
 def notify_template(
-    transport: str, host: str, port: int, *, event: str, user_agent: str, content_type: str
+    transport: str,
+    host: str,
+    port: int,
+    *,
+    event: str,
+    user_agent: str,
+    content_type: str,
+    require: str = "",
 ) -> NotifyTemplate:
-    """The one template of these parameters (a handful exist: per transport, local address and
-    Event id)."""
+    """The one template of these parameters (a handful exist: per transport, local address,
+    Event id and list or not)."""
     return NotifyTemplate(
-        transport, host, port, event=event, user_agent=user_agent, content_type=content_type
-    )
+        transport, host, port, event=event, user_agent=user_agent, content_type=content_type,
+        require=require,
+    )  # fmt: skip
 
 
 def contact_uri(transport: str, host: str, port: int) -> str:
@@ -198,6 +219,8 @@ class Subscription:
     cseq_bound: int = 0  # end of the current CSeq lease (what the store was last told)
     version_bound: int = 0  # end of the current version lease
     timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue
+    # A subscription to an RFC 4662 resource list: its members and what they last sent.
+    rlist: ListState | None = None
 
     def watcher_key(self) -> WatcherKey:
         """Who watches what: the same phone (address of record and contact) on the same
@@ -270,7 +293,16 @@ class Subscription:
             event=self.event,
             user_agent=user_agent,
             content_type=content_type,
+            require="eventlist" if self.rlist is not None else "",
         )
+
+
+@dataclass(eq=False, slots=True)
+class ListBatch:
+    """The timer entry of a list subscription's gathering interval (RFC 4662 lists)."""
+
+    subscription: Subscription
+    timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue
 
 
 class NotifyTransaction(ClientTransaction):
