@@ -25,6 +25,7 @@ from bridge.events import (
     AsteriskEvent,
     ContactChanged,
     DeviceStateChanged,
+    DialplanIncludes,
     EndpointGroups,
     ExtensionHint,
     ResyncFinished,
@@ -48,7 +49,7 @@ log = logging.getLogger("bridge")
 Address = tuple[str, int]
 # Events the core itself acts on besides handing them to the tracker (kept short: every event
 # of every call is checked against it).
-_SOURCE_NEWS = (EndpointGroups, SourceLost, ResyncStarted, ResyncFinished)
+_SOURCE_NEWS = (EndpointGroups, DialplanIncludes, SourceLost, ResyncStarted, ResyncFinished)
 _LED_INPUTS = (DeviceStateChanged, ExtensionHint, ContactChanged, ResyncStarted, ResyncFinished)
 
 
@@ -378,15 +379,22 @@ class BridgeCore:
         match event:
             case EndpointGroups():
                 endpoint = event.endpoint
-                context = event.subscribe_context
-                if pbx.tracker.set_subscribe_context(endpoint, context) and (
-                    ended := self._rehome(pbx, endpoint, now)
-                ):
-                    log.info("%s watches in context %s: %d subscription(s) made before that was "
-                             "known ended (the phone subscribes again)", endpoint,
-                             context or "(default)", ended)  # fmt: skip
+                context = event.subscribe_context or event.context
+                if pbx.tracker.set_endpoint_contexts(
+                    endpoint, event.subscribe_context, event.context
+                ) and (ended := self._rehome(pbx, endpoint, now)):
+                    log.info("%s watches from context %s: %d subscription(s) made before that "
+                             "was known ended (the phone subscribes again)", endpoint,
+                             context or "(none)", ended)  # fmt: skip
                 if pbx.policy.set_groups(endpoint, event.call_groups, event.pickup_groups):
                     self._policy_changed(pbx, now)
+            case DialplanIncludes():
+                # A dialplan reload: a watcher's key may now be found elsewhere, or nowhere.
+                if pbx.tracker.set_includes(event) and pbx.synced and (
+                    ended := self._rehome(pbx, None, now)
+                ):
+                    log.info("the dialplan's includes changed: %d subscription(s) now meaning "
+                             "another key ended (the phones subscribe again)", ended)
             case ResyncStarted():
                 pbx.connected = True
                 self._status_changed = True
@@ -409,12 +417,13 @@ class BridgeCore:
                 if all(p.ever_synced for p in self.pbxs):
                     self.notifier.ready = True
                 tracker = pbx.tracker
-                if tracker.default_context != pbx.default_context:
-                    pbx.default_context = tracker.default_context
-                    if ended := self._rehome(pbx, None, now):
-                        log.warning("the default context is now %s (it has the most hints): "
-                                    "%d subscription(s) in another context ended (the phones "
-                                    "subscribe again)", pbx.default_context, ended)  # fmt: skip
+                pbx.default_context = tracker.default_context
+                # What the sync read (hints, includes, a new naming context) may resolve a
+                # watcher's SUBSCRIBE to another key than before, as Asterisk now would.
+                if ended := self._rehome(pbx, None, now):
+                    log.warning("%d subscription(s) now meaning another key (the dialplan or "
+                                "the keys' names changed) ended: the phones subscribe again",
+                                ended)  # fmt: skip
                 # Watchers of extensions that lost their hint (or were resumed for one) are told.
                 for resource in self._resources_of(pbx):
                     if not tracker.watchable(pbx.key(resource)):
@@ -432,9 +441,10 @@ class BridgeCore:
 
     def _rehome(self, pbx: PbxState, endpoint: str | None, now: float) -> int:
         """Subscriptions that name another key than their watcher's SUBSCRIBE means now (it
-        subscribed before its endpoint's subscribe_context was read, or the default context
-        moved) end as ``deactivated``: the phone subscribes again at once (RFC 6665), to its
-        own tenant's key. ``endpoint``: only that watcher's. Returns how many ended."""
+        subscribed before its endpoint's contexts were read, the includes or the naming
+        context changed) end as ``deactivated``: the phone subscribes again at once (RFC 6665),
+        to the key Asterisk would give it. ``endpoint``: only that watcher's. Returns how many
+        ended."""
         tracker = pbx.tracker
 
         def misrouted(watcher: str, resource: str) -> bool:
@@ -442,7 +452,7 @@ class BridgeCore:
                 return False
             key = pbx.key(resource)
             user = key.partition("@")[0]
-            return tracker.knows_watcher(watcher) and tracker.resolve(user, watcher) != key
+            return tracker.resolve(user, watcher) != key
 
         return self.notifier.end_subscriptions(misrouted, now, "deactivated")
 

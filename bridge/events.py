@@ -161,6 +161,15 @@ class EndpointGroups:
     call_groups: frozenset[int]
     pickup_groups: frozenset[int]
     subscribe_context: str = ""  # where its SUBSCRIBEs resolve (tenants); "" when not said
+    context: str = ""  # its dialplan context: where they resolve without a subscribe_context
+
+
+@dataclass(frozen=True, slots=True)
+class DialplanIncludes:
+    """Every context's ``include =>`` lines in Asterisk's order (AMI ShowDialPlan, read at each
+    sync and after a dialplan ``Reload``): the whole dialplan's, replacing what was known."""
+
+    includes: tuple[tuple[str, tuple[str, ...]], ...]  # (context, its includes in order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +204,7 @@ AsteriskEvent = (
     | ExtensionHint
     | ContactChanged
     | EndpointGroups
+    | DialplanIncludes
     | ResyncStarted
     | ResyncFinished
     | SourceLost

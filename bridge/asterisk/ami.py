@@ -44,6 +44,7 @@ from bridge.events import (
     AsteriskEvent,
     ChannelGone,
     ChannelSeen,
+    DialplanIncludes,
     EndpointGroups,
     ExtensionHint,
     LegIds,
@@ -60,7 +61,11 @@ ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(p
 PRESENTATION = "CONNECTEDLINE(pres)"
 # ParkedCalls: who waits in which parking space (res_parking; without it Asterisk answers an
 # error, which ends that list like an empty one).
-RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels", "ParkedCalls")
+# ShowDialPlan: the includes, to resolve a SUBSCRIBE as Asterisk does (bridge.dialplan); it needs
+# the AMI user's read class `reporting` (or `config`).
+RESYNC_ACTIONS = (
+    "DeviceStateList", "ExtensionStateList", "CoreShowChannels", "ParkedCalls", "ShowDialPlan",
+)  # fmt: skip
 # Every contact of every phone, for the LED messages: the AORs' contacts (static contact= lines
 # and registrations), then the registrations with their status (an unreachable one is dropped).
 # Asterisk answers them in this order.
@@ -68,6 +73,7 @@ CONTACTS_ACTIONS = ("PJSIPShowAors", "PJSIPShowContacts")
 MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
 BANNER = b"Asterisk Call Manager/"  # Asterisk's first line, with the protocol version
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
+RELOAD_SETTLE = 0.5  # seconds after a Reload before the dialplan is read (reloads come in bursts)
 
 
 def _first(value: Any) -> str:
@@ -210,6 +216,8 @@ class _Connection:
         self.login_id = ""
         self.lists: set[str] = set()  # ActionIDs of resync lists not complete yet
         self.list_names: dict[str, str] = {}  # ActionID → action, for the log
+        # ShowDialPlan answers being read: ActionID → each context's includes so far, in order
+        self.dialplans: dict[str, dict[str, list[str]]] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
 
     def send(
@@ -252,7 +260,11 @@ class _Connection:
         action_id = h.get("actionid")
         if action_id is None:
             if "event" in h:
+                if h["event"].lower() == "reload":  # the includes may have changed
+                    self.source._reloaded(self)
                 self.source._accept(events_of(h))
+        elif action_id in self.dialplans:
+            self._dialplan_item(action_id, h)
         elif action_id == self.login_id:
             if h.get("response") == "Success":
                 self.source._begin_resync(self)
@@ -270,6 +282,34 @@ class _Connection:
                 self._list_done(action_id)
             elif "event" in h:
                 self.source._accept(events_of(h))
+
+    def read_dialplan(self) -> str:
+        """Send ShowDialPlan; its answer becomes one DialplanIncludes (``_dialplan_item``)."""
+        action_id, _ = self.send({"Action": "ShowDialPlan"}, lists=True)
+        self.dialplans[action_id] = {}
+        return action_id
+
+    def _dialplan_item(self, action_id: str, h: dict[str, str]) -> None:
+        """One message of a ShowDialPlan answer: an include is kept; at the end all of them
+        go out as one DialplanIncludes, in stream order."""
+        includes = self.dialplans[action_id]
+        if "event" not in h and h.get("response") != "Success":
+            del self.dialplans[action_id]
+            self.source._problems.report(
+                f"cannot list the dialplan's includes (ShowDialPlan: {h.get('message', '')}); "
+                "give the AMI user `read = reporting`: until then a phone watches only the "
+                "hints of its own context, not those of the contexts it includes"
+            )
+        elif h.get("eventlist", "").lower() == "complete":
+            del self.dialplans[action_id]
+            found = tuple((ctx, tuple(incs)) for ctx, incs in includes.items())
+            self.source._accept([DialplanIncludes(found)])
+        elif "includecontext" in h and "context" in h:
+            includes.setdefault(h["context"], []).append(h["includecontext"])
+        else:
+            return
+        if action_id in self.lists and action_id not in self.dialplans:
+            self._list_done(action_id)
 
     def _list_done(self, action_id: str) -> None:
         self.lists.discard(action_id)
@@ -317,6 +357,7 @@ class AmiSource:
         self._announced = False  # ResyncStarted sent and no SourceLost since
         self._logoff: asyncio.Future[Any] | None = None
         self._groups: asyncio.Task[None] | None = None
+        self._reread: asyncio.Task[None] | None = None  # the dialplan read after a Reload
         self._loop = ReconnectLoop(
             "AMI", self._session, self._queue, log, backoff_min=backoff_min,
             backoff_max=backoff_max, endpoints=list(self._endpoints),
@@ -336,6 +377,8 @@ class AmiSource:
                 task.cancel()
             if self._groups is not None:
                 self._groups.cancel()
+            if self._reread is not None:
+                self._reread.cancel()
 
     async def stop(self) -> None:
         """Log off and make ``run()`` return."""
@@ -420,7 +463,10 @@ class AmiSource:
         self._queue.put_nowait(Batch([ResyncStarted(_where(self.host, self.port))]))
         actions = (*RESYNC_ACTIONS, *CONTACTS_ACTIONS) if self._contacts else RESYNC_ACTIONS
         for action in actions:  # pipelined: Asterisk answers them in order
-            action_id, _ = conn.send({"Action": action})
+            if action == "ShowDialPlan":
+                action_id = conn.read_dialplan()
+            else:
+                action_id, _ = conn.send({"Action": action})
             conn.lists.add(action_id)
             conn.list_names[action_id] = action
 
@@ -472,11 +518,32 @@ class AmiSource:
                         parse_groups(h.get("CallGroup", "")),
                         parse_groups(h.get("PickupGroup", "")),
                     )
-                    context = h.get("SubscribeContext", "")  # tenants: where it watches
-                    self._queue.put_nowait(Batch([EndpointGroups(name, *groups, context)]))
+                    # Where its SUBSCRIBEs resolve: subscribe_context, else context (FreePBX).
+                    contexts = h.get("SubscribeContext", ""), h.get("Context", "")
+                    self._queue.put_nowait(Batch([EndpointGroups(name, *groups, *contexts)]))
 
         await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
         log.debug("read the pickup groups of %d endpoints", len(names))
+
+    def _reloaded(self, conn: _Connection) -> None:
+        """A module reload (``dialplan reload``, FreePBX's Apply Config): read the includes
+        and the hints again once the burst of Reload events has settled."""
+        if self._reread is None or self._reread.done():
+            self._reread = asyncio.create_task(self._read_dialplan(conn), name="ami-dialplan")
+
+    async def _read_dialplan(self, conn: _Connection) -> None:
+        await asyncio.sleep(RELOAD_SETTLE)
+        if conn is not self._conn or conn.lost.is_set():
+            return
+        conn.read_dialplan()
+        _, hints = conn.send({"Action": "ExtensionStateList"}, lists=True)
+        try:
+            answer = await asyncio.wait_for(hints, 10)
+        except (TimeoutError, asyncio.CancelledError):
+            return
+        for h in map(_headers, answer if isinstance(answer, list) else [answer]):
+            if h.get("Event") == "ExtensionStatus":
+                self._accept(events_of({k.lower(): v for k, v in h.items()}))
 
     def _accept(self, events: list[AsteriskEvent]) -> None:
         """Queue mapped events in stream order, starting id lookups for ringing legs."""

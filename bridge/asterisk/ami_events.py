@@ -46,7 +46,7 @@ _CHANNEL_EVENTS = frozenset(
 MAPPED_EVENTS = _CHANNEL_EVENTS | {
     "hangup", "dialbegin", "dialend", "hold", "unhold", "devicestatechange", "extensionstatus",
     "contactstatus", "contactlist", "aorlist", "parkedcall", "unparkedcall", "parkedcalltimeout",
-    "parkedcallgiveup",
+    "parkedcallgiveup", "reload",
 }  # fmt: skip
 _UNPARKED = frozenset({"unparkedcall", "parkedcalltimeout", "parkedcallgiveup"})
 # ContactStatus values (Asterisk 22: NonQualified, Reachable, Unreachable, Unknown, Removed)

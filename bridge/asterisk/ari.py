@@ -91,7 +91,8 @@ ENDPOINT_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "endpoint")
 AOR_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "aor")
 
 Answer = tuple[int, object]  # HTTP status, decoded JSON body (None if there was none)
-Groups = tuple[frozenset[int], frozenset[int], str]  # call, pickup groups; subscribe_context
+# call, pickup groups; subscribe_context, context (where its SUBSCRIBEs resolve)
+Groups = tuple[frozenset[int], frozenset[int], str, str]
 
 
 class _ResyncFailed(Exception):
@@ -141,7 +142,7 @@ def _pjsip_names(endpoints: Sequence[object]) -> list[str]:
 
 
 def _config_groups(body: object) -> Groups | None:
-    """``call_group``, ``pickup_group`` (and ``subscribe_context``) from a list of
+    """``call_group``, ``pickup_group`` (and ``subscribe_context``, ``context``) from a list of
     ConfigTuples; None if the groups are not there.
 
     Asterisk prints groups as ``1, 3, 4`` (empty for none); parse_groups also takes ranges.
@@ -157,7 +158,7 @@ def _config_groups(body: object) -> Groups | None:
     if "call_group" not in values or "pickup_group" not in values:
         return None
     groups = parse_groups(values["call_group"]), parse_groups(values["pickup_group"])
-    return (*groups, values.get("subscribe_context", ""))  # tenants: where it watches
+    return (*groups, values.get("subscribe_context", ""), values.get("context", ""))
 
 
 def _why(answer: Answer) -> str:
