@@ -25,7 +25,7 @@ from bridge.events import (
     AsteriskEvent,
     ContactChanged,
     DeviceStateChanged,
-    DialplanIncludes,
+    DialplanRead,
     EndpointGroups,
     ExtensionHint,
     ResyncFinished,
@@ -49,7 +49,7 @@ log = logging.getLogger("bridge")
 Address = tuple[str, int]
 # Events the core itself acts on besides handing them to the tracker (kept short: every event
 # of every call is checked against it).
-_SOURCE_NEWS = (EndpointGroups, DialplanIncludes, SourceLost, ResyncStarted, ResyncFinished)
+_SOURCE_NEWS = (EndpointGroups, DialplanRead, SourceLost, ResyncStarted, ResyncFinished)
 _LED_INPUTS = (DeviceStateChanged, ExtensionHint, ContactChanged, ResyncStarted, ResyncFinished)
 
 
@@ -388,13 +388,14 @@ class BridgeCore:
                              context or "(none)", ended)  # fmt: skip
                 if pbx.policy.set_groups(endpoint, event.call_groups, event.pickup_groups):
                     self._policy_changed(pbx, now)
-            case DialplanIncludes():
+            case DialplanRead():
                 # A dialplan reload: a watcher's key may now be found elsewhere, or nowhere.
-                if pbx.tracker.set_includes(event) and pbx.synced and (
+                if pbx.tracker.set_dialplan(event) and pbx.synced and (
                     ended := self._rehome(pbx, None, now)
                 ):
-                    log.info("the dialplan's includes changed: %d subscription(s) now meaning "
-                             "another key ended (the phones subscribe again)", ended)
+                    log.info("the dialplan's includes or pattern hints changed: %d "
+                             "subscription(s) now meaning another key ended (the phones "
+                             "subscribe again)", ended)  # fmt: skip
             case ResyncStarted():
                 pbx.connected = True
                 self._status_changed = True

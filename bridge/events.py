@@ -165,11 +165,14 @@ class EndpointGroups:
 
 
 @dataclass(frozen=True, slots=True)
-class DialplanIncludes:
-    """Every context's ``include =>`` lines in Asterisk's order (AMI ShowDialPlan, read at each
-    sync and after a dialplan ``Reload``): the whole dialplan's, replacing what was known."""
+class DialplanRead:
+    """What of the dialplan decides where a SUBSCRIBE resolves (AMI ShowDialPlan, read at each
+    sync and after a ``Reload``), replacing what was known: every context's ``include =>``
+    lines in order, and its pattern hints (``_*76X.`` → ``Custom:DEVDND${EXTEN:3}``, which
+    ExtensionStateList leaves out)."""
 
     includes: tuple[tuple[str, tuple[str, ...]], ...]  # (context, its includes in order)
+    pattern_hints: tuple[tuple[str, str, str], ...] = ()  # (context, pattern, hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +207,7 @@ AsteriskEvent = (
     | ExtensionHint
     | ContactChanged
     | EndpointGroups
-    | DialplanIncludes
+    | DialplanRead
     | ResyncStarted
     | ResyncFinished
     | SourceLost

@@ -53,7 +53,7 @@ from bridge.events import (
     DeviceStateChanged,
     DialBegan,
     DialEnded,
-    DialplanIncludes,
+    DialplanRead,
     ExtensionHint,
     HoldChanged,
     LegIds,
@@ -139,6 +139,7 @@ class CallTracker:
         self._start_contexts: dict[str, str] = {}  # endpoint → where its SUBSCRIBEs resolve
         self._dialplan = DialplanResolver()  # includes and hint holders, to resolve as Asterisk
         self._synced = False  # a sync has finished: the hints and includes are known
+        self._expanded = 0  # exact hints made from pattern hints (bounded)
         self._guessed: set[str] = set()  # watchers resolved before their context was known
         self._device_extens: dict[str, set[str]] = {}  # device key → watchable extens
         self._states: dict[str, EntityState] = {}  # only entities that differ from idle
@@ -207,6 +208,14 @@ class CallTracker:
             # An explicitly watched extension without a hint is the PJSIP endpoint of that name.
             watch = self._settings.watch
             return user if watch is not None and user in watch else None
+        if (found, user) not in self._context_hints:
+            # A pattern hint (FreePBX's *76<ext>): Asterisk adds the exact hint on the first
+            # SUBSCRIBE, and so does the bridge; bounded, the names are the phones' to choose.
+            hint = dialplan.pattern_hint(found, user)
+            if hint is None or self._expanded >= _MAX_GUESSED:
+                return None
+            self._expanded += 1
+            self._refresh(self._on_hint(ExtensionHint(user, found, hint, -1)))
         return self.key(user, found)
 
     def knows_watcher(self, endpoint: str) -> bool:
@@ -225,10 +234,10 @@ class CallTracker:
             return True
         return moved
 
-    def set_includes(self, includes: DialplanIncludes) -> bool:
-        """Take the dialplan's includes (every sync, every dialplan reload); True when they
-        changed, so subscriptions may now mean other keys."""
-        return self._dialplan.set_includes(includes.includes)
+    def set_dialplan(self, dialplan: DialplanRead) -> bool:
+        """Take the dialplan's includes and pattern hints (every sync, every reload); True
+        when they changed, so subscriptions may now mean other keys."""
+        return self._dialplan.set_dialplan(dialplan.includes, dialplan.pattern_hints)
 
     def channels_needing_ids(self) -> frozenset[str]:
         """Uniqueids of ringing incoming PJSIP legs of watched extensions still without LegIds."""

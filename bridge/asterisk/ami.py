@@ -44,7 +44,7 @@ from bridge.events import (
     AsteriskEvent,
     ChannelGone,
     ChannelSeen,
-    DialplanIncludes,
+    DialplanRead,
     EndpointGroups,
     ExtensionHint,
     LegIds,
@@ -218,6 +218,7 @@ class _Connection:
         self.list_names: dict[str, str] = {}  # ActionID → action, for the log
         # ShowDialPlan answers being read: ActionID → each context's includes so far, in order
         self.dialplans: dict[str, dict[str, list[str]]] = {}
+        self.pattern_hints: dict[str, list[tuple[str, str, str]]] = {}  # ActionID → found
         self._inflight: set[asyncio.Future[Any]] = set()
 
     def send(
@@ -284,17 +285,18 @@ class _Connection:
                 self.source._accept(events_of(h))
 
     def read_dialplan(self) -> str:
-        """Send ShowDialPlan; its answer becomes one DialplanIncludes (``_dialplan_item``)."""
+        """Send ShowDialPlan; its answer becomes one DialplanRead (``_dialplan_item``)."""
         action_id, _ = self.send({"Action": "ShowDialPlan"}, lists=True)
         self.dialplans[action_id] = {}
         return action_id
 
     def _dialplan_item(self, action_id: str, h: dict[str, str]) -> None:
         """One message of a ShowDialPlan answer: an include is kept; at the end all of them
-        go out as one DialplanIncludes, in stream order."""
+        go out as one DialplanRead, in stream order."""
         includes = self.dialplans[action_id]
         if "event" not in h and h.get("response") != "Success":
             del self.dialplans[action_id]
+            self.pattern_hints.pop(action_id, None)
             self.source._problems.report(
                 f"cannot list the dialplan's includes (ShowDialPlan: {h.get('message', '')}); "
                 "give the AMI user `read = reporting`: until then a phone watches only the "
@@ -302,10 +304,15 @@ class _Connection:
             )
         elif h.get("eventlist", "").lower() == "complete":
             del self.dialplans[action_id]
-            found = tuple((ctx, tuple(incs)) for ctx, incs in includes.items())
-            self.source._accept([DialplanIncludes(found)])
+            patterns = tuple(self.pattern_hints.pop(action_id, ()))
+            found = tuple((ctx, tuple(incs)) for ctx, incs in includes.items() if ctx)
+            self.source._accept([DialplanRead(found, patterns)])
         elif "includecontext" in h and "context" in h:
             includes.setdefault(h["context"], []).append(h["includecontext"])
+        elif h.get("priority") == "hint" and h.get("extension", "").startswith("_"):
+            # ExtensionStateList leaves pattern hints out (FreePBX's *76<ext> DND keys).
+            pattern = (h.get("context", ""), h["extension"], h.get("application", ""))
+            self.pattern_hints.setdefault(action_id, []).append(pattern)
         else:
             return
         if action_id in self.lists and action_id not in self.dialplans:
