@@ -25,6 +25,7 @@ from bridge.events import (
     ChannelSeen,
     ChannelState,
     DeviceStateChanged,
+    DialplanRead,
     ExtensionHint,
     LegIds,
     ResyncFinished,
@@ -94,7 +95,10 @@ async def test_login_mask_resync_and_live_events(server: RecordedAmiServer) -> N
         assert server.logins[-1]["Events"] == "call,system"
         snapshot = got.events[:]
         assert snapshot[0] == ResyncStarted() and snapshot[-1] == ResyncFinished()
-        assert [type(e) for e in snapshot[1:-1]] == [DeviceStateChanged] * 6 + [ExtensionHint] * 6
+        listed = [DeviceStateChanged] * 6 + [ExtensionHint] * 6 + [DialplanRead]
+        assert [type(e) for e in snapshot[1:-1]] == listed
+        # ShowDialPlan, answered from the recorded PBX's extensions.conf: its one include.
+        assert snapshot[-2] == DialplanRead((("internal", ("parkedcalls",)),))
 
         await server.play("ring-answer-hangup")
         expected = recorded(server, "ring-answer-hangup")
@@ -194,7 +198,8 @@ async def test_live_events_during_resync_are_kept_in_order(server: RecordedAmiSe
         at = next(i for i, e in enumerate(live) if ringing(e))
         assert events[lists_end:][: len(live) + 1] == [*live[:at], PICKUP_IDS, *live[at:]]
         snapshot = events[lists_end + len(live) + 1 :]
-        assert [type(e) for e in snapshot] == [LegIds, ChannelSeen, ChannelSeen, ResyncFinished]
+        assert [type(e) for e in snapshot] == [LegIds, ChannelSeen, ChannelSeen, DialplanRead,
+                                               ResyncFinished]  # fmt: skip
         assert snapshot[0] == PICKUP_IDS and ringing(snapshot[1])
 
 
