@@ -648,3 +648,44 @@ async def test_an_action_after_the_connection_closed_is_not_written(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_dialplan_reload_reads_the_includes_and_pattern_hints_again(
+    server: RecordedAmiServer,
+) -> None:
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        # FreePBX's Apply Config: new includes and a DND pattern hint, then a burst of Reloads.
+        server.dialplan = [
+            {"Event": "ListDialplan", "Context": "from-internal", "IncludeContext": "ext-local",
+             "Registrar": "pbx_config"},
+            {"Event": "ListDialplan", "Context": "from-internal",
+             "IncludeContext": "ext-dnd-hints", "Registrar": "pbx_config"},
+            {"Event": "ListDialplan", "Context": "ext-dnd-hints", "Extension": "_*76X.",
+             "Priority": "hint", "Application": "Custom:DEVDND${EXTEN:3}",
+             "Registrar": "pbx_config"},
+        ]  # fmt: skip
+        for module in ("pbx_config", "res_parking", "app_queue"):
+            server.emit({"Event": "Reload", "Privilege": "system,all", "Module": module,
+                         "Status": "2"})  # fmt: skip
+        await got.until(lambda evs: sum(isinstance(e, DialplanRead) for e in evs) == 2)
+        await asyncio.sleep(0.8)  # the burst settled: one read, not three
+        reads = [e for e in got.events if isinstance(e, DialplanRead)]
+        assert len(reads) == 2
+        assert reads[-1] == DialplanRead(
+            (("from-internal", ("ext-local", "ext-dnd-hints")),),
+            (("ext-dnd-hints", "_*76X.", "Custom:DEVDND${EXTEN:3}"),),
+        )
+    asked = [name for kind, name, _ in server.log if kind == "recv"]
+    assert asked.count("ShowDialPlan") == 2 and asked.count("ExtensionStateList") == 2
+
+
+async def test_an_ami_user_without_reporting_is_told_what_to_add(
+    server: RecordedAmiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.dialplan = []  # answered with an error, as Asterisk answers a user it refuses
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        assert not any(isinstance(e, DialplanRead) for e in got.events)
+        assert got.events[-1] == ResyncFinished()  # the sync did not wait for it
+    assert "read = reporting" in caplog.text
