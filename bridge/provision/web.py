@@ -54,7 +54,10 @@ class SnomDocuments:
         config = self.bridge.config
         if not _allowed(remote, config.security.allow):
             return SnomAnswer(403, b"not in security.allow\n")
-        extensions = [e.exten for e in self.bridge.status.entities()]
+        # A key of another context ("71@park-hints", "*76201@ext-dnd-hints") is subscribed to
+        # by its number: Asterisk's and the bridge's resolution find its context from the phone.
+        extensions = list(dict.fromkeys(e.exten.partition("@")[0] for e in
+                                        self.bridge.status.entities()))  # fmt: skip
         if phone not in known_phones(config, extensions):
             return SnomAnswer(404, f"no phone {phone!r} known to the bridge\n".encode())
         try:
