@@ -542,6 +542,7 @@ class AmiSource:
         await asyncio.sleep(RELOAD_SETTLE)
         if conn is not self._conn or conn.lost.is_set():
             return
+        log.info("Asterisk reloaded: reading its dialplan's includes and hints again")
         conn.read_dialplan()
         _, hints = conn.send({"Action": "ExtensionStateList"}, lists=True)
         try:
