@@ -35,7 +35,7 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
-from bridge.asterisk.ami_events import MAPPED_EVENTS, events_of, needs_ids
+from bridge.asterisk.ami_events import MAPPED_EVENTS, dialplan_of, events_of, needs_ids
 from bridge.asterisk.ami_wire import MessageSplitter, parse_message
 from bridge.asterisk.delivery import Batch, IdsTask, OrderedEvents, ids_result
 from bridge.asterisk.retry import ReconnectLoop
@@ -44,7 +44,6 @@ from bridge.events import (
     AsteriskEvent,
     ChannelGone,
     ChannelSeen,
-    DialplanRead,
     EndpointGroups,
     ExtensionHint,
     LegIds,
@@ -216,9 +215,8 @@ class _Connection:
         self.login_id = ""
         self.lists: set[str] = set()  # ActionIDs of resync lists not complete yet
         self.list_names: dict[str, str] = {}  # ActionID → action, for the log
-        # ShowDialPlan answers being read: ActionID → each context's includes so far, in order
-        self.dialplans: dict[str, dict[str, list[str]]] = {}
-        self.pattern_hints: dict[str, list[tuple[str, str, str]]] = {}  # ActionID → found
+        # ShowDialPlan answers being read: ActionID → its ListDialplan items so far
+        self.dialplans: dict[str, list[dict[str, str]]] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
 
     def send(
@@ -287,32 +285,27 @@ class _Connection:
     def read_dialplan(self) -> str:
         """Send ShowDialPlan; its answer becomes one DialplanRead (``_dialplan_item``)."""
         action_id, _ = self.send({"Action": "ShowDialPlan"}, lists=True)
-        self.dialplans[action_id] = {}
+        self.dialplans[action_id] = []
         return action_id
 
     def _dialplan_item(self, action_id: str, h: dict[str, str]) -> None:
-        """One message of a ShowDialPlan answer: an include is kept; at the end all of them
-        go out as one DialplanRead, in stream order."""
-        includes = self.dialplans[action_id]
+        """One message of a ShowDialPlan answer: the items are kept; at the end they go out
+        as one DialplanRead, in stream order."""
+        items = self.dialplans[action_id]
         if "event" not in h and h.get("response") != "Success":
             del self.dialplans[action_id]
-            self.pattern_hints.pop(action_id, None)
-            self.source._problems.report(
-                f"cannot list the dialplan's includes (ShowDialPlan: {h.get('message', '')}); "
-                "give the AMI user `read = reporting`: until then a phone watches only the "
-                "hints of its own context, not those of the contexts it includes"
+            log.warning(
+                "cannot list the dialplan's includes (ShowDialPlan: %s); give the AMI user "
+                "`read = reporting`: until then a phone watches only the hints of its own "
+                "context, not those of the contexts it includes", h.get("message", "")
             )
         elif h.get("eventlist", "").lower() == "complete":
             del self.dialplans[action_id]
-            patterns = tuple(self.pattern_hints.pop(action_id, ()))
-            found = tuple((ctx, tuple(incs)) for ctx, incs in includes.items() if ctx)
-            self.source._accept([DialplanRead(found, patterns)])
-        elif "includecontext" in h and "context" in h:
-            includes.setdefault(h["context"], []).append(h["includecontext"])
-        elif h.get("priority") == "hint" and h.get("extension", "").startswith("_"):
-            # ExtensionStateList leaves pattern hints out (FreePBX's *76<ext> DND keys).
-            pattern = (h.get("context", ""), h["extension"], h.get("application", ""))
-            self.pattern_hints.setdefault(action_id, []).append(pattern)
+            self.source._accept([dialplan_of(items)])
+        elif h.get("event", "").lower() == "listdialplan":
+            if "includecontext" in h or h.get("priority") == "hint":  # all the bridge reads
+                items.append(h)
+            return
         else:
             return
         if action_id in self.lists and action_id not in self.dialplans:
