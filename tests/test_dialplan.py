@@ -21,6 +21,7 @@ from bridge.events import (
     ResyncFinished,
     ResyncStarted,
 )
+from bridge.provision.site import freepbx_label
 from bridge.tracker import CallTracker
 
 FREEPBX_INCLUDES = (
@@ -178,3 +179,19 @@ def test_a_dialplan_reload_that_moves_a_key_sends_its_watchers_to_subscribe_agai
     final = lb.notifies_of(first)[-1]
     assert final.headers["subscription-state"] == "terminated;reason=deactivated"
     assert lb.subscribe("202", user="b203").status == 404
+
+
+@pytest.mark.parametrize(
+    ("key", "label"),
+    [
+        ("71@park-hints", "Park 71"),
+        ("*76201@ext-dnd-hints", "DND 201"),
+        ("*280@app-daynight-toggle", "Day/Night 0"),
+        ("*21201@ext-findmefollow", "Follow-me 201"),
+        ("*740201@ext-cf-hints", "CF 201"),
+        ("202", None),
+        ("202@tenant-b-ext", None),
+    ],
+)
+def test_snom_keys_are_labelled_as_freepbx_sites_label_them(key: str, label: str | None) -> None:
+    assert freepbx_label(key) == label
