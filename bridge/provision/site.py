@@ -102,6 +102,7 @@ def snom_document(
     extensions: Sequence[str],
     policy: PickupPolicy,
     address: BridgeAddress,
+    *,
     default_labels: Mapping[str, str] | None = None,
 ) -> bytes:
     """The settings XML for ``phone``: a BLF key per extension, its ``[[led]]`` keys.

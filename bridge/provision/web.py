@@ -74,7 +74,7 @@ class SnomDocuments:
         if address.port == 0:  # listening on "any port": the one it got
             address = dataclasses.replace(address, port=self.bridge.bound(address.transport)[1])
         policy = self.bridge.policy
-        document = snom_document(config, phone, extensions, policy, address, labels)
+        document = snom_document(config, phone, extensions, policy, address, default_labels=labels)
         return SnomAnswer(200, document)
 
 
