@@ -296,8 +296,8 @@ class _Connection:
             del self.dialplans[action_id]
             log.warning(
                 "cannot list the dialplan's includes (ShowDialPlan: %s); give the AMI user "
-                "`read = reporting`: until then a phone watches only the hints of its own "
-                "context, not those of the contexts it includes", h.get("message", "")
+                "`read = reporting`: until then a phone watches its own context's hints, or "
+                "where that has none, the naming context's", h.get("message", "")
             )
         elif h.get("eventlist", "").lower() == "complete":
             del self.dialplans[action_id]
