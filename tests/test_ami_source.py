@@ -689,3 +689,16 @@ async def test_an_ami_user_without_reporting_is_told_what_to_add(
         assert not any(isinstance(e, DialplanRead) for e in got.events)
         assert got.events[-1] == ResyncFinished()  # the sync did not wait for it
     assert "read = reporting" in caplog.text
+
+
+async def test_the_dialplan_is_read_again_without_a_reload_event(
+    server: RecordedAmiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CLI's `dialplan reload` tells AMI nothing: the periodic read still finds the change.
+    monkeypatch.setattr(ami_module, "DIALPLAN_REREAD", 0.2)
+    async with running(server, ping_interval=0.05) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        server.dialplan = [{"Event": "ListDialplan", "Context": "from-internal",
+                            "IncludeContext": "ext-local", "Registrar": "pbx_config"}]  # fmt: skip
+        changed = DialplanRead((("from-internal", ("ext-local",)),))
+        await got.until(lambda evs: changed in evs)

@@ -73,6 +73,10 @@ MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up 
 BANNER = b"Asterisk Call Manager/"  # Asterisk's first line, with the protocol version
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
 RELOAD_SETTLE = 0.5  # seconds after a Reload before the dialplan is read (reloads come in bursts)
+# The CLI's `dialplan reload` sends AMI no Reload event (pbx_config calls pbx_load_module itself;
+# `module reload`, `core reload` and the AMI Reload action, FreePBX's, do): the dialplan is read
+# again this often anyway.
+DIALPLAN_REREAD = 300.0
 
 
 def _first(value: Any) -> str:
@@ -446,9 +450,15 @@ class AmiSource:
         return True
 
     async def _keepalive(self, conn: _Connection) -> None:
-        """Ping; an Asterisk that does not answer within an interval is treated as gone."""
+        """Ping; an Asterisk that does not answer within an interval is treated as gone.
+        Every ``DIALPLAN_REREAD`` seconds the dialplan is read again, too."""
+        last_read = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(self._ping_interval)
+            now = asyncio.get_running_loop().time()
+            if now - last_read >= DIALPLAN_REREAD and self.synced.is_set():
+                last_read = now
+                self._reloaded(conn, quiet=True)
             _, pong = conn.send({"Action": "Ping"})
             done, _ = await asyncio.wait([pong], timeout=self._ping_interval)
             if not done:
@@ -525,17 +535,19 @@ class AmiSource:
         await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
         log.debug("read the pickup groups of %d endpoints", len(names))
 
-    def _reloaded(self, conn: _Connection) -> None:
-        """A module reload (``dialplan reload``, FreePBX's Apply Config): read the includes
-        and the hints again once the burst of Reload events has settled."""
+    def _reloaded(self, conn: _Connection, *, quiet: bool = False) -> None:
+        """A module reload (``module reload``, FreePBX's Apply Config), or the periodic read:
+        read the includes and the hints again once the burst of Reload events has settled."""
         if self._reread is None or self._reread.done():
-            self._reread = asyncio.create_task(self._read_dialplan(conn), name="ami-dialplan")
+            reading = self._read_dialplan(conn, quiet=quiet)
+            self._reread = asyncio.create_task(reading, name="ami-dialplan")
 
-    async def _read_dialplan(self, conn: _Connection) -> None:
+    async def _read_dialplan(self, conn: _Connection, *, quiet: bool) -> None:
         await asyncio.sleep(RELOAD_SETTLE)
         if conn is not self._conn or conn.lost.is_set():
             return
-        log.info("Asterisk reloaded: reading its dialplan's includes and hints again")
+        log.log(logging.DEBUG if quiet else logging.INFO,
+                "Asterisk reloaded: reading its dialplan's includes and hints again")  # fmt: skip
         conn.read_dialplan()
         _, hints = conn.send({"Action": "ExtensionStateList"}, lists=True)
         try:
