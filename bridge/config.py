@@ -275,9 +275,10 @@ class WatchConfig:
     )
     context: str = setting(
         "", Text(forbidden=_NOT_IN_A_NAME, what="a dialplan context name"),
-        "the hint context whose keys go by their bare extension (others: `202@tenant-b`), and "
-        "where a watcher whose endpoint names no `subscribe_context` watches",
-        shown="the context holding the most hints",
+        "names keys: this context's go by their bare extension (others `202@tenant-b`), and a "
+        "watcher that is no known endpoint resolves here; a phone's SUBSCRIBE resolves as "
+        "Asterisk's does (subscribe_context, else context, through the includes)",
+        shown="the context holding the most phone hints",
     )
 
 

@@ -25,6 +25,7 @@ from bridge.events import (
     AsteriskEvent,
     ContactChanged,
     DeviceStateChanged,
+    DialplanRead,
     EndpointGroups,
     ExtensionHint,
     ResourceListsRead,
@@ -52,8 +53,8 @@ log = logging.getLogger("bridge")
 Address = tuple[str, int]
 # Events the core itself acts on besides handing them to the tracker (kept short: every event
 # of every call is checked against it).
-_SOURCE_NEWS = (EndpointGroups, ResourceListsRead, SourceLost, ResyncStarted, ResyncFinished,
-                RightsMissing)
+_SOURCE_NEWS = (EndpointGroups, DialplanRead, ResourceListsRead, SourceLost, ResyncStarted,
+                ResyncFinished, RightsMissing)
 HINT_UNAVAILABLE = 4  # ExtensionStatus: no device of the hint can be reached
 _LED_INPUTS = (DeviceStateChanged, ExtensionHint, ContactChanged, ResyncStarted, ResyncFinished)
 
@@ -458,13 +459,13 @@ class BridgeCore:
                     self._lists_changed(names, now, f"Asterisk{_of(pbx)}")
             case EndpointGroups():
                 endpoint = event.endpoint
-                context = event.subscribe_context
-                if pbx.tracker.set_subscribe_context(endpoint, context) and (
-                    ended := self._rehome(pbx, endpoint, now)
-                ):
-                    log.info("%s watches in context %s: %d subscription(s) made before that was "
-                             "known ended (the phone subscribes again)", endpoint,
-                             context or "(default)", ended)  # fmt: skip
+                context = event.subscribe_context or event.context
+                if pbx.tracker.set_endpoint_contexts(
+                    endpoint, event.subscribe_context, event.context
+                ) and (ended := self._rehome(pbx, endpoint, now)):
+                    log.info("%s watches from context %s: %d subscription(s) made before that "
+                             "was known ended (the phone subscribes again)", endpoint,
+                             context or "(none)", ended)  # fmt: skip
                 name = callerid_name(event.callerid)
                 if pbx.names.get(endpoint, "") != name:
                     pbx.names[endpoint] = name
@@ -478,6 +479,14 @@ class BridgeCore:
                     f"Asterisk refused {event.action} (Permission denied): no {event.needed_for}",
                     f"add `{event.right}` to the bridge's user in manager.conf, then "
                     "`asterisk -rx 'manager reload'`"))  # fmt: skip
+            case DialplanRead():
+                # A dialplan reload: a watcher's key may now be found elsewhere, or nowhere.
+                if pbx.tracker.set_dialplan(event) and pbx.synced and (
+                    ended := self._rehome(pbx, None, now)
+                ):
+                    log.info("the dialplan's includes or pattern hints changed: %d "
+                             "subscription(s) now meaning another key ended (the phones "
+                             "subscribe again)", ended)  # fmt: skip
             case ResyncStarted():
                 pbx.connected = True
                 self._status_changed = True
@@ -496,12 +505,13 @@ class BridgeCore:
                 pbx.stale_ring_at = None
                 pbx.ever_synced = True  # from now on an unknown key of this PBX is no key
                 tracker = pbx.tracker
-                if tracker.default_context != pbx.default_context:
-                    pbx.default_context = tracker.default_context
-                    if ended := self._rehome(pbx, None, now):
-                        log.warning("the default context is now %s (it has the most hints): "
-                                    "%d subscription(s) in another context ended (the phones "
-                                    "subscribe again)", pbx.default_context, ended)  # fmt: skip
+                pbx.default_context = tracker.default_context
+                # What the sync read (hints, includes, a new naming context) may resolve a
+                # watcher's SUBSCRIBE to another key than before, as Asterisk now would.
+                if ended := self._rehome(pbx, None, now):
+                    log.warning("%d subscription(s) now meaning another key (the dialplan or "
+                                "the keys' names changed) ended: the phones subscribe again",
+                                ended)  # fmt: skip
                 # Watchers of extensions that lost their hint (or were resumed for one) are told.
                 for resource in self._resources_of(pbx):
                     if not tracker.watchable(pbx.key(resource)):
@@ -546,17 +556,20 @@ class BridgeCore:
 
     def _rehome(self, pbx: PbxState, endpoint: str | None, now: float) -> int:
         """Subscriptions that name another key than their watcher's SUBSCRIBE means now (it
-        subscribed before its endpoint's subscribe_context was read, or the default context
-        moved) end as ``deactivated``: the phone subscribes again at once (RFC 6665), to its
-        own tenant's key. ``endpoint``: only that watcher's. Returns how many ended."""
+        subscribed before its endpoint's contexts were read, the includes or the naming
+        context changed) end as ``deactivated``: the phone subscribes again at once (RFC 6665),
+        to the key Asterisk would give it. ``endpoint``: only that watcher's. Returns how many
+        ended."""
         tracker = pbx.tracker
 
         def misrouted(watcher: str, resource: str) -> bool:
             if (endpoint is not None and watcher != endpoint) or self._pbx_of(resource) is not pbx:
                 return False
             key = pbx.key(resource)
-            user = key.partition("@")[0]
-            return tracker.knows_watcher(watcher) and tracker.resolve(user, watcher) != key
+            now_means = tracker.resolve(key.partition("@")[0], watcher)
+            # A key not known yet (before the first sync) that turns out to mean nothing is no
+            # move: it ends as noresource once its PBX has synced (Notifier's pending keys).
+            return now_means != key and (now_means is not None or tracker.watchable(key))
 
         return self.notifier.end_subscriptions(misrouted, now, "deactivated")
 

@@ -161,6 +161,7 @@ class EndpointGroups:
     call_groups: frozenset[int]
     pickup_groups: frozenset[int]
     subscribe_context: str = ""  # where its SUBSCRIBEs resolve (tenants); "" when not said
+    context: str = ""  # its dialplan context: where they resolve without a subscribe_context
     # Its caller id as Asterisk prints it (``"Phone 201" <201>``), for the panel's key names;
     # not compared: the groups are what the policy follows.
     callerid: str = field(default="", compare=False)
@@ -193,6 +194,17 @@ class ResourceListEntry:
     items: tuple[str, ...]  # list_item, in order: extensions (or other lists' names)
     full_state: bool = False
     batch_interval_ms: int = 0  # notification_batch_interval
+
+
+@dataclass(frozen=True, slots=True)
+class DialplanRead:
+    """What of the dialplan decides where a SUBSCRIBE resolves (AMI ShowDialPlan, read at each
+    sync and after a ``Reload``), replacing what was known: every context's ``include =>``
+    lines in order, and its pattern hints (``_*76X.`` → ``Custom:DEVDND${EXTEN:3}``, which
+    ExtensionStateList leaves out)."""
+
+    includes: tuple[tuple[str, tuple[str, ...]], ...]  # (context, its includes in order)
+    pattern_hints: tuple[tuple[str, str, str], ...] = ()  # (context, pattern, hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +241,7 @@ AsteriskEvent = (
     | EndpointGroups
     | RightsMissing
     | ResourceListsRead
+    | DialplanRead
     | ResyncStarted
     | ResyncFinished
     | SourceLost

@@ -17,10 +17,13 @@ Decisions (see the recordings in ``tests/fixtures/asterisk-22.10.1``):
   For channel devices DeviceStateChanged is ignored: channel events are the truth. Devices that
   have no channels (``Custom:``, ``park:``, ``Queue:``…) light their keys from their device
   states and parked calls (``bridge.hintstate``), next to the channel dialogs of a composite hint.
-- Tenants: a key is (context, extension), named by the bare extension in the default context
-  (``watch.context``, else the context holding the most hints) and ``202@tenant-b`` in any
-  other. A watcher resolves what it asks for in its endpoint's ``subscribe_context``
-  (``resolve``), so it never sees, nor gets the pickup ids of, another context's calls.
+- Contexts: a key is (context, extension), named by the bare extension in the naming context
+  (``watch.context``, else the context holding the most phone hints) and ``202@tenant-b`` in
+  any other. The name is only a name: a watcher's SUBSCRIBE resolves as Asterisk resolves it
+  (``resolve``, ``bridge.dialplan``): in its endpoint's ``subscribe_context``, else its
+  ``context``, following the includes (FreePBX: from-internal → … → ext-local), so it never
+  sees, nor gets the pickup ids of, another context's calls, and a key Asterisk would not find
+  is no key.
 - Out-of-order events (ARI) converge: a channel's state only moves forward (Down → Ring(ing) →
   Up), identities are only overwritten by known values, a hangup leaves a bounded tombstone so a
   late event for that channel cannot resurrect it.
@@ -39,6 +42,7 @@ from bridge.devices import (
     is_channel_device,
     park_space,
 )
+from bridge.dialplan import DialplanResolver
 from bridge.events import (
     AsteriskEvent,
     CallParked,
@@ -49,6 +53,7 @@ from bridge.events import (
     DeviceStateChanged,
     DialBegan,
     DialEnded,
+    DialplanRead,
     ExtensionHint,
     HoldChanged,
     LegIds,
@@ -82,8 +87,9 @@ class TrackerSettings:
     (trying, early once the callee rings, confirmed when answered).
     ``watch``: the extensions to report; None means every extension that has a hint.
     ``max_tombstones``: how many hung-up channel ids are remembered against late events.
-    ``context``: the hint context whose keys go by their bare extension; "" picks the context
-    holding the most hints (decided at the end of each sync).
+    ``context``: the context whose keys go by their bare extension, where a watcher that is
+    no known endpoint resolves; "": the context holding the most phone hints (decided at the
+    end of each sync). A known endpoint always resolves from its own contexts.
     """
 
     outgoing_blinks: bool = False
@@ -132,8 +138,10 @@ class CallTracker:
         self._context_hints: dict[tuple[str, str], tuple[str, ...]] = {}  # every hint, by
         # (context, exten), watched or not: the default context is counted from it
         self._default_context: str | None = self._settings.context or None  # None: not yet
-        self._subscribe_contexts: dict[str, str] = {}  # endpoint → its subscribe_context
-        self._contexts: set[str] = set()  # the contexts hints were seen in
+        self._start_contexts: dict[str, str] = {}  # endpoint → where its SUBSCRIBEs resolve
+        self._dialplan = DialplanResolver()  # includes and hint holders, to resolve as Asterisk
+        self._synced = False  # a sync has finished: the hints and includes are known
+        self._expanded = 0  # exact hints made from pattern hints (bounded)
         self._guessed: set[str] = set()  # watchers resolved before their context was known
         self._device_extens: dict[str, set[str]] = {}  # device key → watchable extens
         self._states: dict[str, EntityState] = {}  # only entities that differ from idle
@@ -193,31 +201,61 @@ class CallTracker:
 
     def resolve(self, user: str, watcher: str) -> str | None:
         """The key a SUBSCRIBE for ``user`` (its Request-URI user part) from ``watcher`` (an
-        endpoint name) means: the extension in that endpoint's ``subscribe_context``, else in
-        the default context. None for a name that tries to say a context itself."""
+        endpoint name) means, as Asterisk resolves it: the hint found from the endpoint's
+        ``subscribe_context``, else its ``context``, through the includes
+        (``bridge.dialplan``). None: Asterisk would find no hint (a 404), or the name tries to
+        say a context itself. A watcher that is no known endpoint (not read yet, or no
+        Asterisk phone) resolves from the naming context (``watch.context`` when set)."""
         if "@" in user:
             return None
-        context = self._subscribe_contexts.get(watcher)
-        if context is None:
-            context = ""
+        start = self._start_contexts.get(watcher)
+        if start is None:
+            start = self._default_context or ""
             if len(self._guessed) < _MAX_GUESSED:  # bounded: From users are anyone's to choose
                 self._guessed.add(watcher)
-        # A context without hints (ARI's bare [hints], a single-tenant PBX's odd endpoint)
-        # watches in the default one.
-        return self.key(user, context if context in self._contexts else "")
+        dialplan = self._dialplan
+        if not self._synced:  # nothing read yet: the name is a guess, the sync rehomes it
+            return self.key(user, start)
+        found = dialplan.find(start, user)
+        if found is None and not dialplan.includes_known and not dialplan.holds_hints(start):
+            # ARI lists no includes: its configured bare hints ("202") and the naming
+            # context's serve every endpoint whose own context holds no hint at all.
+            found = next((c for c in ("", self._default_context or "")
+                          if dialplan.has_hint(c, user)), None)  # fmt: skip
+        if found is None:
+            # An explicitly watched extension without a hint is the PJSIP endpoint of that name.
+            watch = self._settings.watch
+            return user if watch is not None and user in watch else None
+        if (found, user) not in self._context_hints:
+            # A pattern hint (FreePBX's *76<ext>): Asterisk adds the exact hint on the first
+            # SUBSCRIBE, and so does the bridge; bounded, the names are the phones' to choose.
+            hint = dialplan.pattern_hint(found, user)
+            if hint is None or self._expanded >= _MAX_GUESSED:
+                return None
+            self._expanded += 1
+            self._refresh(self._on_hint(ExtensionHint(user, found, hint, -1)))
+        return self.key(user, found)
 
     def knows_watcher(self, endpoint: str) -> bool:
-        """Whether the endpoint's subscribe_context has been read."""
-        return endpoint in self._subscribe_contexts
+        """Whether the endpoint's contexts have been read."""
+        return endpoint in self._start_contexts
 
-    def set_subscribe_context(self, endpoint: str, context: str) -> bool:
-        """Learn where an endpoint's SUBSCRIBEs resolve; True when it already watched before
-        that was known (its subscriptions may name the default context's keys wrongly)."""
-        self._subscribe_contexts[endpoint] = context
+    def set_endpoint_contexts(self, endpoint: str, subscribe_context: str, context: str) -> bool:
+        """Learn where an endpoint's SUBSCRIBEs resolve (``subscribe_context``, else
+        ``context``); True when that moved or it already watched before it was known (its
+        subscriptions may name other keys than Asterisk would)."""
+        start = subscribe_context or context
+        moved = self._start_contexts.get(endpoint, start) != start
+        self._start_contexts[endpoint] = start
         if endpoint in self._guessed:
             self._guessed.discard(endpoint)
             return True
-        return False
+        return moved
+
+    def set_dialplan(self, dialplan: DialplanRead) -> bool:
+        """Take the dialplan's includes and pattern hints (every sync, every reload); True
+        when they changed, so subscriptions may now mean other keys."""
+        return self._dialplan.set_dialplan(dialplan.includes, dialplan.pattern_hints)
 
     def channels_needing_ids(self) -> frozenset[str]:
         """Uniqueids of ringing incoming PJSIP legs of watched extensions still without LegIds."""
@@ -402,7 +440,7 @@ class CallTracker:
     def _on_hint(self, ev: ExtensionHint) -> set[str]:
         devices = hint_devices(ev.hint)
         self._context_hints[(ev.context, ev.exten)] = devices  # "": ARI's bare [hints]
-        self._contexts.add(ev.context)
+        self._dialplan.add_hint(ev.context, ev.exten)
         if self._default_context is None:  # until the sync's end counts them
             self._default_context = ev.context
         key = self.key(ev.exten, ev.context)
@@ -431,16 +469,20 @@ class CallTracker:
                 dirty |= self._on_gone(uid)
             dirty |= self._extens_of_spaces(self._stateful.sweep(self._epoch))
             self._resyncing = False
+        self._synced = True
         if not self._settings.context:
             dirty |= self._settle_default_context()
         return self._refresh(dirty) | self._set_known(True)
 
     def _settle_default_context(self) -> set[str]:
-        """Make the context holding the most hints the default (ties: the first by name);
-        when that moves, every key of the old and the new default is renamed."""
+        """Name the keys of the context holding the most phone hints (naming a channel device,
+        as ext-local's do on FreePBX, not park-hints') bare (ties: the first by name); when
+        that moves, every key of the old and the new one is renamed. Naming only: where a
+        watcher's SUBSCRIBE resolves does not depend on it."""
         counts: dict[str, int] = {}
-        for context, _ in self._context_hints:
-            counts[context] = counts.get(context, 0) + 1
+        for (context, _), devices in self._context_hints.items():
+            phones = any(is_channel_device(d) for d in devices)
+            counts[context] = counts.get(context, 0) + (1 << 20 if phones else 1)
         if not counts:
             return set()
         best = min(counts, key=lambda c: (-counts[c], c))

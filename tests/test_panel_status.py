@@ -107,8 +107,9 @@ def test_each_key_knows_its_pbx_context_name_groups_and_availability() -> None:
     }.items():  # fmt: skip
         for event in [ResyncStarted(), *events, ResyncFinished()]:
             core.asterisk_event(event, 1.0, pbx)
-    core.asterisk_event(EndpointGroups("202", *groups, "", '"Ben" <202>'), 1.0, "berlin")
-    core.asterisk_event(EndpointGroups("b-202", *groups, "tenant-b", "Carla <202>"), 1.0, "hamburg")
+    core.asterisk_event(EndpointGroups("202", *groups, callerid='"Ben" <202>'), 1.0, "berlin")
+    carla = EndpointGroups("b-202", *groups, "tenant-b", callerid="Carla <202>")
+    core.asterisk_event(carla, 1.0, "hamburg")
     assert core.take_status_change()  # the names came: the panel hears of it
     shown = {
         e.exten: (e.label, e.number, e.pbx, e.context, e.groups, e.activity)

@@ -289,8 +289,8 @@ def test_context_less_hints_are_the_default_context_and_ari_tenants_are_configur
         tracker.apply(ExtensionHint(exten, context, device, 0), 0.0)
     tracker.apply(ResyncFinished(), 0.0)
     assert tracker.extensions() == {"201", "202", "202@tenant-b"}
-    tracker.set_subscribe_context("203", "internal")  # no hint in it: the default context
-    tracker.set_subscribe_context("b203", "tenant-b")
+    tracker.set_endpoint_contexts("203", "internal", "")  # no hint in it: the default context
+    tracker.set_endpoint_contexts("b203", "tenant-b", "")
     assert tracker.resolve("202", "203") == "202"
     assert tracker.resolve("202", "b203") == "202@tenant-b"
 

@@ -35,7 +35,13 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
-from bridge.asterisk.ami_events import MAPPED_EVENTS, events_of, needs_ids, resource_lists
+from bridge.asterisk.ami_events import (
+    MAPPED_EVENTS,
+    dialplan_of,
+    events_of,
+    needs_ids,
+    resource_lists,
+)
 from bridge.asterisk.ami_wire import (
     LIST_DETAIL,
     MessageSplitter,
@@ -66,7 +72,11 @@ ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(p
 PRESENTATION = "CONNECTEDLINE(pres)"
 # ParkedCalls: who waits in which parking space (res_parking; without it Asterisk answers an
 # error, which ends that list like an empty one).
-RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels", "ParkedCalls")
+# ShowDialPlan: the includes, to resolve a SUBSCRIBE as Asterisk does (bridge.dialplan); it needs
+# the AMI user's read class `reporting` (or `config`).
+RESYNC_ACTIONS = (
+    "DeviceStateList", "ExtensionStateList", "CoreShowChannels", "ParkedCalls", "ShowDialPlan",
+)  # fmt: skip
 # Every contact of every phone, for the LED messages: the AORs' contacts (static contact= lines
 # and registrations), then the registrations with their status (an unreachable one is dropped).
 # Asterisk answers them in this order.
@@ -74,6 +84,11 @@ CONTACTS_ACTIONS = ("PJSIPShowAors", "PJSIPShowContacts")
 MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
 BANNER = b"Asterisk Call Manager/"  # Asterisk's first line, with the protocol version
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
+RELOAD_SETTLE = 0.5  # seconds after a Reload before the dialplan is read (reloads come in bursts)
+# The CLI's `dialplan reload` sends AMI no Reload event (pbx_config calls pbx_load_module itself;
+# `module reload`, `core reload` and the AMI Reload action, FreePBX's, do): the dialplan is read
+# again this often anyway.
+DIALPLAN_REREAD = 300.0
 
 
 def _first(value: Any) -> str:
@@ -217,6 +232,8 @@ class _Connection:
         self.login_id = ""
         self.lists: set[str] = set()  # ActionIDs of resync lists not complete yet
         self.list_names: dict[str, str] = {}  # ActionID → action, for the log
+        # ShowDialPlan answers being read: ActionID → its ListDialplan items so far
+        self.dialplans: dict[str, list[dict[str, str]]] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
 
     def send(
@@ -259,7 +276,11 @@ class _Connection:
         action_id = h.get("actionid")
         if action_id is None:
             if "event" in h:
+                if h["event"].lower() == "reload":  # the includes may have changed
+                    self.source._reloaded(self)
                 self.source._accept(events_of(h))
+        elif action_id in self.dialplans:
+            self._dialplan_item(action_id, h)
         elif action_id == self.login_id:
             if h.get("response") == "Success":
                 self.source._begin_resync(self)
@@ -279,6 +300,35 @@ class _Connection:
                 self._list_done(action_id)
             elif "event" in h:
                 self.source._accept(events_of(h))
+
+    def read_dialplan(self) -> str:
+        """Send ShowDialPlan; its answer becomes one DialplanRead (``_dialplan_item``)."""
+        action_id, _ = self.send({"Action": "ShowDialPlan"}, lists=True)
+        self.dialplans[action_id] = []
+        return action_id
+
+    def _dialplan_item(self, action_id: str, h: dict[str, str]) -> None:
+        """One message of a ShowDialPlan answer: the items are kept; at the end they go out
+        as one DialplanRead, in stream order."""
+        items = self.dialplans[action_id]
+        if "event" not in h and h.get("response") != "Success":
+            del self.dialplans[action_id]
+            log.warning(
+                "cannot list the dialplan's includes (ShowDialPlan: %s); give the AMI user "
+                "`read = reporting`: until then a phone watches its own context's hints, or "
+                "where that has none, the naming context's", h.get("message", "")
+            )
+        elif h.get("eventlist", "").lower() == "complete":
+            del self.dialplans[action_id]
+            self.source._accept([dialplan_of(items)])
+        elif h.get("event", "").lower() == "listdialplan":
+            if "includecontext" in h or h.get("priority") == "hint":  # all the bridge reads
+                items.append(h)
+            return
+        else:
+            return
+        if action_id in self.lists and action_id not in self.dialplans:
+            self._list_done(action_id)
 
     def _list_done(self, action_id: str) -> None:
         self.lists.discard(action_id)
@@ -336,6 +386,7 @@ class AmiSource:
         self._told_rights = False  # RightsMissing sent on this connection
         self._logoff: asyncio.Future[Any] | None = None
         self._groups: asyncio.Task[None] | None = None
+        self._reread: asyncio.Task[None] | None = None  # the dialplan read after a Reload
         self._loop = ReconnectLoop(
             "AMI", self._session, self._queue, log, backoff_min=backoff_min,
             backoff_max=backoff_max, endpoints=list(self._endpoints),
@@ -355,6 +406,8 @@ class AmiSource:
                 task.cancel()
             if self._groups is not None:
                 self._groups.cancel()
+            if self._reread is not None:
+                self._reread.cancel()
 
     async def stop(self) -> None:
         """Log off and make ``run()`` return."""
@@ -423,9 +476,15 @@ class AmiSource:
         return True
 
     async def _keepalive(self, conn: _Connection) -> None:
-        """Ping; an Asterisk that does not answer within an interval is treated as gone."""
+        """Ping; an Asterisk that does not answer within an interval is treated as gone.
+        Every ``DIALPLAN_REREAD`` seconds the dialplan is read again, too."""
+        last_read = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(self._ping_interval)
+            now = asyncio.get_running_loop().time()
+            if now - last_read >= DIALPLAN_REREAD and self.synced.is_set():
+                last_read = now
+                self._reloaded(conn, quiet=True)
             _, pong = conn.send({"Action": "Ping"})
             done, _ = await asyncio.wait([pong], timeout=self._ping_interval)
             if not done:
@@ -440,7 +499,10 @@ class AmiSource:
         self._queue.put_nowait(Batch([ResyncStarted(_where(self.host, self.port))]))
         actions = (*RESYNC_ACTIONS, *CONTACTS_ACTIONS) if self._contacts else RESYNC_ACTIONS
         for action in actions:  # pipelined: Asterisk answers them in order
-            action_id, _ = conn.send({"Action": action})
+            if action == "ShowDialPlan":
+                action_id = conn.read_dialplan()
+            else:
+                action_id, _ = conn.send({"Action": action})
             conn.lists.add(action_id)
             conn.list_names[action_id] = action
 
@@ -513,14 +575,38 @@ class AmiSource:
                         parse_groups(h.get("CallGroup", "")),
                         parse_groups(h.get("PickupGroup", "")),
                     )
-                    context = h.get("SubscribeContext", "")  # tenants: where it watches
+                    # Where its SUBSCRIBEs resolve: subscribe_context, else context (FreePBX).
+                    contexts = h.get("SubscribeContext", ""), h.get("Context", "")
                     callerid = h.get("Callerid", "")  # the panel's name for its keys
                     self._queue.put_nowait(
-                        Batch([EndpointGroups(name, *groups, context, callerid)])
+                        Batch([EndpointGroups(name, *groups, *contexts, callerid)])
                     )
 
         await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
         log.debug("read the pickup groups of %d endpoints", len(names))
+
+    def _reloaded(self, conn: _Connection, *, quiet: bool = False) -> None:
+        """A module reload (``module reload``, FreePBX's Apply Config), or the periodic read:
+        read the includes and the hints again once the burst of Reload events has settled."""
+        if self._reread is None or self._reread.done():
+            reading = self._read_dialplan(conn, quiet=quiet)
+            self._reread = asyncio.create_task(reading, name="ami-dialplan")
+
+    async def _read_dialplan(self, conn: _Connection, *, quiet: bool) -> None:
+        await asyncio.sleep(RELOAD_SETTLE)
+        if conn is not self._conn or conn.lost.is_set():
+            return
+        log.log(logging.DEBUG if quiet else logging.INFO,
+                "Asterisk reloaded: reading its dialplan's includes and hints again")  # fmt: skip
+        conn.read_dialplan()
+        _, hints = conn.send({"Action": "ExtensionStateList"}, lists=True)
+        try:
+            answer = await asyncio.wait_for(hints, 10)
+        except (TimeoutError, asyncio.CancelledError):
+            return
+        for h in map(_headers, answer if isinstance(answer, list) else [answer]):
+            if h.get("Event") == "ExtensionStatus":
+                self._accept(events_of({k.lower(): v for k, v in h.items()}))
 
     def _accept(self, events: list[AsteriskEvent]) -> None:
         """Queue mapped events in stream order, starting id lookups for ringing legs."""

@@ -33,6 +33,7 @@ from bridge.events import (
     DeviceStateChanged,
     DialBegan,
     DialEnded,
+    DialplanRead,
     ExtensionHint,
     HoldChanged,
     ResourceListEntry,
@@ -48,7 +49,7 @@ _CHANNEL_EVENTS = frozenset(
 MAPPED_EVENTS = _CHANNEL_EVENTS | {
     "hangup", "dialbegin", "dialend", "hold", "unhold", "devicestatechange", "extensionstatus",
     "contactstatus", "contactlist", "aorlist", "parkedcall", "unparkedcall", "parkedcalltimeout",
-    "parkedcallgiveup",
+    "parkedcallgiveup", "reload",
 }  # fmt: skip
 _UNPARKED = frozenset({"unparkedcall", "parkedcalltimeout", "parkedcallgiveup"})
 # ContactStatus values (Asterisk 22: NonQualified, Reachable, Unreachable, Unknown, Removed)
@@ -79,6 +80,23 @@ def events_of(headers: dict[str, str]) -> list[AsteriskEvent]:
     except Exception:  # bad input must never take the adapter down
         log.debug("dropping unreadable AMI event %r", headers, exc_info=True)
     return []
+
+
+def dialplan_of(items: Iterable[Mapping[str, str]]) -> DialplanRead:
+    """ShowDialPlan's ListDialplan items (header names in lower case) as one DialplanRead: each
+    context's includes in the order listed, and the pattern hints (ExtensionStateList leaves
+    them out: FreePBX's ``_*76X.`` DND keys). Other priorities are not needed."""
+    includes: dict[str, list[str]] = {}
+    patterns: list[tuple[str, str, str]] = []
+    for h in items:
+        context = h.get("context", "")
+        if not context:
+            continue
+        if "includecontext" in h:
+            includes.setdefault(context, []).append(h["includecontext"])
+        elif h.get("priority") == "hint" and h.get("extension", "").startswith("_"):
+            patterns.append((context, h["extension"], h.get("application", "")))
+    return DialplanRead(tuple((c, tuple(i)) for c, i in includes.items()), tuple(patterns))
 
 
 def needs_ids(ev: ChannelSeen) -> bool:

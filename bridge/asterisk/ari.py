@@ -94,8 +94,9 @@ AOR_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "aor")
 LIST_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "resource_list")
 
 Answer = tuple[int, object]  # HTTP status, decoded JSON body (None if there was none)
-# call, pickup groups; subscribe_context; callerid (the panel's name for the endpoint's keys)
-Groups = tuple[frozenset[int], frozenset[int], str, str]
+# call, pickup groups; subscribe_context, context (where its SUBSCRIBEs resolve); callerid (the
+# panel's name for the endpoint's keys)
+Groups = tuple[frozenset[int], frozenset[int], str, str, str]
 
 
 class _ResyncFailed(Exception):
@@ -145,7 +146,7 @@ def _pjsip_names(endpoints: Sequence[object]) -> list[str]:
 
 
 def _config_groups(body: object) -> Groups | None:
-    """``call_group``, ``pickup_group`` (and ``subscribe_context``) from a list of
+    """``call_group``, ``pickup_group`` (and ``subscribe_context``, ``context``) from a list of
     ConfigTuples; None if the groups are not there.
 
     Asterisk prints groups as ``1, 3, 4`` (empty for none); parse_groups also takes ranges.
@@ -161,8 +162,9 @@ def _config_groups(body: object) -> Groups | None:
     if "call_group" not in values or "pickup_group" not in values:
         return None
     groups = parse_groups(values["call_group"]), parse_groups(values["pickup_group"])
-    # tenants: where it watches; the caller id names its keys on the panel
-    return (*groups, values.get("subscribe_context", ""), values.get("callerid", ""))
+    # where it watches; the caller id names its keys on the panel
+    contexts = values.get("subscribe_context", ""), values.get("context", "")
+    return (*groups, *contexts, values.get("callerid", ""))
 
 
 def resource_list_entry(name: str, body: object) -> ResourceListEntry | None:

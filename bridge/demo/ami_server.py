@@ -29,6 +29,7 @@ from bridge.demo.contacts import static_contacts
 from bridge.demo.recording import (
     Headers,
     Scenario,
+    load_dialplan,
     load_endpoints,
     load_objects,
     load_recordings,
@@ -237,6 +238,13 @@ class RecordedAmiServer:
         )
         if not self.scenarios:
             raise ValueError(f"no ami-wire.jsonl recordings under {recordings}")
+        # ShowDialPlan: a recorded answer (the dialplan stays as it was through the recordings),
+        # else the hints and includes of the recorded PBX's extensions.conf; tests may change it.
+        self.dialplan = next(
+            (answer.frames[1:-1] for sc in self.scenarios.values()
+             for answer in sc.answers.get("showdialplan", [])[:1]),
+            load_dialplan(folder / "asterisk-etc" / "extensions.conf"),
+        )  # fmt: skip
         self.host, self.port = host, port
         self.username, self.secret = username, secret
         self.speed = speed  # 1.0 = recorded pace, 0 = as fast as possible
@@ -431,6 +439,8 @@ class RecordedAmiServer:
             ]
         if action == "getvar":
             return [self._getvar(frame)]
+        if action == "showdialplan":
+            return self._dialplan()
         if action == "pjsipshowendpoints":
             return self._endpoint_list()
         if action == "pjsipshowcontacts":
@@ -446,6 +456,18 @@ class RecordedAmiServer:
             f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
         )
         return [{"Response": "Error", "Message": text}]
+
+    def _dialplan(self) -> list[Headers]:
+        if not self.dialplan:
+            return [{"Response": "Error", "Message": "Did not find context"}]
+        return [
+            {"Response": "Success", "EventList": "start",
+             "Message": "DialPlan list will follow"},
+            *self.dialplan,
+            {"Event": "ShowDialPlanComplete", "EventList": "Complete",
+             "ListItems": str(len(self.dialplan)), "ListExtensions": "0",
+             "ListPriorities": "0", "ListContexts": "0"},
+        ]  # fmt: skip
 
     def _endpoint_list(self) -> list[Headers]:
         if not self.endpoints:  # Asterisk answers an error, not an empty list

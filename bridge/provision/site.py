@@ -13,7 +13,8 @@ Without ``snom.pickup_code`` no key gets one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
 from bridge.config import Config
 from bridge.pickup import PickupPolicy
@@ -32,6 +33,28 @@ def known_phones(config: Config, extensions: Iterable[str] = ()) -> list[str]:
     names |= set(config.security.pickup_rules) - {"*"}
     names |= set(config.watch.extensions or ()) | set(extensions)
     return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+
+
+# FreePBX's feature-code hint contexts (its modules' sources) and how its sites label the keys.
+_FREEPBX_KEYS = {
+    "park-hints": "Park {}",
+    "ext-dnd-hints": "DND {}",
+    "app-daynight-toggle": "Day/Night {}",
+    "ext-findmefollow": "Follow-me {}",
+    "ext-cf-hints": "CF {}",
+}
+_FEATURE_CODE = re.compile(r"\*(76|21|28|740)(\w+)")
+
+
+def freepbx_label(key: str) -> str | None:
+    """The label a FreePBX site gives a key named ``exten@context`` (``*76201@ext-dnd-hints``
+    → "DND 201", ``71@park-hints`` → "Park 71"); None for any other key."""
+    exten, _, context = key.partition("@")
+    template = _FREEPBX_KEYS.get(context)
+    if template is None:
+        return None
+    code = _FEATURE_CODE.fullmatch(exten)
+    return template.format(code[2] if code and context != "park-hints" else exten)
 
 
 def configured_extensions(config: Config) -> list[str]:
@@ -79,8 +102,11 @@ def snom_document(
     extensions: Sequence[str],
     policy: PickupPolicy,
     address: BridgeAddress,
+    *,
+    default_labels: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The settings XML for ``phone``: a BLF key per extension, its ``[[led]]`` keys."""
+    """The settings XML for ``phone``: a BLF key per extension, its ``[[led]]`` keys.
+    ``default_labels``: labels for keys ``snom.labels`` does not name (FreePBX's, below)."""
     snom = config.snom
 
     def fallback(exten: str) -> str:
@@ -90,6 +116,7 @@ def snom_document(
 
     buttons = [(rule.key, rule.label or rule.device or rule.hint)
                for rule in config.leds if rule.phone == phone]  # fmt: skip
-    keys = plan_keys(phone, extensions, address, labels=snom.labels, buttons=buttons,
+    labels = {**(default_labels or {}), **snom.labels}
+    keys = plan_keys(phone, extensions, address, labels=labels, buttons=buttons,
                      first_key=snom.first_key, pickup_code=fallback)  # fmt: skip
     return render(keys, context=snom.context)

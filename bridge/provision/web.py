@@ -12,7 +12,13 @@ from typing import Protocol
 
 from bridge.config import Config
 from bridge.pickup import PickupPolicy
-from bridge.provision.site import ProvisionError, bridge_address, known_phones, snom_document
+from bridge.provision.site import (
+    ProvisionError,
+    bridge_address,
+    freepbx_label,
+    known_phones,
+    snom_document,
+)
 from bridge.sip.transport import local_address_towards
 from bridge.web.status import StatusView
 
@@ -54,7 +60,11 @@ class SnomDocuments:
         config = self.bridge.config
         if not _allowed(remote, config.security.allow):
             return SnomAnswer(403, b"not in security.allow\n")
-        extensions = [e.exten for e in self.bridge.status.entities()]
+        # A key of another context ("71@park-hints", "*76201@ext-dnd-hints") is subscribed to
+        # by its number: Asterisk's and the bridge's resolution find its context from the phone.
+        keys = [e.exten for e in self.bridge.status.entities()]
+        extensions = list(dict.fromkeys(k.partition("@")[0] for k in keys))
+        labels = {k.partition("@")[0]: label for k in keys if (label := freepbx_label(k))}
         if phone not in known_phones(config, extensions):
             return SnomAnswer(404, f"no phone {phone!r} known to the bridge\n".encode())
         try:
@@ -64,7 +74,8 @@ class SnomDocuments:
         if address.port == 0:  # listening on "any port": the one it got
             address = dataclasses.replace(address, port=self.bridge.bound(address.transport)[1])
         policy = self.bridge.policy
-        return SnomAnswer(200, snom_document(config, phone, extensions, policy, address))
+        document = snom_document(config, phone, extensions, policy, address, default_labels=labels)
+        return SnomAnswer(200, document)
 
 
 def _allowed(remote: str, networks: Sequence[str]) -> bool:

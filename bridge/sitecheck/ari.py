@@ -71,7 +71,9 @@ async def read_site(url: str, username: str, password: str, app: str, aors: list
                 facts.denied["GET /ari/asterisk/config"] = "403 Forbidden"
                 break
             groups = _config_groups(body) if status == 200 else None
-            call, pickup, context, _callerid = groups or (frozenset(), frozenset(), "", "")
+            call, pickup, subscribe_context, own_context, _callerid = groups or (
+                frozenset(), frozenset(), "", "", "")
+            context = subscribe_context or own_context
             found[name] = Endpoint(name, "", context, call, pickup)
         else:
             facts.endpoints = found
