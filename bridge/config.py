@@ -256,6 +256,21 @@ class WatchConfig:
         "where a watcher whose endpoint names no `subscribe_context` watches",
         shown="the context holding the most hints",
     )
+    ringing_first: bool = setting(
+        True, Flag(),
+        "a ringing call comes first in a key's document (Snom takes the pickup ids from the "
+        "first dialog with a call-id; Poly overlooks a ringing dialog after one in use)",
+    )  # fmt: skip
+    single_dialog: bool = setting(
+        False, Flag(),
+        "one dialog per document, the first (`ringing_first` chooses it), for phones that "
+        "mishandle several",
+    )  # fmt: skip
+    idle_dialog: bool = setting(
+        True, Flag(),
+        "an idle key's document holds one terminated dialog (Yealink's documented idle body, "
+        "Asterisk's too) instead of none",
+    )  # fmt: skip
 
 
 DEFAULT_ALLOW = (
