@@ -15,7 +15,6 @@ from lxml import etree
 from sipp import TracedMessage
 from test_app import (
     NS,
-    RECORDINGS,
     SCHEMA,
     check_notify_sequence,
     replaces_csv,
