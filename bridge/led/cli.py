@@ -46,7 +46,7 @@ async def light_key(
     transport, protocol = await loop.create_datagram_endpoint(_Socket, local_addr=("0.0.0.0", 0))
     port = transport.get_extra_info("sockname")[1]
 
-    def local(host: str) -> tuple[str, int]:
+    def local(host: str, _transport: str) -> tuple[str, int]:
         return local_address_towards(host) or "127.0.0.1", port
 
     leds = LedController([rule], domain=domain or parsed.host, local=local)
@@ -55,10 +55,12 @@ async def light_key(
         if not leds.phones[aor].contacts:
             return False, f"{phone}: cannot send there"
         (state,) = leds.phones[aor].contacts.values()
+        if state.transport != "udp":  # the running bridge sends over TCP/TLS; this tool cannot
+            return False, f"{phone}: this command sends over UDP only, not {state.transport}"
         last = "no answer"
         while not state.confirmed and not state.failures:
-            for data, address in leds.outgoing():
-                transport.sendto(data, address)
+            for data, to in leds.outgoing():
+                transport.sendto(data, (to.host, to.port))
             when = leds.next_timer()
             wait = max(0.0, when - loop.time()) if when is not None else None
             try:
