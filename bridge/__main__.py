@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
         print(what, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
-    if args.command == "snom-keys":
+    if args.command in provision_cli.COMMANDS:
         return provision_cli.snom_keys(args, DEFAULT_CONFIG)
     return _run(args.config, args.set, demo=args.demo)
 

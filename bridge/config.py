@@ -41,7 +41,7 @@ from bridge.config_schema import (
 from bridge.config_tables import LED_KEYS, read_hints, read_leds
 from bridge.led.rules import LedRule
 from bridge.pickup import MODES as PICKUP_MODES
-from bridge.provision.options import SnomOptions
+from bridge.provision.options import PolyOptions, SnomOptions, YealinkOptions
 from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
 
 __all__ = [
@@ -393,6 +393,8 @@ class Config:
     # [hints] exten = "device&device…": the keys ARI cannot list (Asterisk's own under AMI)
     hints: tuple[tuple[str, str], ...] = ()
     snom: SnomOptions = SnomOptions()  # noqa: RUF009  [snom]: Snom provisioning (frozen)
+    yealink: YealinkOptions = YealinkOptions()  # noqa: RUF009  [yealink]: Yealink provisioning
+    poly: PolyOptions = PolyOptions()  # noqa: RUF009  [poly]: Poly provisioning
     pbxs: tuple[PbxConfig, ...] = ()  # [[asterisk]] entries; empty: the one-PBX form
 
     @property
@@ -498,6 +500,8 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         leds=leds,
         hints=hints,
         snom=SnomOptions(**values["snom"]),
+        yealink=YealinkOptions(**values["yealink"]),
+        poly=PolyOptions(**values["poly"]),
         **values[""],
     )
     files = [_secret_path(Path(name), base) for name in (

@@ -90,6 +90,11 @@ def cases(tmp: Path, cert: Path, key: Path) -> list[tuple[list[str], set[str]]]:
         (['snom.pickup_code="**"'], {"snom.pickup_code"}),
         (["snom.first_key=4"], {"snom.first_key"}),
         (['snom.context="2"'], {"snom.context"}),
+        (["yealink.account=2"], {"yealink.account"}),
+        (["yealink.first_key=3"], {"yealink.first_key"}),
+        (['yealink.blf_list="desk"'], {"yealink.blf_list"}),
+        (["poly.reg=2"], {"poly.reg"}),
+        (['poly.blf_list="desk"'], {"poly.blf_list"}),
     ]
 
 

@@ -1,4 +1,5 @@
-"""``/snom/<phone>.xml`` for a running bridge: the same document as ``snom-keys``, with the
+"""``/snom/<phone>.xml``, ``/yealink/<phone>.cfg`` and ``/poly/<phone>.xml`` for a running
+bridge: the same documents as ``snom-keys``, ``yealink-keys`` and ``poly-keys``, with the
 extensions Asterisk gave the bridge, the pickup groups it learned, and its current
 configuration (a reload is taken at the next fetch)."""
 
@@ -12,7 +13,7 @@ from typing import Protocol
 
 from bridge.config import Config
 from bridge.pickup import PickupPolicy
-from bridge.provision.site import ProvisionError, bridge_address, known_phones, snom_document
+from bridge.provision.site import ProvisionError, bridge_address, known_phones, phone_document
 from bridge.sip.transport import local_address_towards
 from bridge.web.status import StatusView
 
@@ -48,9 +49,10 @@ class SnomDocuments:
 
     bridge: RunningBridge
 
-    def answer(self, phone: str, remote: str) -> SnomAnswer:
-        """The document for ``phone`` asked from address ``remote``. Only addresses in
-        ``security.allow`` get one (the phones, which may talk to the bridge anyway)."""
+    def answer(self, phone: str, remote: str, vendor: str = "snom") -> SnomAnswer:
+        """The ``vendor``'s document for ``phone`` asked from address ``remote``. Only
+        addresses in ``security.allow`` get one (the phones, which may talk to the bridge
+        anyway)."""
         config = self.bridge.config
         if not _allowed(remote, config.security.allow):
             return SnomAnswer(403, b"not in security.allow\n")
@@ -64,7 +66,9 @@ class SnomDocuments:
         if address.port == 0:  # listening on "any port": the one it got
             address = dataclasses.replace(address, port=self.bridge.bound(address.transport)[1])
         policy = self.bridge.policy
-        return SnomAnswer(200, snom_document(config, phone, extensions, policy, address))
+        return SnomAnswer(
+            200, phone_document(config, phone, extensions, policy, address, vendor=vendor)
+        )
 
 
 def _allowed(remote: str, networks: Sequence[str]) -> bool:
