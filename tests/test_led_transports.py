@@ -34,15 +34,18 @@ DND_ON = {"Event": "DeviceStateChange", "Privilege": "call,all", "Device": "Cust
 
 
 @asynccontextmanager
-async def led_bridge(server: RecordedAmiServer, tmp_path: Path, certificate: tuple[Path, Path]
-                     ) -> AsyncIterator[Bridge]:  # fmt: skip
+async def led_bridge(server: RecordedAmiServer, tmp_path: Path,
+                     certificate: tuple[Path, Path] | None = None) -> AsyncIterator[Bridge]:
+    """A bridge with the LED rule; listening on TLS too when given a ``certificate``."""
     path = tmp_path / "bridge.toml"
     path.write_text(RULE)
-    cert, key = certificate
+    tls = [] if certificate is None else [
+        'sip.tls=["127.0.0.1:0"]', f"sip.tls_certificate={certificate[0]}",
+        f"sip.tls_key={certificate[1]}",
+    ]  # fmt: skip
     bridge = Bridge(load(path, [
         f"ami.port={server.port}", "ami.username=bridge", "ami.secret=bridgesecret",
-        'sip.udp=["127.0.0.1:0"]', 'sip.tcp=["127.0.0.1:0"]', 'sip.tls=["127.0.0.1:0"]',
-        f"sip.tls_certificate={cert}", f"sip.tls_key={key}", "sip.domain=pbx.test",
+        'sip.udp=["127.0.0.1:0"]', 'sip.tcp=["127.0.0.1:0"]', *tls, "sip.domain=pbx.test",
         "store.path=", "web.listen=", "security.requests_per_second=0",
     ]))  # fmt: skip
     await bridge.start()
@@ -72,11 +75,12 @@ async def test_the_bridge_opens_a_connection_to_a_contact_registered_over_a_stre
     transport: str, tmp_path: Path, certificate: tuple[Path, Path]
 ) -> None:
     """No connection from the phone: the MESSAGE goes on a new one to the contact's port (TLS
-    as the bridge dials phones: encrypted, the phone's certificate unchecked)."""
+    as the bridge dials phones: encrypted, the phone's certificate unchecked), even from a
+    bridge that does not listen on TLS."""
     async with (
         RecordedAmiServer(RECORDINGS, speed=0) as server,
-        led_bridge(server, tmp_path, certificate) as bridge,
-        StreamPhone(bridge.bound(transport), transport, certificate=certificate) as phone,  # type: ignore[arg-type]
+        led_bridge(server, tmp_path) as bridge,
+        StreamPhone(bridge.bound("tcp"), transport, certificate=certificate) as phone,  # type: ignore[arg-type]
     ):
         server.static_contacts.clear()
         uri = f"sip:203@127.0.0.1:{phone.contact_port};transport={transport}"
