@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from sipp import parse_trace
 
 from bridge.config import ConfigError, load
 from bridge.dialoginfo import NAMESPACE, RenderSettings, render
@@ -122,3 +123,18 @@ def test_a_wrong_value_names_the_setting(tmp_path: Path) -> None:
     path.write_text('[watch]\nsingle_dialog = "sometimes"\n')
     with pytest.raises(ConfigError, match=r"watch\.single_dialog"):
         load(path)
+
+
+def test_the_idle_dialog_is_the_one_asterisks_own_blf_sends() -> None:
+    """Asterisk 22's own BLF (the device-states recording's watcher of 210) says idle with one
+    terminated dialog named after the key: the bridge's idle body has the same dialog."""
+    trace = Path(__file__).parent / "fixtures/asterisk-22.10.1/device-states/own-blf-210.log"
+    notifies = [m for m in parse_trace(trace.read_bytes()) if m.method == "NOTIFY"]
+    idle = [etree.fromstring(m.body) for m in notifies if b"<state>terminated" in m.body]
+    assert idle
+    (asterisks,) = idle[0].findall("d:dialog", NS)
+    (ours,) = dialogs(ON, EntityState("210"))
+    assert (ours.get("id"), state_of(ours), dict(ours.attrib)) == (
+        asterisks.get("id"), state_of(asterisks), dict(asterisks.attrib),
+    )  # fmt: skip
+    assert len(ours) == len(asterisks) == 1  # <state> alone
