@@ -69,7 +69,7 @@ def _command(argv: Sequence[str] | None) -> int:
         return 0 if ok else 1
     if args.command == "check-site":
         return site_cli.check_site(args)
-    if args.command == "snom-keys":
+    if args.command in provision_cli.COMMANDS:
         return provision_cli.snom_keys(args, DEFAULT_CONFIG)
     return _run(args.config, args.set, demo=args.demo)
 

@@ -253,21 +253,25 @@ async def run_until_signalled(
     reports READY, STATUS, RELOADING, STOPPING and pings the watchdog from the event loop."""
     bridge = Bridge(config, pbx=pbx, local_pbx=local_pbx)
     systemd = SystemdNotifier()
-    await bridge.start()
-    line = functools.partial(_status_line, bridge)
-    helpers = [
-        asyncio.create_task(tell_systemd(systemd, bridge.synced, line), name="systemd-status"),
-        asyncio.create_task(keep_watchdog(systemd, systemd.watchdog_interval()), name="watchdog"),
-    ]
     stop = asyncio.Event()
     hup = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    # Before the start: a Ctrl-C or SIGTERM while it starts stops it cleanly once started,
+    # instead of a KeyboardInterrupt through whatever was being set up.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
+    helpers: list[asyncio.Task[None]] = []
     started = time.monotonic()
     try:
+        await bridge.start()
+        line = functools.partial(_status_line, bridge)
+        helpers = [
+            asyncio.create_task(tell_systemd(systemd, bridge.synced, line), name="systemd-status"),
+            asyncio.create_task(keep_watchdog(systemd, systemd.watchdog_interval()),
+                                name="watchdog"),
+        ]
         while not stop.is_set():
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(hup.wait())]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -41,7 +41,7 @@ from bridge.config_schema import (
 from bridge.config_tables import LED_KEYS, read_hints, read_leds, read_lists
 from bridge.led.rules import LedRule
 from bridge.pickup import MODES as PICKUP_MODES
-from bridge.provision.options import SnomOptions
+from bridge.provision.options import PolyOptions, SnomOptions, YealinkOptions
 from bridge.resource_lists import ResourceList
 from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
 
@@ -280,6 +280,21 @@ class WatchConfig:
         "Asterisk's does (subscribe_context, else context, through the includes)",
         shown="the context holding the most phone hints",
     )
+    ringing_first: bool = setting(
+        True, Flag(),
+        "a ringing call comes first in a key's document (Snom takes the pickup ids from the "
+        "first dialog with a call-id; Poly overlooks a ringing dialog after one in use)",
+    )  # fmt: skip
+    single_dialog: bool = setting(
+        False, Flag(),
+        "one dialog per document, the first (`ringing_first` chooses it), for phones that "
+        "mishandle several",
+    )  # fmt: skip
+    idle_dialog: bool = setting(
+        True, Flag(),
+        "an idle key's document holds one terminated dialog (Yealink's documented idle body, "
+        "Asterisk's too) instead of none",
+    )  # fmt: skip
 
 
 DEFAULT_ALLOW = (
@@ -408,6 +423,8 @@ class Config:
     # [hints] exten = "device&device…": the keys ARI cannot list (Asterisk's own under AMI)
     hints: tuple[tuple[str, str], ...] = ()
     snom: SnomOptions = SnomOptions()  # noqa: RUF009  [snom]: Snom provisioning (frozen)
+    yealink: YealinkOptions = YealinkOptions()  # noqa: RUF009  [yealink]: Yealink provisioning
+    poly: PolyOptions = PolyOptions()  # noqa: RUF009  [poly]: Poly provisioning
     pbxs: tuple[PbxConfig, ...] = ()  # [[asterisk]] entries; empty: the one-PBX form
     lists: tuple[ResourceList, ...] = ()  # [[lists]]: BLF lists (RFC 4662), docs/LISTS.md
 
@@ -551,6 +568,8 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         hints=hints,
         lists=lists,
         snom=SnomOptions(**values["snom"]),
+        yealink=YealinkOptions(**values["yealink"]),
+        poly=PolyOptions(**values["poly"]),
         **values[""],
     )
     if errors:

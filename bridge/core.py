@@ -36,14 +36,20 @@ from bridge.events import (
     callerid_name,
 )
 from bridge.findings import Finding, pickup_group_finding
-from bridge.led.controller import LedController
+from bridge.led.controller import Destination, LedController
 from bridge.pbxs import PbxRouter, PbxState
 from bridge.pickup import PickupPolicy
 from bridge.resource_lists import ListDirectory, ResourceList
 from bridge.sip.access import SourceGate
 from bridge.sip.message import ParseError, Request, Response, parse_message, response_ids
 from bridge.sip.notifier import Notifier
-from bridge.sip.subscription import DialogKey, NotifierSettings, Peer, SubscriptionSnapshot
+from bridge.sip.subscription import (
+    DialogKey,
+    NotifierSettings,
+    Peer,
+    SubscriptionSnapshot,
+    Transport,
+)
 from bridge.tracker import CallTracker
 
 __all__ = ["BridgeCore", "Reconfigured"]
@@ -104,7 +110,7 @@ class BridgeCore:
             self.leds = LedController(
                 config.leds,
                 domain=settings.domain(config),
-                local=lambda host: self.local_towards(host),  # noqa: PLW0108 set later
+                local=self._led_via,
                 user_agent=config.sip.user_agent,
             )
         # The states LED keys follow, as the core last learned them (device key → state,
@@ -341,11 +347,31 @@ class BridgeCore:
         """Take every message to send, in order, each with where it goes."""
         out = self.notifier.outgoing()
         if self.leds is not None:
-            # MESSAGEs go from the first UDP socket (no ``local``: they start no dialog).
-            out.extend(
-                (data, Peer("udp", host, port)) for data, (host, port) in self.leds.outgoing()
-            )
+            # Over UDP, MESSAGEs go from the first UDP socket (no ``local``: they start no
+            # dialog); over TCP/TLS on the phone's own connection when it has one open.
+            out.extend((data, self._led_peer(to)) for data, to in self.leds.outgoing())
         return out
+
+    def _led_peer(self, to: Destination) -> Peer:
+        """Where an LED MESSAGE goes: as Asterisk sends a contact's requests, over the
+        contact's transport, on the connection the phone keeps open to us (its subscription's,
+        from the contact's host), else a new one to the contact's host and port."""
+        transport: Transport = "tls" if to.transport == "tls" else "tcp"
+        if to.transport == "udp":
+            return Peer("udp", to.host, to.port)
+        flow = self.notifier.flow_of(to.phone, transport, to.host)
+        return flow if flow is not None else Peer(transport, to.host, to.port)
+
+    def _led_via(self, host: str, transport: str) -> Address:
+        """Our address in an LED MESSAGE's Via: towards the phone's host over UDP, our
+        listening port of that transport over TCP/TLS (where the phone may connect back)."""
+        local = self.local_towards(host)
+        if transport == "udp":
+            return local
+        try:
+            return local[0], self.notifier.contact(transport)[1]
+        except KeyError:  # no listener of that transport: the connection is ours alone
+            return local
 
     def next_timer(self) -> float | None:
         """When ``handle_timer()`` next has work, or None."""

@@ -114,7 +114,14 @@ def stream_limits(config: Config) -> StreamLimits:
 
 
 def render_settings(config: Config) -> RenderSettings:
-    return RenderSettings(domain(config), show_caller=config.security.show_caller)
+    watch = config.watch
+    return RenderSettings(
+        domain(config),
+        show_caller=config.security.show_caller,
+        ringing_first=watch.ringing_first,
+        single_dialog=watch.single_dialog,
+        idle_dialog=watch.idle_dialog,
+    )
 
 
 def pickup_policy(config: Config, old: PickupPolicy | None = None) -> PickupPolicy:

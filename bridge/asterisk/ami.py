@@ -313,10 +313,15 @@ class _Connection:
         items = self.dialplans[action_id]
         if "event" not in h and h.get("response") != "Success":
             del self.dialplans[action_id]
+            reason = h.get("message", "")
+            # Only a refusal is the user's rights (Asterisk allows ShowDialPlan to a user with
+            # config or reporting write rights); "Did not find context" is an empty dialplan.
+            fix = ("give the AMI user `write = reporting`: " if "denied" in reason.lower()
+                   else "")  # fmt: skip
             log.warning(
-                "cannot list the dialplan's includes (ShowDialPlan: %s); give the AMI user "
-                "`read = reporting`: until then a phone watches its own context's hints, or "
-                "where that has none, the naming context's", h.get("message", "")
+                "cannot list the dialplan's includes (ShowDialPlan: %s); %suntil then a phone "
+                "watches its own context's hints, or where that has none, the naming context's",
+                reason, fix,
             )
         elif h.get("eventlist", "").lower() == "complete":
             del self.dialplans[action_id]

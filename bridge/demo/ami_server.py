@@ -75,6 +75,7 @@ _RIGHTS = {
     "pjsipshowendpoint": {"system"},
     "pjsipshowcontacts": {"system"},
     "pjsipshowaors": {"system"},
+    "showdialplan": {"config", "reporting"},
 }
 _MAX_PENDING = 1 << 20
 EventPredicate = Callable[[Mapping[str, str]], bool]

@@ -42,6 +42,9 @@ async def light_key(
         parsed = parse_uri(uri)
     except ParseError as exc:
         return False, f"{phone}: not a phone address ({exc.reason})"
+    over = "tls" if parsed.scheme == "sips" else (parsed.param("transport") or "udp").lower()
+    if over != "udp":  # the running bridge sends over TCP/TLS; this tool has a UDP socket only
+        return False, f"{phone}: this command sends over UDP only, not {over}"
     host, port = parsed.host.strip("[]"), parsed.port or 5060
     if not host or host.isdigit():
         return False, (f"{phone!r} is not an address: give the phone's IP address or host name, "
@@ -64,7 +67,7 @@ async def light_key(
         _Socket, local_addr=("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
     local_port = transport.get_extra_info("sockname")[1]
 
-    def local(to: str) -> tuple[str, int]:
+    def local(to: str, _transport: str) -> tuple[str, int]:
         return local_address_towards(to) or "127.0.0.1", local_port
 
     leds = LedController([rule], domain=domain or host, local=local)
@@ -74,10 +77,12 @@ async def light_key(
     answer = ""
     try:
         leds.contact(aor, target, loop.time())
+        if not leds.phones[aor].contacts:
+            return False, f"{phone}: cannot send there"
         (state,) = leds.phones[aor].contacts.values()
         while not state.confirmed and not state.failures and loop.time() < deadline:
             for data, to in leds.outgoing():
-                transport.sendto(data, to)
+                transport.sendto(data, (to.host, to.port))
             when = leds.next_timer()
             until = deadline if when is None else min(when, deadline)
             try:

@@ -1,5 +1,5 @@
-"""``snom-blf-bridge snom-keys``: write the Snom settings of one phone or of every phone,
-from the configuration alone (no Asterisk needed)."""
+"""``snom-blf-bridge snom-keys`` (and ``yealink-keys``, ``poly-keys``): write the settings of
+one phone or of every phone, from the configuration alone (no Asterisk needed)."""
 
 from __future__ import annotations
 
@@ -14,52 +14,76 @@ import aiohttp
 
 from bridge.config import Config, ConfigError, load
 from bridge.provision.site import (
+    VENDORS,
     ProvisionError,
     bridge_address,
     configured_extensions,
     known_phones,
-    snom_document,
+    phone_document,
 )
 from bridge.settings import pickup_policy
 
 EXIT_CONFIG = 2
 
 
+# command → (vendor, what it writes, what the running bridge serves)
+COMMANDS = {
+    "snom-keys": ("snom", "the Snom settings XML for the BLF and LED keys",
+                  "a BLF key for each watched extension (watch.extensions) pointing at the "
+                  "bridge, filter_registrar off, dialog-info pickup on, and the phone's [[led]] "
+                  "keys", "/snom/<phone>.xml"),
+    "yealink-keys": ("yealink", "the Yealink .cfg lines for the BLF keys",
+                     "a BLF line key (linekey.N.type = 16) for each watched extension on "
+                     "yealink.account, or its BLF list (yealink.blf_list), and dialog-info "
+                     "pickup on (account.X.dialoginfo_callpickup = 1)", "/yealink/<phone>.cfg"),
+    "poly-keys": ("poly", "the Poly configuration XML for the BLF resources",
+                  "an attendant.resourceList.N entry at the bridge for each watched extension, "
+                  "or one list (poly.blf_list), and native directed call pickup",
+                  "/poly/<phone>.xml"),
+}  # fmt: skip
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], default: str) -> None:
-    """The ``snom-keys`` subcommand; ``default``: the configuration file used when it exists."""
-    parser = sub.add_parser(
-        "snom-keys",
-        help="write the Snom settings XML for the BLF and LED keys of a phone (or all phones)",
-        description="Writes Snom provisioning XML: a BLF key for each watched extension "
-        "(watch.extensions) pointing at the bridge, filter_registrar off, dialog-info pickup "
-        "on, and the phone's [[led]] keys. The running bridge serves the same document at "
-        "/snom/<phone>.xml.",
-    )
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--phone", metavar="USER", help="the phone (its SIP user)")
-    which.add_argument("--all", action="store_true", help="every phone the configuration names")
-    parser.add_argument(
-        "--config", "-c", help=f"configuration file (default: {default} if it exists)"
-    )
-    parser.add_argument("--out", "-o", metavar="PATH",
-                        help="write there (with --all: a directory, one <phone>.xml each); "
-                        "default: standard output")  # fmt: skip
-    parser.add_argument("--list", action="store_true", help="only list the phones (with --all)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a setting of the file (value in TOML syntax)")  # fmt: skip
+    """The ``snom-keys``, ``yealink-keys`` and ``poly-keys`` subcommands; ``default``: the
+    configuration file used when it exists."""
+    for command, (_, what, details, served) in COMMANDS.items():
+        parser = sub.add_parser(
+            command,
+            help=f"write {what} of a phone (or all phones)",
+            description=f"Writes {details}. The running bridge serves the same document at "
+            f"{served}.",
+        )
+        which = parser.add_mutually_exclusive_group(required=True)
+        which.add_argument("--phone", metavar="USER", help="the phone (its SIP user)")
+        which.add_argument("--all", action="store_true",
+                           help="every phone the configuration names")  # fmt: skip
+        parser.add_argument(
+            "--config", "-c", help=f"configuration file (default: {default} if it exists)"
+        )
+        parser.add_argument("--out", "-o", metavar="PATH",
+                            help="write there (with --all: a directory, one file per phone); "
+                            "default: standard output")  # fmt: skip
+        parser.add_argument("--list", action="store_true",
+                            help="only list the phones (with --all)")  # fmt: skip
+        parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                            help="override a setting of the file (TOML syntax)")  # fmt: skip
 
 
 def snom_keys(args: argparse.Namespace, default: str) -> int:
-    """Run ``snom-keys``; returns the exit status."""
+    """Run ``snom-keys`` (or ``yealink-keys``, ``poly-keys``: ``args.command``); returns the
+    exit status."""
+    command = getattr(args, "command", "snom-keys")
+    vendor = COMMANDS[command][0]
+    suffix = VENDORS[vendor][0]
     path = args.config or (default if os.path.exists(default) else None)
     try:
         config = load(path, args.set)
         address = bridge_address(config, towards=_this_host())
     except (ConfigError, ProvisionError) as exc:
-        print(f"snom-keys: {exc}", file=sys.stderr)
+        print(f"{command}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if address.host == _this_host() and not config.snom.address and not config.sip.contact_host:
-        print(f"snom-keys: the bridge listens on every address; the keys name {address.host} "
+        print(f"{command}: the bridge listens on every address; the keys name {address.host} "
               "(this host's address towards the network): set snom.address if phones reach "
               "it at another", file=sys.stderr)  # fmt: skip
     if config.watch.extensions:
@@ -67,12 +91,12 @@ def snom_keys(args: argparse.Namespace, default: str) -> int:
     else:
         extensions, source = asyncio.run(pbx_extensions(config))
         if not extensions:
-            print(f"snom-keys: watch.extensions is empty, so the keys are the extensions "
+            print(f"{command}: watch.extensions is empty, so the keys are the extensions "
                   f"Asterisk has hints for, and {source}. Start the bridge (`make run`, or "
                   "`systemctl start snom-blf-bridge`) and run this again, or list the keys: "
                   """--set 'watch.extensions=["201", "202"]'""", file=sys.stderr)  # fmt: skip
             return 1
-        print(f"snom-keys: keys for the {len(extensions)} extensions {source} "
+        print(f"{command}: keys for the {len(extensions)} extensions {source} "
               "(watch.extensions is empty)", file=sys.stderr)  # fmt: skip
     policy = pickup_policy(config)
     phones = [args.phone] if args.phone else known_phones(config)
@@ -80,20 +104,20 @@ def snom_keys(args: argparse.Namespace, default: str) -> int:
         print("\n".join(phones))
         return 0
     if args.all and not args.out:
-        print("snom-keys: --all writes one file per phone: give a directory with --out",
+        print(f"{command}: --all writes one file per phone: give a directory with --out",
               file=sys.stderr)  # fmt: skip
         return EXIT_CONFIG
     for phone in phones:
-        document = snom_document(config, phone, extensions, policy, address)
+        document = phone_document(config, phone, extensions, policy, address, vendor=vendor)
         if args.out is None:
             sys.stdout.buffer.write(document)
             continue
-        target = Path(args.out) / f"{phone}.xml" if args.all else Path(args.out)
+        target = Path(args.out) / f"{phone}.{suffix}" if args.all else Path(args.out)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(document)
         except OSError as exc:
-            print(f"snom-keys: cannot write {target}: {exc.strerror}", file=sys.stderr)
+            print(f"{command}: cannot write {target}: {exc.strerror}", file=sys.stderr)
             return 1
         print(target)
     return 0

@@ -18,9 +18,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from bridge.config import Config
 from bridge.pickup import PickupPolicy
-from bridge.provision.snom import BridgeAddress, plan_keys, render
+from bridge.provision import poly, yealink
+from bridge.provision.snom import BridgeAddress, natural, plan_keys, render
 
 WILDCARDS = ("0.0.0.0", "::", "")
+# Each vendor's document: its file name's extension and media type.
+VENDORS = {"snom": ("xml", "application/xml"), "yealink": ("cfg", "text/plain"),
+           "poly": ("xml", "application/xml")}  # fmt: skip
 
 
 class ProvisionError(ValueError):
@@ -120,3 +124,50 @@ def snom_document(
     keys = plan_keys(phone, extensions, address, labels=labels, buttons=buttons,
                      first_key=snom.first_key, pickup_code=fallback)  # fmt: skip
     return render(keys, context=snom.context)
+
+
+def yealink_document(
+    config: Config, phone: str, extensions: Sequence[str], address: BridgeAddress,
+    default_labels: Mapping[str, str] | None = None,
+) -> bytes:
+    """The ``.cfg`` lines for ``phone``: a BLF key per extension on ``yealink.account`` (or
+    its ``yealink.blf_list``), pickup from the NOTIFY's ids on."""
+    options, labels = config.yealink, {**(default_labels or {}), **config.snom.labels}
+    watched = sorted(set(extensions) - {phone}, key=natural)
+    keys = [yealink.LineKey(options.first_key + i, exten, labels.get(exten, exten))
+            for i, exten in enumerate(watched)]  # fmt: skip
+    list_uri = address.list_uri(options.blf_list) if options.blf_list else ""
+    return yealink.render(options.account, keys, list_uri=list_uri, phone=phone)
+
+
+def poly_document(
+    config: Config, phone: str, extensions: Sequence[str], address: BridgeAddress,
+    default_labels: Mapping[str, str] | None = None,
+) -> bytes:
+    """The configuration XML for ``phone``: a resource at the bridge per extension (or its
+    ``poly.blf_list``), native directed call pickup on."""
+    options, labels = config.poly, {**(default_labels or {}), **config.snom.labels}
+    watched = sorted(set(extensions) - {phone}, key=natural)
+    resources = [poly.Resource(i, address.uri(exten), labels.get(exten, exten))
+                 for i, exten in enumerate(watched, start=1)]  # fmt: skip
+    list_uri = address.list_uri(options.blf_list) if options.blf_list else ""
+    return poly.render(options.reg, resources, list_uri=list_uri)
+
+
+def phone_document(
+    config: Config,
+    phone: str,
+    extensions: Sequence[str],
+    policy: PickupPolicy,
+    address: BridgeAddress,
+    *,
+    vendor: str = "snom",
+    default_labels: Mapping[str, str] | None = None,
+) -> bytes:
+    """The document of ``vendor`` (a key of ``VENDORS``) for ``phone``; ``default_labels``:
+    labels for keys ``snom.labels`` does not name (FreePBX's feature codes and park slots)."""
+    if vendor == "yealink":
+        return yealink_document(config, phone, extensions, address, default_labels)
+    if vendor == "poly":
+        return poly_document(config, phone, extensions, address, default_labels)
+    return snom_document(config, phone, extensions, policy, address, default_labels=default_labels)

@@ -1,4 +1,5 @@
-"""``/snom/<phone>.xml`` for a running bridge: the same document as ``snom-keys``, with the
+"""``/snom/<phone>.xml``, ``/yealink/<phone>.cfg`` and ``/poly/<phone>.xml`` for a running
+bridge: the same documents as ``snom-keys``, ``yealink-keys`` and ``poly-keys``, with the
 extensions Asterisk gave the bridge, the pickup groups it learned, and its current
 configuration (a reload is taken at the next fetch)."""
 
@@ -17,7 +18,7 @@ from bridge.provision.site import (
     bridge_address,
     freepbx_label,
     known_phones,
-    snom_document,
+    phone_document,
 )
 from bridge.sip.transport import local_address_towards
 from bridge.web.status import StatusView
@@ -54,9 +55,10 @@ class SnomDocuments:
 
     bridge: RunningBridge
 
-    def answer(self, phone: str, remote: str) -> SnomAnswer:
-        """The document for ``phone`` asked from address ``remote``. Only addresses in
-        ``security.allow`` get one (the phones, which may talk to the bridge anyway)."""
+    def answer(self, phone: str, remote: str, vendor: str = "snom") -> SnomAnswer:
+        """The ``vendor``'s document for ``phone`` asked from address ``remote``. Only
+        addresses in ``security.allow`` get one (the phones, which may talk to the bridge
+        anyway)."""
         config = self.bridge.config
         if not _allowed(remote, config.security.allow):
             return SnomAnswer(403, b"not in security.allow\n")
@@ -74,7 +76,8 @@ class SnomDocuments:
         if address.port == 0:  # listening on "any port": the one it got
             address = dataclasses.replace(address, port=self.bridge.bound(address.transport)[1])
         policy = self.bridge.policy
-        document = snom_document(config, phone, extensions, policy, address, default_labels=labels)
+        document = phone_document(config, phone, extensions, policy, address, vendor=vendor,
+                                  default_labels=labels)  # fmt: skip
         return SnomAnswer(200, document)
 
 

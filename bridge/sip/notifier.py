@@ -35,6 +35,7 @@ from bridge.sip.subscription import (
     Peer,
     Subscription,
     SubscriptionSnapshot,
+    Transport,
     WatcherKey,
     contact_uri,
 )
@@ -373,6 +374,16 @@ class Notifier:
             WatcherInfo(s.peer, s.key[0], s.remote, s.expires_at, s.version)
             for s in self._by_resource.get(resource, {}).values()
         ]
+
+    def flow_of(self, watcher: str, transport: Transport, host: str) -> Peer | None:
+        """The connection an active subscription of ``watcher`` came over, by ``transport``
+        from ``host``: where a request to that phone goes first (the LED MESSAGEs)."""
+        for sub in self._subs.values():
+            peer = sub.peer
+            if (sub.watcher == watcher and sub.state == "active" and peer.transport == transport
+                    and peer.host == host):  # fmt: skip
+                return peer
+        return None
 
     def end_watchers(self, keep: Callable[[str], bool], now: float, reason: str) -> int:
         """End (with a final NOTIFY saying ``reason``) every subscription whose watcher ``keep``

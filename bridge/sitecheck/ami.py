@@ -15,7 +15,8 @@ from bridge.sitecheck.facts import Endpoint, SiteFacts
 
 Headers = dict[str, str]
 # ParkedCalls: an "unknown command" (no res_parking) is no fault; "Permission denied" is.
-LISTS = ("ExtensionStateList", "DeviceStateList", "CoreShowChannels", "ParkedCalls")
+LISTS = ("ExtensionStateList", "DeviceStateList", "CoreShowChannels", "ParkedCalls",
+         "ShowDialPlan")
 ENABLE = ("in manager.conf: `[general]` `enabled = yes`, `port = {port}`, `bindaddr` an address "
           "this host reaches; then `asterisk -rx 'manager reload'`")  # fmt: skip
 

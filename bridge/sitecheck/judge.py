@@ -22,6 +22,7 @@ RIGHTS = {
     "PJSIPShowEndpoint": "write = system",
     "PJSIPShowContacts": "write = system",
     "PJSIPShowAors": "write = system",
+    "ShowDialPlan": "write = reporting",  # or config: the includes a phone's keys resolve through
 }
 
 

@@ -86,7 +86,8 @@ def make_app(
     view: StatusView, hosts: Sequence[str] = (), snom: SnomDocuments | None = None
 ) -> web.Application:
     """The web endpoint over a running bridge's ``StatusView``; ``hosts``: names it answers
-    for besides addresses and localhost (web.hosts); ``snom``: serves /snom/<phone>.xml."""
+    for besides addresses and localhost (web.hosts); ``snom``: serves /snom/<phone>.xml,
+    /yealink/<phone>.cfg and /poly/<phone>.xml."""
     app = web.Application(middlewares=[guard])
     app[HOSTS] = frozenset(h.lower().rstrip(".") for h in hosts)
     app[VIEW] = view
@@ -106,6 +107,8 @@ def make_app(
     if snom is not None:
         app[SNOM] = snom
         app.router.add_get("/snom/{phone}.xml", snom_settings)
+        app.router.add_get("/yealink/{phone}.cfg", yealink_settings)
+        app.router.add_get("/poly/{phone}.xml", poly_settings)
     app.on_shutdown.append(_stop_streams)
     app.on_response_prepare.append(_nosniff)
     return app
@@ -210,10 +213,25 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def snom_settings(request: web.Request) -> web.Response:
     """A Snom phone's settings XML (its BLF and LED keys), read-only."""
-    answer = request.app[SNOM].answer(request.match_info["phone"], request.remote or "")
+    return _phone_settings(request, "snom", "application/xml")
+
+
+async def yealink_settings(request: web.Request) -> web.Response:
+    """A Yealink phone's ``.cfg`` lines for its BLF keys, read-only."""
+    return _phone_settings(request, "yealink", "text/plain")
+
+
+async def poly_settings(request: web.Request) -> web.Response:
+    """A Poly phone's configuration XML for its BLF resources, read-only."""
+    return _phone_settings(request, "poly", "application/xml")
+
+
+def _phone_settings(request: web.Request, vendor: str, content_type: str) -> web.Response:
+    phone = request.match_info["phone"]
+    answer = request.app[SNOM].answer(phone, request.remote or "", vendor)
     if answer.status != 200:
         return web.Response(status=answer.status, body=answer.body, headers=NO_CACHE)
-    return web.Response(body=answer.body, content_type="application/xml", charset="utf-8",
+    return web.Response(body=answer.body, content_type=content_type, charset="utf-8",
                         headers=NO_CACHE)  # fmt: skip
 
 
