@@ -7,6 +7,7 @@ bridge, SIPp watchers on 210 (``Custom:DND201``), 211 (``PJSIP/201&Custom:DND201
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -103,6 +104,9 @@ async def test_keys_light_when_asterisks_own_blf_did(
             parked = [d for n in notifies for d in dialogs(n)
                       if d.findtext("d:state", namespaces=NS) == "confirmed"]  # fmt: skip
             assert parked and all(d.get("call-id") is None for d in parked)
+            if source == "ari":  # 20.20.1 turns the space busy before the call enters the
+                # lot: for a moment the key is busy without a caller, as Asterisk's own BLF is
+                parked = list(itertools.dropwhile(lambda d: d.get("id") == "devstate", parked))
             identities = {etree.tostring(d.find("d:remote/d:identity", NS)) for d in parked}
             assert identities == {
                 f'<identity xmlns="{NS["d"]}" display="Phone 201">sip:201@{DOMAIN}</identity>'
