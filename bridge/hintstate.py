@@ -112,6 +112,15 @@ class HintStates:
                     del self._parked[s]
         return left
 
+    def vacate(self, spaces: set[str]) -> None:
+        """The last parked call left these spaces: their ``park:`` devices are free, whatever
+        state Asterisk sent last. (20 reports the space NOT_INUSE only after ``UnParkedCall``,
+        22 before it; res_parking's space is in use exactly while a call is parked there.)"""
+        for device in self._states:
+            space = park_space(device)
+            if space in spaces and space not in self._parked:
+                self._states[device] = "NOT_INUSE"
+
     def sweep(self, epoch: int) -> set[str]:
         """After a resync: forget the parked calls it did not list; the spaces that changed."""
         stale = {(s, c.uniqueid) for s, calls in self._parked.items() for c in calls.values()

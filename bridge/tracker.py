@@ -273,7 +273,9 @@ class CallTracker:
             case CallParked():
                 dirty = self._on_parked(event, now)
             case CallUnparked():
-                dirty = self._extens_of_spaces(self._stateful.unpark(event.uniqueid, event.space))
+                left = self._stateful.unpark(event.uniqueid, event.space)
+                self._stateful.vacate(left)  # not after a resync's sweep: ARI lists no parked call
+                dirty = self._extens_of_spaces(left)
             case ChannelGone():
                 dirty = self._on_gone(event.uniqueid)
             case DialBegan():

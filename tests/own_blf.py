@@ -13,9 +13,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lxml import etree
+from releases import recordings
 from sipp import parse_trace
 
-RECORDINGS = Path(__file__).parent / "fixtures" / "asterisk-22.10.1"
+RECORDINGS = recordings()
 NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
 _LIVE = ("early", "confirmed")
 
@@ -41,10 +42,12 @@ def collapsed(states: Iterable[str]) -> list[str]:
     return out
 
 
-def own_blf(scenario: str, exten: str, until: float | None = None) -> list[str]:
+def own_blf(
+    scenario: str, exten: str, until: float | None = None, folder: Path = RECORDINGS
+) -> list[str]:
     """The key states Asterisk's own BLF sent a watcher of ``exten``, in order, from NOTIFYs
-    sent before ``until`` (epoch seconds; None: all of them)."""
-    trace = (RECORDINGS / scenario / f"own-blf-{exten}.log").read_bytes()
+    sent before ``until`` (epoch seconds; None: all of them), in the recordings in ``folder``."""
+    trace = (folder / scenario / f"own-blf-{exten}.log").read_bytes()
     notifies = [m for m in parse_trace(trace) if m.method == "NOTIFY"]
     assert notifies, f"no NOTIFY in own-blf-{exten}.log"
     return [
@@ -54,12 +57,12 @@ def own_blf(scenario: str, exten: str, until: float | None = None) -> list[str]:
     ]
 
 
-def ami_recording_end(scenario: str) -> float:
+def ami_recording_end(scenario: str, folder: Path = RECORDINGS) -> float:
     """When (epoch seconds) the AMI recording's client logged off. Its clock comes from the
     Timestamp of Asterisk's first Pong, which the own-blf logs share."""
     offset: float | None = None
     logoff: float | None = None
-    for line in (RECORDINGS / scenario / "ami-wire.jsonl").read_text().splitlines():
+    for line in (folder / scenario / "ami-wire.jsonl").read_text().splitlines():
         record = json.loads(line)
         stamp = re.search(r"Ping: Pong\r\nTimestamp: ([0-9.]+)", record["data"])
         if offset is None and record["dir"] == "asterisk" and stamp:

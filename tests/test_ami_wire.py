@@ -11,12 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from panoramisk.message import Message
+from releases import RELEASES, recordings
 
 from bridge.asterisk import ami_wire
 from bridge.asterisk.ami_wire import MessageSplitter, parse_message
 
-FIXTURES = Path(__file__).parent / "fixtures" / "asterisk-22.10.1"
+FIXTURES = recordings()  # 22.10.1
 SCENARIOS = sorted(p.parent.name for p in FIXTURES.glob("*/ami-wire.jsonl"))
+# Every recording of every release: how Asterisk writes AMI is what may differ between them.
+EVERY_RECORDING = [(r, p.parent.name) for r in RELEASES
+                   for p in sorted(recordings(r).glob("*/ami-wire.jsonl"))]  # fmt: skip
 BANNER = "Asterisk Call Manager/11.0.0\r\n"
 HANGUP = "Event: Hangup\r\nPrivilege: call,all\r\nUniqueid: 1.2\r\nCause: 16\r\n\r\n"
 NEWSTATE = "Event: Newstate\r\nChannel: PJSIP/202-00000008\r\nCallerIDName: Jürgen\r\n\r\n"
@@ -31,9 +35,9 @@ def own_layouts() -> Iterator[None]:
     ami_wire._layouts = kept
 
 
-def asterisk_wire(scenario: str) -> bytes:
+def asterisk_wire(scenario: str, folder: Path = FIXTURES) -> bytes:
     """Everything Asterisk wrote in a recording, as one byte string."""
-    lines = (FIXTURES / scenario / "ami-wire.jsonl").read_text().splitlines()
+    lines = (folder / scenario / "ami-wire.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     return "".join(r["data"] for r in records if r["dir"] == "asterisk").encode()
 
@@ -191,9 +195,9 @@ def test_layouts_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_every_recorded_message_reads_as_panoramisk_reads_it(scenario: str) -> None:
-    for block in MessageSplitter().feed(asterisk_wire(scenario)):
+@pytest.mark.parametrize(("release", "scenario"), EVERY_RECORDING)
+def test_every_recorded_message_reads_as_panoramisk_reads_it(release: str, scenario: str) -> None:
+    for block in MessageSplitter().feed(asterisk_wire(scenario, recordings(release))):
         assert reads(block) == panoramisk_reads(block), block
         assert reads(block) == panoramisk_reads(block), block  # again, by its learnt layout
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from lxml import etree
+from releases import REFERENCE, recordings, releases_with
 from sipp import SippResult, SippWatcher, TracedMessage
 
 from bridge.app import Bridge
@@ -31,7 +32,7 @@ from bridge.demo.ami_server import RecordedAmiServer, event_matches
 from bridge.demo.ari_server import RecordedAriServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
-RECORDINGS = FIXTURES / "asterisk-22.10.1"
+RECORDINGS = recordings()  # 22.10.1
 SCHEMA = etree.XMLSchema(etree.parse(str(FIXTURES / "schemas" / "dialog-info.xsd")))
 NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
 DOMAIN = "pbx.example.test"
@@ -170,15 +171,21 @@ EXPECTED = {
 }
 
 
-def replaces_csv(scenario: str) -> list[str]:
-    return (RECORDINGS / scenario / "replaces.csv").read_text().splitlines()[1].split(";")
+def replaces_csv(scenario: str, folder: Path = RECORDINGS) -> list[str]:
+    return (folder / scenario / "replaces.csv").read_text().splitlines()[1].split(";")
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
-async def test_pickup_ids_are_those_of_the_ringing_leg(
-    server: RecordedAmiServer, transport: str
-) -> None:
-    async with running_bridge(server) as bridge:
+# Every release over UDP; TCP once (the transport does not depend on the release).
+PICKUP_CASES = [*((r, "udp") for r in releases_with("pickup-replaces")), (REFERENCE, "tcp")]
+
+
+@pytest.mark.parametrize(("release", "transport"), PICKUP_CASES)
+async def test_pickup_ids_are_those_of_the_ringing_leg(release: str, transport: str) -> None:
+    folder = recordings(release)
+    async with (
+        RecordedAmiServer(folder, speed=SPEED) as server,
+        running_bridge(server) as bridge,
+    ):
         result = await watch_scenario(server, bridge, "pickup-replaces", transport)
     states = collapsed([key_state(n) for n in check_notify_sequence(result)])
     assert states == EXPECTED["pickup-replaces"]
@@ -189,7 +196,7 @@ async def test_pickup_ids_are_those_of_the_ringing_leg(
         if d.findtext("d:state", namespaces=NS) == "early"
     ]
     assert ringing
-    call_id, asterisk_tag, phone_tag = replaces_csv("pickup-replaces")
+    call_id, asterisk_tag, phone_tag = replaces_csv("pickup-replaces", folder)
     for d in ringing:
         # replaces.csv: call-id;local_tag;remote_tag as Asterisk reads them on its leg to 202.
         assert (d.get("call-id"), d.get("remote-tag"), d.get("local-tag")) == (
@@ -205,10 +212,10 @@ async def test_pickup_ids_are_those_of_the_ringing_leg(
         assert target is not None and target.get("uri") == f"sip:202@{DOMAIN}"
         assert d.findtext("d:local/d:identity", namespaces=NS) == f"sip:202@{DOMAIN}"
     # The Replaces a Snom builds from it (call-id;to-tag=remote-tag;from-tag=local-tag) is the
-    # one that really took the call over on Asterisk 22 (the picker's recorded INVITE).
+    # one that really took the call over on that release (the picker's recorded INVITE).
     d = ringing[0]
     built = f"{d.get('call-id')};to-tag={d.get('remote-tag')};from-tag={d.get('local-tag')}"
-    picker = (RECORDINGS / "pickup-replaces" / "sip-203-picker.log").read_text()
+    picker = (folder / "pickup-replaces" / "sip-203-picker.log").read_text()
     match = re.search(r"^Replaces: (.+?)\r?$", picker, re.M)
     assert match is not None and match[1] == built
 
@@ -442,19 +449,30 @@ async def running_over_ari(server: RecordedAriServer, *extra: str) -> AsyncItera
         await bridge.stop()
 
 
-async def test_a_recording_over_ari_gives_the_same_key_states_and_ids() -> None:
+# Every release; and the reference served as 18 and 21 (and 20 before 20.20, 22 before 22.10,
+# 23 before 23.4) would serve it: without ``GET …/variables`` (rest-api/api-docs/channels.json at
+# those tags), so the bridge reads one variable per request.
+ARI_CASES = [*((r, True) for r in releases_with("pickup-replaces")), (REFERENCE, False)]
+
+
+@pytest.mark.parametrize(("release", "multi_variables"), ARI_CASES)
+async def test_a_recording_over_ari_gives_the_same_key_states_and_ids(
+    release: str, multi_variables: bool
+) -> None:
     scenario = "pickup-replaces"
+    folder = recordings(release)
     async with (
-        RecordedAriServer(RECORDINGS, speed=SPEED) as server,
+        RecordedAriServer(folder, speed=SPEED) as server,
         running_over_ari(server) as bridge,
         SippWatcher("202", bridge.bound("udp"), idle_ms=IDLE_MS) as watcher,
     ):
+        server.multi_variables = multi_variables
         await eventually(lambda: bridge.notifier.stats().subscriptions == 1)
         await server.play(scenario)
         result = await watcher.finish()
     notifies = check_notify_sequence(result)
     assert collapsed([key_state(n) for n in notifies]) == EXPECTED[scenario]
-    call_id, asterisk_tag, phone_tag = replaces_csv("pickup-replaces")
+    call_id, asterisk_tag, phone_tag = replaces_csv("pickup-replaces", folder)
     early = [d for n in notifies for d in dialogs(n) if d.get("call-id")]
     assert early and all(
         (d.get("call-id"), d.get("remote-tag"), d.get("local-tag"))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from releases import recordings, release_cases
 
 from bridge.asterisk import ami_events
 from bridge.asterisk.ami_events import needs_ids
@@ -47,7 +48,7 @@ from bridge.events import (
 from bridge.model import EntityState
 from bridge.tracker import CallTracker
 
-RECORDINGS = Path(__file__).parent / "fixtures" / "asterisk-22.10.1"
+RECORDINGS = recordings()  # 22.10.1
 SCENARIOS = [
     "ring-cancel",
     "ring-answer-hangup",
@@ -73,8 +74,8 @@ ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(p
 Json = dict[str, object]
 
 
-def raw(scenario: str) -> list[Json]:
-    lines = (RECORDINGS / scenario / "ari-events.jsonl").read_text().splitlines()
+def raw(scenario: str, folder: Path = RECORDINGS) -> list[Json]:
+    lines = (folder / scenario / "ari-events.jsonl").read_text().splitlines()
     return [json.loads(line)["event"] for line in lines if line.strip()]
 
 
@@ -88,14 +89,16 @@ def first(scenario: str, kind: str, **channel: str) -> Json:
     raise AssertionError(f"no {kind} {channel} in {scenario}")
 
 
-def mapped(scenario: str) -> list[AsteriskEvent]:
+def mapped(scenario: str, folder: Path = RECORDINGS) -> list[AsteriskEvent]:
     dials = DialPairs()
-    return [e for event in raw(scenario) for e in to_events(event, dials)]
+    return [e for event in raw(scenario, folder) for e in to_events(event, dials)]
 
 
-def with_ids(events: Iterable[AsteriskEvent], scenario: str) -> list[AsteriskEvent]:
+def with_ids(
+    events: Iterable[AsteriskEvent], scenario: str, folder: Path = RECORDINGS
+) -> list[AsteriskEvent]:
     """LegIds just before each ChannelSeen that needs them, as both sources deliver them."""
-    getvars = load_scenario(RECORDINGS / scenario).getvars
+    getvars = load_scenario(folder / scenario).getvars
     out: list[AsteriskEvent] = []
     for event in events:
         if isinstance(event, ChannelSeen) and needs_ids(event):
@@ -106,10 +109,10 @@ def with_ids(events: Iterable[AsteriskEvent], scenario: str) -> list[AsteriskEve
     return out
 
 
-def ami_mapped(scenario: str) -> list[AsteriskEvent]:
+def ami_mapped(scenario: str, folder: Path = RECORDINGS) -> list[AsteriskEvent]:
     """The AMI recording's call/system events, as the AMI source hands them over."""
     out: list[AsteriskEvent] = []
-    for event in load_scenario(RECORDINGS / scenario).events:
+    for event in load_scenario(folder / scenario).events:
         if {"call", "system"} & set(event.headers.get("Privilege", "").split(",")):
             out += ami_events.to_events(event.headers)
     return out
@@ -220,9 +223,9 @@ def test_hold_and_device_states() -> None:
     assert DeviceStateChanged("PJSIP/202", "ONHOLD") in events
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_the_rest_maps_to_nothing(scenario: str) -> None:
-    for event in raw(scenario):
+@pytest.mark.parametrize(("release", "scenario"), release_cases(*SCENARIOS))
+def test_the_rest_maps_to_nothing(release: str, scenario: str) -> None:
+    for event in raw(scenario, recordings(release)):
         if event["type"] in MAPPED_KINDS:
             assert to_events(event), event["type"]
         else:
@@ -394,9 +397,11 @@ def test_to_events_never_raises_on_near_misses(kind: str, fields: Json, channel:
 # --- through the tracker: the same states as AMI, in any order ----------------------------
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_same_states_as_the_ami_recording(scenario: str) -> None:
-    ari, ami = with_ids(mapped(scenario), scenario), with_ids(ami_mapped(scenario), scenario)
+@pytest.mark.parametrize(("release", "scenario"), release_cases(*SCENARIOS))
+def test_same_states_as_the_ami_recording(release: str, scenario: str) -> None:
+    folder = recordings(release)
+    ari = with_ids(mapped(scenario, folder), scenario, folder)
+    ami = with_ids(ami_mapped(scenario, folder), scenario, folder)
     for exten in ("201", "202", "203", "205"):
         over_ari, over_ami = states(ari, exten), states(ami, exten)
         # The AMI recording of pickup-replaces stops before the call ends; ARI's goes on.

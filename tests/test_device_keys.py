@@ -7,12 +7,15 @@ bridge, SIPp watchers on 210 (``Custom:DND201``), 211 (``PJSIP/201&Custom:DND201
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import pytest
 from lxml import etree
 from own_blf import ami_recording_end, collapsed, key_state, lit, own_blf
+from releases import recordings, release_cases
 from sipp import SippResult, SippWatcher
 from test_app import (
     DOMAIN,
@@ -43,21 +46,23 @@ Play = Callable[[], Awaitable[None]]
 
 
 @asynccontextmanager
-async def replayed(source: str, scenario: str) -> AsyncIterator[tuple[Bridge, Play]]:
+async def replayed(
+    source: str, scenario: str, folder: Path = RECORDINGS
+) -> AsyncIterator[tuple[Bridge, Play]]:
     async with AsyncExitStack() as stack:
         if source == "ami":
-            ami = await stack.enter_async_context(RecordedAmiServer(RECORDINGS, speed=SPEED))
+            ami = await stack.enter_async_context(RecordedAmiServer(folder, speed=SPEED))
             ami.select(scenario)  # the login-time lists name the hints 210, 211, 701
             bridge = await stack.enter_async_context(running_bridge(ami))
             yield bridge, lambda: ami.play(scenario)
         else:
-            ari = await stack.enter_async_context(RecordedAriServer(RECORDINGS, speed=SPEED))
+            ari = await stack.enter_async_context(RecordedAriServer(folder, speed=SPEED))
             bridge = await stack.enter_async_context(running_over_ari(ari, *HINTS))
             yield bridge, lambda: ari.play(scenario)
 
 
-async def watch(source: str, scenario: str) -> dict[str, SippResult]:
-    async with replayed(source, scenario) as (bridge, play):
+async def watch(source: str, scenario: str, folder: Path = RECORDINGS) -> dict[str, SippResult]:
+    async with replayed(source, scenario, folder) as (bridge, play):
         watchers = [
             SippWatcher(exten, bridge.bound("udp"), idle_ms=IDLE_MS) for exten in KEYS[scenario]
         ]
@@ -71,14 +76,17 @@ async def watch(source: str, scenario: str) -> dict[str, SippResult]:
 
 
 @pytest.mark.parametrize("source", ["ami", "ari"])
-@pytest.mark.parametrize("scenario", sorted(KEYS))
-async def test_keys_light_when_asterisks_own_blf_did(source: str, scenario: str) -> None:
+@pytest.mark.parametrize(("release", "scenario"), release_cases(*sorted(KEYS)))
+async def test_keys_light_when_asterisks_own_blf_did(
+    release: str, scenario: str, source: str
+) -> None:
+    folder = recordings(release)
     # The AMI recording ends a moment before the last state change (its client logged off).
-    until = ami_recording_end(scenario) if source == "ami" else None
-    for exten, result in (await watch(source, scenario)).items():
+    until = ami_recording_end(scenario, folder) if source == "ami" else None
+    for exten, result in (await watch(source, scenario, folder)).items():
         notifies = check_notify_sequence(result, exten)  # headers, CSeq, version; XSD below
         got = [key_state(n.body) for n in notifies if dialogs(n) is not None]  # XSD-valid
-        expected = own_blf(scenario, exten, until)
+        expected = own_blf(scenario, exten, until, folder)
         assert collapsed(map(lit, got)) == collapsed(map(lit, expected)), exten
         if exten in CHANNEL_FREE:
             assert collapsed(got) == collapsed(expected), exten
@@ -96,6 +104,11 @@ async def test_keys_light_when_asterisks_own_blf_did(source: str, scenario: str)
             parked = [d for n in notifies for d in dialogs(n)
                       if d.findtext("d:state", namespaces=NS) == "confirmed"]  # fmt: skip
             assert parked and all(d.get("call-id") is None for d in parked)
+            # The space turns busy and the call is told parked at one moment, in either order
+            # (ParkedCall after it on 23.4.1 over AMI, the lot's bridge entered after it on
+            # 20.20.1 over ARI): for that moment the key is busy without a caller, as
+            # Asterisk's own BLF always is.
+            parked = list(itertools.dropwhile(lambda d: d.get("id") == "devstate", parked))
             identities = {etree.tostring(d.find("d:remote/d:identity", NS)) for d in parked}
             assert identities == {
                 f'<identity xmlns="{NS["d"]}" display="Phone 201">sip:201@{DOMAIN}</identity>'

@@ -10,7 +10,7 @@ CITED = re.compile(r"docs/([A-Za-z_]+\.md)")
 MARKDOWN_LINK = re.compile(r"\]\(([A-Za-z_]+\.md)(#[a-z0-9-]+)?\)")
 # Pages other helpers of step 14 write, which the README and docs/OPERATIONS.md link: the lead
 # merges them together (then this goes).
-PENDING = ("COMPATIBILITY",)
+PENDING: tuple[str, ...] = ()
 WRITTEN_ELSEWHERE = {f"docs/{name}.md" for name in PENDING}
 
 

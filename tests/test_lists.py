@@ -394,7 +394,7 @@ def test_a_bad_list_is_refused_naming_the_setting(tmp_path: Path, table: str, na
 
 def recorded_list_answer() -> list[str]:
     """The messages of the recorded answer to PJSIPShowResourceLists, as text blocks."""
-    wire = (FIXTURES / "asterisk-22.10.1-lists" / "lists" / "ami-wire.jsonl").read_text()
+    wire = (FIXTURES / "lists-asterisk-22.10.1" / "lists" / "ami-wire.jsonl").read_text()
     records = [json.loads(line) for line in wire.splitlines()]
     asked = next(i for i, r in enumerate(records) if r["data"].startswith(
         "Action: PJSIPShowResourceLists"))  # fmt: skip

@@ -1,5 +1,5 @@
 """A BLF list end to end, matched against Asterisk's own: the ``lists`` recording of Asterisk
-22.10.1 (tests/fixtures/asterisk-22.10.1-lists: a ``resource_list`` blf-list of 201, 202, 203, 210
+22.10.1 (tests/fixtures/lists-asterisk-22.10.1: a ``resource_list`` blf-list of 201, 202, 203, 210
 and 701; 201 calls 202 and 203 picks up by Replaces, 201 calls 203, 201 parks on 701 and 203
 takes it back, DND201 goes busy and back) replayed over AMI into a running bridge, which reads
 the list from Asterisk (``PJSIPShowResourceLists``), and a SIPp list watcher (Supported:
@@ -32,7 +32,7 @@ from bridge.resource_lists import ResourceList
 
 # Apart from the other recordings (which the demo bundles, and the benchmarks replay): the
 # lab's pjsip.conf here has the resource_list, asterisk-etc/ beside the scenario.
-RECORDINGS = FIXTURES / "asterisk-22.10.1-lists"
+RECORDINGS = FIXTURES / "lists-asterisk-22.10.1"
 SCENARIO = "lists"
 KEYS = ("201", "202", "203", "210", "701")
 SPEED = 4.0  # the recording takes 33 s

@@ -288,8 +288,11 @@ class _Connection:
             if "event" not in h and h.get("response") != "Success":
                 message = h.get("message", "")
                 # "No Contacts found" is how Asterisk says an empty list, "Invalid/unknown
-                # command: ParkedCalls" that res_parking is not loaded: nothing wrong.
-                quiet = "found" in message.lower() or "unknown command" in message.lower()
+                # command: ParkedCalls" that res_parking is not loaded, and since 22.11/23.5
+                # "No dialplan hints are available" an ExtensionStateList without hints:
+                # nothing wrong.
+                lowered = message.lower()
+                quiet = any(s in lowered for s in ("found", "unknown command", "no dialplan hints"))
                 level = logging.DEBUG if quiet else logging.WARNING
                 action = self.list_names.get(action_id, action_id)
                 log.log(level, "AMI refused %s: %s", action, message)

@@ -129,6 +129,9 @@ def _map(h: dict[str, str]) -> list[AsteriskEvent]:
         if not status.lstrip("-").isdigit():
             raise _Malformed(f"Status {status!r} is not a number")
         exten, context, hint = _need(h, "exten"), h.get("context", ""), h.get("hint", "")
+        # The extension-state rewrite (22.11, 23.5) lists an extension state that has lost its
+        # hint with ``Hint: None``: no device, not a device named None.
+        hint = "" if hint == "None" else hint
         return [ExtensionHint(exten, context, hint, int(status))]
     if event == "parkedcall":  # also the items of the ParkedCalls action
         space, uniqueid = _need(h, "parkingspace"), _need(h, "parkeeuniqueid")
