@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bridge import settings
@@ -33,6 +33,7 @@ from bridge.events import (
 )
 from bridge.findings import Finding
 from bridge.led.controller import LedController
+from bridge.model import EntityState
 from bridge.pbxs import PbxRouter, PbxState
 from bridge.pickup import PickupPolicy
 from bridge.sip.access import SourceGate
@@ -175,8 +176,9 @@ class BridgeCore:
             if followed.documents.changed(exten):
                 changed = True
                 resource = followed.resource(exten)
-                log.info("%s: %s", resource, followed.tracker.state(exten).summary())
-                self.notifier.resource_changed(resource, now)
+                state = followed.tracker.state(exten)
+                log.info("%s: %s", resource, state.summary())
+                self.notifier.resource_changed(resource, now, ringing=_pickable(state))
         if changed:
             self._status_changed = True
         if self.leds is not None and isinstance(event, _LED_INPUTS):
@@ -201,8 +203,10 @@ class BridgeCore:
     def resource_changed(self, resource: str, now: float) -> None:
         """Tell the watchers of ``resource`` its state again, if it changed since the last time."""
         pbx = self._pbx_of(resource)
-        if pbx is None or pbx.documents.changed(pbx.key(resource)):
+        if pbx is None:
             self.notifier.resource_changed(resource, now)
+        elif pbx.documents.changed(key := pbx.key(resource)):
+            self.notifier.resource_changed(resource, now, ringing=_pickable(pbx.tracker.state(key)))
 
     def handle_timer(self, now: float) -> None:
         """Run everything due at ``now``: retransmissions, timeouts, expiries, LED retries and
@@ -277,6 +281,22 @@ class BridgeCore:
                 (data, Peer("udp", host, port)) for data, (host, port) in self.leds.outgoing()
             )
         return out
+
+    def drain(self, now: float, budget: int, *, ringing_only: bool = False
+              ) -> Iterator[tuple[bytes, Peer]]:  # fmt: skip
+        """What is to be sent, each message built just before it is handed out: everything
+        urgent, then at most ``budget`` NOTIFYs of pending fan-outs (ringing keys first;
+        ``ringing_only``: no other), then the LED controller's MESSAGEs. Call again while
+        ``fanout_pending``: the glue sends a slice, lets other input in, and goes on."""
+        yield from self.notifier.drain(now, budget, ringing_only=ringing_only)
+        if self.leds is not None and self.leds.has_outgoing:
+            for data, (host, port) in self.leds.outgoing():
+                yield data, Peer("udp", host, port)
+
+    @property
+    def fanout_pending(self) -> bool:
+        """Whether a fan-out still has watchers to tell (``drain()`` again)."""
+        return self.notifier.fanout_pending
 
     def next_timer(self) -> float | None:
         """When ``handle_timer()`` next has work, or None."""
@@ -492,6 +512,11 @@ class BridgeCore:
 def _pbx_names(config: Config) -> list[tuple[str, str]]:
     """Each PBX's name and SIP domain; the one-PBX form is one PBX named "" (any domain)."""
     return [(p.name, p.domain) for p in config.pbxs] or [("", "")]
+
+
+def _pickable(state: EntityState) -> bool:
+    """Whether a key's state has a call a watcher may pick up (told before the others)."""
+    return any(d.pickup is not None for d in state.dialogs)
 
 
 def _of(pbx: PbxState) -> str:

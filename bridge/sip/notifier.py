@@ -11,8 +11,8 @@ import itertools
 import logging
 import secrets
 import sys
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,6 +116,21 @@ class WatcherInfo:
     version: int
 
 
+@dataclass(eq=False, slots=True)
+class _FanOut:
+    """One change of a resource still to be told to its watchers, walked a slice at a time.
+
+    ``generation`` is the resource's change counter when it was made: a watcher already told
+    that generation (a refresh or a 200 sent it the newest state meanwhile) is skipped.
+    """
+
+    resource: str
+    watchers: list[Subscription]
+    generation: int
+    now: float
+    at: int = 0  # the next watcher to look at
+
+
 @dataclass(frozen=True, slots=True)
 class _Exchange:
     """A request being answered; key is None when it must not be cached."""
@@ -150,7 +165,13 @@ class Notifier:
         self._client_tx: dict[str, NotifyTransaction] = {}  # by Via branch
         self._answers = ResponseCache(64 * settings.t1)
         self._timers: TimerQueue[Subscription | NotifyTransaction] = TimerQueue()
-        self._out: list[tuple[bytes, Peer]] = []
+        self._out: list[tuple[bytes, Peer]] = []  # urgent: answers, single NOTIFYs, resends
+        # Fan-outs not yet walked to the end, ringing (pickup-capable) states first; the
+        # pending one of each resource, and each resource's change counter.
+        self._ringing: deque[_FanOut] = deque()
+        self._rest: deque[_FanOut] = deque()
+        self._fanouts: dict[str, _FanOut] = {}
+        self._generation: dict[str, int] = {}
         self._branch_prefix = f"z9hG4bK{secrets.token_hex(4)}."
         self._branch_counter = itertools.count(1)
         # What the store has not heard yet: subscriptions to (re)write, dialogs to delete.
@@ -203,8 +224,13 @@ class Notifier:
         except Exception:  # a bug must not take the listener down; tests assert none is logged
             logger.exception("internal error handling a message from %s", peer)
 
-    def resource_changed(self, resource: str, now: float) -> None:
-        """The resource's state changed: notify its watchers (coalesced per subscription)."""
+    def resource_changed(self, resource: str, now: float, *, ringing: bool = False) -> None:
+        """The resource's state changed: its watchers are told, coalesced per subscription.
+
+        Nothing is built here: the NOTIFYs are made one by one as ``drain()`` hands them out, so
+        the first leaves before the last is built. ``ringing``: a state a watcher may pick up,
+        told before the other changes waiting.
+        """
         subs = self._by_resource.get(resource)
         if not subs:
             return
@@ -212,22 +238,66 @@ class Notifier:
             for sub in list(subs.values()):
                 self._terminate(sub, now, "noresource")
             return
-        source = self._source  # renders once per variant; each watcher's is a cache lookup
-        for sub in subs.values():
-            if sub.in_flight is not None:
-                sub.dirty = True  # coalesce: one NOTIFY with the newest state after this one
-            else:
-                self._send_notify(sub, now, source.document(resource, sub.watcher))
+        generation = self._generation[resource] = self._generation.get(resource, 0) + 1
+        older = self._fanouts.get(resource)
+        if older is not None:
+            older.at = len(older.watchers)  # ends: the new walk tells everyone the newest state
+        fanout = self._fanouts[resource] = _FanOut(resource, list(subs.values()), generation, now)
+        (self._ringing if ringing else self._rest).append(fanout)
 
     def outgoing(self) -> list[tuple[bytes, Peer]]:
-        """Take everything to send, in order."""
-        out, self._out = self._out, []
-        return out
+        """Take everything to send, in order (every pending fan-out walked to its end)."""
+        if not (self._ringing or self._rest):
+            out, self._out = self._out, []
+            return out
+        return list(self.drain())
+
+    def drain(
+        self, now: float | None = None, budget: int | None = None, *, ringing_only: bool = False
+    ) -> Iterator[tuple[bytes, Peer]]:
+        """Hand out what is to be sent: every urgent message (answers, single NOTIFYs,
+        retransmissions), then up to ``budget`` NOTIFYs of pending fan-outs (None: all), ringing
+        ones first (``ringing_only``: no other). Each NOTIFY is built just before it is handed
+        out, so the caller sends it before the next is built; ``now`` is when (default: when the
+        change came)."""
+        while self._out:
+            out, self._out = self._out, []
+            yield from out
+        left = -1 if budget is None else budget
+        while left:
+            queue = self._ringing or (None if ringing_only else self._rest)
+            if not queue:
+                return
+            fanout = queue[0]
+            watchers, generation = fanout.watchers, fanout.generation
+            resource, document = fanout.resource, self._source.document
+            when = fanout.now if now is None else now
+            end = len(watchers)
+            while fanout.at < end and left:
+                sub = watchers[fanout.at]
+                fanout.at += 1
+                if sub.state != "active" or sub.told >= generation:
+                    continue  # ended, or told this state already
+                if sub.in_flight is not None:
+                    sub.dirty = True  # one NOTIFY with the newest state once its 200 is in
+                    continue
+                left -= 1
+                yield self._notify(sub, when, document(resource, sub.watcher))
+            if fanout.at >= end:
+                if queue and queue[0] is fanout:
+                    queue.popleft()
+                if self._fanouts.get(resource) is fanout:
+                    del self._fanouts[resource]
 
     @property
     def has_outgoing(self) -> bool:
-        """Whether outgoing() has anything."""
-        return bool(self._out)
+        """Whether drain() has anything."""
+        return bool(self._out or self._ringing or self._rest)
+
+    @property
+    def fanout_pending(self) -> bool:
+        """Whether a fan-out still has watchers to tell (drain() again, a slice at a time)."""
+        return bool(self._ringing or self._rest)
 
     def next_timer(self) -> float | None:
         """When handle_timer() next has work, or None."""
@@ -616,6 +686,12 @@ class Notifier:
         self, sub: Subscription, now: float, doc: SupportsBody | None = None, *, once: bool = False
     ) -> None:
         """Send the next NOTIFY of ``sub``; ``once``: no transaction, no retransmission."""
+        self._out.append(self._notify(sub, now, doc, once=once))
+
+    def _notify(
+        self, sub: Subscription, now: float, doc: SupportsBody | None = None, *, once: bool = False
+    ) -> tuple[bytes, Peer]:
+        """The next NOTIFY of ``sub`` and where it goes, its transaction started."""
         body = b""
         if doc is not None or self._source.knows(sub.resource):
             body = (doc or self._source.document(sub.resource, sub.watcher)).body(sub.version)
@@ -628,6 +704,7 @@ class Notifier:
             # + 1 µs: (now + 600) - now is 599.99999999999 when the sum crosses a power of two
             # (the clock near 8192 s, 16384 s, ...), and a fresh grant must say 600.
             state = f"active;expires={max(0, int(sub.expires_at - now + 1e-6))}"
+            sub.told = self._generation.get(sub.resource, 0)
         sub.cseq += 1
         sub.dirty = False
         if sub.lease_ran_out() and not final:
@@ -636,10 +713,10 @@ class Notifier:
         assert sub.template is not None
         data = sub.template.render(sub, branch, state, body)
         self.notifies_sent += 1
+        peer = sub.peer
         if once:
-            self._out.append((data, sub.peer))
-            return
-        t1, peer = self.settings.t1, sub.peer
+            return data, peer
+        t1 = self.settings.t1
         timeout = 64 * t1
         if peer.transport == "udp" and (peer.host, peer.port) not in self._verified:
             timeout = UNVERIFIED_TIMEOUT_T1 * t1
@@ -647,7 +724,7 @@ class Notifier:
         sub.in_flight = tx
         self._client_tx[branch] = tx
         self._timers.schedule(tx, tx.due_at)
-        self._out.append((data, tx.peer))
+        return data, peer
 
     def _terminate(self, sub: Subscription, now: float, reason: str, notify: bool = True) -> None:
         """End a subscription; with notify, a final NOTIFY goes out (after any in flight)."""

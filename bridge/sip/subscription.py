@@ -188,6 +188,7 @@ class Subscription:
     version: int = 0  # dialog-info version of the next NOTIFY body
     in_flight: NotifyTransaction | None = None
     dirty: bool = False  # state changed while a NOTIFY was in flight: send one more after it
+    told: int = 0  # the resource's change counter when a NOTIFY last carried its state
     # "active" while in the indexes; "terminating" = final NOTIFY owed once in_flight completes;
     # "gone" = nothing more to send.
     state: Literal["active", "terminating", "gone"] = "active"
