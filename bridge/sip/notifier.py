@@ -36,7 +36,7 @@ from bridge.sip.subscription import (
     WatcherKey,
     contact_uri,
 )
-from bridge.sip.timers import TimerQueue
+from bridge.sip.timers import NO_TIMER, TimerQueue
 from bridge.sip.uas import (
     EVENT_PACKAGE,
     Answer,
@@ -131,6 +131,20 @@ class _FanOut:
     at: int = 0  # the next watcher to look at
 
 
+class _TimerBatch:
+    """NOTIFY transactions started together, with the same first deadline: one timer entry
+    for them all instead of a heap push each (a fan-out's slice shares ``now``). When it comes,
+    those still unanswered go on, each on a timer of its own."""
+
+    __slots__ = ("due_at", "members", "unanswered", "timer_seq")
+
+    def __init__(self, due_at: float) -> None:
+        self.due_at = due_at
+        self.members: list[NotifyTransaction] = []
+        self.unanswered = 0  # when it drops to 0 the entry is cancelled: nothing left to time
+        self.timer_seq = NO_TIMER
+
+
 @dataclass(frozen=True, slots=True)
 class _Exchange:
     """A request being answered; key is None when it must not be cached."""
@@ -164,7 +178,8 @@ class Notifier:
         self._by_watcher: dict[WatcherKey, Subscription] = {}
         self._client_tx: dict[str, NotifyTransaction] = {}  # by Via branch
         self._answers = ResponseCache(64 * settings.t1)
-        self._timers: TimerQueue[Subscription | NotifyTransaction] = TimerQueue()
+        self._timers: TimerQueue[Subscription | NotifyTransaction | _TimerBatch] = TimerQueue()
+        self._batches: dict[float, _TimerBatch] = {}  # by deadline, until it comes
         self._out: list[tuple[bytes, Peer]] = []  # urgent: answers, single NOTIFYs, resends
         # Fan-outs not yet walked to the end, ringing (pickup-capable) states first; the
         # pending one of each resource, and each resource's change counter.
@@ -309,7 +324,14 @@ class Notifier:
     def handle_timer(self, now: float) -> None:
         """Run every timer due at `now`: retransmissions, transaction timeouts, expiries."""
         while (obj := self._timers.pop_due(now)) is not None:
-            if isinstance(obj, NotifyTransaction):
+            if isinstance(obj, _TimerBatch):
+                if self._batches.get(obj.due_at) is obj:
+                    del self._batches[obj.due_at]
+                client_tx = self._client_tx
+                for tx in obj.members:  # answered ones are gone from client_tx
+                    if client_tx.get(tx.branch) is tx and tx.timer_seq == NO_TIMER:
+                        self._on_transaction_timer(tx, now)
+            elif isinstance(obj, NotifyTransaction):
                 self._on_transaction_timer(obj, now)
             else:
                 self._log(now, logging.INFO, None, "subscription %s to %s expired",
@@ -723,7 +745,12 @@ class Notifier:
         tx = NotifyTransaction(branch, sub, data, peer, now, t1, self.settings.t2, timeout, final)
         sub.in_flight = tx
         self._client_tx[branch] = tx
-        self._timers.schedule(tx, tx.due_at)
+        batch = self._batches.get(tx.due_at)
+        if batch is None:
+            batch = self._batches[tx.due_at] = _TimerBatch(tx.due_at)
+            self._timers.schedule(batch, tx.due_at)
+        batch.members.append(tx)
+        batch.unanswered += 1
         return data, peer
 
     def _terminate(self, sub: Subscription, now: float, reason: str, notify: bool = True) -> None:
@@ -780,7 +807,15 @@ class Notifier:
     def _finish(self, tx: NotifyTransaction, now: float, status: int | None) -> None:
         """A NOTIFY transaction ended: with a final status, or timed out (None)."""
         del self._client_tx[tx.branch]
-        self._timers.cancel(tx)
+        if tx.timer_seq == NO_TIMER:  # still in the batch it started in
+            batch = self._batches.get(tx.due_at)
+            if batch is not None:
+                batch.unanswered -= 1
+                if not batch.unanswered:
+                    del self._batches[tx.due_at]
+                    self._timers.cancel(batch)
+        else:
+            self._timers.cancel(tx)
         # The timer heap keeps a cancelled entry until it surfaces: not the NOTIFY's bytes too.
         tx.data = b""
         sub = tx.subscription
