@@ -9,8 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.sip.client_transaction import ClientTransaction
 from bridge.sip.message import Request, Response, build_response, parse_message
 from bridge.sip.notifier import Notifier, NotifierSettings, Peer
+from bridge.sip.subscription import NotifyTransaction, Subscription
 
 PHONE = Peer("udp", "192.0.2.10", 40000)  # the source address: differs from Via (NAT)
 TCP_PHONE = Peer("tcp", "192.0.2.11", 40001)
@@ -717,3 +719,17 @@ def test_resumed_subscriptions_keep_the_full_retransmission_schedule() -> None:
     restarted.n.resource_changed("202", 0.0)
     assert len(restarted.drain()) == 1
     assert [len(restarted.tick(t)) for t in (0.5, 1.5, 3.5)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_a_notify_transaction_starts_like_any_client_transaction(transport: str) -> None:
+    """NotifyTransaction writes ClientTransaction's start out (speed): the two must agree."""
+    sub = Subscription(key=("c", "f", "t"), resource="202", peer=PHONE, event="dialog",
+                       event_id=None, local="<sip:202@x>;tag=t", remote="<sip:w@x>;tag=f",
+                       target="sip:w@x", route=(), expires_at=60.0, remote_cseq=1)  # fmt: skip
+    peer = Peer(transport, "192.0.2.1", 5060)  # type: ignore[arg-type]
+    ours = NotifyTransaction("z9hG4bK-1", sub, b"x", peer, 3.0, 0.5, 4.0, 1.5, False)
+    base = ClientTransaction("z9hG4bK-1", b"x", 3.0, 0.5, 4.0, transport != "udp", 1.5)
+    for name in ClientTransaction.__slots__:
+        assert getattr(ours, name) == getattr(base, name), name
+    assert ours.fire(3.5) == base.fire(3.5) and ours.due_at == base.due_at

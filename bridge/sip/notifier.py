@@ -136,7 +136,7 @@ class _TimerBatch:
     for them all instead of a heap push each (a fan-out's slice shares ``now``). When it comes,
     those still unanswered go on, each on a timer of its own."""
 
-    __slots__ = ("due_at", "members", "unanswered", "timer_seq")
+    __slots__ = ("due_at", "members", "timer_seq", "unanswered")
 
     def __init__(self, due_at: float) -> None:
         self.due_at = due_at
@@ -180,6 +180,7 @@ class Notifier:
         self._answers = ResponseCache(64 * settings.t1)
         self._timers: TimerQueue[Subscription | NotifyTransaction | _TimerBatch] = TimerQueue()
         self._batches: dict[float, _TimerBatch] = {}  # by deadline, until it comes
+        self._active: dict[int, str] = {}  # Subscription-State by seconds left
         self._out: list[tuple[bytes, Peer]] = []  # urgent: answers, single NOTIFYs, resends
         # Fan-outs not yet walked to the end, ringing (pickup-capable) states first; the
         # pending one of each resource, and each resource's change counter.
@@ -725,7 +726,8 @@ class Notifier:
         else:
             # + 1 µs: (now + 600) - now is 599.99999999999 when the sum crosses a power of two
             # (the clock near 8192 s, 16384 s, ...), and a fresh grant must say 600.
-            state = f"active;expires={max(0, int(sub.expires_at - now + 1e-6))}"
+            left = int(sub.expires_at - now + 1e-6)
+            state = self._active.get(left) or self._active_state(left)
             sub.told = self._generation.get(sub.resource, 0)
         sub.cseq += 1
         sub.dirty = False
@@ -752,6 +754,14 @@ class Notifier:
         batch.members.append(tx)
         batch.unanswered += 1
         return data, peer
+
+    def _active_state(self, left: int) -> str:
+        """``active;expires=N``, formatted once per N (a fan-out's watchers share a handful)."""
+        left = max(0, left)
+        state = self._active[left] = f"active;expires={left}"
+        if len(self._active) > 2 * self.settings.max_expires + 2:  # a bound whatever happens
+            self._active.clear()
+        return state
 
     def _terminate(self, sub: Subscription, now: float, reason: str, notify: bool = True) -> None:
         """End a subscription; with notify, a final NOTIFY goes out (after any in flight)."""
