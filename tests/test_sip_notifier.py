@@ -733,3 +733,97 @@ def test_a_notify_transaction_starts_like_any_client_transaction(transport: str)
     for name in ClientTransaction.__slots__:
         assert getattr(ours, name) == getattr(base, name), name
     assert ours.fire(3.5) == base.fire(3.5) and ours.due_at == base.due_at
+
+
+# ----------------------------------------------------------------- fan-out in slices
+
+
+def _watchers(b: Bridge, resource: str, count: int) -> list[tuple[Peer, str]]:
+    """``count`` phones (one address each) subscribed to ``resource``, first NOTIFY answered."""
+    phones = []
+    for i in range(count):
+        peer = Peer("udp", "192.0.2.20", 30000 + i + (0 if resource == "202" else 5000))
+        call_id = f"{resource}-w{i}"
+        b.n.receive(subscribe(resource=resource, call_id=call_id, branch=f"z9hG4bK-{call_id}",
+                              From=f"<sip:{call_id}@pbx.example>;tag=f{i}"), peer, 0.0)  # fmt: skip
+        for data, _ in b.n.outgoing():
+            msg = parse_message(data)
+            if isinstance(msg, Request):
+                b.n.receive(build_response(msg, 200).to_bytes(), peer, 0.0)
+        phones.append((peer, call_id))
+    return phones
+
+
+def _notifies(sent: list[tuple[bytes, Peer]]) -> list[Request]:
+    found = [parse_message(data) for data, _ in sent]
+    return [m for m in found if isinstance(m, Request) and m.method == "NOTIFY"]
+
+
+def test_a_fan_out_is_handed_out_in_slices_and_a_subscribe_is_answered_between_two() -> None:
+    b = Bridge()
+    _watchers(b, "202", 150)
+    b.source.states["202"] = "early"
+    b.n.resource_changed("202", 1.0, ringing=True)
+    assert b.n.fanout_pending and b.n.stats().notifies_in_flight == 0  # nothing built yet
+    first = list(b.n.drain(1.0, 64))
+    assert len(_notifies(first)) == 64 and b.n.fanout_pending
+    b.n.receive(subscribe(call_id="late", branch="z9hG4bK-late", From="<sip:l@x>;tag=l"),
+                Peer("udp", "192.0.2.99", 5060), 1.001)  # fmt: skip
+    second = [parse_message(d) for d, _ in b.n.drain(1.001, 64)]
+    assert isinstance(second[0], Response) and second[0].status == 200  # before the slice
+    assert second[1].call_id() == "late"  # its first NOTIFY too
+    rest = list(b.n.drain(1.002, 1000))
+    assert not b.n.fanout_pending
+    told = [n.call_id() for n in _notifies(first) + second[2:] + _notifies(rest)]  # type: ignore[arg-type]
+    assert sorted(told) == sorted(f"202-w{i}" for i in range(150))  # each exactly once
+
+
+def test_ringing_keys_are_told_before_the_other_changes_of_the_same_burst() -> None:
+    b = Bridge()
+    _watchers(b, "203", 20)
+    _watchers(b, "202", 100)
+    b.source.states.update({"202": "early", "203": "confirmed"})
+    b.n.resource_changed("203", 1.0)  # first in the burst, but not ringing
+    b.n.resource_changed("202", 1.0, ringing=True)
+    ringing_only = _notifies(list(b.n.drain(1.0, 1000, ringing_only=True)))
+    assert {n.call_id().partition("-")[0] for n in ringing_only} == {"202"}
+    assert len(ringing_only) == 100 and b.n.fanout_pending
+    others = _notifies(b.n.outgoing())
+    assert {n.call_id().partition("-")[0] for n in others} == {"203"} and len(others) == 20
+
+
+def test_a_change_during_a_fan_out_gives_each_watcher_the_newest_state_once() -> None:
+    """Watchers reached before the second change get it after their 200; the others get only
+    the newest state: never the same state twice, CSeq and version rising by one."""
+    b = Bridge()
+    phones = dict((cid, peer) for peer, cid in _watchers(b, "202", 100))
+    b.source.states["202"] = "early"
+    b.n.resource_changed("202", 1.0, ringing=True)
+    reached = _notifies(list(b.n.drain(1.0, 30)))
+    b.source.states["202"] = "confirmed"
+    b.n.resource_changed("202", 1.01)
+    # A refresh of one watcher not reached yet tells it the newest state at once.
+    b.n.receive(subscribe(call_id="202-w90", branch="z9hG4bK-r", cseq=2, to_tag=_tag(b, "202-w90"),
+                          From="<sip:202-w90@pbx.example>;tag=f90"), phones["202-w90"], 1.02)  # fmt: skip
+    seen: dict[str, list[Request]] = {}
+    for n in reached:
+        seen.setdefault(n.call_id(), []).append(n)
+    pending = list(b.n.outgoing())
+    for _ in range(3):  # answer every NOTIFY: the watchers reached early get the newest next
+        for n in _notifies(pending):
+            seen.setdefault(n.call_id(), []).append(n)
+        for n in _notifies(pending) + (reached if _ == 0 else []):
+            b.n.receive(build_response(n, 200).to_bytes(), phones[n.call_id()], 1.03)
+        pending = b.n.outgoing()
+    assert len(seen) == 100
+    for call_id, got in seen.items():
+        states = [n.body.decode().rpartition('state="')[2][:-3] for n in got]
+        assert states[-1] == "confirmed" and len(states) == len(set(states)), (call_id, states)
+        cseqs = [n.cseq().seq for n in got]
+        versions = [int(n.body.decode().partition('version="')[2].partition('"')[0]) for n in got]
+        assert cseqs == list(range(cseqs[0], cseqs[0] + len(got)))
+        assert versions == list(range(versions[0], versions[0] + len(got)))
+
+
+def _tag(b: Bridge, call_id: str) -> str:
+    return next(key[2] for key in b.n._subs if key[0] == call_id)
