@@ -803,8 +803,9 @@ def test_a_change_during_a_fan_out_gives_each_watcher_the_newest_state_once() ->
     b.source.states["202"] = "confirmed"
     b.n.resource_changed("202", 1.01)
     # A refresh of one watcher not reached yet tells it the newest state at once.
-    b.n.receive(subscribe(call_id="202-w90", branch="z9hG4bK-r", cseq=2, to_tag=_tag(b, "202-w90"),
-                          From="<sip:202-w90@pbx.example>;tag=f90"), phones["202-w90"], 1.02)  # fmt: skip
+    refresh = subscribe(call_id="202-w90", branch="z9hG4bK-r", cseq=2, to_tag=_tag(b, "202-w90"),
+                        From="<sip:202-w90@pbx.example>;tag=f90")  # fmt: skip
+    b.n.receive(refresh, phones["202-w90"], 1.02)
     seen: dict[str, list[Request]] = {}
     for n in reached:
         seen.setdefault(n.call_id(), []).append(n)
