@@ -190,6 +190,12 @@ class BridgeCore:
     def receive(self, message: Request | Response | bytes, peer: Peer, now: float) -> None:
         """A datagram (bytes) or a framed message from a peer: answers to our MESSAGEs go to
         the LED controller, everything else to the notifier."""
+        if (
+            isinstance(message, bytes)
+            and message[:9] == b"SIP/2.0 2"
+            and self.notifier.answered(message, now)
+        ):
+            return  # a 200 to a NOTIFY: by far the most common datagram, not parsed
         if self.leds is not None and (
             isinstance(message, Response)
             or (isinstance(message, bytes | bytearray) and message[:8] == b"SIP/2.0 ")

@@ -724,7 +724,7 @@ def test_resumed_subscriptions_keep_the_full_retransmission_schedule() -> None:
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_a_notify_transaction_starts_like_any_client_transaction(transport: str) -> None:
     """NotifyTransaction writes ClientTransaction's start out (speed): the two must agree."""
-    sub = Subscription(key=("c", "f", "t"), resource="202", peer=PHONE, event="dialog",
+    sub = Subscription.create(key=("c", "f", "t"), resource="202", peer=PHONE, event="dialog",
                        event_id=None, local="<sip:202@x>;tag=t", remote="<sip:w@x>;tag=f",
                        target="sip:w@x", route=(), expires_at=60.0, remote_cseq=1)  # fmt: skip
     peer = Peer(transport, "192.0.2.1", 5060)  # type: ignore[arg-type]
@@ -828,3 +828,15 @@ def test_a_change_during_a_fan_out_gives_each_watcher_the_newest_state_once() ->
 
 def _tag(b: Bridge, call_id: str) -> str:
     return next(key[2] for key in b.n._subs if key[0] == call_id)
+
+
+def test_a_200_to_a_notify_is_matched_by_our_branch_without_a_parse() -> None:
+    b = Bridge()
+    _, notify = b.send(subscribe())
+    answer = build_response(notify, 200).to_bytes()
+    assert b.n.answered(answer.replace(b"NOTIFY\r\n", b"OPTIONS\r\n"), 0.1) is False
+    assert b.n.answered(answer.replace(b";branch=", b";branch=x"), 0.1) is False
+    assert b.n.stats().notifies_in_flight == 1
+    assert b.n.answered(answer, 0.1) is True and b.n.stats().notifies_in_flight == 0
+    assert b.n.answered(answer, 0.2) is False  # a retransmitted 200: nothing left to match
+    assert b.tick(5.0) == []  # no retransmission of the NOTIFY answered

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import secrets
 import sys
 from collections import OrderedDict, deque
@@ -180,7 +181,7 @@ class Notifier:
         self._answers = ResponseCache(64 * settings.t1)
         self._timers: TimerQueue[Subscription | NotifyTransaction | _TimerBatch] = TimerQueue()
         self._batches: dict[float, _TimerBatch] = {}  # by deadline, until it comes
-        self._active: dict[int, str] = {}  # Subscription-State by seconds left
+        self._active: dict[int, bytes] = {}  # Subscription-State by seconds left
         self._out: list[tuple[bytes, Peer]] = []  # urgent: answers, single NOTIFYs, resends
         # Fan-outs not yet walked to the end, ringing (pickup-capable) states first; the
         # pending one of each resource, and each resource's change counter.
@@ -189,6 +190,9 @@ class Notifier:
         self._fanouts: dict[str, _FanOut] = {}
         self._generation: dict[str, int] = {}
         self._branch_prefix = f"z9hG4bK{secrets.token_hex(4)}."
+        # Our branches in an answer's Via (the quick path of the 200s, see answered()).
+        self._our_branch = re.compile(rb";branch=(" + re.escape(self._branch_prefix.encode())
+                                      + rb"[0-9a-f]+)(?=[;,\s])")  # fmt: skip
         self._branch_counter = itertools.count(1)
         # What the store has not heard yet: subscriptions to (re)write, dialogs to delete.
         self._changed: dict[DialogKey, Subscription] = {}
@@ -222,6 +226,8 @@ class Notifier:
             if isinstance(message, bytes | bytearray):
                 if message[:1] in (b"", b"\r", b"\n") and not message.strip(b"\r\n"):
                     return  # CRLF keep-alive
+                if message[:9] == b"SIP/2.0 2" and self.answered(message, now):
+                    return  # a 200 to a NOTIFY of ours: the most common datagram by far
                 if message.startswith(b"SIP/2.0 ") and (ids := response_ids(message)):
                     # A 200 to a NOTIFY of ours (the most common datagram): no full parse.
                     tx = self._client_tx.get(ids[1] or "")
@@ -239,6 +245,19 @@ class Notifier:
                 self._on_response(message, peer, now)
         except Exception:  # a bug must not take the listener down; tests assert none is logged
             logger.exception("internal error handling a message from %s", peer)
+
+    def answered(self, data: bytes, now: float) -> bool:
+        """Take a datagram that is a 2xx to one of our NOTIFYs (True), without parsing it: our
+        branch, unguessable, in its Via and NOTIFY in its CSeq are all it needs to be matched
+        (RFC 3261 §17.1.3). Anything else (False) goes the long way, through the parser."""
+        found = self._our_branch.search(data)
+        if found is None or b" NOTIFY\r\n" not in data or not data[8:11].isdigit():
+            return False
+        tx = self._client_tx.get(found.group(1).decode())
+        if tx is None:
+            return False  # a retransmitted answer, or one for a transaction timed out
+        self._finish(tx, now, int(data[8:11]))
+        return True
 
     def resource_changed(self, resource: str, now: float, *, ringing: bool = False) -> None:
         """The resource's state changed: its watchers are told, coalesced per subscription.
@@ -594,7 +613,7 @@ class Notifier:
         event, contact = req.event(), req.contact()
         assert event is not None and contact is not None  # screen_subscribe checked them
         local_tag = secrets.token_hex(8)
-        sub = Subscription(
+        sub = Subscription.create(
             key=(req.call_id(), from_tag, local_tag),
             resource=resource,
             peer=x.peer,
@@ -721,7 +740,7 @@ class Notifier:
             sub.version += 1
         final = sub.state != "active"
         if final:
-            state = f"terminated;reason={sub.final_reason}"
+            state = f"terminated;reason={sub.final_reason}".encode()
             sub.state = "gone"
         else:
             # + 1 µs: (now + 600) - now is 599.99999999999 when the sum crosses a power of two
@@ -755,10 +774,10 @@ class Notifier:
         batch.unanswered += 1
         return data, peer
 
-    def _active_state(self, left: int) -> str:
+    def _active_state(self, left: int) -> bytes:
         """``active;expires=N``, formatted once per N (a fan-out's watchers share a handful)."""
         left = max(0, left)
-        state = self._active[left] = f"active;expires={left}"
+        state = self._active[left] = b"active;expires=%d" % left
         if len(self._active) > 2 * self.settings.max_expires + 2:  # a bound whatever happens
             self._active.clear()
         return state
