@@ -42,8 +42,9 @@ UDP_BATCH = 256
 UDP_SLICE = 32  # ... handled and answered in slices of this many
 # NOTIFYs of a fan-out sent per turn of the event loop; between two slices the loop reads what
 # came in (a SUBSCRIBE, the 200s, another key's change), so nothing waits behind a whole
-# 5,000-watcher burst. Measured in benchmarks/wire.py (see docs/PERFORMANCE.md).
-FANOUT_SLICE = 64
+# 5,000-watcher burst. 16: a SUBSCRIBE sent mid burst waits about 4 ms where 64 made it wait
+# 6-17 ms and 256 50-90 ms, and the last NOTIFY is not measurably later (docs/PERFORMANCE.md).
+FANOUT_SLICE = 16
 
 
 def _is_wildcard(host: str) -> bool:
