@@ -202,11 +202,15 @@ class _SideSwarm(Swarm):
         super()._response(data, now)
 
 
-async def one_size(watchers: int, rounds: int, capture: str, loop: str) -> list[Row]:
-    """Ring the key ``rounds`` times with ``watchers`` watchers; the figures of this size."""
+async def one_size(
+    watchers: int, rounds: int, capture: str, loop: str, profile: str = ""
+) -> list[Row]:
+    """Ring the key ``rounds`` times with ``watchers`` watchers; the figures of this size.
+    ``profile``: a folder for py-spy's raw stacks of the bridge ("": not sampled)."""
     ami = FakeAsterisk([KEY, SIDE_KEY])
     await ami.start()
-    bridge = BridgeProcess(ami.port, event_loop=loop)
+    spy = f"{profile}/wire-{watchers}.txt" if profile else ""
+    bridge = BridgeProcess(ami.port, event_loop=loop, profile=spy)
     swarm: Swarm | None = None
     side: _SideSwarm | None = None
     cap: Capture | None = None
@@ -333,7 +337,11 @@ def main() -> int:
     )
     parser.add_argument("--loop", choices=EVENT_LOOPS, default="auto",
                         help="the bridge's runtime.event_loop (default: auto)")  # fmt: skip
+    parser.add_argument("--profile", metavar="DIR", default="",
+                        help="py-spy samples of the bridge: DIR/wire-<watchers>.txt")  # fmt: skip
     args = parser.parse_args()
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     sizes = [int(n) for n in args.watchers.split(",") if n.strip()]
     capture = args.capture
     if capture == "auto":
@@ -341,8 +349,8 @@ def main() -> int:
     started, load = time.perf_counter(), os.getloadavg()
     rows: list[Row] = []
     for watchers in sizes:
-        rows += asyncio.run(asyncio.wait_for(one_size(watchers, args.rounds, capture, args.loop),
-                                             900))  # fmt: skip
+        run = one_size(watchers, args.rounds, capture, args.loop, args.profile)
+        rows += asyncio.run(asyncio.wait_for(run, 900))
     print(f"snom-blf-bridge wire fan-out (timed by {capture}), bridge event loop {args.loop}, "
           f"Python {platform.python_version()}, {os.cpu_count()} cores; load average "
           f"{load[0]:.2f} before, {os.getloadavg()[0]:.2f} after")  # fmt: skip
