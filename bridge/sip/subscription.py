@@ -102,7 +102,8 @@ class NotifyTemplate:
         self._via = f"SIP/2.0/{transport.upper()} {host}:{port};rport;branch=".encode()
         contact = contact_uri(transport, host, port)
         self._trailer = (
-            f"\r\nContact: {contact}\r\nEvent: {event}\r\nUser-Agent: {user_agent}\r\nCSeq: "
+            f"\r\nMax-Forwards: 70\r\nContact: {contact}\r\nEvent: {event}"
+            f"\r\nUser-Agent: {user_agent}\r\nCSeq: "
         ).encode()
         self._content_type = f"\r\nContent-Type: {content_type}".encode()
 
@@ -122,10 +123,10 @@ def request_line(target: str) -> bytes:
 
 
 def dialog_lines(local: str, remote: str, call_id: str, route: tuple[str, ...]) -> bytes:
-    """The lines every NOTIFY of a dialog carries unchanged, between Via and Contact."""
+    """The lines every NOTIFY of a dialog carries unchanged, between Via and Max-Forwards."""
     routes = "".join(f"\r\nRoute: {r}" for r in route)
-    lines = f"\r\nMax-Forwards: 70{routes}\r\nFrom: {local}\r\nTo: {remote}\r\nCall-ID: {call_id}"
-    return lines.encode()
+    # Max-Forwards is the template's: a line less kept per subscription (tens of thousands).
+    return f"{routes}\r\nFrom: {local}\r\nTo: {remote}\r\nCall-ID: {call_id}".encode()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -148,7 +149,7 @@ def contact_uri(transport: str, host: str, port: int) -> str:
 
 DialogKey = tuple[str, str, str]  # Call-ID, remote (From) tag, local (our To) tag
 # resource, who (digest user or From user), From URI, Contact URI, Event id
-WatcherKey = tuple[str, str, str, str, str | None]
+WatcherKey = tuple[str, str, str, bytes, str | None]
 
 # CSeq and version numbers are handed out in blocks: the store only hears of a subscription when
 # it starts a new block, and what it holds is an upper bound of every number already sent. After
@@ -190,9 +191,9 @@ class Subscription:
     peer: Peer  # source of the last SUBSCRIBE: NOTIFYs go there (rport-style, NAT-safe)
     event: str  # Event header value for NOTIFYs, id parameter echoed
     event_id: str | None
-    # The NOTIFYs' own lines, prepared once (see NotifyTemplate); the From (``local``: the
-    # SUBSCRIBE's To plus our tag), To (``remote``: the SUBSCRIBE's From) and Request-URI
-    # (``target``: the subscriber's Contact) are read back from them.
+    # The NOTIFYs' own lines (start line; Route, From, To, Call-ID), prepared once (see
+    # NotifyTemplate); From (``local``: the SUBSCRIBE's To plus our tag), To (``remote``: the
+    # SUBSCRIBE's From) and the Request-URI (``target``: its Contact) are read back from them.
     request: bytes
     dialog: bytes
     route: tuple[str, ...]  # Record-Route of the SUBSCRIBE, in order
@@ -283,7 +284,8 @@ class Subscription:
             self.remote_aor = self.remote  # unreadable From kept whole: only matches itself
             with contextlib.suppress(ParseError):
                 self.remote_aor = parse_name_addr(self.remote).uri.raw
-        return (self.resource, self.watcher, self.remote_aor, self.target, self.event_id)
+        # The contact as the NOTIFYs' start line holds it: the same object, not a copy per key.
+        return (self.resource, self.watcher, self.remote_aor, self.request, self.event_id)
 
     def lease_ran_out(self) -> bool:
         """Start new leases when half of the current ones is used; True when it did (the store
