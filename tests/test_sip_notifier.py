@@ -840,3 +840,18 @@ def test_a_200_to_a_notify_is_matched_by_our_branch_without_a_parse() -> None:
     assert b.n.answered(answer, 0.1) is True and b.n.stats().notifies_in_flight == 0
     assert b.n.answered(answer, 0.2) is False  # a retransmitted 200: nothing left to match
     assert b.tick(5.0) == []  # no retransmission of the NOTIFY answered
+
+
+def test_another_keys_change_gets_a_slice_before_a_big_burst_ends() -> None:
+    b = Bridge()
+    _watchers(b, "202", 100)
+    _watchers(b, "203", 5)
+    b.source.states.update({"202": "confirmed", "203": "confirmed"})
+    b.n.resource_changed("202", 1.0)
+    first = _notifies(list(b.n.drain(1.0, 16)))
+    b.n.resource_changed("203", 1.001)  # while 202's burst is going on
+    second = _notifies(list(b.n.drain(1.001, 16)))
+    assert {n.call_id() for n in first} <= {f"202-w{i}" for i in range(100)}
+    assert [n.call_id() for n in second[:5]] == [f"203-w{i}" for i in range(5)]
+    rest = _notifies(b.n.outgoing())
+    assert len(first) + len(second) + len(rest) == 105

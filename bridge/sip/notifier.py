@@ -189,6 +189,7 @@ class Notifier:
         self._rest: deque[_FanOut] = deque()
         self._fanouts: dict[str, _FanOut] = {}
         self._generation: dict[str, int] = {}
+        self._served: _FanOut | None = None  # the one the last slice went to
         self._branch_prefix = f"z9hG4bK{secrets.token_hex(4)}."
         # Our branches in an answer's Via (the quick path of the 200s, see answered()).
         self._our_branch = re.compile(rb";branch=(" + re.escape(self._branch_prefix.encode())
@@ -304,6 +305,10 @@ class Notifier:
             if not queue:
                 return
             fanout = queue[0]
+            if fanout is self._served and len(queue) > 1:
+                queue.rotate(-1)  # a slice each in turn: no change waits for a whole burst
+                fanout = queue[0]
+            self._served = fanout
             watchers, generation = fanout.watchers, fanout.generation
             resource, document = fanout.resource, self._source.document
             when = fanout.now if now is None else now
@@ -323,6 +328,7 @@ class Notifier:
                     queue.popleft()
                 if self._fanouts.get(resource) is fanout:
                     del self._fanouts[resource]
+
 
     @property
     def has_outgoing(self) -> bool:
