@@ -168,6 +168,7 @@ class SipService:
         self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None  # when self._timer is due
         self._next_slice: asyncio.Handle | None = None  # the fan-out goes on at the next turn
+        self._answers_later: list[tuple[bytes, Peer]] = []  # 2xx read during a fan-out
         self._routes: OrderedDict[str, str] = OrderedDict()  # phone host → our address to it
 
     @property
@@ -212,10 +213,18 @@ class SipService:
         self._flush()
 
     def received_datagrams(self, batch: list[tuple[bytes, Peer]]) -> None:
-        """Feed datagrams read in one go to the core, then send what they caused at once."""
+        """Feed datagrams read in one go to the core, then send what they caused at once.
+
+        While a fan-out goes on, the 2xx answers (to its own NOTIFYs, nearly all) are kept
+        for when it is done: they must be read to reach a SUBSCRIBE behind them, but handling
+        them can wait, and the fan-out's last NOTIFY then does not wait for it.
+        """
         now, receive, limit = self._loop.time(), self.notifier.receive, self.max_datagram
+        later = self._answers_later if self.notifier.fanout_pending else None
         for data, peer in batch:
-            if len(data) > limit:  # rationed like every line a peer can cause
+            if later is not None and data[:9] == b"SIP/2.0 2":
+                later.append((data, peer))
+            elif len(data) > limit:  # rationed like every line a peer can cause
                 self.notifier.gate.logs.log(logging.INFO, (peer.host, "too large"), now,
                                             "dropped a %d-byte datagram from %s: over "
                                             "sip.max_message_size", len(data), peer)  # fmt: skip
@@ -306,8 +315,11 @@ class SipService:
                     self.udp[0].sendto(data, (peer.host, peer.port))
                 except OSError as exc:
                     logger.debug("UDP error: %s", exc)  # what the transport would report
-        if core.fanout_pending and self._next_slice is None:
-            self._next_slice = self._loop.call_soon(self._drain_slice)
+        if core.fanout_pending:
+            if self._next_slice is None:
+                self._next_slice = self._loop.call_soon(self._drain_slice)
+        elif self._answers_later:
+            self._take_answers()
         when = core.next_timer()
         # The time is kept here: uvloop hands back a plain Handle, without when(), for a
         # deadline less than a millisecond away.
@@ -318,12 +330,25 @@ class SipService:
             self._timer = self._loop.call_at(when, self._on_timer, when)
             self._timer_at = when
 
+    def _take_answers(self) -> None:
+        """Hand the answers kept during a fan-out to the core (before any timer runs: a NOTIFY
+        answered must not be sent again), and send what they caused."""
+        later, self._answers_later = self._answers_later, []
+        now, receive = self._loop.time(), self.notifier.receive
+        for data, peer in later:
+            receive(data, peer, now)
+        self._flush()
+
     def _drain_slice(self) -> None:
         self._next_slice = None
         self._flush(FANOUT_SLICE)
 
     def _on_timer(self, when: float) -> None:
         self._timer = None
+        if self._answers_later:
+            later, self._answers_later = self._answers_later, []
+            for data, peer in later:
+                self.notifier.receive(data, peer, self._loop.time())
         # The loop may run a timer a hair before its time; never let the core see "too early".
         self.notifier.handle_timer(max(self._loop.time(), when))
         self._flush()
