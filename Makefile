@@ -22,8 +22,15 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+# The manual page, where `man` finds it once .venv/bin is on PATH (`. .venv/bin/activate`):
+# man-db looks in ../share/man beside every bin directory of PATH. (An editable install, as
+# here, leaves pyproject's data-files out; `pip install .` puts it there itself.)
+MANPAGE := $(VENV)/share/man/man1/snom-blf-bridge.1
+$(MANPAGE): man/snom-blf-bridge.1 | $(BIN)/python
+	install -D -m 0644 man/snom-blf-bridge.1 $@
+
 ## Run the bridge (the demo PBX starts when etc/snom-blf-bridge.toml names no Asterisk).
-run: $(VENV)/.installed
+run: $(VENV)/.installed $(MANPAGE)
 	$(BIN)/snom-blf-bridge run --config $(CONFIG)
 
 ## Run every check: ruff, mypy --strict, the whole test suite (installs SIPp if missing).

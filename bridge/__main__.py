@@ -1,4 +1,5 @@
-"""Command line: ``snom-blf-bridge run|check-config`` (also ``python -m bridge``)."""
+"""Command line: ``snom-blf-bridge run|check-config|check-site|status|led|snom-keys`` (also
+``python -m bridge``)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,21 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import aiohttp
 
 from bridge import __version__
 from bridge.app import run_until_signalled
-from bridge.config import Config, ConfigError, load
+from bridge.config import Config, ConfigError, demo_store, load
 from bridge.demo_pbx import DemoPbx
 from bridge.event_loop import EventLoopUnavailable, choose_event_loop
 from bridge.led.buttons import LIGHTS
 from bridge.led.cli import light_key
 from bridge.logs import setup_logging
 from bridge.provision import cli as provision_cli
-from bridge.web.cli import fetch_status, format_status
+from bridge.sitecheck import cli as site_cli
+from bridge.web.cli import fetch_findings, fetch_status, format_status
 
 DEFAULT_CONFIG = "/etc/snom-blf-bridge/snom-blf-bridge.toml"
 EXIT_CONFIG = 2
@@ -28,6 +31,18 @@ EXIT_CONFIG = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen command; returns the exit status."""
+    try:
+        status = _command(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`status | head`): what it wanted it has; nothing more to say,
+        # and Python must not complain about the unwritable stdout at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return status
+
+
+def _command(argv: Sequence[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -38,20 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         try:
             entities, health, phones, pbxs = asyncio.run(fetch_status(args.url))
+            findings = asyncio.run(fetch_findings(args.url))
         except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             print(f"cannot reach the bridge at {args.url}: {exc or 'timeout'} "
                   "(is it running, and is web.listen set?)", file=sys.stderr)  # fmt: skip
             return 1
-        print(format_status(entities, health, phones, pbxs))
+        print(format_status(entities, health, phones, pbxs, findings))
         return 0
     if args.command == "led":
         ok, what = asyncio.run(
             light_key(args.phone, args.key, args.light, label=args.label, dial=args.dial,
-                      action=args.action, domain=args.domain)
+                      action=args.action, domain=args.domain, wait=args.wait)
         )  # fmt: skip
         print(what, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
-    if args.command == "snom-keys":
+    if args.command == "check-site":
+        return site_cli.check_site(args)
+    if args.command in provision_cli.COMMANDS:
         return provision_cli.snom_keys(args, DEFAULT_CONFIG)
     return _run(args.config, args.set, demo=args.demo)
 
@@ -84,10 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     led.add_argument("--dial", default="", help="what the key dials when pressed")
     led.add_argument("--action", default="", help="the key's action (default: invite)")
     led.add_argument("--domain", default="", help="the SIP domain for From/To (default: phone's)")
+    led.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                     help="how long to wait for the phone's answer (default: 5)")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", help="configuration file to check")
     _add_set(check)
     provision_cli.add_parser(sub, DEFAULT_CONFIG)
+    site_cli.add_parser(sub, DEFAULT_CONFIG)
     return parser
 
 
@@ -105,7 +126,8 @@ def _check_config(path: str, overrides: list[str]) -> int:
     try:
         config = load(path, overrides)
     except ConfigError as exc:
-        print(f"{path}: error: {exc}", file=sys.stderr)
+        for error in exc.errors:  # every mistake at once, one line each
+            print(f"{path}: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
     for warning in config_warnings(config):
         print(f"{path}: warning: {warning}", file=sys.stderr)
@@ -178,7 +200,8 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
         log.warning("config: %s", warning)
 
     def reload() -> Config:
-        return load(path, overrides)
+        new = load(path, overrides)
+        return demo_store(new) if _wants_demo(new, forced=demo) else new
 
     try:
         loop_factory, loop_name = choose_event_loop(config.event_loop)
@@ -186,20 +209,28 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
         print(f"snom-blf-bridge: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     log.info("event loop: %s", loop_name)
+    if _wants_demo(config, forced=demo):
+        config = demo_store(config)
+        log.info("demo PBX: subscriptions are kept in %s", config.store.path or "memory only")
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run_until_signalled(config, pbx=_demo_pbx(config, demo), reload=reload))
+            runner.run(run_until_signalled(config, local_pbx=partial(_demo_pbx, forced=demo),
+                                           reload=reload))  # fmt: skip
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0
 
 
-def _demo_pbx(config: Config, forced: bool) -> DemoPbx | None:
-    """The demo PBX when asked for (--demo, demo.enabled) or when no Asterisk is configured."""
-    if forced or config.demo or not config.asterisk_configured:
-        return DemoPbx()
-    return None
+def _demo_pbx(config: Config, *, forced: bool) -> DemoPbx | None:
+    """The demo PBX when asked for (--demo, demo.enabled) or when no Asterisk is configured;
+    asked again on every reload, so setting ami.username and reloading follows Asterisk."""
+    return DemoPbx() if _wants_demo(config, forced=forced) else None
+
+
+def _wants_demo(config: Config, *, forced: bool) -> bool:
+    """--demo, demo.enabled, or no Asterisk configured: the demo PBX (and its own store)."""
+    return forced or config.demo or not config.asterisk_configured
 
 
 if __name__ == "__main__":

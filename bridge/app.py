@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from aiohttp import web
 
@@ -22,9 +22,10 @@ from bridge import settings
 from bridge.config import Config, ConfigError
 from bridge.core import BridgeCore
 from bridge.events import AsteriskEvent
+from bridge.local_pbx import LocalPbx, LocalPbxChoice, not_followed, wanted_pbx
 from bridge.pickup import PickupPolicy
 from bridge.provision.web import SnomDocuments
-from bridge.service import SystemdNotifier, keep_watchdog
+from bridge.service import SystemdNotifier, keep_watchdog, tell_systemd
 from bridge.sip.notifier import Notifier
 from bridge.sip.transport import SipService, start_sip
 from bridge.sources import Login, Source, build_sources, describe
@@ -35,31 +36,16 @@ from bridge.web.server import start_web
 log = logging.getLogger("bridge")
 
 
-class LocalPbx(Protocol):
-    """A PBX run beside the bridge (the demo, ``bridge.demo_pbx``), followed over AMI; its
-    ``host``, ``port``, ``username``, ``secret`` are where and how to log in once started."""
-
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def username(self) -> str: ...
-    @property
-    def secret(self) -> str: ...
-
-    async def start(self) -> None: ...
-    async def play(self, synced: asyncio.Event) -> None: ...  # calls, once synced, until cancelled
-    async def close(self) -> None: ...
-
-
 class Bridge:
     """One running bridge; ``start()``, then ``stop()``; ``reload()`` in between. ``pbx``: follow
-    that local PBX instead of the configured Asterisk."""
+    that local PBX instead of the configured Asterisk, for good; ``local_pbx``: the local PBX
+    (or none) each configuration asks for, so a reload may move between it and Asterisk."""
 
-    def __init__(self, config: Config, *, pbx: LocalPbx | None = None) -> None:
+    def __init__(self, config: Config, *, pbx: LocalPbx | None = None,
+                 local_pbx: LocalPbxChoice | None = None) -> None:  # fmt: skip
         self.config = config
-        self.pbx = pbx
+        self.local_pbx = local_pbx
+        self.pbx = pbx if pbx is not None or local_pbx is None else local_pbx(config)
         self.core = BridgeCore(config)
         self.status = BridgeStatus(self.core, time.monotonic)  # loop.time() is this clock
         self.sip: SipService | None = None
@@ -69,11 +55,18 @@ class Bridge:
         self.web: web.AppRunner | None = None
         self._source_tasks: list[asyncio.Task[None]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._play: asyncio.Task[None] | None = None  # the local PBX's calls
 
     @property
     def notifier(self) -> Notifier:
         """The core's SIP notifier (its counts: tests, the systemd status line)."""
         return self.core.notifier
+
+    @property
+    def synced(self) -> asyncio.Event:
+        """Set once the (first) source followed since the start is in sync with its PBX."""
+        assert self.source is not None, "start() first"
+        return self.source.synced
 
     @property
     def policy(self) -> PickupPolicy:
@@ -105,8 +98,6 @@ class Bridge:
         self.core.local_towards = self.sip.local_towards
         self._start_source()
         assert self.source is not None
-        if self.pbx is not None:  # plays once the source is in sync
-            self._tasks.append(asyncio.create_task(self.pbx.play(self.source.synced), name="pbx"))
         if self.store is not None:
             self._tasks.append(asyncio.create_task(self.store.flush_forever(), name="store"))
         if self.config.web is not None:
@@ -133,8 +124,14 @@ class Bridge:
         self.source = next(iter(self.sources.values()))
         self._source_tasks = [asyncio.create_task(source.run(), name=f"asterisk-source{name}")
                               for name, source in self.sources.items()]  # fmt: skip
+        if pbx is not None:  # plays once the source is in sync
+            self._play = asyncio.create_task(pbx.play(self.source.synced), name="pbx")
 
     async def _stop_source(self) -> None:
+        if self._play is not None:  # the demo's calls: endless until cancelled
+            self._play.cancel()
+            await asyncio.wait([self._play])
+            self._play = None
         for source in self.sources.values():
             await source.stop()
         for task in self._source_tasks:
@@ -187,13 +184,27 @@ class Bridge:
             self.sip.use_tls_context(renewed)
             log.info("reload: new TLS connections use %s", config.sip.tls_certificate)
         loop = asyncio.get_running_loop()
-        done = self.core.reconfigure(config, loop.time(), can_restart_source=self.pbx is None)
-        if not done.changed:
+        wanted = wanted_pbx(self.local_pbx, self.pbx, self.config, config)
+        switch = (wanted is None) != (self.pbx is None)  # the demo <-> Asterisk
+        if switch and wanted is not None:
+            try:  # before anything changes: a demo that cannot listen leaves all as it was
+                await wanted.start()
+            except OSError as exc:
+                log.error("reload refused, keeping the running configuration: the demo PBX "
+                          "cannot start: %s", exc)  # fmt: skip
+                return
+        done = self.core.reconfigure(config, loop.time(), can_restart_source=wanted is None,
+                                     new_pbx=switch)  # fmt: skip
+        if not done.changed and not switch:
             log.info("reload: nothing changed")
             return
         if done.kept:
             log.warning("reload: %s only change on a restart; keeping the old value(s)",
                         ", ".join(done.kept))  # fmt: skip
+        if wanted is not None and not switch and (ignored := not_followed(done.changed)):
+            log.warning("reload: %s changed, but the demo PBX goes on (demo.enabled or --demo); "
+                        "the bridge follows Asterisk once neither asks for the demo",
+                        ", ".join(ignored))  # fmt: skip
         self.config = config = done.config
         if "log.level" in done.changed:
             logging.getLogger().setLevel(config.log_level.upper())
@@ -201,8 +212,13 @@ class Bridge:
             self.sip.stream_limits = settings.stream_limits(config)
         if done.restart_source:
             await self._stop_source()
+            if switch and (old := self.pbx) is not None:
+                await old.close()  # the demo: Asterisk is followed from now on
+            self.pbx = wanted
             self.core.source_restarting(loop.time())
             self._start_source()
+            first = next(iter(self.sources.values()))
+            log.info("reload: following %s", describe(first, config, local=self.pbx is not None))
         elif self.source is not None:
             self.source.refresh_groups()  # "refreshed on reload": Asterisk may have changed
         if self.sip is not None:
@@ -221,51 +237,41 @@ class Bridge:
             self.status.change.fire()
 
 
-READY_WAIT = 30.0  # seconds to wait for the first sync before telling systemd we are up
-
-
 def _status_line(bridge: Bridge) -> str:
     counters = bridge.status.counters()
     asterisk = "in sync with Asterisk" if counters.synced else "waiting for Asterisk"
     return f"{counters.subscriptions} subscriptions, {asterisk}"
 
 
-async def _tell_systemd(bridge: Bridge, systemd: SystemdNotifier) -> None:
-    """READY=1 once the source has synced (the keys are right) or, without Asterisk, after
-    READY_WAIT: the bridge still serves what it knows. Then a STATUS line now and then."""
-    assert bridge.source is not None
-    systemd.status(_status_line(bridge))
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(bridge.source.synced.wait(), READY_WAIT)
-    systemd.ready(_status_line(bridge))
-    while True:
-        await asyncio.sleep(10)
-        systemd.status(_status_line(bridge))
-
-
 async def run_until_signalled(
-    config: Config, *, pbx: LocalPbx | None = None, reload: Callable[[], Config] | None = None
-) -> None:
-    """Run the bridge (following ``pbx`` if given) until SIGTERM or SIGINT; SIGHUP reloads the
-    configuration (``reload`` reads it again; a broken file is logged and the running one kept).
-    Under systemd (Type=notify) it reports READY, STATUS, RELOADING, STOPPING and pings the
-    watchdog from the event loop."""
-    bridge = Bridge(config, pbx=pbx)
+    config: Config, *, pbx: LocalPbx | None = None, reload: Callable[[], Config] | None = None,
+    local_pbx: LocalPbxChoice | None = None,
+) -> None:  # fmt: skip
+    """Run the bridge (following ``pbx`` if given, or what ``local_pbx`` chooses for each
+    configuration) until SIGTERM or SIGINT; SIGHUP reloads the configuration (``reload`` reads
+    it again; a broken file is logged and the running one kept). Under systemd (Type=notify) it
+    reports READY, STATUS, RELOADING, STOPPING and pings the watchdog from the event loop."""
+    bridge = Bridge(config, pbx=pbx, local_pbx=local_pbx)
     systemd = SystemdNotifier()
-    await bridge.start()
-    helpers = [
-        asyncio.create_task(_tell_systemd(bridge, systemd), name="systemd-status"),
-        asyncio.create_task(keep_watchdog(systemd, systemd.watchdog_interval()), name="watchdog"),
-    ]
     stop = asyncio.Event()
     hup = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    # Before the start: a Ctrl-C or SIGTERM while it starts stops it cleanly once started,
+    # instead of a KeyboardInterrupt through whatever was being set up.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
+    helpers: list[asyncio.Task[None]] = []
     started = time.monotonic()
     try:
+        await bridge.start()
+        line = functools.partial(_status_line, bridge)
+        helpers = [
+            asyncio.create_task(tell_systemd(systemd, bridge.synced, line), name="systemd-status"),
+            asyncio.create_task(keep_watchdog(systemd, systemd.watchdog_interval()),
+                                name="watchdog"),
+        ]
         while not stop.is_set():
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(hup.wait())]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -281,7 +287,7 @@ async def run_until_signalled(
                         await bridge.reload(reload())
                     except ConfigError as exc:
                         log.error("reload refused, keeping the running configuration: %s", exc)
-                systemd.ready(_status_line(bridge))  # also after a refusal: still running
+                systemd.ready(line())  # also after a refusal: still running
         log.info("stopping after %.0f s", time.monotonic() - started)
     finally:
         systemd.stopping()

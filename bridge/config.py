@@ -1,11 +1,11 @@
 """The bridge's configuration: one TOML file, validated once at start.
 
 Each setting is declared once, on the dataclass field that holds it (``setting(default, kind,
-help)``, see ``bridge/config_schema.py``): the parser, the reload diff and the README's table
-are all read from those declarations. Every error names the setting by its dotted path
-(``sip.udp[1]``, ``ami.port``) so an installer can find it in the file. ``--set
-section.key=value`` overrides are applied before validation, so they are checked exactly like
-the file.
+help)``, see ``bridge/config_schema.py``): the parser, the reload diff and the settings table
+of docs/CONFIGURATION.md are all read from those declarations. Every error names the setting
+by its dotted path (``sip.udp[1]``, ``ami.port``) so an installer can find it in the file.
+``--set section.key=value`` overrides are applied before validation, so they are checked
+exactly like the file.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import os
 import re
 import ssl
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bridge.config_schema import (
     Addresses,
@@ -38,10 +38,11 @@ from bridge.config_schema import (
     setting,
     settings_table,
 )
-from bridge.config_tables import LED_KEYS, read_hints, read_leds
+from bridge.config_tables import LED_KEYS, read_hints, read_leds, read_lists
 from bridge.led.rules import LedRule
 from bridge.pickup import MODES as PICKUP_MODES
-from bridge.provision.options import SnomOptions
+from bridge.provision.options import PolyOptions, SnomOptions, YealinkOptions
+from bridge.resource_lists import ResourceList
 from bridge.sip.digest import ALGORITHMS, DEFAULT_ALGORITHMS
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
 # runtime.event_loop (bridge/event_loop.py starts them; named here so reading a
 # configuration never imports asyncio)
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+_T = TypeVar("_T")
 DEFAULT_LISTEN = (ListenAddress("0.0.0.0", 5065),)
 _NOT_IN_A_NAME = ' <>"@;:'  # characters no extension or AOR name may hold in a SIP URI
 
@@ -88,6 +90,27 @@ class PickupRules:
                 raise ConfigError(f"{name}.{watcher}: must be a list of extensions")
             rules[str(watcher)] = frozenset(str(e) for e in extens)
         return rules
+
+
+@dataclass(frozen=True, slots=True)
+class PanelGroups:
+    """``web.groups``: a group's name → the keys the panel shows under it."""
+
+    def read(self, value: Any, name: str) -> dict[str, tuple[str, ...]]:
+        if not isinstance(value, dict):
+            raise ConfigError(f'{name}: must be a table, e.g. {{ "Front desk" = ["201", "202"] }}')
+        groups: dict[str, tuple[str, ...]] = {}
+        for group, keys in value.items():
+            if not group.strip() or any(ord(c) < 32 for c in group):
+                raise ConfigError(f"{name}: {group!r} is not a group name (text, one line)")
+            if not isinstance(keys, list) or not all(isinstance(k, str | int) for k in keys):
+                raise ConfigError(f'{name}.{group}: must be a list of keys, e.g. ["201"]')
+            for i, key in enumerate(str(k).strip() for k in keys):
+                if not key or any(c.isspace() or ord(c) < 32 for c in key):
+                    raise ConfigError(f"{name}.{group}[{i}]: {key!r} is not a key name "
+                                      "(201, 202@tenant-b or berlin:202)")  # fmt: skip
+            groups[group.strip()] = tuple(str(k).strip() for k in keys)
+        return groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,10 +275,26 @@ class WatchConfig:
     )
     context: str = setting(
         "", Text(forbidden=_NOT_IN_A_NAME, what="a dialplan context name"),
-        "the hint context whose keys go by their bare extension (others: `202@tenant-b`), and "
-        "where a watcher whose endpoint names no `subscribe_context` watches",
-        shown="the context holding the most hints",
+        "names keys: this context's go by their bare extension (others `202@tenant-b`), and a "
+        "watcher that is no known endpoint resolves here; a phone's SUBSCRIBE resolves as "
+        "Asterisk's does (subscribe_context, else context, through the includes)",
+        shown="the context holding the most phone hints",
     )
+    ringing_first: bool = setting(
+        True, Flag(),
+        "a ringing call comes first in a key's document (Snom takes the pickup ids from the "
+        "first dialog with a call-id; Poly overlooks a ringing dialog after one in use)",
+    )  # fmt: skip
+    single_dialog: bool = setting(
+        False, Flag(),
+        "one dialog per document, the first (`ringing_first` chooses it), for phones that "
+        "mishandle several",
+    )  # fmt: skip
+    idle_dialog: bool = setting(
+        True, Flag(),
+        "an idle key's document holds one terminated dialog (Yealink's documented idle body, "
+        "Asterisk's too) instead of none",
+    )  # fmt: skip
 
 
 DEFAULT_ALLOW = (
@@ -370,6 +409,12 @@ class Config:
         "host names the web side answers for, besides addresses and `localhost`",
         path="web.hosts", restart=True,
     )  # fmt: skip
+    web_groups: Mapping[str, tuple[str, ...]] = setting(
+        {}, PanelGroups(),
+        'the panel\'s own groups of keys, shown before its PBX and context groups, e.g. '
+        '`{ "Front desk" = ["201", "202"] }` (a key named twice shows under the first)',
+        path="web.groups",
+    )  # fmt: skip
     event_loop: str = setting(
         "auto", Text(choices=EVENT_LOOPS),
         "`auto`: uvloop when installed, else asyncio; `uvloop` (required) or `asyncio`",
@@ -378,7 +423,10 @@ class Config:
     # [hints] exten = "device&device…": the keys ARI cannot list (Asterisk's own under AMI)
     hints: tuple[tuple[str, str], ...] = ()
     snom: SnomOptions = SnomOptions()  # noqa: RUF009  [snom]: Snom provisioning (frozen)
+    yealink: YealinkOptions = YealinkOptions()  # noqa: RUF009  [yealink]: Yealink provisioning
+    poly: PolyOptions = PolyOptions()  # noqa: RUF009  [poly]: Poly provisioning
     pbxs: tuple[PbxConfig, ...] = ()  # [[asterisk]] entries; empty: the one-PBX form
+    lists: tuple[ResourceList, ...] = ()  # [[lists]]: BLF lists (RFC 4662), docs/LISTS.md
 
     @property
     def asterisk_configured(self) -> bool:
@@ -391,7 +439,8 @@ SETTINGS: tuple[Declared, ...] = tuple(declared_in(Config))
 SECTIONS: dict[str, dict[str, Declared]] = {}
 for _item in SETTINGS:
     SECTIONS.setdefault(_item.section, {})[_item.key] = _item
-# Tables of their own shape, read in config_tables.py: name → what they hold (the README says it).
+# Tables of their own shape, read in config_tables.py: name → what they hold (as
+# docs/CONFIGURATION.md says it).
 TABLES = {
     "[[led]]": "LED rules: a phone's key follows a device or hint state (MESSAGE x-buttons); "
     "any change needs a restart",
@@ -400,11 +449,26 @@ TABLES = {
     "[[asterisk]]": "several PBXs in one bridge, each `name`, `source`, `domain` (its phones' "
     "SIP domain) and its own `ami`/`ari` table of the `[ami]`/`[ari]` settings above; "
     "replaces `[asterisk]`/`[ami]`/`[ari]`",
+    "[[lists]]": "BLF lists (RFC 4662) phones subscribe to as one URI: `name`, `keys` (none: "
+    "Asterisk's `resource_list` of that name), `notification_batch_interval` (ms), "
+    "`full_state`; see [LISTS.md](LISTS.md)",
 }
 
 
+def demo_store(config: Config) -> Config:
+    """The demo PBX's calls are not a site's: unless store.path was set, its subscriptions are
+    kept under $XDG_STATE_HOME (~/.local/state), never in the production store."""
+    if config.store.path != DEFAULT_STORE:
+        return config
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                             "state")  # fmt: skip
+    path = os.path.join(state, "snom-blf-bridge", "demo-subscriptions.sqlite3")
+    return dataclasses.replace(config, store=dataclasses.replace(config.store, path=path))
+
+
 def readme_table() -> str:
-    """The settings table README.md carries (tests/test_config.py checks it is up to date)."""
+    """The settings table docs/CONFIGURATION.md carries (tests/test_config.py checks it is
+    up to date)."""
     return settings_table(sorted(SETTINGS, key=lambda item: item.name), TABLES)
 
 
@@ -446,45 +510,71 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config:
-    """Validate a parsed TOML document into a Config."""
+    """Validate a parsed TOML document into a Config; a ConfigError lists every bad setting."""
     base = base_dir or Path.cwd()
-    leds = read_leds(raw.get("led", []))
-    hints = read_hints(raw.get("hints", {}))
+    errors: list[str] = []
+
+    def checked(read: Callable[[], _T], fallback: _T) -> _T:
+        """``read()``, or ``fallback`` with its error kept: every mistake is found in one go."""
+        try:
+            return read()
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+            return fallback
+
+    no_leds: tuple[LedRule, ...] = ()
+    no_hints: tuple[tuple[str, str], ...] = ()
+    leds = checked(lambda: read_leds(raw.get("led", [])), no_leds)
+    hints = checked(lambda: read_hints(raw.get("hints", {})), no_hints)
+    no_lists: tuple[ResourceList, ...] = ()
+    lists = checked(lambda: read_lists(raw.get("lists", [])), no_lists)
     several = raw.get("asterisk")
     if isinstance(several, list):  # [[asterisk]]: several PBXs
         raw = {k: v for k, v in raw.items() if k != "asterisk"}
     for section, table in raw.items():
-        if section in ("led", "hints"):
+        if section in ("led", "hints", "lists"):
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"[{section}]: unknown section (known: {', '.join(SECTIONS)})")
+            errors.append(f"[{section}]: unknown section (known: {', '.join(SECTIONS)})")
+            continue
         if not isinstance(table, dict):
-            raise ConfigError(f"{section}: must be a table ([{section}])")
+            errors.append(f"{section}: must be a table ([{section}])")
+            continue
         for key in table:
             if key not in SECTIONS[section]:
                 known = ", ".join(sorted(SECTIONS[section]))
-                raise ConfigError(f"{section}.{key}: unknown setting (known: {known})")
+                errors.append(f"{section}.{key}: unknown setting (known: {known})")
     values: dict[str, dict[str, Any]] = {}  # Config attribute → its fields, "" for Config's own
     for item in SETTINGS:
         table = raw.get(item.section, {})
-        if item.key in table:
-            value = item.setting.kind.read(table[item.key], item.name)
-        else:
-            value = copy.copy(item.default)  # a dict default is not shared between configs
+        value = copy.copy(item.default)  # a dict default is not shared between configs
+        if isinstance(table, dict) and item.key in table:
+            value = checked(lambda: item.setting.kind.read(table[item.key], item.name), value)  # noqa: B023
         owner, attr = item.attrs if len(item.attrs) == 2 else ("", item.attrs[0])
         values.setdefault(owner, {})[attr] = value
+    ami = AmiConfig(**values["ami"])
+    sip = SipConfig(**values["sip"])
+    store = StoreConfig(**values["store"])
+    security = SecurityConfig(**values["security"])
+    ari = AriConfig(**values["ari"])
     config = Config(
-        ami=_checked_ami(AmiConfig(**values["ami"]), base),
-        sip=_checked_sip(SipConfig(**values["sip"]), base),
+        ami=checked(lambda: _checked_ami(ami, base), ami),
+        sip=checked(lambda: _checked_sip(sip, base), sip),
         watch=WatchConfig(**values["watch"]),
-        store=_checked_store(StoreConfig(**values["store"]), base),
-        security=_checked_security(SecurityConfig(**values["security"]), base),
-        ari=_checked_ari(AriConfig(**values["ari"]), base, needed=values[""]["source"] == "ari"),
+        store=checked(lambda: _checked_store(store, base), store),
+        security=checked(lambda: _checked_security(security, base), security),
+        ari=checked(lambda: _checked_ari(ari, base, needed=values[""]["source"] == "ari"), ari),
         leds=leds,
         hints=hints,
+        lists=lists,
         snom=SnomOptions(**values["snom"]),
+        yealink=YealinkOptions(**values["yealink"]),
+        poly=PolyOptions(**values["poly"]),
         **values[""],
     )
+    if errors:
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          f"{len(errors)} errors: " + "; ".join(errors), errors)  # fmt: skip
     files = [_secret_path(Path(name), base) for name in (
         config.ami.secret_file, config.security.users_file, config.ari.password_file) if name
     ]  # fmt: skip

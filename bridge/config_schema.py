@@ -1,10 +1,10 @@
 """How a setting is declared: once, on the configuration dataclass field that holds it.
 
 ``setting(default, kind, help)`` is the field's default; its metadata carries the rest (how the
-TOML value is read and checked, whether a reload can take it, the help line the README shows).
-From these declarations come the parser (``bridge/config.py``), the reload diff
-(``bridge/settings.py``) and the README's settings table (``settings_table``), so a name and
-its default are written exactly once.
+TOML value is read and checked, whether a reload can take it, the help line the settings table
+shows). From these declarations come the parser (``bridge/config.py``), the reload diff
+(``bridge/settings.py``) and the settings table of docs/CONFIGURATION.md (``settings_table``), so
+a name and its default are written exactly once.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A setting is missing, malformed or out of range; the message names it."""
+    """A setting is missing, malformed or out of range; the message names it. ``errors``: every
+    problem found (a file with three mistakes is told all three at once), one message each."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
 
 
 class Kind(Protocol):
@@ -36,7 +41,7 @@ class Setting:
     kind: Kind
     help: str
     restart: bool = False  # a running bridge cannot take it over (new sockets, another file)
-    shown: str = ""  # the default as the README says it, when the value itself says it badly
+    shown: str = ""  # the default as the settings table says it, when the value says it badly
     path: str = ""  # "section.key" for a field of Config itself (log_level is log.level)
 
 
@@ -265,7 +270,7 @@ def check_host(host: str, name: str) -> None:
 
 
 def shown_default(item: Declared) -> str:
-    """The default as the README's table writes it."""
+    """The default as the settings table (docs/CONFIGURATION.md) writes it."""
     if item.setting.shown:
         return item.setting.shown
     value = item.default
@@ -281,8 +286,8 @@ def shown_default(item: Declared) -> str:
 
 
 def settings_table(items: Iterator[Declared] | list[Declared], tables: Mapping[str, str]) -> str:
-    """The README's settings table: one row per setting, then the tables of their own kind
-    (``tables``: name → meaning, such as ``[[led]]``)."""
+    """The settings table of docs/CONFIGURATION.md: one row per setting, then the tables of
+    their own kind (``tables``: name → meaning, such as ``[[led]]``)."""
     rows = ["| setting | default | meaning |", "|---|---|---|"]
     for item in items:
         restart = " (needs a restart)" if item.setting.restart else ""

@@ -1,4 +1,5 @@
-"""The configuration's tables of their own shape: ``[[led]]`` rules and ``[hints]`` keys.
+"""The configuration's tables of their own shape: ``[[led]]`` rules, ``[hints]`` keys and
+``[[lists]]`` (RFC 4662 resource lists).
 
 Their entries are not settings with one default each (a rule or a key per entry), so they are
 read here by hand; errors name them like settings (``led[0].key``, ``hints.210``).
@@ -13,6 +14,7 @@ from bridge.config_schema import ConfigError
 from bridge.devices import hint_parts
 from bridge.led.buttons import LIGHTS
 from bridge.led.rules import BLF_LIGHTS, LedRule
+from bridge.resource_lists import ResourceList
 
 
 def read_hints(t: Any) -> tuple[tuple[str, str], ...]:
@@ -92,3 +94,55 @@ def read_leds(raw: Any) -> tuple[LedRule, ...]:
             raise ConfigError(f"led[{i}]: key {rule.key} of phone {rule.phone} is ruled twice")
         seen.add((rule.phone, rule.key))
     return tuple(rules)
+
+
+LIST_KEYS = {"name", "keys", "notification_batch_interval", "full_state"}
+DEFAULT_BATCH_MS = 200  # changes within this many ms go out in one NOTIFY
+MAX_MS = 10_000
+_BAD_NAME = ' <>"@;:/'
+
+
+def read_lists(raw: Any) -> tuple[ResourceList, ...]:
+    """``[[lists]]`` tables: a BLF list phones subscribe to as one URI (RFC 4662), besides the
+    ``type = resource_list`` objects read from Asterisk (a list here wins over Asterisk's)."""
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError("lists: must be an array of tables ([[lists]])")
+    out: list[ResourceList] = []
+    for i, t in enumerate(raw):
+        where = f"lists[{i}]"
+        for key in t:
+            if key not in LIST_KEYS:
+                raise ConfigError(f"{where}.{key}: unknown setting (known: "
+                                  f"{', '.join(sorted(LIST_KEYS))})")  # fmt: skip
+        name = t.get("name")
+        if not isinstance(name, str) or not name.strip() or any(c in name for c in _BAD_NAME):
+            raise ConfigError(f'{where}.name: the list\'s name, the user part phones subscribe '
+                              'to (e.g. "blf-list")')  # fmt: skip
+        keys = t.get("keys", [])  # left out: Asterisk's resource_list of this name
+        if (
+            not isinstance(keys, list)
+            or ("keys" in t and not keys)
+            or not all(isinstance(k, str | int) and not isinstance(k, bool) for k in keys)
+        ):
+            raise ConfigError(f'{where}.keys: a non-empty array of extensions, e.g. '
+                              '["201", "202", "210"] (or leave it out to take Asterisk\'s '
+                              'resource_list of this name)')  # fmt: skip
+        items = tuple(str(k).strip() for k in keys)
+        for item in items:
+            if not item or any(c in item for c in _BAD_NAME):
+                raise ConfigError(f"{where}.keys: {item!r} is not an extension")
+        interval = t.get("notification_batch_interval", DEFAULT_BATCH_MS)
+        whole = isinstance(interval, int) and not isinstance(interval, bool)
+        if not whole or not 0 <= interval <= MAX_MS:
+            raise ConfigError(f"{where}.notification_batch_interval: milliseconds (0-10000), "
+                              "as in pjsip.conf")  # fmt: skip
+        full_state = t.get("full_state", False)
+        if not isinstance(full_state, bool):
+            raise ConfigError(f"{where}.full_state: true or false")
+        out.append(ResourceList(name.strip(), tuple(dict.fromkeys(items)), interval / 1000,
+                                full_state, origin="config"))  # fmt: skip
+    names = [lst.name for lst in out]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"lists[{i}].name: list {name!r} is declared twice")
+    return tuple(out)

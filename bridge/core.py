@@ -19,27 +19,38 @@ from dataclasses import dataclass
 
 from bridge import settings
 from bridge.config import Config
-from bridge.dialoginfo import RenderSettings
+from bridge.dialoginfo import RenderSettings, sip_uri
 from bridge.documents import Documents
 from bridge.events import (
     AsteriskEvent,
     ContactChanged,
     DeviceStateChanged,
+    DialplanRead,
     EndpointGroups,
     ExtensionHint,
+    ResourceListsRead,
     ResyncFinished,
     ResyncStarted,
+    RightsMissing,
     SourceLost,
+    callerid_name,
 )
-from bridge.findings import Finding
-from bridge.led.controller import LedController
+from bridge.findings import Finding, pickup_group_finding
+from bridge.led.controller import Destination, LedController
 from bridge.model import EntityState
 from bridge.pbxs import PbxRouter, PbxState
 from bridge.pickup import PickupPolicy
+from bridge.resource_lists import ListDirectory, ResourceList
 from bridge.sip.access import SourceGate
 from bridge.sip.message import ParseError, Request, Response, parse_message, response_ids
 from bridge.sip.notifier import Notifier
-from bridge.sip.subscription import DialogKey, NotifierSettings, Peer, SubscriptionSnapshot
+from bridge.sip.subscription import (
+    DialogKey,
+    NotifierSettings,
+    Peer,
+    SubscriptionSnapshot,
+    Transport,
+)
 from bridge.tracker import CallTracker
 
 __all__ = ["BridgeCore", "Reconfigured"]
@@ -49,7 +60,9 @@ log = logging.getLogger("bridge")
 Address = tuple[str, int]
 # Events the core itself acts on besides handing them to the tracker (kept short: every event
 # of every call is checked against it).
-_SOURCE_NEWS = (EndpointGroups, SourceLost, ResyncStarted, ResyncFinished)
+_SOURCE_NEWS = (EndpointGroups, DialplanRead, ResourceListsRead, SourceLost, ResyncStarted,
+                ResyncFinished, RightsMissing)
+HINT_UNAVAILABLE = 4  # ExtensionStatus: no device of the hint can be reached
 _LED_INPUTS = (DeviceStateChanged, ExtensionHint, ContactChanged, ResyncStarted, ResyncFinished)
 
 
@@ -61,6 +74,10 @@ class Reconfigured:
     changed: frozenset[str]  # dotted names of the settings that differ
     kept: tuple[str, ...]  # changed, but only taken over on a restart
     restart_source: bool  # follow Asterisk anew (its settings changed, or the tracker did)
+    relearned: tuple[str, ...] = ()  # PBXs followed at another endpoint: keys learned anew
+
+
+RELOAD_FINDING = "reload"  # the subject of the finding "changed, but only on a restart"
 
 
 class BridgeCore:
@@ -73,14 +90,19 @@ class BridgeCore:
                      for name, domain in _pbx_names(config)]  # fmt: skip
         self.by_name = {pbx.name: pbx for pbx in self.pbxs}
         self.router = PbxRouter(self.pbxs) if config.pbxs else None
+        # RFC 4662 lists: [[lists]] of the configuration, and each PBX's resource_list objects.
+        self.lists = ListDirectory(config.lists)
         self.notifier = Notifier(
             self.router or self.pbxs[0].documents,
             settings.notifier_settings(config),
             gate=SourceGate(settings.access_limits(config)),
             auth=settings.authenticator(config),
+            lists=self,
         )
-        # Without a fixed watch list nobody knows which extensions exist before the first sync.
-        self.notifier.ready = config.watch.extensions is not None
+        # Without a fixed watch list nobody knows which extensions exist before the first sync:
+        # a key not known yet is pending until its PBX has told its keys.
+        self.notifier.settled = self._settled
+        self.notifier.names = settings.bridge_names(config)
         # Our address as a phone's host sees it (the Via of a MESSAGE): the glue knows the
         # routes; until it says, the configured UDP contact.
         self.local_towards: Callable[[str], Address] = lambda host: self.notifier.contact("udp")
@@ -89,7 +111,7 @@ class BridgeCore:
             self.leds = LedController(
                 config.leds,
                 domain=settings.domain(config),
-                local=lambda host: self.local_towards(host),  # noqa: PLW0108 set later
+                local=self._led_via,
                 user_agent=config.sip.user_agent,
             )
         # The states LED keys follow, as the core last learned them (device key → state,
@@ -162,6 +184,29 @@ class BridgeCore:
         """Set the Contact/Via address of a transport (once its port is bound)."""
         self.notifier.set_contact(transport, host, port)
 
+    # ----------------------------------------------------------------- lists (ListSource)
+
+    def find_list(self, user: str, watcher: str, domain: str) -> ResourceList | None:
+        """The list a SUBSCRIBE names (the notifier's ListSource): configured, or its PBX's."""
+        pbx = self._pbx_at(domain)
+        return None if pbx is None else self.lists.find(user, pbx.name)
+
+    def list_uri(self, name: str, domain: str) -> str:
+        """A list's URI in its RLMI documents, in its PBX's SIP domain."""
+        pbx = self._pbx_at(domain) or self.pbxs[0]
+        return sip_uri(name, pbx.documents.settings.domain)
+
+    def resource_uri(self, resource: str) -> str:
+        """A list member's URI: the entity of its dialog-info part."""
+        pbx = self._pbx_of(resource) or self.pbxs[0]
+        user = pbx.key(resource).partition("@")[0]
+        return sip_uri(user, pbx.documents.settings.domain)
+
+    def _pbx_at(self, domain: str) -> PbxState | None:
+        if self.router is None:
+            return self.pbxs[0]
+        return self.router.by_host.get(domain.lower())
+
     # ----------------------------------------------------------------- inputs
 
     def asterisk_event(self, event: AsteriskEvent, now: float, pbx: str = "") -> bool:
@@ -171,6 +216,11 @@ class BridgeCore:
         followed = self.by_name[pbx]
         followed.events += 1
         changed = False
+        if isinstance(event, ExtensionHint):  # unavailable is no dialog: only the panel shows it
+            key = followed.tracker.key(event.exten, event.context)
+            was = followed.tracker.hint_status(key)
+            if (was == HINT_UNAVAILABLE) != (event.status == HINT_UNAVAILABLE):
+                self._status_changed = True
         dirty = followed.tracker.apply(event, now)  # mostly empty: keep that path short
         for exten in sorted(dirty) if dirty else ():
             if followed.documents.changed(exten):
@@ -179,7 +229,8 @@ class BridgeCore:
                 state = followed.tracker.state(exten)
                 log.info("%s: %s", resource, state.summary())
                 self.notifier.resource_changed(resource, now, ringing=_pickable(state))
-        if changed:
+        if changed or followed.tracker.panel_news:  # the panel also shows answers and times
+            followed.tracker.panel_news = False
             self._status_changed = True
         if self.leds is not None and isinstance(event, _LED_INPUTS):
             self._led_input(event, now)
@@ -234,33 +285,44 @@ class BridgeCore:
             pbx.connected = pbx.synced = False
         self._status_changed = True
 
-    def reconfigure(self, config: Config, now: float, *, can_restart_source: bool = True
-                    ) -> Reconfigured:  # fmt: skip
+    def reconfigure(self, config: Config, now: float, *, can_restart_source: bool = True,
+                    new_pbx: bool = False) -> Reconfigured:  # fmt: skip
         """Take over a new configuration without dropping a subscription. Settings that need
-        a restart keep their old values. When the source is not restarted, watchers whose
-        bodies differ now (domain, policy, privacy) are told at once."""
+        a restart keep their old values (and are kept as a finding until then). When the source
+        is not restarted, watchers whose bodies differ now (domain, policy, privacy) are told at
+        once. ``can_restart_source``: False while the glue follows a PBX of its own (the demo)
+        and goes on doing so; ``new_pbx``: the glue follows another PBX from now on (the demo
+        and Asterisk, either way), whose keys are learned anew."""
         changed = frozenset(settings.changed_settings(self.config, config))
-        if not changed:
-            return Reconfigured(self.config, changed, (), False)
         kept = tuple(sorted(name for name in changed if settings.needs_restart(name)))
+        self._keep_finding(kept)
+        if not changed and not new_pbx:
+            return Reconfigured(self.config, changed, (), False)
         if kept:
             config = settings.keep_old_values(config, self.config, kept)
         old, self.config = self.config, config
         notifier = self.notifier
         notifier.settings = settings.notifier_settings(config)
-        restart = any(  # a new source also takes the new [hints] keys
+        restart = new_pbx or any(  # a new source also takes the new [hints] keys
             name.startswith(("ami.", "ari.", "asterisk", "hints.")) for name in changed
         )
+        restart = restart and (can_restart_source or new_pbx)
+        moved = [pbx for pbx in self.pbxs if new_pbx or (
+            restart and _endpoint(old, pbx.name) != _endpoint(config, pbx.name))]  # fmt: skip
         if settings.tracker_settings(config) != settings.tracker_settings(old):
-            for pbx in self.pbxs:
-                pbx.tracker = pbx.documents.tracker = _new_tracker(config, now)
-                pbx.ever_synced = False
-            notifier.ready = config.watch.extensions is not None
-            restart = True  # the new tracker learns everything from a fresh sync
+            moved = self.pbxs
+        for pbx in moved:
+            # Another PBX (or another tracker): what the old one said is no key of the new one.
+            # Until its first sync a key not known yet is pending, as at a start.
+            pbx.tracker = pbx.documents.tracker = _new_tracker(config, now)
+            pbx.ever_synced = False
+            pbx.default_context = pbx.endpoint = ""  # a move by reload is no failover
+        restart = restart or bool(moved)  # the new tracker learns everything from a fresh sync
         for pbx in self.pbxs:
             pbx.documents.settings = _render_settings(config, pbx.domain)
             pbx.policy = pbx.documents.policy = settings.pickup_policy(config, pbx.policy)
         notifier.gate.limits = settings.access_limits(config)
+        notifier.names = settings.bridge_names(config)
         sec, old_sec = config.security, old.security
         same_digest = sec.auth == old_sec.auth and sec.realm == old_sec.realm
         if not same_digest or sec.digest_algorithms != old_sec.digest_algorithms:
@@ -268,13 +330,26 @@ class BridgeCore:
         elif notifier.auth is not None:
             notifier.auth.set_users(dict(sec.users))
         self._end_unauthorized(old_sec.auth, now)
+        if lists := self.lists.set_configured(config.lists):
+            self._lists_changed(lists, now, "the configuration")
         for pbx in self.pbxs:
             pbx.documents.forget_all()
-        restart = restart and can_restart_source
         if not restart:
             for resource in notifier.resources():
                 self.resource_changed(resource, now)
-        return Reconfigured(config, changed, kept, restart)
+        return Reconfigured(config, changed, kept, restart, tuple(p.name for p in moved))
+
+    def _keep_finding(self, kept: tuple[str, ...]) -> None:
+        """The settings a reload could not take over stay in view (panel, API, ``status``)
+        until a restart or a file that matches the running values again."""
+        self.findings = [f for f in self.findings if f.subject != RELOAD_FINDING]
+        if kept:
+            self.findings.append(Finding(
+                "warn", RELOAD_FINDING,
+                f"changed in the file but running with the old value(s) until a restart: "
+                f"{', '.join(kept)}", "systemctl restart snom-blf-bridge",
+            ))  # fmt: skip
+        self._status_changed = True
 
     # ----------------------------------------------------------------- outputs
 
@@ -282,10 +357,9 @@ class BridgeCore:
         """Take every message to send, in order, each with where it goes."""
         out = self.notifier.outgoing()
         if self.leds is not None:
-            # MESSAGEs go from the first UDP socket (no ``local``: they start no dialog).
-            out.extend(
-                (data, Peer("udp", host, port)) for data, (host, port) in self.leds.outgoing()
-            )
+            # Over UDP, MESSAGEs go from the first UDP socket (no ``local``: they start no
+            # dialog); over TCP/TLS on the phone's own connection when it has one open.
+            out.extend((data, self._led_peer(to)) for data, to in self.leds.outgoing())
         return out
 
     def drain(self, now: float, budget: int, *, ringing_only: bool = False
@@ -296,13 +370,34 @@ class BridgeCore:
         ``fanout_pending``: the glue sends a slice, lets other input in, and goes on."""
         yield from self.notifier.drain(now, budget, ringing_only=ringing_only)
         if self.leds is not None and self.leds.has_outgoing:
-            for data, (host, port) in self.leds.outgoing():
-                yield data, Peer("udp", host, port)
+            for data, to in self.leds.outgoing():
+                yield data, self._led_peer(to)
 
     @property
     def fanout_pending(self) -> bool:
         """Whether a fan-out still has watchers to tell (``drain()`` again)."""
         return self.notifier.fanout_pending
+
+    def _led_peer(self, to: Destination) -> Peer:
+        """Where an LED MESSAGE goes: as Asterisk sends a contact's requests, over the
+        contact's transport, on the connection the phone keeps open to us (its subscription's,
+        from the contact's host), else a new one to the contact's host and port."""
+        transport: Transport = "tls" if to.transport == "tls" else "tcp"
+        if to.transport == "udp":
+            return Peer("udp", to.host, to.port)
+        flow = self.notifier.flow_of(to.phone, transport, to.host)
+        return flow if flow is not None else Peer(transport, to.host, to.port)
+
+    def _led_via(self, host: str, transport: str) -> Address:
+        """Our address in an LED MESSAGE's Via: towards the phone's host over UDP, our
+        listening port of that transport over TCP/TLS (where the phone may connect back)."""
+        local = self.local_towards(host)
+        if transport == "udp":
+            return local
+        try:
+            return local[0], self.notifier.contact(transport)[1]
+        except KeyError:  # no listener of that transport: the connection is ours alone
+            return local
 
     def next_timer(self) -> float | None:
         """When ``handle_timer()`` next has work, or None."""
@@ -320,6 +415,7 @@ class BridgeCore:
         """Whether something waits to be sent or ``next_timer()`` may have moved since the last
         ``outgoing()`` (most Asterisk events change nothing: the glue skips its flush then)."""
         moved, self._timer_moved = self._timer_moved, False
+        moved = self.notifier.take_timer_moved() or moved
         return moved or self.notifier.has_outgoing or (
             self.leds is not None and self.leds.has_outgoing
         )
@@ -400,19 +496,49 @@ class BridgeCore:
             case ResyncFinished():
                 leds.sync_finished(now)
 
+    def _lists_changed(self, names: set[str], now: float, where: str) -> None:
+        """Lists whose definition changed: their subscribers subscribe again (deactivated,
+        RFC 6665 §4.1.3) and get the new members."""
+        ended = self.notifier.end_list_subscriptions(names, now, "deactivated")
+        log.info("lists changed in %s: %s%s", where, ", ".join(sorted(names)),
+                 f"; {ended} list subscription(s) renewed" if ended else "")  # fmt: skip
+        self._status_changed = True
+
     def _source_news(self, pbx: PbxState, event: AsteriskEvent, now: float) -> None:
         match event:
+            case ResourceListsRead():
+                if names := self.lists.set_from_asterisk(pbx.name, event.lists):
+                    self._lists_changed(names, now, f"Asterisk{_of(pbx)}")
             case EndpointGroups():
                 endpoint = event.endpoint
-                context = event.subscribe_context
-                if pbx.tracker.set_subscribe_context(endpoint, context) and (
-                    ended := self._rehome(pbx, endpoint, now)
-                ):
-                    log.info("%s watches in context %s: %d subscription(s) made before that was "
-                             "known ended (the phone subscribes again)", endpoint,
-                             context or "(default)", ended)  # fmt: skip
+                context = event.subscribe_context or event.context
+                if pbx.tracker.set_endpoint_contexts(
+                    endpoint, event.subscribe_context, event.context
+                ) and (ended := self._rehome(pbx, endpoint, now)):
+                    log.info("%s watches from context %s: %d subscription(s) made before that "
+                             "was known ended (the phone subscribes again)", endpoint,
+                             context or "(none)", ended)  # fmt: skip
+                name = callerid_name(event.callerid)
+                if pbx.names.get(endpoint, "") != name:
+                    pbx.names[endpoint] = name
+                    self._status_changed = True  # the panel names keys by it
                 if pbx.policy.set_groups(endpoint, event.call_groups, event.pickup_groups):
                     self._policy_changed(pbx, now)
+                self._groups_finding(pbx, event)
+            case RightsMissing():
+                self._set_finding(Finding(
+                    "fail", f"manager rights{_of(pbx)}: {event.action}",
+                    f"Asterisk refused {event.action} (Permission denied): no {event.needed_for}",
+                    f"add `{event.right}` to the bridge's user in manager.conf, then "
+                    "`asterisk -rx 'manager reload'`"))  # fmt: skip
+            case DialplanRead():
+                # A dialplan reload: a watcher's key may now be found elsewhere, or nowhere.
+                if pbx.tracker.set_dialplan(event) and pbx.synced and (
+                    ended := self._rehome(pbx, None, now)
+                ):
+                    log.info("the dialplan's includes or pattern hints changed: %d "
+                             "subscription(s) now meaning another key ended (the phones "
+                             "subscribe again)", ended)  # fmt: skip
             case ResyncStarted():
                 pbx.connected = True
                 self._status_changed = True
@@ -429,18 +555,15 @@ class BridgeCore:
                 self._status_changed = True
                 self._timer_moved = pbx.stale_ring_at is not None
                 pbx.stale_ring_at = None
-                pbx.ever_synced = True
-                # Until every PBX has told its keys, an unknown one may only be not known yet:
-                # 503 (come back) rather than 404.
-                if all(p.ever_synced for p in self.pbxs):
-                    self.notifier.ready = True
+                pbx.ever_synced = True  # from now on an unknown key of this PBX is no key
                 tracker = pbx.tracker
-                if tracker.default_context != pbx.default_context:
-                    pbx.default_context = tracker.default_context
-                    if ended := self._rehome(pbx, None, now):
-                        log.warning("the default context is now %s (it has the most hints): "
-                                    "%d subscription(s) in another context ended (the phones "
-                                    "subscribe again)", pbx.default_context, ended)  # fmt: skip
+                pbx.default_context = tracker.default_context
+                # What the sync read (hints, includes, a new naming context) may resolve a
+                # watcher's SUBSCRIBE to another key than before, as Asterisk now would.
+                if ended := self._rehome(pbx, None, now):
+                    log.warning("%d subscription(s) now meaning another key (the dialplan or "
+                                "the keys' names changed) ended: the phones subscribe again",
+                                ended)  # fmt: skip
                 # Watchers of extensions that lost their hint (or were resumed for one) are told.
                 for resource in self._resources_of(pbx):
                     if not tracker.watchable(pbx.key(resource)):
@@ -448,6 +571,33 @@ class BridgeCore:
                 extensions = sorted(tracker.extensions())
                 log.info("in sync with Asterisk%s; %d watchable extensions: %s", _of(pbx),
                          len(extensions), ", ".join(extensions) or "none (no hints?)")  # fmt: skip
+
+    def _set_finding(self, finding: Finding) -> None:
+        """Keep one finding per subject: a newer one replaces the older."""
+        kept = [f for f in self.findings if f.subject != finding.subject]
+        self.findings = [*kept, finding]
+        self._status_changed = True
+
+    def _groups_finding(self, pbx: PbxState, event: EndpointGroups) -> None:
+        """Under ``security.pickup = "group"``, an endpoint without groups is a finding (its
+        watchers never get pickup ids), until Asterisk says it has them."""
+        subject = f"endpoint {event.endpoint}{_of(pbx)}"
+        finding = None
+        if self.config.security.pickup == "group":
+            finding = pickup_group_finding(event.endpoint, event.call_groups, event.pickup_groups)
+        if finding is not None:
+            self._set_finding(dataclasses.replace(finding, subject=subject))
+        elif any(f.subject == subject for f in self.findings):
+            self.findings = [f for f in self.findings if f.subject != subject]
+            self._status_changed = True
+
+    def _settled(self, resource: str) -> bool:
+        """Whether it is known yet if ``resource`` exists: a fixed watch list says it at once,
+        else its PBX's first sync (each PBX for its own keys)."""
+        if self.config.watch.extensions is not None:
+            return True
+        pbx = self._pbx_of(resource)
+        return pbx is None or pbx.ever_synced
 
     def _pbx_of(self, resource: str) -> PbxState | None:
         return self.pbxs[0] if self.router is None else self.router.pbx_of(resource)
@@ -458,17 +608,20 @@ class BridgeCore:
 
     def _rehome(self, pbx: PbxState, endpoint: str | None, now: float) -> int:
         """Subscriptions that name another key than their watcher's SUBSCRIBE means now (it
-        subscribed before its endpoint's subscribe_context was read, or the default context
-        moved) end as ``deactivated``: the phone subscribes again at once (RFC 6665), to its
-        own tenant's key. ``endpoint``: only that watcher's. Returns how many ended."""
+        subscribed before its endpoint's contexts were read, the includes or the naming
+        context changed) end as ``deactivated``: the phone subscribes again at once (RFC 6665),
+        to the key Asterisk would give it. ``endpoint``: only that watcher's. Returns how many
+        ended."""
         tracker = pbx.tracker
 
         def misrouted(watcher: str, resource: str) -> bool:
             if (endpoint is not None and watcher != endpoint) or self._pbx_of(resource) is not pbx:
                 return False
             key = pbx.key(resource)
-            user = key.partition("@")[0]
-            return tracker.knows_watcher(watcher) and tracker.resolve(user, watcher) != key
+            now_means = tracker.resolve(key.partition("@")[0], watcher)
+            # A key not known yet (before the first sync) that turns out to mean nothing is no
+            # move: it ends as noresource once its PBX has synced (Notifier's pending keys).
+            return now_means != key and (now_means is not None or tracker.watchable(key))
 
         return self.notifier.end_subscriptions(misrouted, now, "deactivated")
 
@@ -523,6 +676,15 @@ def _pbx_names(config: Config) -> list[tuple[str, str]]:
 def _pickable(state: EntityState) -> bool:
     """Whether a key's state has a call a watcher may pick up (told before the others)."""
     return any(d.pickup is not None for d in state.dialogs)
+
+
+def _endpoint(config: Config, name: str) -> tuple[str, str, int, str]:
+    """Which Asterisk a PBX's settings point at (a change of anything else reconnects to the
+    same one, whose keys stay as they were until its resync)."""
+    own = next((p for p in config.pbxs if p.name == name), None)
+    source, ami, ari = (config.source, config.ami, config.ari) if own is None else (
+        own.source, own.ami, own.ari)  # fmt: skip
+    return (source, ami.host, ami.port, "") if source != "ari" else (source, "", 0, ari.url)
 
 
 def _of(pbx: PbxState) -> str:

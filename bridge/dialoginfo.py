@@ -13,17 +13,24 @@ Decisions:
 - An unknown state (Asterisk unreachable) is rendered like a known one, i.e. with the last known
   dialogs: dialog-info has no "unknown", and an empty document would be a fake "idle".
 - Hold: the holding side's ``<target>`` carries ``+sip.rendering=no`` (it renders no media).
+- Shape (``watch.ringing_first``, ``watch.single_dialog``, ``watch.idle_dialog``; docs/SNOM.md,
+  docs/YEALINK.md, docs/POLY.md): a ringing dialog comes first, because Snom takes the pickup
+  ids from the first dialog with a call-id and a Poly reads a ringing dialog after an
+  "in use" one as nothing new; a phone that mishandles several dialogs gets only the first;
+  an idle key gets one terminated dialog, the idle body Yealink documents and Asterisk sends,
+  rather than none.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from lxml import etree
 
-from bridge.model import Dialog, EntityState
+from bridge.model import Dialog, DialogState, Direction, EntityState
 
 NAMESPACE = "urn:ietf:params:xml:ns:dialog-info"
 CONTENT_TYPE = "application/dialog-info+xml"
@@ -37,6 +44,7 @@ _WHITESPACE = re.compile(r"\s+")
 # RFC 3261 user part: unreserved, user-unreserved and the marks may stay, the rest is escaped.
 _USER_SAFE = "-_.!~*'()&=+$,;?/"
 _ANONYMOUS = "sip:anonymous@anonymous.invalid"  # RFC 3323
+_RINGING = frozenset((DialogState.TRYING, DialogState.PROCEEDING, DialogState.EARLY))
 _BAD_HOST = re.compile(r"[\s\"<>@/;?&\\]|[^\x21-\x7e]")
 
 
@@ -48,11 +56,17 @@ class RenderSettings:
     ``pickup_ids``: write call-id/local-tag/remote-tag of ringing calls; a watcher that may not
     pick up (docs/PICKUP.md, gatekeeper) gets a body rendered without them.
     ``show_caller``: write who the other party is; False hides every number and name.
+    ``ringing_first``: ringing dialogs (incoming first) before the others.
+    ``single_dialog``: only the first dialog (after ``ringing_first``'s ordering).
+    ``idle_dialog``: a document without dialogs gets one terminated dialog instead.
     """
 
     domain: str
     pickup_ids: bool = True
     show_caller: bool = True
+    ringing_first: bool = True
+    single_dialog: bool = False
+    idle_dialog: bool = True
 
     def __post_init__(self) -> None:
         if not self.domain or _BAD_HOST.search(self.domain):
@@ -88,14 +102,40 @@ def render(
     root.set("version", "0")  # placeholder, cut out below; set first so it is found first
     root.set("state", "full")
     root.set("entity", entity)
-    for dialog in state.dialogs:
+    for dialog in shaped(state.dialogs, settings, pickup_for):
         ids = settings.pickup_ids and (pickup_for is None or dialog.id in pickup_for)
         _append_dialog(root, dialog, entity, settings, ids)
+    if len(root) == 0 and settings.idle_dialog:
+        # Idle: one terminated dialog named after the key (as Asterisk writes it), no ids.
+        idle = etree.SubElement(root, _NS + "dialog")
+        idle.set("id", _clean(state.exten.partition("@")[0]) or "-")
+        etree.SubElement(idle, _NS + "state").text = DialogState.TERMINATED.value
     xml = etree.tostring(root, encoding="UTF-8", xml_declaration=False)
     marker = b' version="'
     start = xml.index(marker) + len(marker)
     end = xml.index(b'"', start)
     return DialogInfoDocument(state, _DECLARATION + xml[:start], xml[end:] + b"\n")
+
+
+def shaped(
+    dialogs: Sequence[Dialog], settings: RenderSettings, pickup_for: frozenset[str] | None = None
+) -> list[Dialog]:
+    """The dialogs a document holds, in the order it holds them (see ``RenderSettings``)."""
+    ordered = list(dialogs)
+    if settings.ringing_first:
+        # Stable: calls keep their order within a rank. A ringing call this watcher may take
+        # ranks before one it may not, so the first dialog with a call-id is one it can use.
+        ordered.sort(key=lambda d: _rank(d, pickup_for))
+    return ordered[:1] if settings.single_dialog else ordered
+
+
+def _rank(dialog: Dialog, pickup_for: frozenset[str] | None) -> int:
+    if dialog.state not in _RINGING:
+        return 3
+    if dialog.direction is not Direction.RECIPIENT:
+        return 2
+    takeable = dialog.pickup is not None and (pickup_for is None or dialog.id in pickup_for)
+    return 0 if takeable else 1
 
 
 def sip_uri(user: str, domain: str) -> str:

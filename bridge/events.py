@@ -161,6 +161,50 @@ class EndpointGroups:
     call_groups: frozenset[int]
     pickup_groups: frozenset[int]
     subscribe_context: str = ""  # where its SUBSCRIBEs resolve (tenants); "" when not said
+    context: str = ""  # its dialplan context: where they resolve without a subscribe_context
+    # Its caller id as Asterisk prints it (``"Phone 201" <201>``), for the panel's key names;
+    # not compared: the groups are what the policy follows.
+    callerid: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RightsMissing:
+    """Asterisk refused an action the bridge needs for lack of rights (``Permission denied``):
+    ``right`` is what its user lacks, e.g. ``write = call`` for Getvar."""
+
+    action: str
+    right: str
+    needed_for: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceListsRead:
+    """Every ``type = resource_list`` object Asterisk has now (AMI ``PJSIPShowResourceLists``),
+    read at each sync: the complete set, so a list not named here is gone."""
+
+    lists: tuple[ResourceListEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceListEntry:
+    """One RFC 4662 resource list as ``pjsip.conf`` declares it."""
+
+    name: str
+    event: str  # only "dialog" lists are served
+    items: tuple[str, ...]  # list_item, in order: extensions (or other lists' names)
+    full_state: bool = False
+    batch_interval_ms: int = 0  # notification_batch_interval
+
+
+@dataclass(frozen=True, slots=True)
+class DialplanRead:
+    """What of the dialplan decides where a SUBSCRIBE resolves (AMI ShowDialPlan, read at each
+    sync and after a ``Reload``), replacing what was known: every context's ``include =>``
+    lines in order, and its pattern hints (``_*76X.`` → ``Custom:DEVDND${EXTEN:3}``, which
+    ExtensionStateList leaves out)."""
+
+    includes: tuple[tuple[str, tuple[str, ...]], ...]  # (context, its includes in order)
+    pattern_hints: tuple[tuple[str, str, str], ...] = ()  # (context, pattern, hint)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +239,23 @@ AsteriskEvent = (
     | ExtensionHint
     | ContactChanged
     | EndpointGroups
+    | RightsMissing
+    | ResourceListsRead
+    | DialplanRead
     | ResyncStarted
     | ResyncFinished
     | SourceLost
 )
+
+
+def callerid_name(callerid: str) -> str:
+    """The name part of a caller id as Asterisk prints it: ``"Phone 201" <201>`` → Phone 201;
+    "" when it has none (``<201>``, ``201``)."""
+    text = callerid.strip()
+    if "<" in text:
+        text = text.partition("<")[0].strip()
+    elif text.isdigit() or (text.startswith("+") and text[1:].isdigit()):
+        return ""
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    return text.strip()

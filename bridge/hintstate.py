@@ -71,6 +71,7 @@ class _Parked:
     caller_num: str
     caller_name: str
     epoch: int
+    since: float  # ``now`` when first parked (the panel's waiting time)
 
 
 class HintStates:
@@ -90,11 +91,13 @@ class HintStates:
         self._states[device] = state
         return True
 
-    def park(self, space: str, uniqueid: str, num: str, name: str, epoch: int) -> bool:
+    def park(
+        self, space: str, uniqueid: str, num: str, name: str, epoch: int, *, now: float = 0.0
+    ) -> bool:
         """A call is parked on ``space`` (again, in a resync); True if the key must change."""
         calls = self._parked.setdefault(space, {})
         old = calls.get(uniqueid)
-        calls[uniqueid] = _Parked(uniqueid, num, name, epoch)
+        calls[uniqueid] = _Parked(uniqueid, num, name, epoch, old.since if old else now)
         return old is None or (old.caller_num, old.caller_name) != (num, name)
 
     def unpark(self, uniqueid: str, space: str = "") -> set[str]:
@@ -129,8 +132,14 @@ class HintStates:
             calls = self._parked.get(space, {}) if space is not None else {}
             if calls:  # the parked calls explain the space's state
                 parked += (Dialog(c.uniqueid, Direction.RECIPIENT, DialogState.CONFIRMED,
-                                  c.caller_num, c.caller_name) for c in calls.values())  # fmt: skip
+                                  c.caller_num, c.caller_name, since=c.since, parked=True)
+                           for c in calls.values())  # fmt: skip
             elif device in self._states:
                 states.append(self._states[device])
         rest = device_dialog(aggregate(states)) if states else None
         return (*parked, rest) if rest is not None else tuple(parked)
+
+    def states(self, devices: Iterable[str]) -> dict[str, str]:
+        """The last known state of each of these devices that has no channels (the panel
+        tells do-not-disturb and unavailable from them)."""
+        return {d: self._states[d] for d in devices if d in self._states}

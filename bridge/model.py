@@ -6,7 +6,7 @@ bodies, LED messages, the web panel). They are immutable so one instance can be 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -58,6 +58,11 @@ class Dialog:
     local_held: bool = False  # the entity put the call on hold
     remote_held: bool = False  # the other party put the call on hold
     remote_hidden: bool = False  # the other party restricted its presentation: never shown
+    # For the panel only (not part of a key's state, so not compared): when the call began or
+    # was answered, on the caller's clock (``now``; 0.0: unknown), and whether it waits parked.
+    since: float = field(default=0.0, compare=False)
+    parked: bool = field(default=False, compare=False)
+    answered: bool = field(default=True, compare=False)  # False: still being placed
 
 
 @dataclass(frozen=True, slots=True)

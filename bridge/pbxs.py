@@ -10,7 +10,7 @@ name is ""), and the notifier talks to that PBX's ``Documents`` directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge.documents import Documents
 from bridge.pickup import PickupPolicy
@@ -37,6 +37,8 @@ class PbxState:
     events: int = 0  # Asterisk events handled from it
     endpoint: str = ""  # the AMI/ARI endpoint its state comes from, as of the last resync
     failovers: int = 0  # resyncs from another endpoint than the one before (standby taken)
+    # endpoint → the name of its caller id, as read at sync (the panel names keys with it)
+    names: dict[str, str] = field(default_factory=dict)
 
     def resource(self, key: str) -> str:
         """The bridge-wide name of one of its keys."""

@@ -8,11 +8,12 @@ bookkeeping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger("bridge.service")
 
@@ -138,3 +139,19 @@ async def keep_watchdog(notifier: SystemdNotifier, interval: float | None) -> No
     while True:
         notifier.watchdog()
         await asyncio.sleep(interval)
+
+
+READY_WAIT = 30.0  # seconds to wait for the first sync before telling systemd we are up
+
+
+async def tell_systemd(notifier: SystemdNotifier, synced: asyncio.Event,
+                       line: Callable[[], str]) -> None:  # fmt: skip
+    """READY=1 once the source has synced (the keys are right) or, without Asterisk, after
+    READY_WAIT: the bridge still serves what it knows. Then a STATUS ``line()`` now and then."""
+    notifier.status(line())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(synced.wait(), READY_WAIT)
+    notifier.ready(line())
+    while True:
+        await asyncio.sleep(10)
+        notifier.status(line())

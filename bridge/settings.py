@@ -15,7 +15,7 @@ from bridge.config import SETTINGS, Config, ListenAddress, tls_server_context
 from bridge.config_schema import Declared
 from bridge.dialoginfo import RenderSettings
 from bridge.pickup import PickupPolicy
-from bridge.sip.access import AccessLimits, StreamLimits
+from bridge.sip.access import AccessLimits, BridgeNames, StreamLimits
 from bridge.sip.digest import DigestAuthenticator
 from bridge.sip.notifier import NotifierSettings
 from bridge.tracker import TrackerSettings
@@ -72,6 +72,21 @@ def notifier_settings(config: Config) -> NotifierSettings:
     )
 
 
+def bridge_names(config: Config) -> BridgeNames:
+    """What names this bridge in a digest answer's uri: its domains, listening hosts and ports."""
+    sip = config.sip
+    listening = (*sip.udp, *sip.tcp, *sip.tls)
+    wildcard = ("", "0.0.0.0", "::")
+    hosts = {a.host.lower() for a in listening if a.host not in wildcard}
+    if sip.contact_host:
+        hosts.add(sip.contact_host.lower().strip("[]"))
+    domains = {domain(config).lower(), *(p.domain for p in config.pbxs)} - {""}
+    # "pbx.example:5060" is also named as "pbx.example" (the port is the phone's choice).
+    domains |= {d.rpartition(":")[0] for d in domains if d.rpartition(":")[2].isdigit()} - {""}
+    return BridgeNames(frozenset(domains), frozenset(hosts),
+                       frozenset(a.port for a in listening if a.port))  # fmt: skip
+
+
 def domain(config: Config) -> str:
     if config.sip.domain:
         return config.sip.domain
@@ -99,7 +114,14 @@ def stream_limits(config: Config) -> StreamLimits:
 
 
 def render_settings(config: Config) -> RenderSettings:
-    return RenderSettings(domain(config), show_caller=config.security.show_caller)
+    watch = config.watch
+    return RenderSettings(
+        domain(config),
+        show_caller=config.security.show_caller,
+        ringing_first=watch.ringing_first,
+        single_dialog=watch.single_dialog,
+        idle_dialog=watch.idle_dialog,
+    )
 
 
 def pickup_policy(config: Config, old: PickupPolicy | None = None) -> PickupPolicy:
@@ -146,11 +168,20 @@ def changed_settings(old: Config, new: Config) -> set[str]:
         out.add(PBX_SET)  # which PBXs, at which domains: the core is built for them
     else:
         out.update(f"asterisk[{i}]" for i, p in enumerate(new.pbxs) if p != old.pbxs[i])
+    if old.lists != new.lists:
+        out.add("lists")  # taken over on reload: subscribers of a changed list subscribe again
     old_hints, new_hints = dict(old.hints), dict(new.hints)
     for exten in old_hints.keys() | new_hints.keys():
         if old_hints.get(exten) != new_hints.get(exten):
             out.add(f"hints.{exten}")
     return out
+
+
+def reloadable(old: Config, new: Config) -> Config:
+    """``new`` as a reload takes it over from ``old``: the settings that need a restart keep
+    their old values."""
+    kept = [name for name in changed_settings(old, new) if needs_restart(name)]
+    return keep_old_values(new, old, kept) if kept else new
 
 
 def keep_old_values(new: Config, old: Config, names: Iterable[str]) -> Config:

@@ -41,6 +41,7 @@ def build_source(
         return AriSource(ari.url, ari.username, ari.password, on_event, app=ari.app,
                          hints=config.hints, contacts=[rule.phone for rule in config.leds],
                          standby=ari.standby, ping_interval=ari.keepalive,
+                         lists=[lst.name for lst in config.lists if not lst.items],
                          **backoff)  # fmt: skip
     if config.hints:
         log.warning("[hints] is read only with asterisk.source = \"ari\"; over AMI the keys "

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from bridge.core import BridgeCore
 from bridge.findings import Finding
 from bridge.led.controller import Phone
+from bridge.pbxs import PbxState
 from bridge.sip.headers import ParseError, parse_name_addr
 from bridge.web.status import (
     ChangeSignal,
@@ -21,6 +22,7 @@ from bridge.web.status import (
     PbxHealth,
     SubscriptionStatus,
     entity_status,
+    panel_activity,
 )
 
 
@@ -35,15 +37,35 @@ class BridgeStatus:
         self.histogram = Histogram()  # event → NOTIFY, seconds
 
     def entities(self) -> Sequence[EntityStatus]:
-        """Every watchable extension, in order."""
-        core = self.core
+        """Every watchable extension, in order, with what the panel shows of it: its label,
+        PBX, context, groups, activity and the age of its calls."""
+        core, now = self.core, self._clock()
         show = core.config.security.show_caller
+        labels = core.config.snom.labels
+        groups = _groups_by_key(core.config.web_groups)
         out = []
         for pbx in core.pbxs:  # with several PBXs each key is named berlin:202
-            for exten in sorted(pbx.tracker.extensions()):
-                entity = entity_status(pbx.tracker.state(exten), show_caller=show)
-                out.append(dataclasses.replace(entity, exten=pbx.resource(exten)))
+            tracker = pbx.tracker
+            for exten in sorted(tracker.extensions()):
+                entity = entity_status(tracker.state(exten), show_caller=show, now=now)
+                resource = pbx.resource(exten)
+                number, _, context = exten.partition("@")
+                activity = panel_activity(
+                    entity, tracker.hint_status(exten), tracker.device_states(exten)
+                )
+                out.append(dataclasses.replace(
+                    entity, exten=resource, activity=activity,
+                    label=labels.get(resource) or labels.get(exten) or _name(pbx, exten),
+                    number=number, pbx=pbx.name, context=context or tracker.default_context,
+                    groups=groups.get(resource) or groups.get(exten, ()),
+                ))  # fmt: skip
         return out
+
+    def attention(self) -> Sequence[Finding]:
+        """The findings of the live check that need attention: fail first, then warn."""
+        found = [f for f in self.core.findings if f.level in ("warn", "fail")]
+        found.sort(key=lambda f: f.level != "fail")
+        return found
 
     def subscriptions(self) -> Sequence[SubscriptionStatus]:
         """Every active subscription."""
@@ -91,6 +113,25 @@ class BridgeStatus:
     def next_change(self) -> asyncio.Event:
         """Set at the next change of a key, of the subscriptions or of a phone's contacts."""
         return self.change.next()
+
+
+def _name(pbx: PbxState, exten: str) -> str:
+    """The caller-id name Asterisk has for the key's first PJSIP endpoint ("" if none)."""
+    for device in pbx.tracker.devices(exten):
+        tech, _, endpoint = device.partition("/")
+        if tech == "pjsip" and (name := pbx.names.get(endpoint)):
+            return name
+    return ""
+
+
+def _groups_by_key(groups: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """web.groups turned around: each key → the groups naming it, in the file's order."""
+    by_key: dict[str, tuple[str, ...]] = {}
+    for group, keys in groups.items():
+        for key in keys:
+            if group not in by_key.get(key, ()):
+                by_key[key] = (*by_key.get(key, ()), group)
+    return by_key
 
 
 def _led_phone(phone: Phone) -> LedPhoneStatus:

@@ -17,10 +17,13 @@ Decisions (see the recordings in ``tests/fixtures/asterisk-22.10.1``):
   For channel devices DeviceStateChanged is ignored: channel events are the truth. Devices that
   have no channels (``Custom:``, ``park:``, ``Queue:``…) light their keys from their device
   states and parked calls (``bridge.hintstate``), next to the channel dialogs of a composite hint.
-- Tenants: a key is (context, extension), named by the bare extension in the default context
-  (``watch.context``, else the context holding the most hints) and ``202@tenant-b`` in any
-  other. A watcher resolves what it asks for in its endpoint's ``subscribe_context``
-  (``resolve``), so it never sees, nor gets the pickup ids of, another context's calls.
+- Contexts: a key is (context, extension), named by the bare extension in the naming context
+  (``watch.context``, else the context holding the most phone hints) and ``202@tenant-b`` in
+  any other. The name is only a name: a watcher's SUBSCRIBE resolves as Asterisk resolves it
+  (``resolve``, ``bridge.dialplan``): in its endpoint's ``subscribe_context``, else its
+  ``context``, following the includes (FreePBX: from-internal → … → ext-local), so it never
+  sees, nor gets the pickup ids of, another context's calls, and a key Asterisk would not find
+  is no key.
 - Out-of-order events (ARI) converge: a channel's state only moves forward (Down → Ring(ing) →
   Up), identities are only overwritten by known values, a hangup leaves a bounded tombstone so a
   late event for that channel cannot resurrect it.
@@ -39,6 +42,7 @@ from bridge.devices import (
     is_channel_device,
     park_space,
 )
+from bridge.dialplan import DialplanResolver
 from bridge.events import (
     AsteriskEvent,
     CallParked,
@@ -49,6 +53,7 @@ from bridge.events import (
     DeviceStateChanged,
     DialBegan,
     DialEnded,
+    DialplanRead,
     ExtensionHint,
     HoldChanged,
     LegIds,
@@ -82,8 +87,9 @@ class TrackerSettings:
     (trying, early once the callee rings, confirmed when answered).
     ``watch``: the extensions to report; None means every extension that has a hint.
     ``max_tombstones``: how many hung-up channel ids are remembered against late events.
-    ``context``: the hint context whose keys go by their bare extension; "" picks the context
-    holding the most hints (decided at the end of each sync).
+    ``context``: the context whose keys go by their bare extension, where a watcher that is
+    no known endpoint resolves; "": the context holding the most phone hints (decided at the
+    end of each sync). A known endpoint always resolves from its own contexts.
     """
 
     outgoing_blinks: bool = False
@@ -97,6 +103,8 @@ class _Channel:
     uniqueid: str
     order: tuple[int, float, int]
     epoch: int
+    created: float = 0.0  # ``now`` when first heard of (the panel's call timer)
+    answered: float = 0.0  # ``now`` when first seen Up; 0.0: not yet
     name: str = ""
     device: str = ""  # normalized device key, "" while only a Dial event has named the channel
     state: ChannelState | None = None
@@ -130,12 +138,18 @@ class CallTracker:
         self._context_hints: dict[tuple[str, str], tuple[str, ...]] = {}  # every hint, by
         # (context, exten), watched or not: the default context is counted from it
         self._default_context: str | None = self._settings.context or None  # None: not yet
-        self._subscribe_contexts: dict[str, str] = {}  # endpoint → its subscribe_context
-        self._contexts: set[str] = set()  # the contexts hints were seen in
+        self._start_contexts: dict[str, str] = {}  # endpoint → where its SUBSCRIBEs resolve
+        self._dialplan = DialplanResolver()  # includes and hint holders, to resolve as Asterisk
+        self._synced = False  # a sync has finished: the hints and includes are known
+        self._expanded = 0  # exact hints made from pattern hints (bounded)
         self._guessed: set[str] = set()  # watchers resolved before their context was known
         self._device_extens: dict[str, set[str]] = {}  # device key → watchable extens
         self._states: dict[str, EntityState] = {}  # only entities that differ from idle
         self._stateful = HintStates()  # devices without channels, parked calls
+        self._hint_status: dict[str, int] = {}  # key → Asterisk's last ExtensionStatus of it
+        # Set when a key changed only in what the panel shows (Dialog.since, .answered); the
+        # core clears it.
+        self.panel_news = False
         self._needing_ids: set[str] = set()
         self._held = 0  # channels on hold; lets the common case skip the partner scan
         self._known = True
@@ -149,6 +163,18 @@ class CallTracker:
         """The current state of one extension (no dialogs if nothing is going on)."""
         found = self._states.get(exten)
         return found if found is not None else EntityState(exten, (), self._known)
+
+    def hint_status(self, exten: str) -> int | None:
+        """Asterisk's last status of the key's hint (4: unavailable, …); None when unsaid."""
+        return self._hint_status.get(exten)
+
+    def devices(self, exten: str) -> tuple[str, ...]:
+        """The key's devices (normalized: ``pjsip/201``, ``custom:dnd201``), hint order."""
+        return self._devices_of(exten)
+
+    def device_states(self, exten: str) -> dict[str, str]:
+        """The last known state of each of the key's devices that has no channels."""
+        return self._stateful.states(self._devices_of(exten))
 
     def extensions(self) -> frozenset[str]:
         """Watchable extensions: the configured watch list, else every extension with a hint."""
@@ -175,31 +201,61 @@ class CallTracker:
 
     def resolve(self, user: str, watcher: str) -> str | None:
         """The key a SUBSCRIBE for ``user`` (its Request-URI user part) from ``watcher`` (an
-        endpoint name) means: the extension in that endpoint's ``subscribe_context``, else in
-        the default context. None for a name that tries to say a context itself."""
+        endpoint name) means, as Asterisk resolves it: the hint found from the endpoint's
+        ``subscribe_context``, else its ``context``, through the includes
+        (``bridge.dialplan``). None: Asterisk would find no hint (a 404), or the name tries to
+        say a context itself. A watcher that is no known endpoint (not read yet, or no
+        Asterisk phone) resolves from the naming context (``watch.context`` when set)."""
         if "@" in user:
             return None
-        context = self._subscribe_contexts.get(watcher)
-        if context is None:
-            context = ""
+        start = self._start_contexts.get(watcher)
+        if start is None:
+            start = self._default_context or ""
             if len(self._guessed) < _MAX_GUESSED:  # bounded: From users are anyone's to choose
                 self._guessed.add(watcher)
-        # A context without hints (ARI's bare [hints], a single-tenant PBX's odd endpoint)
-        # watches in the default one.
-        return self.key(user, context if context in self._contexts else "")
+        dialplan = self._dialplan
+        if not self._synced:  # nothing read yet: the name is a guess, the sync rehomes it
+            return self.key(user, start)
+        found = dialplan.find(start, user)
+        if found is None and not dialplan.includes_known and not dialplan.holds_hints(start):
+            # ARI lists no includes: its configured bare hints ("202") and the naming
+            # context's serve every endpoint whose own context holds no hint at all.
+            found = next((c for c in ("", self._default_context or "")
+                          if dialplan.has_hint(c, user)), None)  # fmt: skip
+        if found is None:
+            # An explicitly watched extension without a hint is the PJSIP endpoint of that name.
+            watch = self._settings.watch
+            return user if watch is not None and user in watch else None
+        if (found, user) not in self._context_hints:
+            # A pattern hint (FreePBX's *76<ext>): Asterisk adds the exact hint on the first
+            # SUBSCRIBE, and so does the bridge; bounded, the names are the phones' to choose.
+            hint = dialplan.pattern_hint(found, user)
+            if hint is None or self._expanded >= _MAX_GUESSED:
+                return None
+            self._expanded += 1
+            self._refresh(self._on_hint(ExtensionHint(user, found, hint, -1)))
+        return self.key(user, found)
 
     def knows_watcher(self, endpoint: str) -> bool:
-        """Whether the endpoint's subscribe_context has been read."""
-        return endpoint in self._subscribe_contexts
+        """Whether the endpoint's contexts have been read."""
+        return endpoint in self._start_contexts
 
-    def set_subscribe_context(self, endpoint: str, context: str) -> bool:
-        """Learn where an endpoint's SUBSCRIBEs resolve; True when it already watched before
-        that was known (its subscriptions may name the default context's keys wrongly)."""
-        self._subscribe_contexts[endpoint] = context
+    def set_endpoint_contexts(self, endpoint: str, subscribe_context: str, context: str) -> bool:
+        """Learn where an endpoint's SUBSCRIBEs resolve (``subscribe_context``, else
+        ``context``); True when that moved or it already watched before it was known (its
+        subscriptions may name other keys than Asterisk would)."""
+        start = subscribe_context or context
+        moved = self._start_contexts.get(endpoint, start) != start
+        self._start_contexts[endpoint] = start
         if endpoint in self._guessed:
             self._guessed.discard(endpoint)
             return True
-        return False
+        return moved
+
+    def set_dialplan(self, dialplan: DialplanRead) -> bool:
+        """Take the dialplan's includes and pattern hints (every sync, every reload); True
+        when they changed, so subscriptions may now mean other keys."""
+        return self._dialplan.set_dialplan(dialplan.includes, dialplan.pattern_hints)
 
     def channels_needing_ids(self) -> frozenset[str]:
         """Uniqueids of ringing incoming PJSIP legs of watched extensions still without LegIds."""
@@ -215,7 +271,7 @@ class CallTracker:
             case DeviceStateChanged():
                 dirty = self._on_device_state(event)
             case CallParked():
-                dirty = self._on_parked(event)
+                dirty = self._on_parked(event, now)
             case CallUnparked():
                 dirty = self._extens_of_spaces(self._stateful.unpark(event.uniqueid, event.space))
             case ChannelGone():
@@ -260,6 +316,8 @@ class CallTracker:
             ch.name = ev.name
         if ch.state is None or _RANK.get(ev.state, 0) >= _RANK.get(ch.state, 0):
             ch.state = ev.state
+        if ev.state is ChannelState.UP and not ch.answered:
+            ch.answered = now
         if ev.state is ChannelState.RING:
             ch.seen_ring = True
         elif ev.state is ChannelState.RINGING:
@@ -289,11 +347,11 @@ class CallTracker:
             return set()
         return self._extens_of(device)
 
-    def _on_parked(self, ev: CallParked) -> set[str]:
+    def _on_parked(self, ev: CallParked, now: float) -> set[str]:
         if ev.uniqueid in self._tombstones:
             return set()  # a late word about a call that has hung up
         num, name = _known_or_empty(ev.caller_num), _known_or_empty(ev.caller_name)
-        if not self._stateful.park(ev.space, ev.uniqueid, num, name, self._epoch):
+        if not self._stateful.park(ev.space, ev.uniqueid, num, name, self._epoch, now=now):
             return set()
         return self._extens_of_spaces({ev.space})
 
@@ -382,10 +440,13 @@ class CallTracker:
     def _on_hint(self, ev: ExtensionHint) -> set[str]:
         devices = hint_devices(ev.hint)
         self._context_hints[(ev.context, ev.exten)] = devices  # "": ARI's bare [hints]
-        self._contexts.add(ev.context)
+        self._dialplan.add_hint(ev.context, ev.exten)
         if self._default_context is None:  # until the sync's end counts them
             self._default_context = ev.context
-        return self._set_hint(self.key(ev.exten, ev.context), devices)
+        key = self.key(ev.exten, ev.context)
+        if self._watchable(key):
+            self._hint_status[key] = ev.status
+        return self._set_hint(key, devices)
 
     def _set_hint(self, exten: str, devices: tuple[str, ...]) -> set[str]:
         if not self._watchable(exten):
@@ -408,16 +469,20 @@ class CallTracker:
                 dirty |= self._on_gone(uid)
             dirty |= self._extens_of_spaces(self._stateful.sweep(self._epoch))
             self._resyncing = False
+        self._synced = True
         if not self._settings.context:
             dirty |= self._settle_default_context()
         return self._refresh(dirty) | self._set_known(True)
 
     def _settle_default_context(self) -> set[str]:
-        """Make the context holding the most hints the default (ties: the first by name);
-        when that moves, every key of the old and the new default is renamed."""
+        """Name the keys of the context holding the most phone hints (naming a channel device,
+        as ext-local's do on FreePBX, not park-hints') bare (ties: the first by name); when
+        that moves, every key of the old and the new one is renamed. Naming only: where a
+        watcher's SUBSCRIBE resolves does not depend on it."""
         counts: dict[str, int] = {}
-        for context, _ in self._context_hints:
-            counts[context] = counts.get(context, 0) + 1
+        for (context, _), devices in self._context_hints.items():
+            phones = any(is_channel_device(d) for d in devices)
+            counts[context] = counts.get(context, 0) + (1 << 20 if phones else 1)
         if not counts:
             return set()
         best = min(counts, key=lambda c: (-counts[c], c))
@@ -463,9 +528,12 @@ class CallTracker:
     def _refresh(self, dirty: set[str]) -> set[str]:
         changed: set[str] = set()
         for exten in dirty:
-            new = self._build(exten)
-            if new != self.state(exten):
-                changed.add(exten)
+            new, old = self._build(exten), self.state(exten)
+            if new != old or _timings(new) != _timings(old):
+                if new != old:
+                    changed.add(exten)
+                else:  # the phones see no change; the panel does (an answer, its time)
+                    self.panel_news = True
                 if new.dialogs or not new.known:
                     self._states[exten] = new
                 else:
@@ -522,8 +590,10 @@ class CallTracker:
         hidden = ch.ids is not None and ch.ids.caller_hidden
         if hidden:
             num, name = "", ""  # restricted presentation: not even in the log
+        since = ch.answered if state is DialogState.CONFIRMED and ch.answered else ch.created
         return Dialog(
-            ch.uniqueid, direction, state, num, name, pickup, ch.on_hold, remote_held, hidden
+            ch.uniqueid, direction, state, num, name, pickup, ch.on_hold, remote_held, hidden,
+            since, answered=ch.state is ChannelState.UP,
         )
 
     def _direction(self, ch: _Channel) -> Direction:
@@ -600,7 +670,7 @@ class CallTracker:
         # first-seen time at the source, whatever order the events arrived in.
         m = _UNIQUEID.search(uniqueid)
         order = (0, float(m[1]), int(m[2])) if m else (1, now, self._counter)
-        ch = self._channels[uniqueid] = _Channel(uniqueid, order, self._epoch)
+        ch = self._channels[uniqueid] = _Channel(uniqueid, order, self._epoch, now)
         return ch
 
     def _get_or_placeholder(self, uniqueid: str, now: float) -> _Channel | None:
@@ -620,6 +690,11 @@ class CallTracker:
         self._tombstones[uniqueid] = None
         while len(self._tombstones) > self._settings.max_tombstones:
             del self._tombstones[next(iter(self._tombstones))]
+
+
+def _timings(state: EntityState) -> list[tuple[float, bool]]:
+    """What the panel shows of a state's dialogs that their equality leaves out."""
+    return [(d.since, d.answered) for d in state.dialogs]
 
 
 def _order(ch: _Channel) -> tuple[int, float, int]:

@@ -25,8 +25,10 @@ from bridge.events import (
     ChannelSeen,
     ChannelState,
     DeviceStateChanged,
+    DialplanRead,
     ExtensionHint,
     LegIds,
+    ResourceListsRead,
     ResyncFinished,
     ResyncStarted,
     SourceLost,
@@ -80,7 +82,9 @@ def recorded(
 
 
 def after_resync(events: Events) -> Events:
-    return events[len(events) - events[::-1].index(ResyncFinished()) :]
+    """The events after the last resync, but the resource lists read in the background."""
+    tail = events[len(events) - events[::-1].index(ResyncFinished()) :]
+    return [e for e in tail if not isinstance(e, ResourceListsRead)]
 
 
 def ringing(event: AsteriskEvent) -> TypeGuard[ChannelSeen]:
@@ -94,7 +98,10 @@ async def test_login_mask_resync_and_live_events(server: RecordedAmiServer) -> N
         assert server.logins[-1]["Events"] == "call,system"
         snapshot = got.events[:]
         assert snapshot[0] == ResyncStarted() and snapshot[-1] == ResyncFinished()
-        assert [type(e) for e in snapshot[1:-1]] == [DeviceStateChanged] * 6 + [ExtensionHint] * 6
+        listed = [DeviceStateChanged] * 6 + [ExtensionHint] * 6 + [DialplanRead]
+        assert [type(e) for e in snapshot[1:-1]] == listed
+        # ShowDialPlan, answered from the recorded PBX's extensions.conf: its one include.
+        assert snapshot[-2] == DialplanRead((("internal", ("parkedcalls",)),))
 
         await server.play("ring-answer-hangup")
         expected = recorded(server, "ring-answer-hangup")
@@ -194,7 +201,8 @@ async def test_live_events_during_resync_are_kept_in_order(server: RecordedAmiSe
         at = next(i for i, e in enumerate(live) if ringing(e))
         assert events[lists_end:][: len(live) + 1] == [*live[:at], PICKUP_IDS, *live[at:]]
         snapshot = events[lists_end + len(live) + 1 :]
-        assert [type(e) for e in snapshot] == [LegIds, ChannelSeen, ChannelSeen, ResyncFinished]
+        assert [type(e) for e in snapshot] == [LegIds, ChannelSeen, ChannelSeen, DialplanRead,
+                                               ResyncFinished]  # fmt: skip
         assert snapshot[0] == PICKUP_IDS and ringing(snapshot[1])
 
 
@@ -643,3 +651,57 @@ async def test_an_action_after_the_connection_closed_is_not_written(
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_dialplan_reload_reads_the_includes_and_pattern_hints_again(
+    server: RecordedAmiServer,
+) -> None:
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        # FreePBX's Apply Config: new includes and a DND pattern hint, then a burst of Reloads.
+        server.dialplan = [
+            {"Event": "ListDialplan", "Context": "from-internal", "IncludeContext": "ext-local",
+             "Registrar": "pbx_config"},
+            {"Event": "ListDialplan", "Context": "from-internal",
+             "IncludeContext": "ext-dnd-hints", "Registrar": "pbx_config"},
+            {"Event": "ListDialplan", "Context": "ext-dnd-hints", "Extension": "_*76X.",
+             "Priority": "hint", "Application": "Custom:DEVDND${EXTEN:3}",
+             "Registrar": "pbx_config"},
+        ]  # fmt: skip
+        for module in ("pbx_config", "res_parking", "app_queue"):
+            server.emit({"Event": "Reload", "Privilege": "system,all", "Module": module,
+                         "Status": "2"})  # fmt: skip
+        await got.until(lambda evs: sum(isinstance(e, DialplanRead) for e in evs) == 2)
+        await asyncio.sleep(0.8)  # the burst settled: one read, not three
+        reads = [e for e in got.events if isinstance(e, DialplanRead)]
+        assert len(reads) == 2
+        assert reads[-1] == DialplanRead(
+            (("from-internal", ("ext-local", "ext-dnd-hints")),),
+            (("ext-dnd-hints", "_*76X.", "Custom:DEVDND${EXTEN:3}"),),
+        )
+    asked = [name for kind, name, _ in server.log if kind == "recv"]
+    assert asked.count("ShowDialPlan") == 2 and asked.count("ExtensionStateList") == 2
+
+
+async def test_an_ami_user_without_reporting_is_told_what_to_add(
+    server: RecordedAmiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.write = frozenset({"system", "call"})  # ShowDialPlan needs config or reporting
+    async with running(server) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        assert not any(isinstance(e, DialplanRead) for e in got.events)
+        assert got.events[-1] == ResyncFinished()  # the sync did not wait for it
+    assert "write = reporting" in caplog.text
+
+
+async def test_the_dialplan_is_read_again_without_a_reload_event(
+    server: RecordedAmiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CLI's `dialplan reload` tells AMI nothing: the periodic read still finds the change.
+    monkeypatch.setattr(ami_module, "DIALPLAN_REREAD", 0.2)
+    async with running(server, ping_interval=0.05) as (source, got):
+        await asyncio.wait_for(source.synced.wait(), WAIT)
+        server.dialplan = [{"Event": "ListDialplan", "Context": "from-internal",
+                            "IncludeContext": "ext-local", "Registrar": "pbx_config"}]  # fmt: skip
+        changed = DialplanRead((("from-internal", ("ext-local",)),))
+        await got.until(lambda evs: changed in evs)

@@ -96,6 +96,8 @@ def key_state(notify: TracedMessage) -> str:
     dialog, joined by ``+``."""
     parts = []
     for d in dialogs(notify):
+        if d.findtext("d:state", namespaces=NS) == "terminated":
+            continue  # an idle key's one terminated dialog (watch.idle_dialog) lights nothing
         held = d.find("d:*/d:target/d:param[@pname='+sip.rendering'][@pval='no']", NS) is not None
         parts.append(
             f"{d.findtext('d:state', namespaces=NS)}/{d.get('direction')}" + "/held" * held
@@ -156,11 +158,12 @@ EXPECTED = {
         "confirmed/recipient",
         "idle",
     ],
-    # 202 talks to 205 (its own call) when 201 rings it: two dialogs while the second rings.
+    # 202 talks to 205 (its own call) when 201 rings it: two dialogs while the second rings,
+    # the ringing one first (watch.ringing_first).
     "ring-while-busy": [
         "idle",
         "confirmed/initiator",
-        "confirmed/initiator+early/recipient",
+        "early/recipient+confirmed/initiator",
         "confirmed/initiator",
         "idle",
     ],

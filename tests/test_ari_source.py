@@ -435,7 +435,9 @@ async def test_pickup_groups_of_every_endpoint_are_read_after_the_sync(
         source.refresh_groups()
         await got.until(lambda _: len(got.groups) == 12)
         assert got.groups[0].subscribe_context == "internal"
-        assert EndpointGroups("203", frozenset({7}), frozenset({1}), "tenant-b") in got.groups[6:]
+        assert EndpointGroups("203", frozenset({7}), frozenset({1}), "tenant-b", "internal") in (
+            got.groups[6:]
+        )  # with its context: where it resolves without a subscribe_context (FreePBX)
         expected = await play_settled(server, "pickup-replaces", got)
         assert after_resync(got.events) == expected  # the groups took nothing from the stream
     asked = [w for k, w in server.log if k == "recv"]

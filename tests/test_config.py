@@ -19,6 +19,7 @@ from bridge.config import (
     load,
     readme_table,
 )
+from bridge.config_tables import LIST_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "etc" / "snom-blf-bridge.toml"
@@ -127,6 +128,10 @@ def test_secret_never_in_repr(tmp_path: Path) -> None:
         ("[security]\ndigest_algorithms = []\n", None, "security.digest_algorithms"),
         ("[security]\ndigest_algorithms = ['md5', 'MD5']\n", None, "security.digest_algorithms"),
         ("[web]\nhosts = ['']\n", None, "web.hosts"),
+        ("[web]\ngroups = ['201']\n", None, "web.groups"),
+        ("[web]\ngroups = { 'Front desk' = '201' }\n", None, "web.groups.Front desk"),
+        ("[web]\ngroups = { 'Front desk' = ['201', '20 2'] }\n", None, "web.groups.Front desk[1]"),
+        ("[web]\ngroups = { ' ' = ['201'] }\n", None, "web.groups"),
         ("", "sip.max_expires=-5", "sip.max_expires"),
         ("", "justtext", "section.key=value"),
         ("[sip\n", None, "not valid TOML"),
@@ -226,9 +231,10 @@ def shipped_settings() -> set[str]:
 
 def test_shipped_file_shows_every_declared_setting_and_no_other() -> None:
     written = shipped_settings()
-    tables = ("led.", "asterisk[].")
+    tables = ("led.", "asterisk[].", "lists[].")
     assert {n for n in written if not n.startswith(tables)} == {item.name for item in SETTINGS}
     assert {n.partition(".")[2] for n in written if n.startswith("led.")} <= LED_KEYS
+    assert {n.partition(".")[2] for n in written if n.startswith("lists[].")} == LIST_KEYS
     pbx_keys = {n.partition(".")[2] for n in written if n.startswith("asterisk[].")}
     assert pbx_keys == set(PBX_KEYS)
 
@@ -239,9 +245,15 @@ def test_shipped_file_sets_only_the_defaults() -> None:
         assert item.value(shipped) == item.value(defaults), item.name
 
 
-def test_readme_table_is_made_from_the_declarations() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert readme_table() in readme, "README.md's settings table is out of date:\n" + (
+def test_panel_groups_keep_their_order_and_keys(tmp_path: Path) -> None:
+    text = "[web]\ngroups = { 'Front desk' = ['201', 202], 'Berlin' = ['berlin:203'] }\n"
+    groups = load(write(tmp_path, text)).web_groups
+    assert list(groups.items()) == [("Front desk", ("201", "202")), ("Berlin", ("berlin:203",))]
+
+
+def test_the_settings_table_is_made_from_the_declarations() -> None:
+    readme = (ROOT / "docs" / "CONFIGURATION.md").read_text(encoding="utf-8")
+    assert readme_table() in readme, "docs/CONFIGURATION.md's settings table is out of date:\n" + (
         readme_table())  # fmt: skip
     rows = re.findall(r"^\| `([a-z_]+\.[a-z_]+)` \|", readme, re.M)
     assert sorted(rows) == sorted(item.name for item in SETTINGS)  # each setting once

@@ -10,6 +10,7 @@ schema. What the glue does over sockets is left to tests/test_app.py.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from bridge.events import (
     ResyncStarted,
     SourceLost,
 )
+from bridge.sip import notifier as notifier_module
 from bridge.sip.subscription import Peer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -60,7 +62,7 @@ EXPECTED = {
     "outbound-from-202": ["idle", "confirmed/initiator", "idle"],
     "answer-hold-resume": ["idle", "early/recipient", "confirmed/recipient",
                            "confirmed/recipient/held", "confirmed/recipient", "idle"],
-    "ring-while-busy": ["idle", "confirmed/initiator", "confirmed/initiator+early/recipient",
+    "ring-while-busy": ["idle", "confirmed/initiator", "early/recipient+confirmed/initiator",
                         "confirmed/initiator", "idle"],
 }  # fmt: skip
 Timed = list[tuple[int, AsteriskEvent]]  # (milliseconds since the recording began, event)
@@ -186,7 +188,8 @@ class Lab:
     def advance(self, ms: int) -> None:
         """Let the clock run to ``ms``, firing every timer due on the way, at its time."""
         while (when := self.core.next_timer()) is not None and when * 1000 <= ms:
-            self.clock.ms = max(self.clock.ms, int(when * 1000 + 0.999))
+            # ceil, not +0.999: a deadline such as 2.26 + 2e-16 must be reached, not missed.
+            self.clock.ms = max(self.clock.ms, math.ceil(when * 1000))
             self.core.handle_timer(self.clock.now)
             self.drain()
         self.clock.ms = max(self.clock.ms, ms)
@@ -269,6 +272,8 @@ def dialogs(notify: Sip) -> list[etree._Element]:
 def key_state(notify: Sip) -> str:
     parts = []
     for d in dialogs(notify):
+        if d.findtext("d:state", namespaces=NS) == "terminated":
+            continue  # an idle key's one terminated dialog (watch.idle_dialog) lights nothing
         held = d.find("d:*/d:target/d:param[@pname='+sip.rendering'][@pval='no']", NS) is not None
         parts.append(f"{d.findtext('d:state', namespaces=NS)}/{d.get('direction')}"
                      + "/held" * held)  # fmt: skip
@@ -446,13 +451,61 @@ def test_a_subscription_expires_on_the_fake_clock_with_a_final_notify() -> None:
     assert lb.sent[-1][2].headers["subscription-state"] == "terminated;reason=timeout"
 
 
-def test_before_the_first_sync_a_phone_is_told_to_come_back() -> None:
+def test_before_the_first_sync_a_key_is_accepted_and_told_its_state_once_known() -> None:
+    """A Snom that ignores Retry-After (retry_after_failed_subscribe = 600) would leave a key
+    dark for ten minutes after a 503: it is accepted, told a neutral state at once (RFC 6665
+    §4.2.1: an immediate NOTIFY), then the real one, or its end (noresource) if there is none."""
     lb = lab()
-    reply = lb.subscribe("202")
-    assert (reply.status, reply.headers.get("retry-after")) == (503, "5")
-    lb.feed(over_ami("ring-cancel")[0])
+    waiting = lb.subscribe("202")
+    gone = lb.subscribe("999", user="204")
+    assert (waiting.status, gone.status) == (200, 200)
+    first, other = lb.notifies_of(waiting), lb.notifies_of(gone)
+    # Neutral: no dialogs, valid dialog-info (checked against the XSD by key_state).
+    assert [key_state(n) for n in first + other] == ["idle", "idle"]
+    assert first[0].headers["subscription-state"].startswith("active;expires=")
+    resync, timed = over_ami("ring-cancel")
+    lb.feed(resync)
+    lb.play(timed, start=lb.clock.ms)
+    states = [key_state(n) for n in lb.notifies_of(waiting)]
+    assert collapsed(states) == ["idle", "early/recipient", "idle"]
+    check_sequence(lb.notifies_of(waiting))
+    ended = lb.notifies_of(gone)
+    assert [n.headers["subscription-state"] for n in ended[1:]] == ["terminated;reason=noresource"]
+    assert len(ended) == 2 and ended[1].body == b""
+    assert lb.core.notifier.stats().subscriptions == 1
+    assert lb.subscribe("999", user="205").status == 404  # after the sync: no such key
+
+
+def test_keys_being_waited_for_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source that never syncs: at most MAX_PENDING_RESOURCES distinct unknown keys are
+    held; the next one is told to come back; one already waited for is still accepted."""
+    monkeypatch.setattr(notifier_module, "MAX_PENDING_RESOURCES", 2)
+    lb = lab()
+    assert [lb.subscribe(e, user=f"2{i}").status for i, e in enumerate(["201", "202"])] == [200] * 2
+    refused = lb.subscribe("203", user="30")
+    assert (refused.status, refused.headers["retry-after"]) == (503, "5")
+    assert lb.subscribe("202", user="31").status == 200
+
+
+def test_a_setting_only_a_restart_takes_over_stays_a_finding_until_then() -> None:
+    lb = lab()
+    base = lb.core.config
+    moved = load(None, [f"sip.domain={DOMAIN}", 'sip.udp=["127.0.0.1:5091"]', "store.path=",
+                        "web.listen=", "security.requests_per_second=0"])  # fmt: skip
+    done = lb.core.reconfigure(moved, 0.0)
+    assert done.kept == ("sip.udp",) and done.config.sip.udp == base.sip.udp
+    (finding,) = lb.core.findings
+    assert (finding.level, finding.subject) == ("warn", "reload") and "sip.udp" in finding.text
+    lb.core.reconfigure(moved, 1.0)  # the file still differs: still said
+    assert len(lb.core.findings) == 1
+    lb.core.reconfigure(base, 2.0)  # back to the running value: nothing waits for a restart
+    assert lb.core.findings == []
+
+
+def test_a_fixed_watch_list_knows_its_keys_before_the_sync() -> None:
+    lb = lab('watch.extensions=["202"]')
     assert lb.subscribe("202").status == 200
-    assert lb.subscribe("999").status == 404
+    assert lb.subscribe("999", user="204").status == 404
 
 
 # --- Asterisk going away --------------------------------------------------------------------------
@@ -615,7 +668,7 @@ def test_ring_while_busy_the_second_call_carries_its_own_pickup_ids(source: str)
     both = [ds for n in watched("ring-while-busy", source).notifies("202")
             if len(ds := dialogs(n)) == 2]  # fmt: skip
     assert both, "never two dialogs at once"
-    for busy, ringing in both:
+    for ringing, busy in both:  # the ringing call first (watch.ringing_first)
         assert busy.get("call-id") is None  # a call in progress cannot be picked up
         assert busy.get("id") != ringing.get("id")
         assert (ringing.get("call-id"), ringing.get("remote-tag"), ringing.get("local-tag")) == (

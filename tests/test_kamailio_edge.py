@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from bridge_process import BridgeProcess
 from lxml import etree
-from sipp import SippWatcher, TracedMessage, free_port
+from sipp import SCENARIOS, SippWatcher, TracedMessage, free_port
 from test_app import NS, collapsed, dialogs, key_state, replaces_csv
 
 from bridge.demo.ami_server import RecordedAmiServer
@@ -227,6 +227,49 @@ async def test_a_subscription_lives_through_the_edge(
             call_id, asterisk_tag, phone_tag
         )  # fmt: skip
     assert "Traceback" not in bridge.log
+
+
+async def test_digest_signed_before_the_edge_rewrote_the_request_uri_is_taken(
+    server: RecordedAmiServer, tmp_path: Path
+) -> None:
+    """The edge writes the chosen bridge's address into the Request-URI (as an SBC does) after
+    the phone signed sip:202@a.example: the bridge takes the answer (its sip.domain) and the
+    phone gets its NOTIFYs, through the edge, refresh included. SIPp signs with its own code."""
+    users = tmp_path / "users.toml"
+    users.write_text('203 = "s3cret-203"\n')
+    users.chmod(0o600)
+    bridge = DomainBridge(tmp_path, server, "a.example")
+    bridge.args += ["--set", "security.auth=digest", "--set", f"security.users_file={users}"]
+    sip_port = bridge.sip_port
+    login = ["-au", "203", "-ap", "s3cret-203", "-auth_uri", "202@a.example"]
+    try:
+        await bridge.start()
+        async with (
+            Kamailio(tmp_path, {1: [sip_port]}, BRIDGE_REWRITE_RURI="1") as edge,
+            SippWatcher(
+                "202", ("127.0.0.1", edge.port), domain="a.example", idle_ms=IDLE_MS,
+                scenario=SCENARIOS / "watcher-auth.xml", extra_args=login, timeout=20,
+            ) as watcher,
+        ):  # fmt: skip
+            await bridge.wait_for("subscribed to 202")
+            await server.play("ring-cancel")
+            await bridge.wait_for("202: idle")
+            result = await watcher.finish()
+    finally:
+        await bridge.close()
+    assert result.ok, result.output + bridge.log
+    # The bridge saw the Request-URI the edge wrote, not the one the phone signed.
+    assert f"SUBSCRIBE for sip:202@127.0.0.1:{sip_port} from" in edge.log  # rewritten
+    answers = [m.status for m in result.messages if m.direction == "received" and m.status]
+    assert answers == [401, 200, 401, 200], answers
+    signed = [m for m in result.messages if m.direction == "sent" and m.header("Authorization")]
+    assert all('uri="sip:202@a.example"' in (m.header("Authorization") or "") for m in signed)
+    notifies = result.notifies
+    assert all(through_edge(n, edge.port, sip_port) for n in notifies)
+    assert collapsed([key_state(n) for n in notifies if n.body]) == [
+        "idle", "early/recipient", "idle"
+    ]  # fmt: skip
+    assert "Authorization uri" not in bridge.log
 
 
 async def test_two_bridges_behind_one_edge_each_answer_for_their_domain(tmp_path: Path) -> None:

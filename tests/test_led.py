@@ -42,11 +42,12 @@ class Clock:
 
     def __init__(self, *rules: LedRule) -> None:
         self.now = 0.0
-        self.c = LedController(rules, domain="pbx.test", local=lambda host: ("10.0.0.1", 5065))
+        self.c = LedController(rules, domain="pbx.test",
+                               local=lambda host, transport: ("10.0.0.1", 5065))  # fmt: skip
         self.sent: list[tuple[float, tuple[str, int], bytes]] = []
 
     def drain(self) -> list[tuple[tuple[str, int], bytes]]:
-        out = self.c.outgoing()
+        out = [(data, (to.host, to.port)) for data, to in self.c.outgoing()]
         self.sent += [(self.now, a, d) for d, a in out]
         return [(a, d) for d, a in out]
 

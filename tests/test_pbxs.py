@@ -189,13 +189,20 @@ def test_a_reload_restarts_the_sources_but_keeps_the_set_of_pbxs_until_a_restart
     assert done.config.pbxs[1].domain == "hamburg.example:5060"  # the core's PBXs stay as built
 
 
-def test_until_every_pbx_told_its_keys_an_unknown_key_is_not_yet_a_404(tmp_path: Path) -> None:
+def test_each_pbx_settles_its_own_keys_before_the_other_syncs(tmp_path: Path) -> None:
+    """A key of a PBX not in sync yet is accepted (neutral NOTIFY), ended with noresource by
+    that PBX's own sync if it has no such key; the PBX in sync already answers 404 at once."""
     lb = Lab(BridgeCore(load(two_pbxs(tmp_path))))
     resync, _ = over_ami("ring-cancel")
     lb.feed(resync, "berlin")
     assert lb.subscribe("202", domain="berlin.example").status == 200
-    waiting = lb.subscribe("202", domain="hamburg.example")
-    assert (waiting.status, waiting.headers["retry-after"]) == (503, "5")
+    assert lb.subscribe("999", domain="berlin.example", user="204").status == 404
+    waiting = lb.subscribe("202", domain="hamburg.example", user="205")
+    missing = lb.subscribe("999", domain="hamburg.example", user="206")
+    assert (waiting.status, missing.status) == (200, 200)
     lb.feed(resync, "hamburg")
-    assert lb.subscribe("202", domain="hamburg.example").status == 200
-    assert lb.subscribe("999", domain="hamburg.example").status == 404
+    assert [n.headers["subscription-state"].partition(";")[0]
+            for n in lb.notifies_of(waiting)][-1] == "active"  # fmt: skip
+    ended = lb.notifies_of(missing)
+    assert ended[-1].headers["subscription-state"] == "terminated;reason=noresource"
+    assert lb.subscribe("999", domain="hamburg.example", user="207").status == 404

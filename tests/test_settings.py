@@ -58,6 +58,9 @@ def cases(tmp: Path, cert: Path, key: Path) -> list[tuple[list[str], set[str]]]:
         (["watch.outgoing_blinks=true"], {"watch.outgoing_blinks"}),
         (["watch.stale_ring_timeout=0"], {"watch.stale_ring_timeout"}),
         (['watch.context="tenant-b"'], {"watch.context"}),
+        (["watch.ringing_first=false"], {"watch.ringing_first"}),
+        (["watch.single_dialog=true"], {"watch.single_dialog"}),
+        (["watch.idle_dialog=false"], {"watch.idle_dialog"}),
         ([f"store.path={tmp / 's.sqlite3'}"], {"store.path"}),
         (["store.flush_interval=2"], {"store.flush_interval"}),
         (['security.allow=["10.0.0.0/8"]'], {"security.allow"}),
@@ -78,6 +81,7 @@ def cases(tmp: Path, cert: Path, key: Path) -> list[tuple[list[str], set[str]]]:
         (['security.digest_algorithms=["SHA-256"]'], {"security.digest_algorithms"}),
         (['web.listen=""'], {"web.listen"}),
         (['web.hosts=["bridge.example.com"]'], {"web.hosts"}),
+        (['web.groups={ "Front desk" = ["201"] }'], {"web.groups"}),
         (["log.level=debug"], {"log.level"}),
         (["runtime.event_loop=asyncio"], {"runtime.event_loop"}),
         (["demo.enabled=true"], {"demo.enabled"}),
@@ -87,6 +91,11 @@ def cases(tmp: Path, cert: Path, key: Path) -> list[tuple[list[str], set[str]]]:
         (['snom.pickup_code="**"'], {"snom.pickup_code"}),
         (["snom.first_key=4"], {"snom.first_key"}),
         (['snom.context="2"'], {"snom.context"}),
+        (["yealink.account=2"], {"yealink.account"}),
+        (["yealink.first_key=3"], {"yealink.first_key"}),
+        (['yealink.blf_list="desk"'], {"yealink.blf_list"}),
+        (["poly.reg=2"], {"poly.reg"}),
+        (['poly.blf_list="desk"'], {"poly.blf_list"}),
     ]
 
 

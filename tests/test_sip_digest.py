@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.sip.digest import DigestAuthenticator, Verdict, answer, parse_credentials
+from bridge.config import load
+from bridge.settings import bridge_names
+from bridge.sip.access import BridgeNames
+from bridge.sip.digest import (
+    WRONG_URI_REASON,
+    DigestAuthenticator,
+    Verdict,
+    answer,
+    parse_credentials,
+)
 
 USERS = {"203": "pw-203"}
 URI = "sip:202@pbx"
@@ -104,8 +113,39 @@ def test_the_answer_must_be_for_the_request_uri() -> None:
     auth = DigestAuthenticator("pbx", USERS)
     header = answer(challenge(auth), "203", "pw-203", "SUBSCRIBE", "sip:999@pbx")
     outcome = auth.check(header, "SUBSCRIBE", "10.0.0.5", 0, uri=URI)
-    assert (outcome.verdict, outcome.reason) == (Verdict.WRONG_URI, "uri is not the Request-URI")
+    assert (outcome.verdict, outcome.reason) == (Verdict.WRONG_URI, WRONG_URI_REASON)
     assert auth.check(header, "SUBSCRIBE", "10.0.0.5", 0, uri="sip:999@pbx").verdict is Verdict.OK
+
+
+BRIDGE = BridgeNames(frozenset({"pbx.example", "b.example:5070"}), frozenset({"10.0.0.1"}),
+                     frozenset({5065}))  # fmt: skip
+
+
+@pytest.mark.parametrize("signed", [
+    "sip:10.0.0.1:5065",  # SIPp's own: the address it sent to
+    "sip:202@10.0.0.1:5065", "sips:202@10.0.0.1", "sip:202@pbx.example",  # the phone's, before
+    "sip:PBX.example:5060", "sip:202@b.example:5070",  # a proxy rewrote the Request-URI
+    "sip:10.0.0.9:5066",  # the address the request came to (a wildcard listener, bound port)
+])  # fmt: skip
+def test_an_answer_signed_for_a_name_of_this_bridge_is_taken(signed: str) -> None:
+    auth = DigestAuthenticator("pbx", USERS)
+    header = answer(challenge(auth), "203", "pw-203", "SUBSCRIBE", signed)
+    outcome = auth.check(header, "SUBSCRIBE", "10.0.0.5", 0, uri="sip:202@10.0.0.1:5065",
+                         also=lambda uri: BRIDGE.named(uri, "202", ("10.0.0.9", 5066)))
+    assert outcome.verdict is Verdict.OK, outcome
+
+
+@pytest.mark.parametrize("signed", [
+    "sip:201@pbx.example",  # another key: an answer for one resource never opens another
+    "sip:202@other.example", "sip:10.0.0.1:5070", "sip:10.0.0.2:5065", "sip:b.example:5071",
+    "tel:+4930202", "not a uri",
+])  # fmt: skip
+def test_an_answer_signed_for_anything_else_is_refused(signed: str) -> None:
+    auth = DigestAuthenticator("pbx", USERS)
+    header = answer(challenge(auth), "203", "pw-203", "SUBSCRIBE", signed)
+    outcome = auth.check(header, "SUBSCRIBE", "10.0.0.5", 0, uri="sip:202@10.0.0.1:5065",
+                         also=lambda uri: BRIDGE.named(uri, "202", ("10.0.0.9", 5066)))
+    assert outcome.verdict is Verdict.WRONG_URI
 
 
 @given(st.text(max_size=300))
@@ -113,3 +153,11 @@ def test_any_header_is_judged_without_raising(header: str) -> None:
     auth = DigestAuthenticator("pbx", USERS)
     assert auth.check(header, "SUBSCRIBE", "10.0.0.5", 0).verdict in Verdict
     parse_credentials(header)
+
+
+def test_the_bridge_is_named_by_its_domain_with_or_without_the_port() -> None:
+    config = load(None, ["sip.domain=pbx.example:5060", 'sip.udp=["0.0.0.0:5065"]'])
+    names = bridge_names(config)
+    assert names.named("sip:202@pbx.example", "202") and names.named("sip:pbx.example:5060", None)
+    assert not names.named("sip:0.0.0.0:5065", "202")  # a wildcard is no name
+    assert names.named("sip:10.1.2.3:5065", "202", here=("10.1.2.3", 5065))

@@ -250,6 +250,23 @@ def test_a_phone_that_subscribed_before_its_context_was_read_is_sent_to_subscrib
     assert {caller(d) for d in early(lb.notifies_of(early_a))} == {"Phone 201"}
 
 
+def test_phones_that_subscribe_before_the_first_sync_end_up_on_their_own_tenants_key() -> None:
+    """Before any sync both tenants' phones are accepted for "202" (not known yet); the sync
+    tells tenant B's phone to subscribe again (deactivated), and then each sees its own call."""
+    resync, timed = two_tenants()
+    lb = lab()
+    early_b, early_a = lb.subscribe("202", user="b203"), lb.subscribe("202", user="203")
+    assert (early_b.status, early_a.status) == (200, 200)
+    lb.feed(resync)
+    assert lb.notifies_of(early_b)[-1].headers["subscription-state"] == (
+        "terminated;reason=deactivated")  # fmt: skip
+    assert lb.notifies_of(early_a)[-1].headers["subscription-state"].startswith("active")
+    again = lb.subscribe("202", user="b203")
+    lb.play(timed, start=lb.clock.ms)
+    assert {caller(d) for d in early(lb.notifies_of(again))} == {"Tenant B 201"}
+    assert {caller(d) for d in early(lb.notifies_of(early_a))} == {"Phone 201"}
+
+
 def test_the_default_context_is_the_one_with_most_hints_whatever_came_first() -> None:
     tracker = CallTracker()
     tracker.apply(ResyncStarted(), 0.0)
@@ -272,8 +289,8 @@ def test_context_less_hints_are_the_default_context_and_ari_tenants_are_configur
         tracker.apply(ExtensionHint(exten, context, device, 0), 0.0)
     tracker.apply(ResyncFinished(), 0.0)
     assert tracker.extensions() == {"201", "202", "202@tenant-b"}
-    tracker.set_subscribe_context("203", "internal")  # no hint in it: the default context
-    tracker.set_subscribe_context("b203", "tenant-b")
+    tracker.set_endpoint_contexts("203", "internal", "")  # no hint in it: the default context
+    tracker.set_endpoint_contexts("b203", "tenant-b", "")
     assert tracker.resolve("202", "203") == "202"
     assert tracker.resolve("202", "b203") == "202@tenant-b"
 

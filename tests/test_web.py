@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.findings import Finding
 from bridge.model import Dialog, DialogState, Direction, EntityState, PickupIds
 from bridge.web import (
     ChangeSignal,
@@ -35,6 +36,7 @@ from bridge.web import (
     make_app,
     start_web,
 )
+from bridge.web.cli import format_status
 from bridge.web.metrics import MetricsSnapshot, render_metrics
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -73,6 +75,7 @@ class FakeView:
     histogram: Histogram = field(default_factory=Histogram)
     signal: ChangeSignal = field(default_factory=ChangeSignal)
     phones: list[LedPhoneStatus] = field(default_factory=list)
+    found: list[Finding] = field(default_factory=list)
 
     def set(self, *states: EntityState) -> None:
         for state in states:
@@ -94,8 +97,14 @@ class FakeView:
     def led_phones(self) -> Sequence[LedPhoneStatus]:
         return list(self.phones)
 
+    def findings(self) -> Sequence[Finding]:
+        return self.found
+
     def next_change(self) -> asyncio.Event:
         return self.signal.next()
+
+    def attention(self) -> Sequence[Finding]:
+        return [f for f in self.found if f.level != "ok"]
 
 
 def _view() -> FakeView:
@@ -238,6 +247,11 @@ async def test_api_entities(base_url: str, http: aiohttp.ClientSession, view: Fa
             "local_held": False,
             "remote_held": False,
             "pickup_ready": True,
+            "party": "Phone 201",
+            "party_number": "201",
+            "hidden": False,
+            "parked": False,
+            "answered": True,
         }
     ]
     assert entities["203"]["state"] == "busy"
@@ -260,12 +274,31 @@ async def test_api_subscriptions(base_url: str, http: aiohttp.ClientSession) -> 
     assert len(subs) == 3
 
 
-async def _next_data(resp: aiohttp.ClientResponse) -> Any:
-    """The payload of the next ``data:`` event, skipping keepalive comments."""
+async def test_a_setting_waiting_for_a_restart_is_in_the_api_and_the_status(
+    base_url: str, http: aiohttp.ClientSession, view: FakeView
+) -> None:
+    view.found.append(Finding("warn", "reload", "running with the old value(s) until a restart: "
+                              "sip.udp", "systemctl restart snom-blf-bridge"))  # fmt: skip
+    async with http.get(base_url + "/api/findings") as resp:
+        assert resp.status == 200
+        found = await resp.json()
+    assert [f["subject"] for f in found] == ["reload"] and "sip.udp" in found[0]["text"]
+    assert "warn: reload: running with the old value(s) until a restart: sip.udp (fix: systemctl " \
+        "restart snom-blf-bridge)" in format_status([], "ok", [], [], found)
+
+
+async def _next_data(resp: aiohttp.ClientResponse, name: str = "") -> Any:
+    """The payload of the next event called ``name`` ("": the unnamed ones, the keys),
+    skipping keepalive comments and the other events."""
+    event = ""
     while True:
         line = (await asyncio.wait_for(resp.content.readline(), 5)).decode()
-        if line.startswith("data: "):
+        if line.startswith("event: "):
+            event = line[7:].strip()
+        elif line.startswith("data: ") and event == name:
             return json.loads(line[6:])
+        elif line == "\n":
+            event = ""
 
 
 async def test_events_stream_delivers_each_change(
@@ -347,12 +380,12 @@ async def _key(page: Any, exten: str, state: str) -> Any:
     return key
 
 
-async def _animation(key: Any) -> str:
-    name: str = await key.locator(".led").evaluate("led => getComputedStyle(led).animationName")
-    return name
+async def _says(key: Any, part: str) -> str:
+    found: str = await key.locator("." + part).inner_text()
+    return found
 
 
-async def test_panel_keys_light_like_snom_keys(
+async def test_panel_says_each_key_state_in_words(
     view: FakeView, base_url: str, browser_page: Any
 ) -> None:
     page = browser_page
@@ -364,32 +397,48 @@ async def test_panel_keys_light_like_snom_keys(
     idle = await _key(page, "202", "idle")
     await page.wait_for_function("document.getElementById('link').textContent === 'live'")
     assert await page.locator(".key").count() == 4
-    assert await _animation(idle) == "none"
-    assert await idle.locator(".watchers").inner_text() == (
-        "watched by sip:203@192.0.2.3, sip:205@192.0.2.5"
+    assert await _says(idle, "word") == "idle"
+    assert await _says(idle, "num") == "202"
+    assert await idle.get_attribute("title") == (
+        "202 · idle · watched by sip:203@192.0.2.3, sip:205@192.0.2.5"
     )
     busy = await _key(page, "203", "busy")
-    assert await _animation(busy) == "none"
-    await _key(page, "204", "unknown")
+    assert await _says(busy, "word") == "in a call"
+    assert await _says(busy, "party") == "to 205"
+    assert await _says(await _key(page, "204", "unknown"), "word") == "unknown"
 
-    view.set(RINGING_202)  # 202 rings: its key blinks fast, with the caller
+    view.set(RINGING_202)  # 202 rings: the word, the caller and where the call comes from
     ringing = await _key(page, "202", "ringing")
-    assert "ringing" in (await ringing.get_attribute("class")).split()
-    assert await _animation(ringing) == "blink-fast"
-    assert await ringing.locator(".caller").inner_text() == "Phone 201 <201>"
-    ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / "panel-ringing.png"))
+    assert await _says(ringing, "word") == "ringing"
+    assert await _says(ringing, "party") == "from Phone 201"
 
-    view.set(HELD_203)  # a held call blinks slowly
+    view.set(HELD_203)
     held = await _key(page, "203", "held")
-    assert await _animation(held) == "blink-slow"
+    assert await _says(held, "word") == "on hold"
 
-    view.set(IDLE_202)  # the call is gone: dark again
+    view.set(IDLE_202)  # the call is gone
     dark = await _key(page, "202", "idle")
-    assert await _animation(dark) == "none"
-    assert await dark.locator(".caller").inner_text() == ""
+    assert await _says(dark, "party") == ""
     # No script error and no Content-Security-Policy violation on the way.
     assert problems == []
+
+
+async def test_the_stream_tells_the_status_and_again_when_it_changed(
+    view: FakeView, base_url: str, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(base_url + "/events") as resp:
+        first = await _next_data(resp, "status")
+        assert first["pbxs"] == [{"name": "", "connected": True, "synced": True, "endpoint": ""}]
+        assert first["bridge"] == {"subscriptions": 3, "notifies_sent": 10, "notifies_failed": 1}
+        assert first["findings"] == []
+        view.found = [Finding("fail", "manager user", "cannot log in", "fix it")]
+        view.signal.fire()
+        second = await _next_data(resp, "status")
+        assert second["findings"] == [
+            {"level": "fail", "subject": "manager user", "text": "cannot log in", "fix": "fix it"}
+        ]
+    async with http.get(base_url + "/api/status") as resp:
+        assert await resp.json() == second
 
 
 async def test_panel_is_self_contained_and_locked_down(

@@ -35,8 +35,19 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
-from bridge.asterisk.ami_events import MAPPED_EVENTS, events_of, needs_ids
-from bridge.asterisk.ami_wire import MessageSplitter, parse_message
+from bridge.asterisk.ami_events import (
+    MAPPED_EVENTS,
+    dialplan_of,
+    events_of,
+    needs_ids,
+    resource_lists,
+)
+from bridge.asterisk.ami_wire import (
+    LIST_DETAIL,
+    MessageSplitter,
+    parse_message,
+    renamed_list_event,
+)
 from bridge.asterisk.delivery import Batch, IdsTask, OrderedEvents, ids_result
 from bridge.asterisk.retry import ReconnectLoop
 from bridge.devices import device_of_channel, hint_devices, parse_groups
@@ -49,6 +60,7 @@ from bridge.events import (
     LegIds,
     ResyncFinished,
     ResyncStarted,
+    RightsMissing,
     SourceLost,
 )
 
@@ -60,7 +72,11 @@ ID_VARIABLES = ("CHANNEL(pjsip,call-id)", "CHANNEL(pjsip,local_tag)", "CHANNEL(p
 PRESENTATION = "CONNECTEDLINE(pres)"
 # ParkedCalls: who waits in which parking space (res_parking; without it Asterisk answers an
 # error, which ends that list like an empty one).
-RESYNC_ACTIONS = ("DeviceStateList", "ExtensionStateList", "CoreShowChannels", "ParkedCalls")
+# ShowDialPlan: the includes, to resolve a SUBSCRIBE as Asterisk does (bridge.dialplan); it needs
+# the AMI user's read class `reporting` (or `config`).
+RESYNC_ACTIONS = (
+    "DeviceStateList", "ExtensionStateList", "CoreShowChannels", "ParkedCalls", "ShowDialPlan",
+)  # fmt: skip
 # Every contact of every phone, for the LED messages: the AORs' contacts (static contact= lines
 # and registrations), then the registrations with their status (an unreachable one is dropped).
 # Asterisk answers them in this order.
@@ -68,6 +84,11 @@ CONTACTS_ACTIONS = ("PJSIPShowAors", "PJSIPShowContacts")
 MAX_UNPARSED = 1 << 20  # bytes of text without a message end before we give up on the stream
 BANNER = b"Asterisk Call Manager/"  # Asterisk's first line, with the protocol version
 GROUP_QUERIES = 16  # PJSIPShowEndpoint actions in flight at once while reading pickup groups
+RELOAD_SETTLE = 0.5  # seconds after a Reload before the dialplan is read (reloads come in bursts)
+# The CLI's `dialplan reload` sends AMI no Reload event (pbx_config calls pbx_load_module itself;
+# `module reload`, `core reload` and the AMI Reload action, FreePBX's, do): the dialplan is read
+# again this often anyway.
+DIALPLAN_REREAD = 300.0
 
 
 def _first(value: Any) -> str:
@@ -134,9 +155,10 @@ class _Protocol(AMIProtocol):  # type: ignore[misc]  # panoramisk has no type hi
             self.version = line.partition("/")[2].strip()
             self.log.info("protocol version: '%s'", self.version)
         responses, link = self.responses, self.link
-        for block in self.splitter.feed(data):
-            if block.startswith("Event: ") and _ignorable(block):
+        for text in self.splitter.feed(data):
+            if text.startswith("Event: ") and _ignorable(text):
                 continue
+            block = renamed_list_event(text) if text.startswith(LIST_DETAIL) else text
             h = parse_message(block)
             if h is None:
                 continue
@@ -210,6 +232,8 @@ class _Connection:
         self.login_id = ""
         self.lists: set[str] = set()  # ActionIDs of resync lists not complete yet
         self.list_names: dict[str, str] = {}  # ActionID → action, for the log
+        # ShowDialPlan answers being read: ActionID → its ListDialplan items so far
+        self.dialplans: dict[str, list[dict[str, str]]] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
 
     def send(
@@ -252,7 +276,11 @@ class _Connection:
         action_id = h.get("actionid")
         if action_id is None:
             if "event" in h:
+                if h["event"].lower() == "reload":  # the includes may have changed
+                    self.source._reloaded(self)
                 self.source._accept(events_of(h))
+        elif action_id in self.dialplans:
+            self._dialplan_item(action_id, h)
         elif action_id == self.login_id:
             if h.get("response") == "Success":
                 self.source._begin_resync(self)
@@ -263,18 +291,63 @@ class _Connection:
                 # command: ParkedCalls" that res_parking is not loaded: nothing wrong.
                 quiet = "found" in message.lower() or "unknown command" in message.lower()
                 level = logging.DEBUG if quiet else logging.WARNING
-                log.log(level, "AMI refused %s: %s", self.list_names.get(action_id, action_id),
-                        message)  # fmt: skip
+                action = self.list_names.get(action_id, action_id)
+                log.log(level, "AMI refused %s: %s", action, message)
+                if "permission" in message.lower():  # the panel says which right is missing
+                    self.source._accept([_rights_missing(action)])
                 self._list_done(action_id)
             elif h.get("eventlist", "").lower() == "complete":
                 self._list_done(action_id)
             elif "event" in h:
                 self.source._accept(events_of(h))
 
+    def read_dialplan(self) -> str:
+        """Send ShowDialPlan; its answer becomes one DialplanRead (``_dialplan_item``)."""
+        action_id, _ = self.send({"Action": "ShowDialPlan"}, lists=True)
+        self.dialplans[action_id] = []
+        return action_id
+
+    def _dialplan_item(self, action_id: str, h: dict[str, str]) -> None:
+        """One message of a ShowDialPlan answer: the items are kept; at the end they go out
+        as one DialplanRead, in stream order."""
+        items = self.dialplans[action_id]
+        if "event" not in h and h.get("response") != "Success":
+            del self.dialplans[action_id]
+            reason = h.get("message", "")
+            # Only a refusal is the user's rights (Asterisk allows ShowDialPlan to a user with
+            # config or reporting write rights); "Did not find context" is an empty dialplan.
+            fix = ("give the AMI user `write = reporting`: " if "denied" in reason.lower()
+                   else "")  # fmt: skip
+            log.warning(
+                "cannot list the dialplan's includes (ShowDialPlan: %s); %suntil then a phone "
+                "watches its own context's hints, or where that has none, the naming context's",
+                reason, fix,
+            )
+        elif h.get("eventlist", "").lower() == "complete":
+            del self.dialplans[action_id]
+            self.source._accept([dialplan_of(items)])
+        elif h.get("event", "").lower() == "listdialplan":
+            if "includecontext" in h or h.get("priority") == "hint":  # all the bridge reads
+                items.append(h)
+            return
+        else:
+            return
+        if action_id in self.lists and action_id not in self.dialplans:
+            self._list_done(action_id)
+
     def _list_done(self, action_id: str) -> None:
         self.lists.discard(action_id)
         if not self.lists:
             self.source._finish_resync(self)
+
+
+def _rights_missing(action: str) -> RightsMissing:
+    """What a refused resync list costs, and the manager.conf right that allows it."""
+    if action == "ParkedCalls":
+        return RightsMissing(action, "write = call", "callers shown on parking keys")
+    if action.startswith("PJSIP"):
+        return RightsMissing(action, "write = system", "phones' contacts for the LED keys")
+    return RightsMissing(action, "write = call", "key states after a (re)connect")
 
 
 class AmiSource:
@@ -315,8 +388,10 @@ class AmiSource:
         self._hinted: set[str] = set()
         self._conn: _Connection | None = None
         self._announced = False  # ResyncStarted sent and no SourceLost since
+        self._told_rights = False  # RightsMissing sent on this connection
         self._logoff: asyncio.Future[Any] | None = None
         self._groups: asyncio.Task[None] | None = None
+        self._reread: asyncio.Task[None] | None = None  # the dialplan read after a Reload
         self._loop = ReconnectLoop(
             "AMI", self._session, self._queue, log, backoff_min=backoff_min,
             backoff_max=backoff_max, endpoints=list(self._endpoints),
@@ -336,6 +411,8 @@ class AmiSource:
                 task.cancel()
             if self._groups is not None:
                 self._groups.cancel()
+            if self._reread is not None:
+                self._reread.cancel()
 
     async def stop(self) -> None:
         """Log off and make ``run()`` return."""
@@ -374,6 +451,7 @@ class AmiSource:
     async def _logged_in(self, conn: _Connection) -> bool:
         """Log in, then keep the connection until it goes or ``stop()``; False if refused."""
         self._ids.clear()
+        self._told_rights = False
         self._hinted.clear()  # the resync's ExtensionStateList names them again
         login_action = {"Action": "Login", "Username": self._username, "Secret": self._secret}
         conn.login_id, login = conn.send({**login_action, "Events": self._events})
@@ -403,9 +481,15 @@ class AmiSource:
         return True
 
     async def _keepalive(self, conn: _Connection) -> None:
-        """Ping; an Asterisk that does not answer within an interval is treated as gone."""
+        """Ping; an Asterisk that does not answer within an interval is treated as gone.
+        Every ``DIALPLAN_REREAD`` seconds the dialplan is read again, too."""
+        last_read = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(self._ping_interval)
+            now = asyncio.get_running_loop().time()
+            if now - last_read >= DIALPLAN_REREAD and self.synced.is_set():
+                last_read = now
+                self._reloaded(conn, quiet=True)
             _, pong = conn.send({"Action": "Ping"})
             done, _ = await asyncio.wait([pong], timeout=self._ping_interval)
             if not done:
@@ -420,7 +504,10 @@ class AmiSource:
         self._queue.put_nowait(Batch([ResyncStarted(_where(self.host, self.port))]))
         actions = (*RESYNC_ACTIONS, *CONTACTS_ACTIONS) if self._contacts else RESYNC_ACTIONS
         for action in actions:  # pipelined: Asterisk answers them in order
-            action_id, _ = conn.send({"Action": action})
+            if action == "ShowDialPlan":
+                action_id = conn.read_dialplan()
+            else:
+                action_id, _ = conn.send({"Action": action})
             conn.lists.add(action_id)
             conn.list_names[action_id] = action
 
@@ -442,7 +529,28 @@ class AmiSource:
             self._groups.cancel()
         self._groups = asyncio.create_task(self._read_groups(conn), name="ami-groups")
 
+    async def _read_lists(self, conn: _Connection) -> None:
+        """Asterisk's resource_list objects (RFC 4662 BLF lists), the complete set."""
+        try:
+            answer = await asyncio.wait_for(
+                conn.send({"Action": "PJSIPShowResourceLists"}, lists=True)[1], 10
+            )
+        except TimeoutError:
+            log.warning("PJSIPShowResourceLists: no answer; the lists stay as they were")
+            return
+        messages = answer if isinstance(answer, list) else [answer]
+        read = resource_lists([dict(m.items()) for m in messages])
+        if read is None:
+            why = _header(messages[0] if messages else None, "Message")
+            self._problems.report(f"cannot read the resource lists: PJSIPShowResourceLists: {why}")
+            return
+        self._queue.put_nowait(Batch([read]))
+
     async def _read_groups(self, conn: _Connection) -> None:
+        try:
+            await self._read_lists(conn)
+        except asyncio.CancelledError:
+            return
         try:
             answer = await asyncio.wait_for(
                 conn.send({"Action": "PJSIPShowEndpoints"}, lists=True)[1], 10
@@ -472,11 +580,38 @@ class AmiSource:
                         parse_groups(h.get("CallGroup", "")),
                         parse_groups(h.get("PickupGroup", "")),
                     )
-                    context = h.get("SubscribeContext", "")  # tenants: where it watches
-                    self._queue.put_nowait(Batch([EndpointGroups(name, *groups, context)]))
+                    # Where its SUBSCRIBEs resolve: subscribe_context, else context (FreePBX).
+                    contexts = h.get("SubscribeContext", ""), h.get("Context", "")
+                    callerid = h.get("Callerid", "")  # the panel's name for its keys
+                    self._queue.put_nowait(
+                        Batch([EndpointGroups(name, *groups, *contexts, callerid)])
+                    )
 
         await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
         log.debug("read the pickup groups of %d endpoints", len(names))
+
+    def _reloaded(self, conn: _Connection, *, quiet: bool = False) -> None:
+        """A module reload (``module reload``, FreePBX's Apply Config), or the periodic read:
+        read the includes and the hints again once the burst of Reload events has settled."""
+        if self._reread is None or self._reread.done():
+            reading = self._read_dialplan(conn, quiet=quiet)
+            self._reread = asyncio.create_task(reading, name="ami-dialplan")
+
+    async def _read_dialplan(self, conn: _Connection, *, quiet: bool) -> None:
+        await asyncio.sleep(RELOAD_SETTLE)
+        if conn is not self._conn or conn.lost.is_set():
+            return
+        log.log(logging.DEBUG if quiet else logging.INFO,
+                "Asterisk reloaded: reading its dialplan's includes and hints again")  # fmt: skip
+        conn.read_dialplan()
+        _, hints = conn.send({"Action": "ExtensionStateList"}, lists=True)
+        try:
+            answer = await asyncio.wait_for(hints, 10)
+        except (TimeoutError, asyncio.CancelledError):
+            return
+        for h in map(_headers, answer if isinstance(answer, list) else [answer]):
+            if h.get("Event") == "ExtensionStatus":
+                self._accept(events_of({k.lower(): v for k, v in h.items()}))
 
     def _accept(self, events: list[AsteriskEvent]) -> None:
         """Queue mapped events in stream order, starting id lookups for ringing legs."""
@@ -529,6 +664,10 @@ class AmiSource:
                 variable = _header(answer, "Variable", "ids")
                 problem = _header(answer, "Message", "empty value")
                 log.warning("no %s for %s: %s", variable, leg.name, problem)
+                if "permission" in problem.lower() and not self._told_rights:
+                    self._told_rights = True  # once per connection: the panel shows it
+                    self._queue.put_nowait(Batch([RightsMissing(
+                        "Getvar", "write = call", "the pickup ids of ringing calls")]))
                 return None
             values.append(value)
         presentation = _header(answers[-1], "Value").lower()

@@ -20,7 +20,7 @@ the only kind of dialog a ``Replaces`` pickup can take over):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from bridge.events import (
     AsteriskEvent,
@@ -33,8 +33,11 @@ from bridge.events import (
     DeviceStateChanged,
     DialBegan,
     DialEnded,
+    DialplanRead,
     ExtensionHint,
     HoldChanged,
+    ResourceListEntry,
+    ResourceListsRead,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,7 @@ _CHANNEL_EVENTS = frozenset(
 MAPPED_EVENTS = _CHANNEL_EVENTS | {
     "hangup", "dialbegin", "dialend", "hold", "unhold", "devicestatechange", "extensionstatus",
     "contactstatus", "contactlist", "aorlist", "parkedcall", "unparkedcall", "parkedcalltimeout",
-    "parkedcallgiveup",
+    "parkedcallgiveup", "reload",
 }  # fmt: skip
 _UNPARKED = frozenset({"unparkedcall", "parkedcalltimeout", "parkedcallgiveup"})
 # ContactStatus values (Asterisk 22: NonQualified, Reachable, Unreachable, Unknown, Removed)
@@ -77,6 +80,23 @@ def events_of(headers: dict[str, str]) -> list[AsteriskEvent]:
     except Exception:  # bad input must never take the adapter down
         log.debug("dropping unreadable AMI event %r", headers, exc_info=True)
     return []
+
+
+def dialplan_of(items: Iterable[Mapping[str, str]]) -> DialplanRead:
+    """ShowDialPlan's ListDialplan items (header names in lower case) as one DialplanRead: each
+    context's includes in the order listed, and the pattern hints (ExtensionStateList leaves
+    them out: FreePBX's ``_*76X.`` DND keys). Other priorities are not needed."""
+    includes: dict[str, list[str]] = {}
+    patterns: list[tuple[str, str, str]] = []
+    for h in items:
+        context = h.get("context", "")
+        if not context:
+            continue
+        if "includecontext" in h:
+            includes.setdefault(context, []).append(h["includecontext"])
+        elif h.get("priority") == "hint" and h.get("extension", "").startswith("_"):
+            patterns.append((context, h["extension"], h.get("application", "")))
+    return DialplanRead(tuple((c, tuple(i)) for c, i in includes.items()), tuple(patterns))
 
 
 def needs_ids(ev: ChannelSeen) -> bool:
@@ -222,3 +242,52 @@ def _known(value: str) -> str:
 def _int_or_zero(value: str) -> int:
     # A Hangup must never be lost over an odd Cause: the channel would stay up forever.
     return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else 0
+
+
+NO_LISTS = "No resource lists found"  # Asterisk's error when pjsip.conf has no resource_list
+_TRUE = frozenset({"yes", "true", "on", "1", "y", "t"})
+
+
+def resource_lists(frames: Iterable[Mapping[str, object]]) -> ResourceListsRead | None:
+    """The answer to ``PJSIPShowResourceLists`` as the complete set of lists; None when it is
+    an error other than "none configured" (the lists known stay as they were).
+
+    Each ``ResourceListDetail`` carries the list's own ``event`` under a second ``Event``
+    header (Asterisk names every field of the object as it is called in pjsip.conf, after the
+    event's own name); the live reader renames it ``ListEvent`` (``ami_wire``). A reader that
+    keeps only the first of a repeated header (the recordings') cannot see it: such a list is
+    taken as a dialog list, the only kind a BLF phone subscribes to.
+    """
+    entries: list[ResourceListEntry] = []
+    for i, frame in enumerate(frames):
+        if i == 0 and _one(frame.get("Response")) == "Error":
+            return ResourceListsRead(()) if NO_LISTS in _one(frame.get("Message")) else None
+        events = frame.get("Event")
+        names = events if isinstance(events, list) else [events]
+        if not names or _one(names[0]) != "ResourceListDetail":
+            continue
+        if "ListEvent" in frame:
+            names = [names[0], frame["ListEvent"]]
+        name = _one(frame.get("ObjectName")).strip()
+        if not name:
+            continue
+        items = tuple(
+            item.strip() for item in _one(frame.get("ListItem")).split(",") if item.strip()
+        )
+        interval = _one(frame.get("NotificationBatchInterval")).strip()
+        entries.append(
+            ResourceListEntry(
+                name,
+                _one(names[1]).strip() if len(names) > 1 else "dialog",
+                items,
+                full_state=_one(frame.get("FullState")).strip().lower() in _TRUE,
+                batch_interval_ms=int(interval) if interval.isdigit() else 0,
+            )
+        )
+    return ResourceListsRead(tuple(entries))
+
+
+def _one(value: object) -> str:
+    if isinstance(value, list):
+        return str(value[0]) if value else ""
+    return "" if value is None else str(value)

@@ -81,6 +81,19 @@ class _Layouts:
 
 _layouts = _Layouts()
 
+# PJSIPShowResourceLists answers one "Event: ResourceListDetail" per list that names the list's
+# own event package under a second "Event" header (every field of the object is written as
+# pjsip.conf calls it). A repeated Event is otherwise a broken stream (see _ROUTING).
+LIST_DETAIL = "Event: ResourceListDetail\r\n"
+LIST_EVENT = "ListEvent"
+
+
+def renamed_list_event(block: str) -> str:
+    """A ResourceListDetail message with its list's event renamed ``ListEvent``, so that the
+    message has one Event header like every other."""
+    head, sep, rest = block.partition("\r\nEvent: ")
+    return f"{head}\r\n{LIST_EVENT}: {rest}" if sep else block
+
 
 def parse_message(block: str) -> dict[str, str] | None:
     """One message from ``MessageSplitter`` as headers named in lower case (rules in the

@@ -74,6 +74,8 @@ from bridge.events import (
     EndpointGroups,
     ExtensionHint,
     LegIds,
+    ResourceListEntry,
+    ResourceListsRead,
     ResyncFinished,
     ResyncStarted,
     SourceLost,
@@ -89,9 +91,12 @@ ID_NAMES = (LOCAL_TAG, REMOTE_TAG, PRESENTATION)
 GROUP_QUERIES = 16  # configuration GETs in flight at once while reading pickup groups
 ENDPOINT_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "endpoint")
 AOR_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "aor")
+LIST_CONFIG = ("asterisk", "config", "dynamic", "res_pjsip", "resource_list")
 
 Answer = tuple[int, object]  # HTTP status, decoded JSON body (None if there was none)
-Groups = tuple[frozenset[int], frozenset[int], str]  # call, pickup groups; subscribe_context
+# call, pickup groups; subscribe_context, context (where its SUBSCRIBEs resolve); callerid (the
+# panel's name for the endpoint's keys)
+Groups = tuple[frozenset[int], frozenset[int], str, str, str]
 
 
 class _ResyncFailed(Exception):
@@ -141,7 +146,7 @@ def _pjsip_names(endpoints: Sequence[object]) -> list[str]:
 
 
 def _config_groups(body: object) -> Groups | None:
-    """``call_group``, ``pickup_group`` (and ``subscribe_context``) from a list of
+    """``call_group``, ``pickup_group`` (and ``subscribe_context``, ``context``) from a list of
     ConfigTuples; None if the groups are not there.
 
     Asterisk prints groups as ``1, 3, 4`` (empty for none); parse_groups also takes ranges.
@@ -157,7 +162,27 @@ def _config_groups(body: object) -> Groups | None:
     if "call_group" not in values or "pickup_group" not in values:
         return None
     groups = parse_groups(values["call_group"]), parse_groups(values["pickup_group"])
-    return (*groups, values.get("subscribe_context", ""))  # tenants: where it watches
+    # where it watches; the caller id names its keys on the panel
+    contexts = values.get("subscribe_context", ""), values.get("context", "")
+    return (*groups, *contexts, values.get("callerid", ""))
+
+
+def resource_list_entry(name: str, body: object) -> ResourceListEntry | None:
+    """A resource_list's ConfigTuples as a list entry; None without ``list_item``."""
+    if not isinstance(body, list):
+        return None
+    values = {str(e.get("attribute")): str(e.get("value")) for e in body
+              if isinstance(e, Mapping)}  # fmt: skip
+    if "list_item" not in values:
+        return None
+    interval = values.get("notification_batch_interval", "0").strip()
+    return ResourceListEntry(
+        name,
+        values.get("event", "dialog").strip(),
+        tuple(item.strip() for item in values["list_item"].split(",") if item.strip()),
+        full_state=values.get("full_state", "").strip().lower() in ("yes", "true", "on", "1"),
+        batch_interval_ms=int(interval) if interval.isdigit() else 0,
+    )
 
 
 def _why(answer: Answer) -> str:
@@ -186,6 +211,7 @@ class AriSource:
         hints: Sequence[tuple[str, str]] = (),
         contacts: Sequence[str] = (),
         standby: Sequence[str] = (),
+        lists: Sequence[str] = (),
     ) -> None:
         # Every endpoint of this PBX by its URL as configured: the primary, then the standbys.
         self._endpoints = {u: _ari_base(u) for u in (url, *standby)}
@@ -228,6 +254,10 @@ class AriSource:
         self._groups_failed = False  # reading groups failed on this connection: not again
         self._groups_problem = ""  # the last one logged: the same again only at debug level
         self._contact_aors = tuple(dict.fromkeys(contacts))  # AORs whose contacts a sync reads
+        # Resource lists read by name at each sync: ARI reads a sorcery object by its id only
+        # (GET …/resource_list answers 405), so only the lists the configuration names.
+        self._list_names = tuple(dict.fromkeys(lists))
+        self._lists: asyncio.Task[None] | None = None
         self._contact_problems: set[str] = set()  # logged at warning level once each
 
     async def run(self) -> None:
@@ -340,6 +370,7 @@ class AriSource:
             if ws is self._ws and not ws.closed:
                 self.synced.set()
                 self._start_groups(ws, self._pjsip)  # the snapshot's list is fresh
+                self._start_lists(ws)
 
         self._queue.put_nowait(Batch([ResyncFinished()], then=synced))
         return True
@@ -450,6 +481,7 @@ class AriSource:
         if ws is None or ws.closed or not self.synced.is_set():
             return
         self._start_groups(ws, None)
+        self._start_lists(ws)
 
     def _start_groups(self, ws: aiohttp.ClientWebSocketResponse, names: list[str] | None) -> None:
         if self._groups_failed:
@@ -457,10 +489,45 @@ class AriSource:
         self._cancel_groups()  # a newer read supersedes one still running
         self._groups = asyncio.create_task(self._read_groups(ws, names), name="ari-groups")
 
+    def _start_lists(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        if not self._list_names:
+            return
+        if self._lists is not None and not self._lists.done():
+            self._lists.cancel()
+        self._lists = asyncio.create_task(self._read_lists(ws), name="ari-lists")
+
+    async def _read_lists(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Queue the resource lists the configuration names, as Asterisk has them now."""
+        found: list[ResourceListEntry] = []
+        try:
+            for name in self._list_names:
+                url = self._base.joinpath(*LIST_CONFIG, urllib.parse.quote(name, safe=""),
+                                          encoded=True)  # fmt: skip
+                try:
+                    status, body = await self._safe_get(url, {})
+                except TimeoutError:
+                    status, body = 0, {"message": f"no answer in {self._request_timeout:g} s"}
+                entry = resource_list_entry(name, body) if status == 200 else None
+                if entry is not None:
+                    found.append(entry)
+                elif status != 404:  # 404: Asterisk has no such list (it is not served)
+                    why = _why((status, body)) if status != 200 else "no list_item"
+                    log.warning("cannot read resource list %s over ARI: %s; the lists stay as "
+                                "they were", name, why)  # fmt: skip
+                    return
+        except Exception:  # a bug here must cost the lists, never the source
+            log.exception("reading resource lists over ARI failed")
+            return
+        if ws is self._ws and not ws.closed:
+            self._queue.put_nowait(Batch([ResourceListsRead(tuple(found))]))
+
     def _cancel_groups(self) -> None:
-        if self._groups is not None and not self._groups.done():
-            self._groups.cancel()
-        self._groups = None
+        """Stop reading groups (and resource lists): the connection they belong to is gone,
+        or a newer read starts."""
+        for task in (self._groups, self._lists):
+            if task is not None and not task.done():
+                task.cancel()
+        self._groups = self._lists = None
 
     async def _read_groups(
         self, ws: aiohttp.ClientWebSocketResponse, names: list[str] | None

@@ -29,6 +29,7 @@ from bridge.demo.contacts import static_contacts
 from bridge.demo.recording import (
     Headers,
     Scenario,
+    load_dialplan,
     load_endpoints,
     load_objects,
     load_recordings,
@@ -62,6 +63,20 @@ _LISTS = {
 }
 _UNPARKED = frozenset({"UnParkedCall", "ParkedCallTimeOut", "ParkedCallGiveUp"})
 _LIST_NAMES = {name.lower(): name for name in _LISTS}
+# The write classes Asterisk requires of an action (any one of them will do): manager.c and
+# res_pjsip register them so. Actions missing here need none.
+_RIGHTS = {
+    "getvar": {"call", "reporting"},
+    "devicestatelist": {"call", "reporting"},
+    "extensionstatelist": {"call", "reporting"},
+    "coreshowchannels": {"system", "call", "reporting"},
+    "parkedcalls": {"call"},
+    "pjsipshowendpoints": {"system"},
+    "pjsipshowendpoint": {"system"},
+    "pjsipshowcontacts": {"system"},
+    "pjsipshowaors": {"system"},
+    "showdialplan": {"config", "reporting"},
+}
 _MAX_PENDING = 1 << 20
 EventPredicate = Callable[[Mapping[str, str]], bool]
 
@@ -169,13 +184,16 @@ class _Client:
     number: int
     writer: asyncio.StreamWriter
     mask: frozenset[str] | None = None  # None until logged in
+    read: frozenset[str] = ALL_EVENTS  # the user's manager.conf `read` classes
 
     def wants(self, event: Mapping[str, str]) -> bool:
         if self.mask is None:
             return False
+        classes = {c.strip().lower() for c in event.get("Privilege", "").split(",")} - {"all", ""}
+        if classes and "all" not in self.read and not classes & self.read:
+            return False  # Asterisk sends a user only the classes it may read
         if "all" in self.mask:
             return True
-        classes = {c.strip().lower() for c in event.get("Privilege", "").split(",")} - {"all", ""}
         return bool(classes & self.mask) if classes else bool(self.mask)
 
     def send(self, frames: Iterable[Mapping[str, str]], action_id: str | None = None) -> None:
@@ -221,11 +239,21 @@ class RecordedAmiServer:
         )
         if not self.scenarios:
             raise ValueError(f"no ami-wire.jsonl recordings under {recordings}")
+        # ShowDialPlan: a recorded answer (the dialplan stays as it was through the recordings),
+        # else the hints and includes of the recorded PBX's extensions.conf; tests may change it.
+        self.dialplan = next(
+            (answer.frames[1:-1] for sc in self.scenarios.values()
+             for answer in sc.answers.get("showdialplan", [])[:1]),
+            load_dialplan(folder / "asterisk-etc" / "extensions.conf"),
+        )  # fmt: skip
         self.host, self.port = host, port
         self.username, self.secret = username, secret
         self.speed = speed  # 1.0 = recorded pace, 0 = as fast as possible
         self.auth_fail_delay = auth_fail_delay  # Asterisk itself waits 1 s before refusing
         self.getvar_delay = 0.0  # a slow Asterisk, to test the client's timeout
+        # The user's manager.conf `read` and `write` classes (tests take rights away).
+        self.read: frozenset[str] = ALL_EVENTS
+        self.write: frozenset[str] = ALL_EVENTS
         self.before_answer: Callable[[Mapping[str, str]], Awaitable[None]] | None = None
         self.log: list[tuple[str, str, str]] = []  # (recv|send|event, action/event, id/client)
         self.logins: list[Headers] = []
@@ -372,6 +400,7 @@ class RecordedAmiServer:
                 reply({"Response": "Error", "Message": "Authentication failed"})
                 return False
             client.mask = parse_event_mask(frame.get("Events"))
+            client.read = self.read
             reply({"Response": "Success", "Message": "Authentication accepted"})
             client.send(b for b in self._current.booted if client.wants(b))
         elif action == "logoff":
@@ -381,6 +410,8 @@ class RecordedAmiServer:
             reply({"Response": "Error", "Message": "Permission denied"})
         elif not action:
             reply({"Response": "Error", "Message": "Missing action in request"})
+        elif "all" not in self.write and action in _RIGHTS and not _RIGHTS[action] & self.write:
+            reply({"Response": "Error", "Message": "Permission denied"})
         else:
             if self.before_answer is not None:
                 await self.before_answer(frame)
@@ -409,6 +440,8 @@ class RecordedAmiServer:
             ]
         if action == "getvar":
             return [self._getvar(frame)]
+        if action == "showdialplan":
+            return self._dialplan()
         if action == "pjsipshowendpoints":
             return self._endpoint_list()
         if action == "pjsipshowcontacts":
@@ -417,11 +450,25 @@ class RecordedAmiServer:
             return self.registered.aor_list(self.static_contacts)
         if action == "pjsipshowendpoint":
             return self._endpoint_detail(frame.get("Endpoint", ""))
+        if action == "pjsipshowresourcelists":
+            return self._resource_lists()
         name = frame.get("Action", "")
         text = (
             f"Invalid/unknown command: {name}. Use Action: ListCommands to show available commands."
         )
         return [{"Response": "Error", "Message": text}]
+
+    def _dialplan(self) -> list[Headers]:
+        if not self.dialplan:
+            return [{"Response": "Error", "Message": "Did not find context"}]
+        return [
+            {"Response": "Success", "EventList": "start",
+             "Message": "DialPlan list will follow"},
+            *self.dialplan,
+            {"Event": "ShowDialPlanComplete", "EventList": "Complete",
+             "ListItems": str(len(self.dialplan)), "ListExtensions": "0",
+             "ListPriorities": "0", "ListContexts": "0"},
+        ]  # fmt: skip
 
     def _endpoint_list(self) -> list[Headers]:
         if not self.endpoints:  # Asterisk answers an error, not an empty list
@@ -437,6 +484,14 @@ class RecordedAmiServer:
              "ListItems": str(len(items))},
         ]  # fmt: skip
 
+    def _resource_lists(self) -> list[Headers]:
+        """The resource lists a recording's Asterisk answered (the lists recording has them),
+        or Asterisk's answer when pjsip.conf has none."""
+        for scenario in self.scenarios.values():
+            for answer in scenario.answers.get("pjsipshowresourcelists", [])[:1]:
+                return [self._ids.ami(frame) for frame in answer.frames]
+        return [{"Response": "Error", "Message": "No resource lists found"}]
+
     def emit(self, event: Mapping[str, str]) -> None:
         """Send one synthesized event to every client that wants it (tests)."""
         self._emit(event)
@@ -448,7 +503,8 @@ class RecordedAmiServer:
         detail = {"Event": "EndpointDetail", "ObjectType": "endpoint", "ObjectName": name,
                   "Context": opts.get("context", ""), "CallGroup": opts.get("call_group", ""),
                   "PickupGroup": opts.get("pickup_group", ""),
-                  "SubscribeContext": opts.get("subscribe_context", "")}  # fmt: skip
+                  "SubscribeContext": opts.get("subscribe_context", ""),
+                  "Callerid": opts.get("callerid", "")}  # fmt: skip
         return [
             {"Response": "Success", "EventList": "start",
              "Message": "Following are Events for each object associated with the Endpoint"},

@@ -199,6 +199,7 @@ class RecordedAriServer:
         # Every AOR's options and static contacts; its registrations (bridge.demo.contacts).
         conf = pjsip_conf(directory)
         self.aors = load_objects(conf, "aor") if conf is not None else {}
+        self.resource_lists = load_objects(conf, "resource_list") if conf is not None else {}
         self.static_contacts = static_contacts(self.aors)
         self.registered = Registrations()
         self.host, self.port = host, port
@@ -462,6 +463,12 @@ class RecordedAriServer:
             return web.json_response(
                 self.registered.aor_tuples(name, aor or {}, self.static_contacts)
             )
+        if object_type == "resource_list":
+            found = self.resource_lists.get(name)
+            if found is None:
+                return _error(404, f"Object with id '{name}' not found")
+            return web.json_response([{"attribute": k, "value": v} for k, v in found.items()
+                                      if k != "type"])  # fmt: skip
         if object_type != "endpoint":
             return _error(404, f"objectType '{object_type}' not found")
         options = self.endpoints.get(name)

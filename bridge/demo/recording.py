@@ -257,6 +257,37 @@ def load_endpoints(conf: Path) -> dict[str, dict[str, str]]:
     return load_objects(conf, "endpoint")
 
 
+def load_dialplan(conf: Path) -> list[Headers]:
+    """The ListDialplan items of an extensions.conf as AMI's ShowDialPlan lists them: every
+    hint (``Priority: hint``, its devices as ``Application``) and every include, context by
+    context; the other priorities are left out (the bridge reads none). Empty without it."""
+    if not conf.exists():
+        return []
+    items: list[Headers] = []
+    context = ""
+    for raw in conf.read_text().splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if line.startswith("[") and "]" in line:
+            context = line[1 : line.index("]")]
+            continue
+        key, arrow, value = line.partition("=>")
+        key, value = key.strip().lower(), value.strip()
+        if not arrow or not context or context == "general":
+            continue
+        if key == "include":
+            items.append({"Event": "ListDialplan", "Context": context, "IncludeContext": value,
+                          "Registrar": "pbx_config"})  # fmt: skip
+        elif key == "exten":
+            exten, _, rest = value.partition(",")
+            priority, _, application = rest.partition(",")
+            if priority.strip().lower() == "hint":
+                items.append({"Event": "ListDialplan", "Context": context,
+                              "Extension": exten.strip(), "Priority": "hint",
+                              "Application": application.strip(),
+                              "Registrar": "pbx_config"})  # fmt: skip
+    return items
+
+
 def load_recordings(directory: Path) -> dict[str, Scenario]:
     """All scenarios under ``directory`` (or the one scenario that ``directory`` is)."""
     if (directory / "ami-wire.jsonl").exists():

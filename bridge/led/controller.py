@@ -16,7 +16,10 @@ each static ``contact=``, as Asterisk would ring them all):
 Where a contact is reached: at its URI, as Asterisk reaches it (res_pjsip sends a contact's
 requests to its URI; with ``rewrite_contact`` that URI already holds the address the REGISTER
 came from). ``ViaAddr``/``ViaPort`` are the REGISTER's Via sent-by, which Asterisk stores but
-never sends to: behind NAT that is the phone's private address.
+never sends to: behind NAT that is the phone's private address. Over the URI's transport too:
+``transport=tcp``/``tls`` (or a ``sips:`` URI) is sent over TCP/TLS, without retransmissions;
+the glue reuses the phone's open connection where the bridge has one (see
+``Destination.phone``), else opens one to the URI's host and port.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from bridge.led.buttons import CONTENT_TYPE, KeyLight, body
 from bridge.led.rules import HINT_STATES, LedRule
@@ -41,6 +45,18 @@ Address = tuple[str, int]
 # Parameters Asterisk adds to a contact's URI for itself (rewrite_contact's x-ast-orig-host,
 # symmetric transport's x-ast-txp); it strips them from the requests it sends, and so do we.
 _ASTERISK_PARAMS = re.compile(r";x-ast-[^;?>]*", re.IGNORECASE)
+TRANSPORTS = ("udp", "tcp", "tls")
+_DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061}
+
+
+class Destination(NamedTuple):
+    """Where a MESSAGE goes: a contact's host, port and transport, and whose contact it is
+    (``phone``, the AOR: over TCP/TLS the glue looks for that phone's open connection)."""
+
+    host: str
+    port: int
+    transport: str = "udp"
+    phone: str = ""
 
 
 class _Transaction(ClientTransaction):
@@ -48,9 +64,10 @@ class _Transaction(ClientTransaction):
 
     __slots__ = ("keys", "to")
 
-    def __init__(self, branch: str, data: bytes, now: float, *, to: Address,
+    def __init__(self, branch: str, data: bytes, now: float, *, to: Destination,
                  keys: dict[int, KeyLight], t1: float, t2: float) -> None:  # fmt: skip
-        super().__init__(branch, data, now, t1, t2, False, 64 * t1)  # always over UDP
+        # Over TCP/TLS the stream delivers it: no retransmissions, Timer F alone (RFC 3261).
+        super().__init__(branch, data, now, t1, t2, to.transport != "udp", 64 * t1)
         self.to = to
         self.keys = keys
 
@@ -84,6 +101,7 @@ class Contact:
     uri: str  # as Asterisk names the contact
     target: str  # Request-URI of our MESSAGEs: the URI without Asterisk's x-ast-* parameters
     address: Address
+    transport: str = "udp"  # the URI's: transport=tcp/tls, or tls for a sips: URI
     confirmed: dict[int, KeyLight] = field(default_factory=dict)
     in_flight: _Transaction | None = None
     failures: int = 0
@@ -100,7 +118,7 @@ class LedController:
         rules: Iterable[LedRule],
         *,
         domain: str,
-        local: Callable[[str], Address],
+        local: Callable[[str, str], Address],
         user_agent: str = "snom-blf-bridge",
         t1: float = 0.5,
         t2: float = 4.0,
@@ -109,7 +127,7 @@ class LedController:
     ) -> None:
         self.rules = list(rules)
         self.domain = domain
-        self._local = local  # our address towards a phone's host (Via)
+        self._local = local  # our address towards a phone's host over a transport (Via)
         self._user_agent = user_agent
         self._t1, self._t2 = t1, t2
         self._retry = (retry_min, retry_max)
@@ -125,7 +143,7 @@ class LedController:
                 self._by_hint.setdefault(rule.hint, []).append(rule)
         self._by_branch: dict[str, Contact] = {}
         self._timers: TimerQueue[Contact] = TimerQueue()
-        self._out: list[tuple[bytes, Address]] = []
+        self._out: list[tuple[bytes, Destination]] = []
         self._branches = itertools.count(1)
         self._branch_prefix = f"z9hG4bK{secrets.token_hex(4)}.led."
         # Between sync_started and sync_finished: contacts listed are sent to once the listing
@@ -178,12 +196,13 @@ class LedController:
             self._pump(known, now)
             return
         target = _ASTERISK_PARAMS.sub("", uri)
-        address = _address(target)
-        if address is None:
+        found = _address(target)
+        if found is None:
             return
-        added = phone.contacts[uri] = Contact(phone, uri, target, address)
-        log.info("phone %s is at %s (%s:%d); %d lights to send", phone.aor, uri, *address,
-                 len(phone.wanted))  # fmt: skip
+        address, transport = found
+        added = phone.contacts[uri] = Contact(phone, uri, target, address, transport)
+        log.info("phone %s is at %s (%s %s:%d); %d lights to send", phone.aor, uri,
+                 transport.upper(), *address, len(phone.wanted))  # fmt: skip
         if not self._syncing:
             self._pump(added, now)
 
@@ -229,8 +248,8 @@ class LedController:
 
     # ----------------------------------------------------------------- outputs and timers
 
-    def outgoing(self) -> list[tuple[bytes, Address]]:
-        """Take the datagrams to send."""
+    def outgoing(self) -> list[tuple[bytes, Destination]]:
+        """Take the messages to send, each with where it goes."""
         out, self._out = self._out, []
         return out
 
@@ -295,7 +314,8 @@ class LedController:
         contact.phone.cseq += 1
         branch = f"{self._branch_prefix}{next(self._branches):x}"
         data = self._message(contact, branch, pending.values())
-        tx = _Transaction(branch, data, now, to=contact.address, keys=pending, t1=self._t1,
+        to = Destination(*contact.address, contact.transport, contact.phone.aor)
+        tx = _Transaction(branch, data, now, to=to, keys=pending, t1=self._t1,
                           t2=self._t2)  # fmt: skip
         contact.in_flight = tx
         self._by_branch[branch] = contact
@@ -319,11 +339,12 @@ class LedController:
                 contact.uri, why, delay)  # fmt: skip
 
     def _message(self, contact: Contact, branch: str, keys: Iterable[KeyLight]) -> bytes:
-        host, port = self._local(contact.address[0])
+        host, port = self._local(contact.address[0], contact.transport)
         payload, phone = body(keys), contact.phone
         lines = [
             f"MESSAGE {contact.target} SIP/2.0",
-            f"Via: SIP/2.0/UDP {host}:{port};branch={branch};rport",
+            f"Via: SIP/2.0/{contact.transport.upper()} {_bracketed(host)}:{port}"
+            f";branch={branch};rport",
             "Max-Forwards: 70",
             f"From: <sip:snom-blf-bridge@{self.domain}>;tag={phone.from_tag}",
             f"To: <sip:{phone.aor}@{self.domain}>",
@@ -336,7 +357,8 @@ class LedController:
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
 
 
-def _address(uri: str) -> Address | None:
+def _address(uri: str) -> tuple[Address, str] | None:
+    """A contact's host and port, and the transport its URI names (Asterisk's choice too)."""
     try:
         parsed = parse_uri(uri)
     except ParseError:
@@ -344,4 +366,13 @@ def _address(uri: str) -> Address | None:
         return None
     if not parsed.host:
         return None
-    return parsed.host.strip("[]"), parsed.port or 5060
+    named = (parsed.param("transport") or "").lower()
+    transport = named or ("tls" if parsed.scheme == "sips" else "udp")
+    if transport not in TRANSPORTS:
+        log.warning("cannot send to the contact %r: the bridge speaks no %s", uri, transport)
+        return None
+    return (parsed.host.strip("[]"), parsed.port or _DEFAULT_PORT[transport]), transport
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

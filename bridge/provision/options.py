@@ -101,3 +101,41 @@ class SnomOptions:
     context: str = setting(
         "active", Identity(), 'which identity of the phone uses the keys ("active" or a number)'
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ListName:
+    """``yealink.blf_list`` / ``poly.blf_list``: the user part of a list URI at the bridge."""
+
+    def read(self, value: Any, name: str) -> str:
+        text = Text().read(value, name).strip()
+        if any(c in text for c in ' <>"@;:/?&=') or any(ord(c) < 32 for c in text):
+            raise ConfigError(f"{name}: {text!r} is not a list name (the user part of its URI)")
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class YealinkOptions:
+    """``[yealink]``: how ``yealink-keys`` and ``/yealink/<phone>.cfg`` write a phone's keys
+    (the bridge's address, transport and labels are ``[snom]``'s)."""
+
+    account: int = setting(1, Whole(1, 16), "the account (`account.X`) whose BLF keys these are")
+    first_key: int = setting(1, Whole(1, MAX_KEY), "the `linekey.N` index of the first BLF key")
+    blf_list: str = setting(
+        "", ListName(),
+        "a list at the bridge for `account.X.blf.blf_list_uri` instead of one key per extension",
+        shown="none: one key per extension",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PolyOptions:
+    """``[poly]``: how ``poly-keys`` and ``/poly/<phone>.xml`` write a phone's BLF resources
+    (the bridge's address, transport and labels are ``[snom]``'s)."""
+
+    reg: int = setting(1, Whole(1, 34), "the line (`attendant.reg`) that subscribes")
+    blf_list: str = setting(
+        "", ListName(),
+        "a list at the bridge for `attendant.uri` instead of `attendant.resourceList.N` entries",
+        shown="none: one resource per extension",
+    )  # fmt: skip

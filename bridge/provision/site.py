@@ -13,13 +13,18 @@ Without ``snom.pickup_code`` no key gets one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
 from bridge.config import Config
 from bridge.pickup import PickupPolicy
-from bridge.provision.snom import BridgeAddress, plan_keys, render
+from bridge.provision import poly, yealink
+from bridge.provision.snom import BridgeAddress, natural, plan_keys, render
 
 WILDCARDS = ("0.0.0.0", "::", "")
+# Each vendor's document: its file name's extension and media type.
+VENDORS = {"snom": ("xml", "application/xml"), "yealink": ("cfg", "text/plain"),
+           "poly": ("xml", "application/xml")}  # fmt: skip
 
 
 class ProvisionError(ValueError):
@@ -32,6 +37,28 @@ def known_phones(config: Config, extensions: Iterable[str] = ()) -> list[str]:
     names |= set(config.security.pickup_rules) - {"*"}
     names |= set(config.watch.extensions or ()) | set(extensions)
     return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))
+
+
+# FreePBX's feature-code hint contexts (its modules' sources) and how its sites label the keys.
+_FREEPBX_KEYS = {
+    "park-hints": "Park {}",
+    "ext-dnd-hints": "DND {}",
+    "app-daynight-toggle": "Day/Night {}",
+    "ext-findmefollow": "Follow-me {}",
+    "ext-cf-hints": "CF {}",
+}
+_FEATURE_CODE = re.compile(r"\*(76|21|28|740)(\w+)")
+
+
+def freepbx_label(key: str) -> str | None:
+    """The label a FreePBX site gives a key named ``exten@context`` (``*76201@ext-dnd-hints``
+    → "DND 201", ``71@park-hints`` → "Park 71"); None for any other key."""
+    exten, _, context = key.partition("@")
+    template = _FREEPBX_KEYS.get(context)
+    if template is None:
+        return None
+    code = _FEATURE_CODE.fullmatch(exten)
+    return template.format(code[2] if code and context != "park-hints" else exten)
 
 
 def configured_extensions(config: Config) -> list[str]:
@@ -79,8 +106,11 @@ def snom_document(
     extensions: Sequence[str],
     policy: PickupPolicy,
     address: BridgeAddress,
+    *,
+    default_labels: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The settings XML for ``phone``: a BLF key per extension, its ``[[led]]`` keys."""
+    """The settings XML for ``phone``: a BLF key per extension, its ``[[led]]`` keys.
+    ``default_labels``: labels for keys ``snom.labels`` does not name (FreePBX's, below)."""
     snom = config.snom
 
     def fallback(exten: str) -> str:
@@ -90,6 +120,54 @@ def snom_document(
 
     buttons = [(rule.key, rule.label or rule.device or rule.hint)
                for rule in config.leds if rule.phone == phone]  # fmt: skip
-    keys = plan_keys(phone, extensions, address, labels=snom.labels, buttons=buttons,
+    labels = {**(default_labels or {}), **snom.labels}
+    keys = plan_keys(phone, extensions, address, labels=labels, buttons=buttons,
                      first_key=snom.first_key, pickup_code=fallback)  # fmt: skip
     return render(keys, context=snom.context)
+
+
+def yealink_document(
+    config: Config, phone: str, extensions: Sequence[str], address: BridgeAddress,
+    default_labels: Mapping[str, str] | None = None,
+) -> bytes:
+    """The ``.cfg`` lines for ``phone``: a BLF key per extension on ``yealink.account`` (or
+    its ``yealink.blf_list``), pickup from the NOTIFY's ids on."""
+    options, labels = config.yealink, {**(default_labels or {}), **config.snom.labels}
+    watched = sorted(set(extensions) - {phone}, key=natural)
+    keys = [yealink.LineKey(options.first_key + i, exten, labels.get(exten, exten))
+            for i, exten in enumerate(watched)]  # fmt: skip
+    list_uri = address.list_uri(options.blf_list) if options.blf_list else ""
+    return yealink.render(options.account, keys, list_uri=list_uri, phone=phone)
+
+
+def poly_document(
+    config: Config, phone: str, extensions: Sequence[str], address: BridgeAddress,
+    default_labels: Mapping[str, str] | None = None,
+) -> bytes:
+    """The configuration XML for ``phone``: a resource at the bridge per extension (or its
+    ``poly.blf_list``), native directed call pickup on."""
+    options, labels = config.poly, {**(default_labels or {}), **config.snom.labels}
+    watched = sorted(set(extensions) - {phone}, key=natural)
+    resources = [poly.Resource(i, address.uri(exten), labels.get(exten, exten))
+                 for i, exten in enumerate(watched, start=1)]  # fmt: skip
+    list_uri = address.list_uri(options.blf_list) if options.blf_list else ""
+    return poly.render(options.reg, resources, list_uri=list_uri)
+
+
+def phone_document(
+    config: Config,
+    phone: str,
+    extensions: Sequence[str],
+    policy: PickupPolicy,
+    address: BridgeAddress,
+    *,
+    vendor: str = "snom",
+    default_labels: Mapping[str, str] | None = None,
+) -> bytes:
+    """The document of ``vendor`` (a key of ``VENDORS``) for ``phone``; ``default_labels``:
+    labels for keys ``snom.labels`` does not name (FreePBX's feature codes and park slots)."""
+    if vendor == "yealink":
+        return yealink_document(config, phone, extensions, address, default_labels)
+    if vendor == "poly":
+        return poly_document(config, phone, extensions, address, default_labels)
+    return snom_document(config, phone, extensions, policy, address, default_labels=default_labels)

@@ -2,7 +2,7 @@
 
 The format is Snom's provisioning XML (``<settings>`` holding ``<phone-settings>`` and
 ``<functionKeys>``); the settings it writes and where they are documented are listed in
-README.md ("Provisioning Snom phones"). lxml writes the document, so every label and value is
+docs/PROVISIONING.md. lxml writes the document, so every label and value is
 escaped; characters XML 1.0 cannot carry at all are dropped.
 """
 
@@ -32,6 +32,12 @@ class BridgeAddress:
         host = f"[{self.host}]" if ":" in self.host else self.host
         params = ";user=phone" + ("" if self.transport == "udp" else f";transport={self.transport}")
         return f"sip:{exten}@{host}:{self.port}{params}"
+
+    def list_uri(self, name: str) -> str:
+        """The SIP URI of a resource list at the bridge (a name, not a number: no user=phone)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        params = "" if self.transport == "udp" else f";transport={self.transport}"
+        return f"sip:{name}@{host}:{self.port}{params}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +72,7 @@ def plan_keys(
     taken = {key for key, _ in buttons}
     keys = [FunctionKey(key, label, f"button {key}") for key, label in buttons]
     idx = first_key
-    for exten in sorted(set(extensions) - {phone}, key=_natural):
+    for exten in sorted(set(extensions) - {phone}, key=natural):
         while idx in taken:
             idx += 1
         value = blf_value(exten, address, pickup_code(exten))
@@ -106,6 +112,6 @@ def _xml(text: str) -> str:
     return _NOT_XML.sub("", text)
 
 
-def _natural(exten: str) -> tuple[int, int, str]:
+def natural(exten: str) -> tuple[int, int, str]:
     """201 before 1000 before 'night': numbers by value, names after them."""
     return (0, int(exten), "") if exten.isdigit() else (1, 0, exten)

@@ -1,4 +1,5 @@
-"""``/snom/<phone>.xml`` for a running bridge: the same document as ``snom-keys``, with the
+"""``/snom/<phone>.xml``, ``/yealink/<phone>.cfg`` and ``/poly/<phone>.xml`` for a running
+bridge: the same documents as ``snom-keys``, ``yealink-keys`` and ``poly-keys``, with the
 extensions Asterisk gave the bridge, the pickup groups it learned, and its current
 configuration (a reload is taken at the next fetch)."""
 
@@ -12,7 +13,13 @@ from typing import Protocol
 
 from bridge.config import Config
 from bridge.pickup import PickupPolicy
-from bridge.provision.site import ProvisionError, bridge_address, known_phones, snom_document
+from bridge.provision.site import (
+    ProvisionError,
+    bridge_address,
+    freepbx_label,
+    known_phones,
+    phone_document,
+)
 from bridge.sip.transport import local_address_towards
 from bridge.web.status import StatusView
 
@@ -48,13 +55,18 @@ class SnomDocuments:
 
     bridge: RunningBridge
 
-    def answer(self, phone: str, remote: str) -> SnomAnswer:
-        """The document for ``phone`` asked from address ``remote``. Only addresses in
-        ``security.allow`` get one (the phones, which may talk to the bridge anyway)."""
+    def answer(self, phone: str, remote: str, vendor: str = "snom") -> SnomAnswer:
+        """The ``vendor``'s document for ``phone`` asked from address ``remote``. Only
+        addresses in ``security.allow`` get one (the phones, which may talk to the bridge
+        anyway)."""
         config = self.bridge.config
         if not _allowed(remote, config.security.allow):
             return SnomAnswer(403, b"not in security.allow\n")
-        extensions = [e.exten for e in self.bridge.status.entities()]
+        # A key of another context ("71@park-hints", "*76201@ext-dnd-hints") is subscribed to
+        # by its number: Asterisk's and the bridge's resolution find its context from the phone.
+        keys = [e.exten for e in self.bridge.status.entities()]
+        extensions = list(dict.fromkeys(k.partition("@")[0] for k in keys))
+        labels = {k.partition("@")[0]: label for k in keys if (label := freepbx_label(k))}
         if phone not in known_phones(config, extensions):
             return SnomAnswer(404, f"no phone {phone!r} known to the bridge\n".encode())
         try:
@@ -64,7 +76,9 @@ class SnomDocuments:
         if address.port == 0:  # listening on "any port": the one it got
             address = dataclasses.replace(address, port=self.bridge.bound(address.transport)[1])
         policy = self.bridge.policy
-        return SnomAnswer(200, snom_document(config, phone, extensions, policy, address))
+        document = phone_document(config, phone, extensions, policy, address, vendor=vendor,
+                                  default_labels=labels)  # fmt: skip
+        return SnomAnswer(200, document)
 
 
 def _allowed(remote: str, networks: Sequence[str]) -> bool:

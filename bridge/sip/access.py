@@ -15,9 +15,10 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from bridge.sip.headers import ParseError, parse_uri
 from bridge.sip.log_limit import LogLimiter
 
-__all__ = ["AccessLimits", "Admission", "SourceGate"]
+__all__ = ["AccessLimits", "Admission", "BridgeNames", "SourceGate"]
 
 log = logging.getLogger("bridge.sip")
 
@@ -38,6 +39,41 @@ class AccessLimits:
     subscriptions_per_source: int = 0
     subscriptions_total: int = 0
     retry_after: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeNames:
+    """What names this bridge in a digest answer's ``uri`` besides the Request-URI itself: its
+    SIP domain(s) (``sip.domain``, each ``[[asterisk]]`` domain) and the hosts and ports it
+    listens on, sip or sips, with or without a user part (which must then be the Request-URI's
+    user, so an answer for one key never opens another; a refresh to our Contact has none).
+    Pjsip compares no URI at all."""
+
+    domains: frozenset[str] = frozenset()  # host or host:port, lower case
+    hosts: frozenset[str] = frozenset()  # listening or Contact hosts, lower case, no brackets
+    ports: frozenset[int] = frozenset()
+
+    def named(self, text: str, request_user: str | None,
+              here: tuple[str, int] | None = None) -> bool:  # fmt: skip
+        """Whether the URI ``text`` names this bridge; ``here``: the local address the request
+        came to (a wildcard listener's real address, a port bound at start)."""
+        try:
+            uri = parse_uri(text)
+        except ParseError:
+            return False
+        if uri.scheme not in ("sip", "sips"):
+            return False
+        # A refresh goes to our Contact (no user): its dialog, not its URI, names the key.
+        if uri.user is not None and request_user is not None and uri.user != request_user:
+            return False
+        host = uri.host.lower().strip("[]")
+        where = host if uri.port is None else f"{host}:{uri.port}"
+        if host in self.domains or where in self.domains:
+            return True
+        hosts, ports = self.hosts, self.ports
+        if here is not None:
+            hosts, ports = hosts | {here[0].lower().strip("[]")}, ports | {here[1]}
+        return host in hosts and (uri.port is None or uri.port in ports)
 
 
 @dataclass(slots=True)

@@ -6,7 +6,9 @@ first challenge and knows only MD5 (SIPp does exactly that) can answer, and a cl
 only SHA-256 finds it. Which one a Snom in the field picks has not been seen on a wire; RFC 7616
 §3.7 tells clients to take the first they support, so with MD5 first they use MD5. Only the
 offered algorithms are accepted. The ``uri`` of an answer must be the Request-URI of the request
-it comes with (RFC 7616 §3.4.6), so an answer captured for one resource cannot open another.
+it comes with (RFC 7616 §3.4.6), or name this bridge (``also``, see ``bridge.sip.access``): a
+client signs ``sip:<host>:<port>`` (SIPp), a proxy rewrites the Request-URI after the phone
+signed it; an answer for another resource (another user part) still cannot open this one.
 Nonces carry their own time stamp, a random part and an HMAC over both and the
 phone's address, so they need no table to be checked; only the nonce counts seen are kept, to
 refuse a replayed answer. A nonce expires after ``nonce_lifetime`` seconds (the phone is then
@@ -20,6 +22,7 @@ import hmac
 import re
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -34,6 +37,7 @@ __all__ = [
 ]
 
 _ALGORITHMS = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}
+WRONG_URI_REASON = "Authorization uri names neither the Request-URI nor this bridge"
 ALGORITHMS = tuple(_ALGORITHMS)  # the names security.digest_algorithms may list
 DEFAULT_ALGORITHMS = ("MD5", "SHA-256")
 _PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))\s*(?:,|$)')
@@ -116,10 +120,17 @@ class DigestAuthenticator:
         ]
 
     def check(
-        self, authorization: str | None, method: str, host: str, now: float, uri: str | None = None
+        self,
+        authorization: str | None,
+        method: str,
+        host: str,
+        now: float,
+        uri: str | None = None,
+        *,
+        also: Callable[[str], bool] | None = None,
     ) -> Outcome:
         """Judge one request's Authorization header (``host``: where it came from; ``uri``: its
-        Request-URI, which the answer's ``uri`` must equal)."""
+        Request-URI, which the answer's ``uri`` must equal, unless ``also`` accepts it)."""
         if authorization is None:
             return Outcome(Verdict.MISSING)
         p = parse_credentials(authorization)
@@ -134,8 +145,8 @@ class DigestAuthenticator:
         issued = self._issued(p["nonce"], host)
         if issued is None:
             return Outcome(Verdict.MISSING, reason="nonce not issued to this address")
-        if uri is not None and p["uri"] != uri:
-            return Outcome(Verdict.WRONG_URI, p["username"], "uri is not the Request-URI")
+        if uri is not None and p["uri"] != uri and (also is None or not also(p["uri"])):
+            return Outcome(Verdict.WRONG_URI, p["username"], WRONG_URI_REASON)
         user, password = p["username"], self._users.get(p["username"])
         expected = _response(algorithm, (user, self.realm, password or ""), method, p)
         if password is None or not hmac.compare_digest(expected, p["response"].lower()):

@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.sip.access import SourceGate
+from bridge.sip.access import BridgeNames, SourceGate
 from bridge.sip.digest import DigestAuthenticator, Verdict
+from bridge.sip.list_subscription import EVENTLIST, ListDefinition, ListState
 from bridge.sip.message import (
     ParseError,
     Request,
@@ -29,11 +30,13 @@ from bridge.sip.message import (
 )
 from bridge.sip.subscription import (
     DialogKey,
+    ListBatch,
     NotifierSettings,
     NotifyTransaction,
     Peer,
     Subscription,
     SubscriptionSnapshot,
+    Transport,
     WatcherKey,
     contact_uri,
 )
@@ -45,10 +48,12 @@ from bridge.sip.uas import (
     SentAnswer,
     screen_request,
     screen_subscribe,
+    supports_eventlist,
 )
 
 __all__ = [
     "DocumentSource",
+    "ListSource",
     "Notifier",
     "NotifierSettings",
     "NotifierStats",
@@ -59,14 +64,20 @@ __all__ = [
 
 logger = logging.getLogger("bridge.sip")
 
-# Before the first sync with Asterisk nobody knows which extensions exist: a phone asking then
-# is told to come back (503 + Retry-After) rather than that its extension does not exist (404).
+# Before the first sync with Asterisk nobody knows which extensions exist: a SUBSCRIBE for one
+# not known yet is accepted (a neutral NOTIFY, then the state once known, or a final NOTIFY with
+# reason=noresource once the sync says there is no such key). A phone that ignores Retry-After
+# (a Snom waits retry_after_failed_subscribe, often 600 s) would leave its key dark otherwise.
+# Keys being waited for are bounded (a source that never syncs, From users anyone may choose):
+# past MAX_PENDING_RESOURCES distinct ones, a new one is told to come back (503 + Retry-After).
+MAX_PENDING_RESOURCES = 1000
 NOT_READY_RETRY_AFTER = 5
 # A NOTIFY to a UDP address that has never answered one is sent twice (at 0 and T1) and given
 # up at 3*T1, not retransmitted for 32 s: the source of a SUBSCRIBE may be forged, and what an
 # unverified address receives must stay a small multiple of what was sent in its name.
 UNVERIFIED_TIMEOUT_T1 = 3
 _MAX_VERIFIED = 65536  # addresses known to receive our NOTIFYs (least recently used forgotten)
+LIST_LABEL = "list:"  # a list subscription's resource label (not a key: never in _by_resource)
 
 
 class SupportsBody(Protocol):
@@ -92,6 +103,22 @@ class DocumentSource(Protocol):
 
     def document(self, resource: str, watcher: str) -> SupportsBody:
         """The current state of a known resource, as this watcher may see it."""
+        ...
+
+
+class ListSource(Protocol):
+    """Where RFC 4662 resource lists come from (the core's list directory)."""
+
+    def find_list(self, user: str, watcher: str, domain: str) -> ListDefinition | None:
+        """The list a SUBSCRIBE's Request-URI user names at ``domain``, or None (no list)."""
+        ...
+
+    def list_uri(self, name: str, domain: str) -> str:
+        """The list's URI written into its RLMI documents."""
+        ...
+
+    def resource_uri(self, resource: str) -> str:
+        """A member key's URI in the RLMI document (its dialog-info entity)."""
         ...
 
 
@@ -122,7 +149,10 @@ class _FanOut:
     """One change of a resource still to be told to its watchers, walked a slice at a time.
 
     ``generation`` is the resource's change counter when it was made: a watcher already told
-    that generation (a refresh or a 200 sent it the newest state meanwhile) is skipped.
+    that generation (a refresh or a 200 sent it the newest state meanwhile) is skipped. List
+    subscriptions ride along (those of the resource's lists that send at once, or, under
+    ``LIST_LABEL``, those whose gathering interval ended): one is skipped once it has nothing
+    left to carry (``ListState.has_news``).
     """
 
     resource: str
@@ -166,20 +196,28 @@ class Notifier:
         *,
         gate: SourceGate | None = None,
         auth: DigestAuthenticator | None = None,
+        lists: ListSource | None = None,
     ) -> None:
         self.settings = settings = settings or NotifierSettings()
         self._source = source
+        self.lists = lists  # None: no resource lists (every SUBSCRIBE names one key)
         self.gate = gate or SourceGate()
         self.auth = auth  # None: phones are known by the user part of their From URI
+        self.names = BridgeNames()  # what a digest answer's uri may name besides the Request-URI
         self._contacts = dict(settings.contacts)
         self._subs: dict[DialogKey, Subscription] = {}
         self._by_resource: dict[str, dict[DialogKey, Subscription]] = {}
+        # List subscriptions by each of their member keys (they are not in _by_resource).
+        self._by_member: dict[str, dict[DialogKey, Subscription]] = {}
+        self._boundary = f"blf-list-{secrets.token_hex(8)}"  # of every list body (RFC 2046)
         # One subscription per watcher: a phone that re-subscribes under a new Call-ID without
         # ending the old dialog (a reboot, a lost 200) replaces it instead of doubling up.
         self._by_watcher: dict[WatcherKey, Subscription] = {}
         self._client_tx: dict[str, NotifyTransaction] = {}  # by Via branch
         self._answers = ResponseCache(64 * settings.t1)
-        self._timers: TimerQueue[Subscription | NotifyTransaction | _TimerBatch] = TimerQueue()
+        self._timers: TimerQueue[Subscription | NotifyTransaction | _TimerBatch | ListBatch] = (
+            TimerQueue()
+        )
         self._batches: dict[float, _TimerBatch] = {}  # by deadline, until it comes
         self._active: dict[int, bytes] = {}  # Subscription-State by seconds left
         self._out: list[tuple[bytes, Peer]] = []  # urgent: answers, single NOTIFYs, resends
@@ -198,7 +236,13 @@ class Notifier:
         # What the store has not heard yet: subscriptions to (re)write, dialogs to delete.
         self._changed: dict[DialogKey, Subscription] = {}
         self._removed: set[DialogKey] = set()
-        self.ready = True  # False: the document source cannot tell yet which resources exist
+        # Whether the document source can tell yet if a resource exists (False for a PBX that
+        # has not finished its first sync): an unknown one is then pending, not a 404.
+        self.settled: Callable[[str], bool] = _always
+        self._pending: set[str] = set()  # watched resources not known yet (bounded, see above)
+        # A deadline was set by a resource change (a list's gathering interval): the glue, which
+        # re-arms its one timer only after sending something, must re-arm it now.
+        self._timer_moved = False
         self.notifies_sent = 0  # NOTIFY transactions started (retransmissions not counted)
         self.notifies_failed = 0  # ended by a failure response or a timeout
         self._per_source: dict[str, int] = {}  # active subscriptions per source address
@@ -265,20 +309,32 @@ class Notifier:
 
         Nothing is built here: the NOTIFYs are made one by one as ``drain()`` hands them out, so
         the first leaves before the last is built. ``ringing``: a state a watcher may pick up,
-        told before the other changes waiting.
+        told before the other changes waiting. Its watchers through a list are told in the
+        same walk, or when the list's gathering interval ends (``batch_interval``).
         """
+        walk: list[Subscription] = []
         subs = self._by_resource.get(resource)
-        if not subs:
-            return
-        if not self._source.knows(resource):
-            for sub in list(subs.values()):
-                self._terminate(sub, now, "noresource")
+        if subs:
+            if self._source.knows(resource):
+                self._pending.discard(resource)
+                walk.extend(subs.values())
+            elif self.settled(resource):
+                self._pending.discard(resource)
+                for sub in list(subs.values()):
+                    self._terminate(sub, now, "noresource")
+            # else still not known: its watchers keep their neutral state
+        members = self._by_member.get(resource)
+        if members:
+            for sub in members.values():
+                if self._list_member_changed(sub, resource, now, ringing=ringing):
+                    walk.append(sub)
+        if not walk:
             return
         generation = self._generation[resource] = self._generation.get(resource, 0) + 1
         older = self._fanouts.get(resource)
         if older is not None:
             older.at = len(older.watchers)  # ends: the new walk tells everyone the newest state
-        fanout = self._fanouts[resource] = _FanOut(resource, list(subs.values()), generation, now)
+        fanout = self._fanouts[resource] = _FanOut(resource, walk, generation, now)
         (self._ringing if ringing else self._rest).append(fanout)
 
     def outgoing(self) -> list[tuple[bytes, Peer]]:
@@ -316,6 +372,15 @@ class Notifier:
             while fanout.at < end and left:
                 sub = watchers[fanout.at]
                 fanout.at += 1
+                if sub.rlist is not None:  # a list: its body is built here, for this NOTIFY
+                    if sub.state != "active" or not sub.rlist.has_news:
+                        continue  # ended, or a NOTIFY has carried what it gathered already
+                    if sub.in_flight is not None:
+                        sub.dirty = True
+                        continue
+                    left -= 1
+                    yield self._notify(sub, when)
+                    continue
                 if sub.state != "active" or sub.told >= generation:
                     continue  # ended, or told this state already
                 if sub.in_flight is not None:
@@ -329,6 +394,10 @@ class Notifier:
                 if self._fanouts.get(resource) is fanout:
                     del self._fanouts[resource]
 
+    def take_timer_moved(self) -> bool:
+        """Whether ``next_timer()`` moved without anything to send (since last asked)."""
+        moved, self._timer_moved = self._timer_moved, False
+        return moved
 
     @property
     def has_outgoing(self) -> bool:
@@ -348,7 +417,10 @@ class Notifier:
         return min(timer, answers)
 
     def handle_timer(self, now: float) -> None:
-        """Run every timer due at `now`: retransmissions, transaction timeouts, expiries."""
+        """Run every timer due at `now`: retransmissions, transaction timeouts, expiries, and
+        lists' gathering intervals (their NOTIFYs go out through ``drain()``, like a fan-out's)."""
+        due: list[Subscription] = []
+        due_ringing: list[Subscription] = []
         while (obj := self._timers.pop_due(now)) is not None:
             if isinstance(obj, _TimerBatch):
                 if self._batches.get(obj.due_at) is obj:
@@ -359,10 +431,17 @@ class Notifier:
                         self._on_transaction_timer(tx, now)
             elif isinstance(obj, NotifyTransaction):
                 self._on_transaction_timer(obj, now)
+            elif isinstance(obj, ListBatch):
+                if self._list_batch_due(obj.subscription):
+                    (due_ringing if obj.ringing else due).append(obj.subscription)
             else:
                 self._log(now, logging.INFO, None, "subscription %s to %s expired",
                           obj.key[0], obj.resource)  # fmt: skip
                 self._terminate(obj, now, "timeout")
+        if due_ringing:
+            self._ringing.append(_FanOut(LIST_LABEL, due_ringing, 0, now))
+        if due:
+            self._rest.append(_FanOut(LIST_LABEL, due, 0, now))
         self._answers.expire(now)
 
     def stats(self) -> NotifierStats:
@@ -379,7 +458,9 @@ class Notifier:
 
     def take_changes(self, now: float) -> tuple[list[SubscriptionSnapshot], list[DialogKey]]:
         """What changed for the store since the last call: snapshots to write, keys to delete."""
-        changed = [sub.snapshot(now) for sub in self._changed.values()]
+        # List subscriptions are not stored: after a restart their phones subscribe anew (a
+        # refresh gets 481), since the lists themselves are read again from Asterisk first.
+        changed = [sub.snapshot(now) for sub in self._changed.values() if sub.rlist is None]
         removed = list(self._removed)
         self._changed.clear()
         self._removed.clear()
@@ -398,11 +479,13 @@ class Notifier:
         """
         self._changed.clear()
         self._removed.clear()
-        return [sub.snapshot(now, exact=exact) for sub in self._subs.values()]
+        return [sub.snapshot(now, exact=exact) for sub in self._subs.values() if sub.rlist is None]
 
     def resources(self) -> list[str]:
-        """Resources that have watchers now."""
-        return list(self._by_resource)
+        """Resources that have watchers now (keys watched through a list included)."""
+        if not self._by_member:
+            return list(self._by_resource)
+        return list(dict.fromkeys([*self._by_resource, *self._by_member]))
 
     def restore(self, snapshots: list[SubscriptionSnapshot], now: float) -> int:
         """Take over subscriptions of an earlier process; returns how many were resumed.
@@ -435,6 +518,16 @@ class Notifier:
             for s in self._by_resource.get(resource, {}).values()
         ]
 
+    def flow_of(self, watcher: str, transport: Transport, host: str) -> Peer | None:
+        """The connection an active subscription of ``watcher`` came over, by ``transport``
+        from ``host``: where a request to that phone goes first (the LED MESSAGEs)."""
+        for sub in self._subs.values():
+            peer = sub.peer
+            if (sub.watcher == watcher and sub.state == "active" and peer.transport == transport
+                    and peer.host == host):  # fmt: skip
+                return peer
+        return None
+
     def end_watchers(self, keep: Callable[[str], bool], now: float, reason: str) -> int:
         """End (with a final NOTIFY saying ``reason``) every subscription whose watcher ``keep``
         refuses, e.g. a user removed from the credentials table; returns how many."""
@@ -447,7 +540,18 @@ class Notifier:
                           ) -> int:  # fmt: skip
         """End (final NOTIFY saying ``reason``) every subscription for which
         ``ends(watcher, resource)`` holds; returns how many."""
-        gone = [sub for sub in self._subs.values() if ends(sub.watcher, sub.resource)]
+        gone = [sub for sub in self._subs.values()
+                if sub.rlist is None and ends(sub.watcher, sub.resource)]  # fmt: skip
+        for sub in gone:
+            self._terminate(sub, now, reason)
+        return len(gone)
+
+    def end_list_subscriptions(self, names: set[str], now: float, reason: str) -> int:
+        """End (final NOTIFY saying ``reason``) the subscriptions to the lists named, e.g. a
+        list Asterisk changed: with ``deactivated`` the phones subscribe again at once and
+        get the new list. Returns how many ended."""
+        gone = [sub for sub in self._subs.values()
+                if sub.rlist is not None and sub.rlist.name in names]  # fmt: skip
         for sub in gone:
             self._terminate(sub, now, reason)
         return len(gone)
@@ -501,7 +605,8 @@ class Notifier:
             if sent.data:
                 self._out.append((sent.data, peer))
             else:
-                self._accept(_Exchange(req, peer, now, None), sent.to_tag, sent.expires)
+                self._accept(_Exchange(req, peer, now, None), sent.to_tag, sent.expires,
+                             eventlist=sent.eventlist)  # fmt: skip
             return
         answer = screen_request(req)
         if answer is not None:
@@ -528,13 +633,18 @@ class Notifier:
         user part of the From URI. None when the request has been answered (401/403/503)."""
         if self.auth is None:
             return x.req.from_addr().uri.user or ""
+        authorization, also = x.req.headers.get("Authorization"), self._names_us
         outcome = self.auth.check(
-            x.req.headers.get("Authorization"), x.req.method, x.peer.host, x.now, x.req.uri
+            authorization, x.req.method, x.peer.host, x.now, x.req.uri, also=lambda u: also(u, x)
         )
         if outcome.verdict is Verdict.OK:
             return outcome.user
         if outcome.verdict is Verdict.WRONG_URI:
-            self._answer(x, Answer(400, problem="Authorization uri is not the Request-URI"))
+            self._log(x.now, logging.WARNING, ("auth uri", x.peer.host), "refusing a digest answer "
+                      "from %s signed for another URI than %s or this bridge (%s)", x.peer,
+                      x.req.uri, ", ".join(sorted(self.names.domains)) or "no sip.domain set"
+                      )  # fmt: skip
+            self._answer(x, Answer(400, problem=outcome.reason))
             return None
         if outcome.verdict is Verdict.FORBIDDEN:
             self._log(x.now, logging.WARNING, ("auth", x.peer.host),
@@ -556,7 +666,12 @@ class Notifier:
         return None
 
     def _answer(
-        self, x: _Exchange, answer: Answer, to_tag: str = "", expires: int | None = None
+        self,
+        x: _Exchange,
+        answer: Answer,
+        to_tag: str = "",
+        expires: int | None = None,
+        eventlist: bool = False,
     ) -> None:
         """Send (and cache, for retransmissions) the answer to a request; ``expires`` when it
         accepts a SUBSCRIBE (the cache then keeps how to build it again, not its bytes)."""
@@ -577,21 +692,26 @@ class Notifier:
             if expires is None:
                 self._answers.put(x.key, SentAnswer(call_id, data), x.now)
             else:
-                self._answers.put(x.key, SentAnswer(call_id, to_tag=to_tag, expires=expires), x.now)
+                sent = SentAnswer(call_id, to_tag=to_tag, expires=expires, eventlist=eventlist)
+                self._answers.put(x.key, sent, x.now)
         if answer.status >= 300:
             self._log(x.now, logging.INFO, (f"answer {answer.status}", x.peer.host), "%s from %s: "
                       "%d %s", x.req.method, x.peer, answer.status, response.reason)  # fmt: skip
 
-    def _accept(self, x: _Exchange, to_tag: str, expires: int) -> None:
-        """Send the 200 for a SUBSCRIBE (the NOTIFY must follow it, never precede it)."""
+    def _accept(self, x: _Exchange, to_tag: str, expires: int, *, eventlist: bool = False
+                ) -> None:  # fmt: skip
+        """Send the 200 for a SUBSCRIBE (the NOTIFY must follow it, never precede it);
+        ``eventlist``: it subscribes to a list (RFC 4662 §5.1: Require: eventlist)."""
         host, port = self.contact_for(x.peer)
         headers = [
             ("Expires", str(expires)),
             ("Contact", contact_uri(x.peer.transport, host, port)),
         ]
+        if eventlist:
+            headers.append(("Require", EVENTLIST))
         # RFC 3261 §12.1.1: Record-Route is copied into the answer that creates the dialog.
         headers += [("Record-Route", r) for r in x.req.list_values("Record-Route")]
-        self._answer(x, Answer(200, tuple(headers)), to_tag, expires)
+        self._answer(x, Answer(200, tuple(headers)), to_tag, expires, eventlist)
 
     def _new_subscription(self, x: _Exchange, from_tag: str, expires: int, watcher: str) -> None:
         req, now = x.req, x.now
@@ -607,15 +727,31 @@ class Notifier:
             return
         uri = req.request_uri()
         user = uri.user
+        rlist = None
         resource = None if user is None else self._source.resolve(user, watcher, uri.host)
+        if user is not None and self.lists is not None:
+            definition = self.lists.find_list(user, watcher, uri.host)
+            if definition is not None and supports_eventlist(req):
+                rlist = self._expand(definition, watcher, uri.host)
+                resource = LIST_LABEL + rlist.name
+            elif definition is not None and not (resource and self._source.knows(resource)):
+                # RFC 4662 §5.1: a list is only served to who says it understands lists. (A
+                # key of the same name is served as a key, as Asterisk does.)
+                self._answer(x, Answer(421, (("Require", EVENTLIST),)))
+                return
         if resource is not None:
             resource = sys.intern(resource)  # one copy per extension, not per subscription
-        if resource is None or not self._source.knows(resource):
-            if resource is not None and not self.ready:
-                self._answer(x, Answer(503, (("Retry-After", str(NOT_READY_RETRY_AFTER)),)))
-            else:
+        pending = False
+        if resource is None or (rlist is None and not self._source.knows(resource)):
+            if resource is None or self.settled(resource):
                 self._answer(x, Answer(404))
-            return
+                return
+            # Not known yet: accepted, told a neutral state now and the real one (or its end,
+            # noresource) once the PBX has told its keys.
+            if resource not in self._pending and len(self._pending) >= MAX_PENDING_RESOURCES:
+                self._answer(x, Answer(503, (("Retry-After", str(NOT_READY_RETRY_AFTER)),)))
+                return
+            pending = True
         event, contact = req.event(), req.contact()
         assert event is not None and contact is not None  # screen_subscribe checked them
         local_tag = secrets.token_hex(8)
@@ -632,9 +768,10 @@ class Notifier:
             expires_at=now + expires,
             remote_cseq=req.cseq().seq,
             watcher=watcher,
+            rlist=rlist,
         )
         self._build_template(sub)
-        self._accept(x, sub.key[2], expires)
+        self._accept(x, sub.key[2], expires, eventlist=rlist is not None)
         if expires == 0:
             # A fetch (RFC 6665 §4.4.3): one NOTIFY with the state, then done. Sent once and
             # forgotten, never retransmitted: nothing is kept per fetch but the cached 200, and
@@ -643,8 +780,10 @@ class Notifier:
             self._send_notify(sub, now, once=True)
             return
         self._index(sub, now)
-        self._log(now, logging.INFO, None, "%s subscribed to %s for %d s", x.peer, resource,
-                  expires)  # fmt: skip
+        if pending:
+            self._pending.add(resource)
+        self._log(now, logging.INFO, None, "%s subscribed to %s for %d s%s", x.peer, resource,
+                  expires, " (not known yet: waiting for the sync)" if pending else "")  # fmt: skip
         self._send_notify(sub, now)
 
     def _index(self, sub: Subscription, now: float) -> None:
@@ -655,7 +794,11 @@ class Notifier:
                       "one is dropped", sub.peer, sub.resource)  # fmt: skip
             self._terminate(older, now, "", notify=False)  # the phone has forgotten it
         self._subs[sub.key] = sub
-        self._by_resource.setdefault(sub.resource, {})[sub.key] = sub
+        if sub.rlist is None:
+            self._by_resource.setdefault(sub.resource, {})[sub.key] = sub
+        else:
+            for member in sub.rlist.member_resources():
+                self._by_member.setdefault(member, {})[sub.key] = sub
         self._by_watcher[sub.watcher_key()] = sub
         sub.source = sub.peer.host
         self._per_source[sub.source] = self._per_source.get(sub.source, 0) + 1
@@ -680,7 +823,9 @@ class Notifier:
             sub.target = contact.uri.raw  # SUBSCRIBE is a target refresh request (RFC 6665)
             self._by_watcher[sub.watcher_key()] = sub
         self._build_template(sub)
-        self._accept(x, sub.key[2], expires)
+        self._accept(x, sub.key[2], expires, eventlist=sub.rlist is not None)
+        if sub.rlist is not None:
+            sub.rlist.pending = None  # a refresh is answered with the full state
         if expires == 0:
             self._log(x.now, logging.INFO, None, "%s unsubscribed from %s", x.peer, sub.resource)
             self._terminate(sub, x.now, "timeout")
@@ -692,6 +837,15 @@ class Notifier:
             sub.dirty = True  # coalesce: one NOTIFY with the newest state after the current one
         else:
             self._send_notify(sub, x.now)
+
+    def _names_us(self, uri: str, x: _Exchange) -> bool:
+        """Whether a digest answer's ``uri`` names this bridge (its domain or an address it
+        listens on, as configured, bound, or as this request reached it)."""
+        names = self.names
+        bound = self._contacts.values()
+        names = BridgeNames(names.domains, names.hosts | {h.lower() for h, _ in bound},
+                            names.ports | {p for _, p in bound})  # fmt: skip
+        return names.named(uri, x.req.request_uri().user, x.peer.local)
 
     def _from_owner(self, x: _Exchange, sub: Subscription) -> bool:
         """Whether a refresh may touch this subscription; if not, it has been answered.
@@ -740,8 +894,17 @@ class Notifier:
         self, sub: Subscription, now: float, doc: SupportsBody | None = None, *, once: bool = False
     ) -> tuple[bytes, Peer]:
         """The next NOTIFY of ``sub`` and where it goes, its transaction started."""
-        body = b""
-        if doc is not None or self._source.knows(sub.resource):
+        body, ctype = b"", ""
+        resource = sub.resource
+        if sub.rlist is not None:
+            rlist = sub.rlist
+            ctype, body = rlist.next_body(sub.version, lambda r: self._member_document(sub, r))
+            sub.version += 1
+            if isinstance(rlist.batch, ListBatch):
+                self._timers.cancel(rlist.batch)  # what it gathered goes now
+                rlist.batch.ringing = False
+        # A key not known yet gets its neutral (no dialogs) body; a gone one's final NOTIFY none.
+        elif doc is not None or self._source.knows(resource) or not self.settled(resource):
             body = (doc or self._source.document(sub.resource, sub.watcher)).body(sub.version)
             sub.version += 1
         final = sub.state != "active"
@@ -760,7 +923,7 @@ class Notifier:
             self._changed[sub.key] = sub
         branch = f"{self._branch_prefix}{next(self._branch_counter):x}"
         assert sub.template is not None
-        data = sub.template.render(sub, branch, state, body)
+        data = sub.template.render(sub, branch, state, body, ctype)
         self.notifies_sent += 1
         peer = sub.peer
         if once:
@@ -797,6 +960,8 @@ class Notifier:
         self._removed.add(sub.key)
         if self._by_watcher.get(sub.watcher_key()) is sub:
             del self._by_watcher[sub.watcher_key()]
+        if sub.rlist is not None:
+            self._unindex_list(sub)
         left = self._per_source.get(sub.source, 0) - 1
         if left > 0:
             self._per_source[sub.source] = left
@@ -806,6 +971,7 @@ class Notifier:
         watchers.pop(sub.key, None)
         if not watchers:
             self._by_resource.pop(sub.resource, None)
+            self._pending.discard(sub.resource)
         self._timers.cancel(sub)
         if not notify:
             sub.state = "gone"
@@ -864,7 +1030,11 @@ class Notifier:
                 self._verified.popitem(last=False)
         if status is not None and status < 300:
             if sub.state == "terminating" or (sub.state == "active" and sub.dirty):
-                self._send_notify(sub, now)
+                if sub.rlist is not None and sub.state == "active" and sub.rlist.batch_interval:
+                    if self._list_member_changed(sub, None, now):  # gathers again, then sends
+                        self._send_notify(sub, now)
+                elif sub.rlist is None or sub.state != "active" or sub.rlist.has_news:
+                    self._send_notify(sub, now)
             return
         self.notifies_failed += 1
         # RFC 6665 §4.2.2: a NOTIFY that times out or gets a failure response ends the
@@ -876,3 +1046,82 @@ class Notifier:
                   tx.peer, sub.resource, outcome)  # fmt: skip
         self._terminate(sub, now, "", notify=False)
         sub.state = "gone"
+
+    # ----------------------------------------------------------------- resource lists
+
+    def _expand(self, definition: ListDefinition, watcher: str, domain: str) -> ListState:
+        """A list subscription's members: each item as this watcher's SUBSCRIBE for it would
+        name it (tenants, several PBXs); items that name no key are left out, logged. A key
+        that cannot be watched now is listed as a terminated instance until it can."""
+        assert self.lists is not None
+        members: list[tuple[str, str, str]] = []
+        for item in definition.items:
+            resource = self._source.resolve(item, watcher, domain)
+            if resource is None:
+                logger.info("list %s: item %s names no key for %s; left out", definition.name,
+                            item, watcher or "anyone")  # fmt: skip
+                continue
+            resource = sys.intern(resource)
+            members.append((resource, self.lists.resource_uri(resource), item))
+        uri = self.lists.list_uri(definition.name, domain)
+        return ListState.expand(definition, uri, members, self._boundary)
+
+    def _member_document(self, sub: Subscription, resource: str) -> SupportsBody | None:
+        if not self._source.knows(resource):
+            return None
+        return self._source.document(resource, sub.watcher)
+
+    def _list_member_changed(
+        self, sub: Subscription, resource: str | None, now: float, *, ringing: bool = False
+    ) -> bool:
+        """A member of a list subscription changed (None: its last NOTIFY was answered while
+        more changes waited): gather for the list's interval, then one NOTIFY carries them.
+        True: the list sends at once (no interval), in the walk of the change's fan-out."""
+        rlist = sub.rlist
+        assert rlist is not None
+        if resource is not None:
+            rlist.changed(resource)
+        if sub.state != "active":
+            return False
+        if rlist.batch_interval <= 0:
+            if sub.in_flight is not None:
+                sub.dirty = True  # sent once the NOTIFY in flight is answered
+                return False
+            return True
+        batch = rlist.batch
+        if not isinstance(batch, ListBatch):
+            batch = rlist.batch = ListBatch(sub)
+        batch.ringing = batch.ringing or ringing  # what it gathers goes out with ringing keys
+        if sub.in_flight is not None:
+            sub.dirty = True  # sent (after gathering) once the NOTIFY in flight is answered
+            return False
+        if batch.timer_seq == NO_TIMER:  # not gathering yet: the first change starts it
+            self._timers.schedule(batch, now + rlist.batch_interval)
+            self._timer_moved = True
+        return False
+
+    def _list_batch_due(self, sub: Subscription) -> bool:
+        """A list's gathering interval ended: True when its NOTIFY is to go out now (in a walk
+        of the lists due, see ``handle_timer``)."""
+        rlist = sub.rlist
+        if rlist is None or sub.state != "active" or not rlist.has_news:
+            return False
+        if sub.in_flight is not None:
+            sub.dirty = True
+            return False
+        return True
+
+    def _unindex_list(self, sub: Subscription) -> None:
+        assert sub.rlist is not None
+        for member in sub.rlist.member_resources():
+            subs = self._by_member.get(member)
+            if subs is not None:
+                subs.pop(sub.key, None)
+                if not subs:
+                    del self._by_member[member]
+        if isinstance(sub.rlist.batch, ListBatch):
+            self._timers.cancel(sub.rlist.batch)
+
+
+def _always(resource: str) -> bool:
+    return True

@@ -6,16 +6,20 @@ import contextlib
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from bridge.sip.client_transaction import ClientTransaction
 from bridge.sip.headers import ParseError, parse_name_addr
 from bridge.sip.timers import NO_TIMER
 
+if TYPE_CHECKING:
+    from bridge.sip.list_subscription import ListState
+
 __all__ = [
     "SEQUENCE_LEASE",
     "STREAMS",
     "DialogKey",
+    "ListBatch",
     "NotifierSettings",
     "NotifyTemplate",
     "NotifyTransaction",
@@ -98,22 +102,33 @@ class NotifyTemplate:
         event: str,
         user_agent: str,
         content_type: str,
+        require: str = "",
     ) -> None:
         self._via = f"SIP/2.0/{transport.upper()} {host}:{port};rport;branch=".encode()
         contact = contact_uri(transport, host, port)
+        # A list subscription's NOTIFYs carry Require: eventlist (RFC 4662 §5.1).
+        required = f"\r\nRequire: {require}" if require else ""
         self._trailer = (
             f"\r\nMax-Forwards: 70\r\nContact: {contact}\r\nEvent: {event}"
-            f"\r\nUser-Agent: {user_agent}\r\nCSeq: "
+            f"\r\nUser-Agent: {user_agent}{required}\r\nCSeq: "
         ).encode()
         self._content_type = f"\r\nContent-Type: {content_type}".encode()
 
-    def render(self, sub: Subscription, branch: str, state: bytes, body: bytes) -> bytes:
-        """The NOTIFY's bytes at ``sub.cseq``; Content-Type only when there is a body."""
+    def render(
+        self, sub: Subscription, branch: str, state: bytes, body: bytes, content_type: str = ""
+    ) -> bytes:
+        """The NOTIFY's bytes at ``sub.cseq``; Content-Type only when there is a body
+        (``content_type``: this body's own, e.g. a list's multipart boundary and start)."""
+        if not body:
+            ctype = b""
+        elif content_type:
+            ctype = b"\r\nContent-Type: " + content_type.encode()
+        else:
+            ctype = self._content_type
         return b"".join((
             sub.request, self._via, branch.encode(), sub.dialog, self._trailer,
             b"%d NOTIFY\r\nSubscription-State: " % sub.cseq, state,
-            self._content_type if body else b"", b"\r\nContent-Length: %d\r\n\r\n" % len(body),
-            body,
+            ctype, b"\r\nContent-Length: %d\r\n\r\n" % len(body), body,
         ))  # fmt: skip
 
 
@@ -131,13 +146,21 @@ def dialog_lines(local: str, remote: str, call_id: str, route: tuple[str, ...]) 
 
 @functools.lru_cache(maxsize=1024)
 def notify_template(
-    transport: str, host: str, port: int, *, event: str, user_agent: str, content_type: str
+    transport: str,
+    host: str,
+    port: int,
+    *,
+    event: str,
+    user_agent: str,
+    content_type: str,
+    require: str = "",
 ) -> NotifyTemplate:
-    """The one template of these parameters (a handful exist: per transport, local address and
-    Event id)."""
+    """The one template of these parameters (a handful exist: per transport, local address,
+    Event id and list or not)."""
     return NotifyTemplate(
-        transport, host, port, event=event, user_agent=user_agent, content_type=content_type
-    )
+        transport, host, port, event=event, user_agent=user_agent, content_type=content_type,
+        require=require,
+    )  # fmt: skip
 
 
 def contact_uri(transport: str, host: str, port: int) -> str:
@@ -215,6 +238,8 @@ class Subscription:
     cseq_bound: int = 0  # end of the current CSeq lease (what the store was last told)
     version_bound: int = 0  # end of the current version lease
     timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue
+    # A subscription to an RFC 4662 resource list: its members and what they last sent.
+    rlist: ListState | None = None
 
     @classmethod
     def create(
@@ -234,8 +259,9 @@ class Subscription:
         watcher: str = "",
         cseq: int = 0,
         version: int = 0,
+        rlist: ListState | None = None,
     ) -> Subscription:
-        """A subscription, its NOTIFYs' dialog lines prepared."""
+        """A subscription, its NOTIFYs' dialog lines prepared; ``rlist``: to a resource list."""
         return cls(
             key=key,
             resource=resource,
@@ -250,6 +276,7 @@ class Subscription:
             watcher=watcher,
             cseq=cseq,
             version=version,
+            rlist=rlist,
         )
 
     @property
@@ -348,7 +375,17 @@ class Subscription:
             event=self.event,
             user_agent=user_agent,
             content_type=content_type,
+            require="eventlist" if self.rlist is not None else "",
         )
+
+
+@dataclass(eq=False, slots=True)
+class ListBatch:
+    """The timer entry of a list subscription's gathering interval (RFC 4662 lists)."""
+
+    subscription: Subscription
+    timer_seq: int = field(default=NO_TIMER, repr=False)  # see TimerQueue
+    ringing: bool = False  # it gathered a ringing change: its NOTIFY goes with ringing keys'
 
 
 class NotifyTransaction(ClientTransaction):

@@ -443,10 +443,11 @@ async def start_sip(
     """Bind the listeners. A notifier contact with port 0 gets the first bound port of its kind.
 
     ``tls_client`` is what the bridge dials a phone's TLS Contact with when the phone's own
-    connection is gone (default: ``phone_tls_context()``).
+    connection is gone, and an LED contact registered over TLS even without a TLS listener
+    (default: ``phone_tls_context()``).
     """
     loop = asyncio.get_running_loop()
-    if tls is not None and tls_client is None:
+    if tls_client is None:
         tls_client = phone_tls_context()
     service = SipService(notifier, max_datagram, max_message, limits, tls_client)
     try:

@@ -22,11 +22,14 @@ __all__ = [
     "granted_expires",
     "screen_request",
     "screen_subscribe",
+    "supports_eventlist",
 ]
 
 EVENT_PACKAGE = "dialog"
 ALLOW = "OPTIONS, SUBSCRIBE"
 ACCEPTABLE = ("application/dialog-info+xml", "application/*", "*/*")
+# What a list subscriber may accept instead (RFC 4662 §5): the multipart around the parts.
+LIST_ACCEPTABLE = ("multipart/related", "multipart/*", "application/rlmi+xml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,8 @@ def screen_subscribe(req: Request, settings: NotifierSettings, new: bool) -> int
             return Answer(489, (("Allow-Events", EVENT_PACKAGE),))
         if "Accept" in req.headers:
             types = {v.partition(";")[0].strip().lower() for v in req.list_values("Accept")}
-            if not types.intersection(ACCEPTABLE):
+            acceptable = ACCEPTABLE + (LIST_ACCEPTABLE if supports_eventlist(req) else ())
+            if not types.intersection(acceptable):
                 return Answer(406, (("Accept", ACCEPTABLE[0]),))
         contact = req.contact()  # parsed on refreshes too: a bad one is a 400 either way
         req.list_values("Record-Route")
@@ -102,6 +106,14 @@ def screen_subscribe(req: Request, settings: NotifierSettings, new: bool) -> int
     if new and contact is None:
         return Answer(400, problem="missing Contact")
     return granted_expires(req, settings)
+
+
+def supports_eventlist(req: Request) -> bool:
+    """Whether the request says ``Supported: eventlist`` (RFC 4662; the compact form is k)."""
+    try:
+        return any(v.strip().lower() == "eventlist" for v in req.list_values("Supported"))
+    except ParseError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +131,7 @@ class SentAnswer:
     data: bytes = b""
     to_tag: str = ""  # of an accepted SUBSCRIBE (data empty)
     expires: int = 0
+    eventlist: bool = False  # the accepted SUBSCRIBE is a list subscription (Require: eventlist)
 
 
 class ResponseCache:

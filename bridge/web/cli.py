@@ -30,13 +30,29 @@ async def fetch_status(url: str, within: float = 5.0) -> tuple[Json, str, Json, 
     return entities, health, phones, pbxs
 
 
+async def fetch_findings(url: str, within: float = 5.0) -> Json:
+    """What a running bridge found wrong (``/api/findings``; empty from a bridge without it)."""
+    timeout = aiohttp.ClientTimeout(total=within)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as http,
+        http.get(f"{url.rstrip('/')}/api/findings") as response,
+    ):
+        found: Json = await response.json() if response.status == 200 else []
+    return found
+
+
 def format_status(
-    entities: Json, health: str, phones: Json | None = None, pbxs: Json | None = None
+    entities: Json, health: str, phones: Json | None = None, pbxs: Json | None = None,
+    findings: Json | None = None,
 ) -> str:
     """One line per watched extension: its key, who calls, who watches; then one per phone of
-    an LED rule: reachable or not, and where. Before them, which endpoint each PBX follows."""
+    an LED rule: reachable or not, and where. Before them, which endpoint each PBX follows and
+    what needs attention (a setting waiting for a restart)."""
     lines = [f"bridge: {health}"]
     lines += [_pbx_line(pbx) for pbx in pbxs or () if pbx.get("endpoint")]
+    lines += [f"{f.get('level')}: {f.get('subject')}: {f.get('text')}"
+              + (f" (fix: {f['fix']})" if f.get("fix") else "")
+              for f in findings or () if f.get("level") != "ok"]  # fmt: skip
     width = max((len(str(e.get("exten", ""))) for e in entities), default=4)
     for entity in entities:
         exten = str(entity.get("exten", ""))

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from bridge.web.metrics import CONTENT_TYPE, MetricsSnapshot, render_metrics
 from bridge.web.status import (
+    Counters,
     EntityStatus,
     LedPhoneStatus,
     PbxHealth,
@@ -85,7 +86,8 @@ def make_app(
     view: StatusView, hosts: Sequence[str] = (), snom: SnomDocuments | None = None
 ) -> web.Application:
     """The web endpoint over a running bridge's ``StatusView``; ``hosts``: names it answers
-    for besides addresses and localhost (web.hosts); ``snom``: serves /snom/<phone>.xml."""
+    for besides addresses and localhost (web.hosts); ``snom``: serves /snom/<phone>.xml,
+    /yealink/<phone>.cfg and /poly/<phone>.xml."""
     app = web.Application(middlewares=[guard])
     app[HOSTS] = frozenset(h.lower().rstrip(".") for h in hosts)
     app[VIEW] = view
@@ -99,10 +101,14 @@ def make_app(
     app.router.add_get("/api/subscriptions", api_subscriptions)
     app.router.add_get("/api/leds", api_leds)
     app.router.add_get("/api/asterisk", api_asterisk)
+    app.router.add_get("/api/status", api_status)
+    app.router.add_get("/api/findings", api_findings)
     app.router.add_get("/events", events)
     if snom is not None:
         app[SNOM] = snom
         app.router.add_get("/snom/{phone}.xml", snom_settings)
+        app.router.add_get("/yealink/{phone}.cfg", yealink_settings)
+        app.router.add_get("/poly/{phone}.xml", poly_settings)
     app.on_shutdown.append(_stop_streams)
     app.on_response_prepare.append(_nosniff)
     return app
@@ -140,10 +146,41 @@ def _entity(e: EntityStatus, watchers: Sequence[str]) -> dict[str, object]:
     return {
         "exten": e.exten,
         "state": e.state,
+        "activity": e.activity,
+        "label": e.label,
+        "number": e.number or e.exten,
+        "pbx": e.pbx,
+        "context": e.context,
+        "groups": list(e.groups),
         "caller": e.caller,
         "dialogs": [dict(d) for d in e.dialogs],
         "watchers": list(watchers),
     }
+
+
+def status_json(view: StatusView) -> dict[str, object]:
+    """The panel's top line: each PBX connected and in sync, the bridge's own figures and the
+    site findings that need attention."""
+    counters = view.counters()
+    return {
+        "pbxs": [
+            {"name": p.name, "connected": p.connected, "synced": p.synced, "endpoint": p.endpoint}
+            for p in _pbxs(counters)
+        ],
+        "bridge": {
+            "subscriptions": counters.subscriptions,
+            "notifies_sent": counters.notifies_sent,
+            "notifies_failed": counters.notifies_failed,
+        },
+        "findings": [dataclasses.asdict(f) for f in view.attention()],
+    }
+
+
+def _pbxs(counters: Counters) -> tuple[PbxHealth, ...]:
+    """Each PBX followed; the one-PBX form as one unnamed PBX."""
+    return counters.pbxs or (PbxHealth("", counters.ami_connected, counters.synced,
+                                       counters.events_total, counters.endpoint,
+                                       counters.failovers),)  # fmt: skip
 
 
 def _subscription(s: SubscriptionStatus) -> dict[str, object]:
@@ -176,10 +213,25 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def snom_settings(request: web.Request) -> web.Response:
     """A Snom phone's settings XML (its BLF and LED keys), read-only."""
-    answer = request.app[SNOM].answer(request.match_info["phone"], request.remote or "")
+    return _phone_settings(request, "snom", "application/xml")
+
+
+async def yealink_settings(request: web.Request) -> web.Response:
+    """A Yealink phone's ``.cfg`` lines for its BLF keys, read-only."""
+    return _phone_settings(request, "yealink", "text/plain")
+
+
+async def poly_settings(request: web.Request) -> web.Response:
+    """A Poly phone's configuration XML for its BLF resources, read-only."""
+    return _phone_settings(request, "poly", "application/xml")
+
+
+def _phone_settings(request: web.Request, vendor: str, content_type: str) -> web.Response:
+    phone = request.match_info["phone"]
+    answer = request.app[SNOM].answer(phone, request.remote or "", vendor)
     if answer.status != 200:
         return web.Response(status=answer.status, body=answer.body, headers=NO_CACHE)
-    return web.Response(body=answer.body, content_type="application/xml", charset="utf-8",
+    return web.Response(body=answer.body, content_type=content_type, charset="utf-8",
                         headers=NO_CACHE)  # fmt: skip
 
 
@@ -202,11 +254,20 @@ async def api_entities(request: web.Request) -> web.Response:
 async def api_asterisk(request: web.Request) -> web.Response:
     """Each PBX followed (one, unnamed, in the one-PBX form): its health, the AMI/ARI endpoint
     its state comes from and how often it moved to a standby."""
-    counters = request.app[VIEW].counters()
-    pbxs = counters.pbxs or (PbxHealth("", counters.ami_connected, counters.synced,
-                                       counters.events_total, counters.endpoint,
-                                       counters.failovers),)  # fmt: skip
+    pbxs = _pbxs(request.app[VIEW].counters())
     return web.json_response([dataclasses.asdict(p) for p in pbxs], headers=NO_CACHE)
+
+
+async def api_status(request: web.Request) -> web.Response:
+    """What the panel shows at its top (the stream's ``status`` events say the same)."""
+    return web.json_response(status_json(request.app[VIEW]), headers=NO_CACHE)
+
+
+async def api_findings(request: web.Request) -> web.Response:
+    """What the bridge found wrong while running, e.g. settings changed in the file that only
+    a restart takes over (each with its fix)."""
+    found = [dataclasses.asdict(f) for f in request.app[VIEW].findings()]
+    return web.json_response(found, headers=NO_CACHE)
 
 
 async def api_subscriptions(request: web.Request) -> web.Response:
@@ -231,7 +292,8 @@ async def api_leds(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: the entities now, then again after every change."""
+    """Server-sent events: the entities now, then again after every change (unnamed events);
+    before them a ``status`` event whenever the panel's top line changed."""
     view, stopping = request.app[VIEW], request.app[STOPPING]
     response = web.StreamResponse(
         headers={
@@ -241,10 +303,15 @@ async def events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
+    last_status = ""
     try:
         while not stopping.is_set():
             # Taken before the snapshot: a change while we write is not missed.
             change = view.next_change()
+            status = json.dumps(status_json(view), separators=(",", ":"))
+            if status != last_status:
+                await response.write(f"event: status\ndata: {status}\n\n".encode())
+                last_status = status
             data = json.dumps(entities_json(view), separators=(",", ":"))
             await response.write(f"data: {data}\n\n".encode())
             while True:
