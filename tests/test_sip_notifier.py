@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.resource_lists import ResourceList
 from bridge.sip.client_transaction import ClientTransaction
 from bridge.sip.message import Request, Response, build_response, parse_message
 from bridge.sip.notifier import Notifier, NotifierSettings, Peer
@@ -855,3 +856,49 @@ def test_another_keys_change_gets_a_slice_before_a_big_burst_ends() -> None:
     assert [n.call_id() for n in second[:5]] == [f"203-w{i}" for i in range(5)]
     rest = _notifies(b.n.outgoing())
     assert len(first) + len(second) + len(rest) == 105
+
+
+class Lists(Source):
+    """The same keys and two RFC 4662 lists gathering for 100 ms: ``ring`` (202), ``busy`` (203)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = {name: ResourceList(name, (key,), batch_interval=0.1)
+                      for name, key in (("ring", "202"), ("busy", "203"))}  # fmt: skip
+
+    def find_list(self, user: str, watcher: str, domain: str) -> ResourceList | None:
+        return self.lists.get(user)
+
+    def list_uri(self, name: str, domain: str) -> str:
+        return f"sip:{name}@pbx.example"
+
+    def resource_uri(self, resource: str) -> str:
+        return f"sip:{resource}@pbx.example"
+
+
+def test_lists_whose_gathering_ends_together_go_out_in_slices_ringing_first() -> None:
+    source = Lists()
+    n = Notifier(source, NotifierSettings(contacts=CONTACTS), lists=source)
+    for name in ("busy", "ring"):
+        for i in range(30):
+            peer, call_id = Peer("udp", "192.0.2.30", 20000 + i + 100 * len(name)), f"{name}-{i}"
+            n.receive(subscribe(resource=name, call_id=call_id, branch=f"z9hG4bK-{call_id}",
+                                From=f"<sip:{call_id}@pbx.example>;tag=f{i}",
+                                Supported="eventlist"), peer, 0.0)  # fmt: skip
+            for data, _ in n.outgoing():
+                if isinstance(msg := parse_message(data), Request):
+                    assert msg.headers.get("Require") == "eventlist"
+                    n.receive(build_response(msg, 200).to_bytes(), peer, 0.0)
+    source.states.update({"202": "early", "203": "confirmed"})
+    n.resource_changed("203", 1.0)  # first, not ringing
+    n.resource_changed("202", 1.0, ringing=True)
+    assert not n.fanout_pending and n.next_timer() == pytest.approx(1.1)  # gathering
+    n.handle_timer(1.1)
+    assert n.fanout_pending and n.stats().notifies_in_flight == 0  # nothing built yet
+    first = _notifies(list(n.drain(1.1, 16, ringing_only=True)))
+    assert len(first) == 16 and {m.call_id().partition("-")[0] for m in first} == {"ring"}
+    rest = _notifies(list(n.drain(1.1, 1000, ringing_only=True)))
+    assert len(rest) == 14 and {m.call_id().partition("-")[0] for m in rest} == {"ring"}
+    others = _notifies(n.outgoing())
+    assert sorted(m.call_id() for m in others) == sorted(f"busy-{i}" for i in range(30))
+    assert all(b"application/rlmi+xml" in m.body for m in first + rest + others)
