@@ -624,10 +624,10 @@ class Swarm:
             state = "early"
         elif b"<state>confirmed</state>" in body:
             state = "confirmed"
-        elif b"<dialog " in body:
-            state = "other"
+        elif body.count(b"<dialog ") == body.count(b"<state>terminated</state>"):
+            state = "idle"  # no dialog, or only terminated ones (watch.idle_dialog, the default)
         else:
-            state = "idle"
+            state = "other"
         w.state, w.at = state, now
         if not tally.notifies:
             tally.first = now

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bridge import settings
@@ -37,6 +37,7 @@ from bridge.events import (
 )
 from bridge.findings import Finding, pickup_group_finding
 from bridge.led.controller import Destination, LedController
+from bridge.model import EntityState
 from bridge.pbxs import PbxRouter, PbxState
 from bridge.pickup import PickupPolicy
 from bridge.resource_lists import ListDirectory, ResourceList
@@ -225,8 +226,9 @@ class BridgeCore:
             if followed.documents.changed(exten):
                 changed = True
                 resource = followed.resource(exten)
-                log.info("%s: %s", resource, followed.tracker.state(exten).summary())
-                self.notifier.resource_changed(resource, now)
+                state = followed.tracker.state(exten)
+                log.info("%s: %s", resource, state.summary())
+                self.notifier.resource_changed(resource, now, ringing=_pickable(state))
         if changed or followed.tracker.panel_news:  # the panel also shows answers and times
             followed.tracker.panel_news = False
             self._status_changed = True
@@ -239,6 +241,12 @@ class BridgeCore:
     def receive(self, message: Request | Response | bytes, peer: Peer, now: float) -> None:
         """A datagram (bytes) or a framed message from a peer: answers to our MESSAGEs go to
         the LED controller, everything else to the notifier."""
+        if (
+            isinstance(message, bytes)
+            and message[:9] == b"SIP/2.0 2"
+            and self.notifier.answered(message, now)
+        ):
+            return  # a 200 to a NOTIFY: by far the most common datagram, not parsed
         if self.leds is not None and (
             isinstance(message, Response)
             or (isinstance(message, bytes | bytearray) and message[:8] == b"SIP/2.0 ")
@@ -252,8 +260,10 @@ class BridgeCore:
     def resource_changed(self, resource: str, now: float) -> None:
         """Tell the watchers of ``resource`` its state again, if it changed since the last time."""
         pbx = self._pbx_of(resource)
-        if pbx is None or pbx.documents.changed(pbx.key(resource)):
+        if pbx is None:
             self.notifier.resource_changed(resource, now)
+        elif pbx.documents.changed(key := pbx.key(resource)):
+            self.notifier.resource_changed(resource, now, ringing=_pickable(pbx.tracker.state(key)))
 
     def handle_timer(self, now: float) -> None:
         """Run everything due at ``now``: retransmissions, timeouts, expiries, LED retries and
@@ -351,6 +361,22 @@ class BridgeCore:
             # dialog); over TCP/TLS on the phone's own connection when it has one open.
             out.extend((data, self._led_peer(to)) for data, to in self.leds.outgoing())
         return out
+
+    def drain(self, now: float, budget: int, *, ringing_only: bool = False
+              ) -> Iterator[tuple[bytes, Peer]]:  # fmt: skip
+        """What is to be sent, each message built just before it is handed out: everything
+        urgent, then at most ``budget`` NOTIFYs of pending fan-outs (ringing keys first;
+        ``ringing_only``: no other), then the LED controller's MESSAGEs. Call again while
+        ``fanout_pending``: the glue sends a slice, lets other input in, and goes on."""
+        yield from self.notifier.drain(now, budget, ringing_only=ringing_only)
+        if self.leds is not None and self.leds.has_outgoing:
+            for data, to in self.leds.outgoing():
+                yield data, self._led_peer(to)
+
+    @property
+    def fanout_pending(self) -> bool:
+        """Whether a fan-out still has watchers to tell (``drain()`` again)."""
+        return self.notifier.fanout_pending
 
     def _led_peer(self, to: Destination) -> Peer:
         """Where an LED MESSAGE goes: as Asterisk sends a contact's requests, over the
@@ -645,6 +671,11 @@ class BridgeCore:
 def _pbx_names(config: Config) -> list[tuple[str, str]]:
     """Each PBX's name and SIP domain; the one-PBX form is one PBX named "" (any domain)."""
     return [(p.name, p.domain) for p in config.pbxs] or [("", "")]
+
+
+def _pickable(state: EntityState) -> bool:
+    """Whether a key's state has a call a watcher may pick up (told before the others)."""
+    return any(d.pickup is not None for d in state.dialogs)
 
 
 def _endpoint(config: Config, name: str) -> tuple[str, str, int, str]:

@@ -42,3 +42,18 @@ def test_every_benchmark_module_imports() -> None:
     result = subprocess.run([sys.executable, "-c", code, *names], check=False, cwd=ROOT,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_wire_benchmark_times_every_watcher_and_a_subscribe_mid_fan_out() -> None:
+    """benchmarks.wire, tiny: every figure printed, the mid-burst SUBSCRIBE answered (kernel
+    arrival stamps: CI may not capture)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.wire", "--watchers", "1,500", "--rounds", "1",
+         "--capture", "socket"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("wire, ")]
+    assert len(rows) == 3 + 4, done.stdout  # first/p50/p99 per size, + the SUBSCRIBE at 500
+    for row in rows:
+        assert " ms" in row and "no 200" not in row, row

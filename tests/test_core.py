@@ -770,3 +770,25 @@ def test_a_source_restart_on_reload_forgets_asterisk_without_calling_it_lost(
     lb.core.source_restarting(lb.clock.now)
     assert not lb.core.asterisk_synced and lb.core.stale_ring_at is None
     assert "unreachable" not in caplog.text
+
+
+def test_a_ringing_key_is_told_before_the_other_keys_of_the_same_burst() -> None:
+    """A burst of Asterisk events (pickup-replaces, 201 calls 202) fed before anything is sent:
+    the ringing key's watchers (pickup ids) go out first, the caller's key after them."""
+    resync, timed = over_ami("pickup-replaces")
+    lb = lab()
+    lb.feed(resync)
+    assert lb.subscribe("201").status == 200 and lb.subscribe("202").status == 200
+    burst, start = 0, lb.clock.ms
+    for ms, event in timed:  # up to 202 ringing with its pickup ids, nothing drained
+        lb.clock.ms = start + ms
+        lb.core.asterisk_event(event, lb.clock.now)
+        burst += 1
+        if any(d.pickup is not None for d in lb.core.tracker.state("202").dialogs):
+            break
+    assert 1 < burst < len(timed) and lb.core.fanout_pending
+    first = [Sip.read(data) for data, _ in lb.core.drain(lb.clock.now, 16, ringing_only=True)]
+    assert [entity(n) for n in first if n.method == "NOTIFY"] == ["202"]
+    assert any(d.get("call-id") for n in first for d in dialogs(n))  # with the ids
+    rest = [Sip.read(data) for data, _ in lb.core.outgoing()]
+    assert [entity(n) for n in rest if n.method == "NOTIFY"] == ["201"]

@@ -89,7 +89,7 @@ async def open_panel(chromium: Any, url: str) -> tuple[Any, list[str]]:
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
     await page.goto(url)
-    await page.wait_for_function("document.getElementById('link').textContent === 'live'")
+    await page.wait_for_function("() => document.getElementById('link').textContent === 'live'")
     return page, problems
 
 
@@ -214,7 +214,9 @@ async def test_the_groups_and_the_filter(demo: RecordedAmiServer, chromium: Any)
         assert everything == 9
 
         await page.fill("#filter", "anna")
-        await page.wait_for_function("document.querySelectorAll('.key:not([hidden])').length === 1")
+        await page.wait_for_function(
+            "() => document.querySelectorAll('.key:not([hidden])').length === 1"
+        )
         assert await page.locator(".key:visible").all() == [page.locator("[id='key-202']")] or (
             await page.locator(".key:visible").get_attribute("id") == "key-202"
         )
@@ -224,12 +226,12 @@ async def test_the_groups_and_the_filter(demo: RecordedAmiServer, chromium: Any)
         await demo.play("ring-answer-hangup", until=event_matches(ChannelStateDesc="Ringing"))
         await page.fill("#filter", "ringing")  # the state words are searched too
         await page.wait_for_function(
-            "[...document.querySelectorAll('.key:not([hidden])')].map(k => k.id).join() "
+            "() => [...document.querySelectorAll('.key:not([hidden])')].map(k => k.id).join() "
             "=== 'key-202'"
         )
         await page.fill("#filter", "")
         await page.wait_for_function(
-            "document.querySelectorAll('.key:not([hidden])').length === 9"
+            "() => document.querySelectorAll('.key:not([hidden])').length === 9"
         )
         await demo.play("ring-answer-hangup")
         assert problems == []
@@ -255,10 +257,10 @@ async def test_the_banner_says_when_the_bridge_is_away_and_goes_when_it_is_back(
     await page.screenshot(path=str(SHOTS / "reconnecting.png"))
     async with running_bridge(demo, listen, LABELS):  # back on the same address
         await banner.wait_for(state="hidden", timeout=15000)
-        await page.wait_for_function("document.getElementById('link').textContent === 'live'")
+        await page.wait_for_function("() => document.getElementById('link').textContent === 'live'")
         assert "stale" not in (await page.locator("[id='key-202']").get_attribute("class"))
         await page.wait_for_function(
-            "document.getElementById('health').textContent.includes('connected, in sync')"
+            "() => document.getElementById('health').textContent.includes('connected, in sync')"
         )
 
 
@@ -372,7 +374,7 @@ async def test_500_keys_fit_one_screen_and_a_phone_shows_them_in_a_column(
 ) -> None:
     page, problems = await open_panel(chromium, large_site)
     await page.set_viewport_size({"width": 1920, "height": 1080})
-    await page.wait_for_function("document.querySelectorAll('.key').length === 500")
+    await page.wait_for_function("() => document.querySelectorAll('.key').length === 500")
     # Every key inside the screen, its text no smaller than 11px.
     boxes = await page.eval_on_selector_all(
         ".key", "keys => keys.map(k => k.getBoundingClientRect().bottom)"
@@ -395,6 +397,8 @@ async def test_500_keys_fit_one_screen_and_a_phone_shows_them_in_a_column(
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, "the page scrolls sideways on a phone"
     await page.fill("#filter", "anna")
-    await page.wait_for_function("document.querySelectorAll('.key:not([hidden])').length < 100")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('.key:not([hidden])').length < 100"
+    )
     await page.screenshot(path=str(SHOTS / "phone.png"))
     assert problems == []

@@ -9,8 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.resource_lists import ResourceList
+from bridge.sip.client_transaction import ClientTransaction
 from bridge.sip.message import Request, Response, build_response, parse_message
 from bridge.sip.notifier import Notifier, NotifierSettings, Peer
+from bridge.sip.subscription import NotifyTransaction, Subscription
 
 PHONE = Peer("udp", "192.0.2.10", 40000)  # the source address: differs from Via (NAT)
 TCP_PHONE = Peer("tcp", "192.0.2.11", 40001)
@@ -717,3 +720,185 @@ def test_resumed_subscriptions_keep_the_full_retransmission_schedule() -> None:
     restarted.n.resource_changed("202", 0.0)
     assert len(restarted.drain()) == 1
     assert [len(restarted.tick(t)) for t in (0.5, 1.5, 3.5)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_a_notify_transaction_starts_like_any_client_transaction(transport: str) -> None:
+    """NotifyTransaction writes ClientTransaction's start out (speed): the two must agree."""
+    sub = Subscription.create(key=("c", "f", "t"), resource="202", peer=PHONE, event="dialog",
+                       event_id=None, local="<sip:202@x>;tag=t", remote="<sip:w@x>;tag=f",
+                       target="sip:w@x", route=(), expires_at=60.0, remote_cseq=1)  # fmt: skip
+    peer = Peer(transport, "192.0.2.1", 5060)  # type: ignore[arg-type]
+    ours = NotifyTransaction("z9hG4bK-1", sub, b"x", peer, 3.0, 0.5, 4.0, 1.5, False)
+    base = ClientTransaction("z9hG4bK-1", b"x", 3.0, 0.5, 4.0, transport != "udp", 1.5)
+    for name in ClientTransaction.__slots__:
+        assert getattr(ours, name) == getattr(base, name), name
+    assert ours.fire(3.5) == base.fire(3.5) and ours.due_at == base.due_at
+
+
+# ----------------------------------------------------------------- fan-out in slices
+
+
+def _watchers(b: Bridge, resource: str, count: int) -> list[tuple[Peer, str]]:
+    """``count`` phones (one address each) subscribed to ``resource``, first NOTIFY answered."""
+    phones = []
+    for i in range(count):
+        peer = Peer("udp", "192.0.2.20", 30000 + i + (0 if resource == "202" else 5000))
+        call_id = f"{resource}-w{i}"
+        b.n.receive(subscribe(resource=resource, call_id=call_id, branch=f"z9hG4bK-{call_id}",
+                              From=f"<sip:{call_id}@pbx.example>;tag=f{i}"), peer, 0.0)  # fmt: skip
+        for data, _ in b.n.outgoing():
+            msg = parse_message(data)
+            if isinstance(msg, Request):
+                b.n.receive(build_response(msg, 200).to_bytes(), peer, 0.0)
+        phones.append((peer, call_id))
+    return phones
+
+
+def _notifies(sent: list[tuple[bytes, Peer]]) -> list[Request]:
+    found = [parse_message(data) for data, _ in sent]
+    return [m for m in found if isinstance(m, Request) and m.method == "NOTIFY"]
+
+
+def test_a_fan_out_is_handed_out_in_slices_and_a_subscribe_is_answered_between_two() -> None:
+    b = Bridge()
+    _watchers(b, "202", 150)
+    b.source.states["202"] = "early"
+    b.n.resource_changed("202", 1.0, ringing=True)
+    assert b.n.fanout_pending and b.n.stats().notifies_in_flight == 0  # nothing built yet
+    first = list(b.n.drain(1.0, 64))
+    assert len(_notifies(first)) == 64 and b.n.fanout_pending
+    b.n.receive(subscribe(call_id="late", branch="z9hG4bK-late", From="<sip:l@x>;tag=l"),
+                Peer("udp", "192.0.2.99", 5060), 1.001)  # fmt: skip
+    second = [parse_message(d) for d, _ in b.n.drain(1.001, 64)]
+    assert isinstance(second[0], Response) and second[0].status == 200  # before the slice
+    assert second[1].call_id() == "late"  # its first NOTIFY too
+    rest = list(b.n.drain(1.002, 1000))
+    assert not b.n.fanout_pending
+    told = [n.call_id() for n in _notifies(first) + second[2:] + _notifies(rest)]  # type: ignore[arg-type]
+    assert sorted(told) == sorted(f"202-w{i}" for i in range(150))  # each exactly once
+
+
+def test_ringing_keys_are_told_before_the_other_changes_of_the_same_burst() -> None:
+    b = Bridge()
+    _watchers(b, "203", 20)
+    _watchers(b, "202", 100)
+    b.source.states.update({"202": "early", "203": "confirmed"})
+    b.n.resource_changed("203", 1.0)  # first in the burst, but not ringing
+    b.n.resource_changed("202", 1.0, ringing=True)
+    ringing_only = _notifies(list(b.n.drain(1.0, 1000, ringing_only=True)))
+    assert {n.call_id().partition("-")[0] for n in ringing_only} == {"202"}
+    assert len(ringing_only) == 100 and b.n.fanout_pending
+    others = _notifies(b.n.outgoing())
+    assert {n.call_id().partition("-")[0] for n in others} == {"203"} and len(others) == 20
+
+
+def test_a_change_during_a_fan_out_gives_each_watcher_the_newest_state_once() -> None:
+    """Watchers reached before the second change get it after their 200; the others get only
+    the newest state: never the same state twice, CSeq and version rising by one."""
+    b = Bridge()
+    phones = dict((cid, peer) for peer, cid in _watchers(b, "202", 100))
+    b.source.states["202"] = "early"
+    b.n.resource_changed("202", 1.0, ringing=True)
+    reached = _notifies(list(b.n.drain(1.0, 30)))
+    b.source.states["202"] = "confirmed"
+    b.n.resource_changed("202", 1.01)
+    # A refresh of one watcher not reached yet tells it the newest state at once.
+    refresh = subscribe(call_id="202-w90", branch="z9hG4bK-r", cseq=2, to_tag=_tag(b, "202-w90"),
+                        From="<sip:202-w90@pbx.example>;tag=f90")  # fmt: skip
+    b.n.receive(refresh, phones["202-w90"], 1.02)
+    seen: dict[str, list[Request]] = {}
+    for n in reached:
+        seen.setdefault(n.call_id(), []).append(n)
+    pending = list(b.n.outgoing())
+    for _ in range(3):  # answer every NOTIFY: the watchers reached early get the newest next
+        for n in _notifies(pending):
+            seen.setdefault(n.call_id(), []).append(n)
+        for n in _notifies(pending) + (reached if _ == 0 else []):
+            b.n.receive(build_response(n, 200).to_bytes(), phones[n.call_id()], 1.03)
+        pending = b.n.outgoing()
+    assert len(seen) == 100
+    for call_id, got in seen.items():
+        states = [n.body.decode().rpartition('state="')[2][:-3] for n in got]
+        assert states[-1] == "confirmed" and len(states) == len(set(states)), (call_id, states)
+        cseqs = [n.cseq().seq for n in got]
+        versions = [int(n.body.decode().partition('version="')[2].partition('"')[0]) for n in got]
+        assert cseqs == list(range(cseqs[0], cseqs[0] + len(got)))
+        assert versions == list(range(versions[0], versions[0] + len(got)))
+
+
+def _tag(b: Bridge, call_id: str) -> str:
+    return next(key[2] for key in b.n._subs if key[0] == call_id)
+
+
+def test_a_200_to_a_notify_is_matched_by_our_branch_without_a_parse() -> None:
+    b = Bridge()
+    _, notify = b.send(subscribe())
+    answer = build_response(notify, 200).to_bytes()
+    assert b.n.answered(answer.replace(b"NOTIFY\r\n", b"OPTIONS\r\n"), 0.1) is False
+    assert b.n.answered(answer.replace(b";branch=", b";branch=x"), 0.1) is False
+    assert b.n.stats().notifies_in_flight == 1
+    assert b.n.answered(answer, 0.1) is True and b.n.stats().notifies_in_flight == 0
+    assert b.n.answered(answer, 0.2) is False  # a retransmitted 200: nothing left to match
+    assert b.tick(5.0) == []  # no retransmission of the NOTIFY answered
+
+
+def test_another_keys_change_gets_a_slice_before_a_big_burst_ends() -> None:
+    b = Bridge()
+    _watchers(b, "202", 100)
+    _watchers(b, "203", 5)
+    b.source.states.update({"202": "confirmed", "203": "confirmed"})
+    b.n.resource_changed("202", 1.0)
+    first = _notifies(list(b.n.drain(1.0, 16)))
+    b.n.resource_changed("203", 1.001)  # while 202's burst is going on
+    second = _notifies(list(b.n.drain(1.001, 16)))
+    assert {n.call_id() for n in first} <= {f"202-w{i}" for i in range(100)}
+    assert [n.call_id() for n in second[:5]] == [f"203-w{i}" for i in range(5)]
+    rest = _notifies(b.n.outgoing())
+    assert len(first) + len(second) + len(rest) == 105
+
+
+class Lists(Source):
+    """The same keys and two RFC 4662 lists gathering for 100 ms: ``ring`` (202), ``busy`` (203)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lists = {name: ResourceList(name, (key,), batch_interval=0.1)
+                      for name, key in (("ring", "202"), ("busy", "203"))}  # fmt: skip
+
+    def find_list(self, user: str, watcher: str, domain: str) -> ResourceList | None:
+        return self.lists.get(user)
+
+    def list_uri(self, name: str, domain: str) -> str:
+        return f"sip:{name}@pbx.example"
+
+    def resource_uri(self, resource: str) -> str:
+        return f"sip:{resource}@pbx.example"
+
+
+def test_lists_whose_gathering_ends_together_go_out_in_slices_ringing_first() -> None:
+    source = Lists()
+    n = Notifier(source, NotifierSettings(contacts=CONTACTS), lists=source)
+    for name in ("busy", "ring"):
+        for i in range(30):
+            peer, call_id = Peer("udp", "192.0.2.30", 20000 + i + 100 * len(name)), f"{name}-{i}"
+            n.receive(subscribe(resource=name, call_id=call_id, branch=f"z9hG4bK-{call_id}",
+                                From=f"<sip:{call_id}@pbx.example>;tag=f{i}",
+                                Supported="eventlist"), peer, 0.0)  # fmt: skip
+            for data, _ in n.outgoing():
+                if isinstance(msg := parse_message(data), Request):
+                    assert msg.headers.get("Require") == "eventlist"
+                    n.receive(build_response(msg, 200).to_bytes(), peer, 0.0)
+    source.states.update({"202": "early", "203": "confirmed"})
+    n.resource_changed("203", 1.0)  # first, not ringing
+    n.resource_changed("202", 1.0, ringing=True)
+    assert not n.fanout_pending and n.next_timer() == pytest.approx(1.1)  # gathering
+    n.handle_timer(1.1)
+    assert n.fanout_pending and n.stats().notifies_in_flight == 0  # nothing built yet
+    first = _notifies(list(n.drain(1.1, 16, ringing_only=True)))
+    assert len(first) == 16 and {m.call_id().partition("-")[0] for m in first} == {"ring"}
+    rest = _notifies(list(n.drain(1.1, 1000, ringing_only=True)))
+    assert len(rest) == 14 and {m.call_id().partition("-")[0] for m in rest} == {"ring"}
+    others = _notifies(n.outgoing())
+    assert sorted(m.call_id() for m in others) == sorted(f"busy-{i}" for i in range(30))
+    assert all(b"application/rlmi+xml" in m.body for m in first + rest + others)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import secrets
 import sys
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -143,6 +144,38 @@ class WatcherInfo:
     version: int
 
 
+@dataclass(eq=False, slots=True)
+class _FanOut:
+    """One change of a resource still to be told to its watchers, walked a slice at a time.
+
+    ``generation`` is the resource's change counter when it was made: a watcher already told
+    that generation (a refresh or a 200 sent it the newest state meanwhile) is skipped. List
+    subscriptions ride along (those of the resource's lists that send at once, or, under
+    ``LIST_LABEL``, those whose gathering interval ended): one is skipped once it has nothing
+    left to carry (``ListState.has_news``).
+    """
+
+    resource: str
+    watchers: list[Subscription]
+    generation: int
+    now: float
+    at: int = 0  # the next watcher to look at
+
+
+class _TimerBatch:
+    """NOTIFY transactions started together, with the same first deadline: one timer entry
+    for them all instead of a heap push each (a fan-out's slice shares ``now``). When it comes,
+    those still unanswered go on, each on a timer of its own."""
+
+    __slots__ = ("due_at", "members", "timer_seq", "unanswered")
+
+    def __init__(self, due_at: float) -> None:
+        self.due_at = due_at
+        self.members: list[NotifyTransaction] = []
+        self.unanswered = 0  # when it drops to 0 the entry is cancelled: nothing left to time
+        self.timer_seq = NO_TIMER
+
+
 @dataclass(frozen=True, slots=True)
 class _Exchange:
     """A request being answered; key is None when it must not be cached."""
@@ -182,9 +215,23 @@ class Notifier:
         self._by_watcher: dict[WatcherKey, Subscription] = {}
         self._client_tx: dict[str, NotifyTransaction] = {}  # by Via branch
         self._answers = ResponseCache(64 * settings.t1)
-        self._timers: TimerQueue[Subscription | NotifyTransaction | ListBatch] = TimerQueue()
-        self._out: list[tuple[bytes, Peer]] = []
+        self._timers: TimerQueue[Subscription | NotifyTransaction | _TimerBatch | ListBatch] = (
+            TimerQueue()
+        )
+        self._batches: dict[float, _TimerBatch] = {}  # by deadline, until it comes
+        self._active: dict[int, bytes] = {}  # Subscription-State by seconds left
+        self._out: list[tuple[bytes, Peer]] = []  # urgent: answers, single NOTIFYs, resends
+        # Fan-outs not yet walked to the end, ringing (pickup-capable) states first; the
+        # pending one of each resource, and each resource's change counter.
+        self._ringing: deque[_FanOut] = deque()
+        self._rest: deque[_FanOut] = deque()
+        self._fanouts: dict[str, _FanOut] = {}
+        self._generation: dict[str, int] = {}
+        self._served: _FanOut | None = None  # the one the last slice went to
         self._branch_prefix = f"z9hG4bK{secrets.token_hex(4)}."
+        # Our branches in an answer's Via (the quick path of the 200s, see answered()).
+        self._our_branch = re.compile(rb";branch=(" + re.escape(self._branch_prefix.encode())
+                                      + rb"[0-9a-f]+)(?=[;,\s])")  # fmt: skip
         self._branch_counter = itertools.count(1)
         # What the store has not heard yet: subscriptions to (re)write, dialogs to delete.
         self._changed: dict[DialogKey, Subscription] = {}
@@ -224,6 +271,8 @@ class Notifier:
             if isinstance(message, bytes | bytearray):
                 if message[:1] in (b"", b"\r", b"\n") and not message.strip(b"\r\n"):
                     return  # CRLF keep-alive
+                if message[:9] == b"SIP/2.0 2" and self.answered(message, now):
+                    return  # a 200 to a NOTIFY of ours: the most common datagram by far
                 if message.startswith(b"SIP/2.0 ") and (ids := response_ids(message)):
                     # A 200 to a NOTIFY of ours (the most common datagram): no full parse.
                     tx = self._client_tx.get(ids[1] or "")
@@ -242,34 +291,108 @@ class Notifier:
         except Exception:  # a bug must not take the listener down; tests assert none is logged
             logger.exception("internal error handling a message from %s", peer)
 
-    def resource_changed(self, resource: str, now: float) -> None:
-        """The resource's state changed: notify its watchers (coalesced per subscription)."""
+    def answered(self, data: bytes, now: float) -> bool:
+        """Take a datagram that is a 2xx to one of our NOTIFYs (True), without parsing it: our
+        branch, unguessable, in its Via and NOTIFY in its CSeq are all it needs to be matched
+        (RFC 3261 §17.1.3). Anything else (False) goes the long way, through the parser."""
+        found = self._our_branch.search(data)
+        if found is None or b" NOTIFY\r\n" not in data or not data[8:11].isdigit():
+            return False
+        tx = self._client_tx.get(found.group(1).decode())
+        if tx is None:
+            return False  # a retransmitted answer, or one for a transaction timed out
+        self._finish(tx, now, int(data[8:11]))
+        return True
+
+    def resource_changed(self, resource: str, now: float, *, ringing: bool = False) -> None:
+        """The resource's state changed: its watchers are told, coalesced per subscription.
+
+        Nothing is built here: the NOTIFYs are made one by one as ``drain()`` hands them out, so
+        the first leaves before the last is built. ``ringing``: a state a watcher may pick up,
+        told before the other changes waiting. Its watchers through a list are told in the
+        same walk, or when the list's gathering interval ends (``batch_interval``).
+        """
+        walk: list[Subscription] = []
+        subs = self._by_resource.get(resource)
+        if subs:
+            if self._source.knows(resource):
+                self._pending.discard(resource)
+                walk.extend(subs.values())
+            elif self.settled(resource):
+                self._pending.discard(resource)
+                for sub in list(subs.values()):
+                    self._terminate(sub, now, "noresource")
+            # else still not known: its watchers keep their neutral state
         members = self._by_member.get(resource)
         if members:
-            for sub in list(members.values()):
-                self._list_member_changed(sub, resource, now)
-        subs = self._by_resource.get(resource)
-        if not subs:
+            for sub in members.values():
+                if self._list_member_changed(sub, resource, now, ringing=ringing):
+                    walk.append(sub)
+        if not walk:
             return
-        if not self._source.knows(resource):
-            if not self.settled(resource):
-                return  # still not known: its watchers keep their neutral state
-            self._pending.discard(resource)
-            for sub in list(subs.values()):
-                self._terminate(sub, now, "noresource")
-            return
-        self._pending.discard(resource)
-        source = self._source  # renders once per variant; each watcher's is a cache lookup
-        for sub in subs.values():
-            if sub.in_flight is not None:
-                sub.dirty = True  # coalesce: one NOTIFY with the newest state after this one
-            else:
-                self._send_notify(sub, now, source.document(resource, sub.watcher))
+        generation = self._generation[resource] = self._generation.get(resource, 0) + 1
+        older = self._fanouts.get(resource)
+        if older is not None:
+            older.at = len(older.watchers)  # ends: the new walk tells everyone the newest state
+        fanout = self._fanouts[resource] = _FanOut(resource, walk, generation, now)
+        (self._ringing if ringing else self._rest).append(fanout)
 
     def outgoing(self) -> list[tuple[bytes, Peer]]:
-        """Take everything to send, in order."""
-        out, self._out = self._out, []
-        return out
+        """Take everything to send, in order (every pending fan-out walked to its end)."""
+        if not (self._ringing or self._rest):
+            out, self._out = self._out, []
+            return out
+        return list(self.drain())
+
+    def drain(
+        self, now: float | None = None, budget: int | None = None, *, ringing_only: bool = False
+    ) -> Iterator[tuple[bytes, Peer]]:
+        """Hand out what is to be sent: every urgent message (answers, single NOTIFYs,
+        retransmissions), then up to ``budget`` NOTIFYs of pending fan-outs (None: all), ringing
+        ones first (``ringing_only``: no other). Each NOTIFY is built just before it is handed
+        out, so the caller sends it before the next is built; ``now`` is when (default: when the
+        change came)."""
+        while self._out:
+            out, self._out = self._out, []
+            yield from out
+        left = -1 if budget is None else budget
+        while left:
+            queue = self._ringing or (None if ringing_only else self._rest)
+            if not queue:
+                return
+            fanout = queue[0]
+            if fanout is self._served and len(queue) > 1:
+                queue.rotate(-1)  # a slice each in turn: no change waits for a whole burst
+                fanout = queue[0]
+            self._served = fanout
+            watchers, generation = fanout.watchers, fanout.generation
+            resource, document = fanout.resource, self._source.document
+            when = fanout.now if now is None else now
+            end = len(watchers)
+            while fanout.at < end and left:
+                sub = watchers[fanout.at]
+                fanout.at += 1
+                if sub.rlist is not None:  # a list: its body is built here, for this NOTIFY
+                    if sub.state != "active" or not sub.rlist.has_news:
+                        continue  # ended, or a NOTIFY has carried what it gathered already
+                    if sub.in_flight is not None:
+                        sub.dirty = True
+                        continue
+                    left -= 1
+                    yield self._notify(sub, when)
+                    continue
+                if sub.state != "active" or sub.told >= generation:
+                    continue  # ended, or told this state already
+                if sub.in_flight is not None:
+                    sub.dirty = True  # one NOTIFY with the newest state once its 200 is in
+                    continue
+                left -= 1
+                yield self._notify(sub, when, document(resource, sub.watcher))
+            if fanout.at >= end:
+                if queue and queue[0] is fanout:
+                    queue.popleft()
+                if self._fanouts.get(resource) is fanout:
+                    del self._fanouts[resource]
 
     def take_timer_moved(self) -> bool:
         """Whether ``next_timer()`` moved without anything to send (since last asked)."""
@@ -278,8 +401,13 @@ class Notifier:
 
     @property
     def has_outgoing(self) -> bool:
-        """Whether outgoing() has anything."""
-        return bool(self._out)
+        """Whether drain() has anything."""
+        return bool(self._out or self._ringing or self._rest)
+
+    @property
+    def fanout_pending(self) -> bool:
+        """Whether a fan-out still has watchers to tell (drain() again, a slice at a time)."""
+        return bool(self._ringing or self._rest)
 
     def next_timer(self) -> float | None:
         """When handle_timer() next has work, or None."""
@@ -289,16 +417,31 @@ class Notifier:
         return min(timer, answers)
 
     def handle_timer(self, now: float) -> None:
-        """Run every timer due at `now`: retransmissions, transaction timeouts, expiries."""
+        """Run every timer due at `now`: retransmissions, transaction timeouts, expiries, and
+        lists' gathering intervals (their NOTIFYs go out through ``drain()``, like a fan-out's)."""
+        due: list[Subscription] = []
+        due_ringing: list[Subscription] = []
         while (obj := self._timers.pop_due(now)) is not None:
-            if isinstance(obj, NotifyTransaction):
+            if isinstance(obj, _TimerBatch):
+                if self._batches.get(obj.due_at) is obj:
+                    del self._batches[obj.due_at]
+                client_tx = self._client_tx
+                for tx in obj.members:  # answered ones are gone from client_tx
+                    if client_tx.get(tx.branch) is tx and tx.timer_seq == NO_TIMER:
+                        self._on_transaction_timer(tx, now)
+            elif isinstance(obj, NotifyTransaction):
                 self._on_transaction_timer(obj, now)
             elif isinstance(obj, ListBatch):
-                self._list_batch_due(obj.subscription, now)
+                if self._list_batch_due(obj.subscription):
+                    (due_ringing if obj.ringing else due).append(obj.subscription)
             else:
                 self._log(now, logging.INFO, None, "subscription %s to %s expired",
                           obj.key[0], obj.resource)  # fmt: skip
                 self._terminate(obj, now, "timeout")
+        if due_ringing:
+            self._ringing.append(_FanOut(LIST_LABEL, due_ringing, 0, now))
+        if due:
+            self._rest.append(_FanOut(LIST_LABEL, due, 0, now))
         self._answers.expire(now)
 
     def stats(self) -> NotifierStats:
@@ -612,7 +755,7 @@ class Notifier:
         event, contact = req.event(), req.contact()
         assert event is not None and contact is not None  # screen_subscribe checked them
         local_tag = secrets.token_hex(8)
-        sub = Subscription(
+        sub = Subscription.create(
             key=(req.call_id(), from_tag, local_tag),
             resource=resource,
             peer=x.peer,
@@ -745,25 +888,35 @@ class Notifier:
         self, sub: Subscription, now: float, doc: SupportsBody | None = None, *, once: bool = False
     ) -> None:
         """Send the next NOTIFY of ``sub``; ``once``: no transaction, no retransmission."""
+        self._out.append(self._notify(sub, now, doc, once=once))
+
+    def _notify(
+        self, sub: Subscription, now: float, doc: SupportsBody | None = None, *, once: bool = False
+    ) -> tuple[bytes, Peer]:
+        """The next NOTIFY of ``sub`` and where it goes, its transaction started."""
         body, ctype = b"", ""
         resource = sub.resource
         if sub.rlist is not None:
-            ctype, body = sub.rlist.next_body(sub.version, lambda r: self._member_document(sub, r))
+            rlist = sub.rlist
+            ctype, body = rlist.next_body(sub.version, lambda r: self._member_document(sub, r))
             sub.version += 1
-            if isinstance(sub.rlist.batch, ListBatch):
-                self._timers.cancel(sub.rlist.batch)  # what it gathered goes now
+            if isinstance(rlist.batch, ListBatch):
+                self._timers.cancel(rlist.batch)  # what it gathered goes now
+                rlist.batch.ringing = False
         # A key not known yet gets its neutral (no dialogs) body; a gone one's final NOTIFY none.
         elif doc is not None or self._source.knows(resource) or not self.settled(resource):
             body = (doc or self._source.document(sub.resource, sub.watcher)).body(sub.version)
             sub.version += 1
         final = sub.state != "active"
         if final:
-            state = f"terminated;reason={sub.final_reason}"
+            state = f"terminated;reason={sub.final_reason}".encode()
             sub.state = "gone"
         else:
             # + 1 µs: (now + 600) - now is 599.99999999999 when the sum crosses a power of two
             # (the clock near 8192 s, 16384 s, ...), and a fresh grant must say 600.
-            state = f"active;expires={max(0, int(sub.expires_at - now + 1e-6))}"
+            left = int(sub.expires_at - now + 1e-6)
+            state = self._active.get(left) or self._active_state(left)
+            sub.told = self._generation.get(sub.resource, 0)
         sub.cseq += 1
         sub.dirty = False
         if sub.lease_ran_out() and not final:
@@ -772,18 +925,31 @@ class Notifier:
         assert sub.template is not None
         data = sub.template.render(sub, branch, state, body, ctype)
         self.notifies_sent += 1
+        peer = sub.peer
         if once:
-            self._out.append((data, sub.peer))
-            return
-        t1, peer = self.settings.t1, sub.peer
+            return data, peer
+        t1 = self.settings.t1
         timeout = 64 * t1
         if peer.transport == "udp" and (peer.host, peer.port) not in self._verified:
             timeout = UNVERIFIED_TIMEOUT_T1 * t1
         tx = NotifyTransaction(branch, sub, data, peer, now, t1, self.settings.t2, timeout, final)
         sub.in_flight = tx
         self._client_tx[branch] = tx
-        self._timers.schedule(tx, tx.due_at)
-        self._out.append((data, tx.peer))
+        batch = self._batches.get(tx.due_at)
+        if batch is None:
+            batch = self._batches[tx.due_at] = _TimerBatch(tx.due_at)
+            self._timers.schedule(batch, tx.due_at)
+        batch.members.append(tx)
+        batch.unanswered += 1
+        return data, peer
+
+    def _active_state(self, left: int) -> bytes:
+        """``active;expires=N``, formatted once per N (a fan-out's watchers share a handful)."""
+        left = max(0, left)
+        state = self._active[left] = b"active;expires=%d" % left
+        if len(self._active) > 2 * self.settings.max_expires + 2:  # a bound whatever happens
+            self._active.clear()
+        return state
 
     def _terminate(self, sub: Subscription, now: float, reason: str, notify: bool = True) -> None:
         """End a subscription; with notify, a final NOTIFY goes out (after any in flight)."""
@@ -842,7 +1008,15 @@ class Notifier:
     def _finish(self, tx: NotifyTransaction, now: float, status: int | None) -> None:
         """A NOTIFY transaction ended: with a final status, or timed out (None)."""
         del self._client_tx[tx.branch]
-        self._timers.cancel(tx)
+        if tx.timer_seq == NO_TIMER:  # still in the batch it started in
+            batch = self._batches.get(tx.due_at)
+            if batch is not None:
+                batch.unanswered -= 1
+                if not batch.unanswered:
+                    del self._batches[tx.due_at]
+                    self._timers.cancel(batch)
+        else:
+            self._timers.cancel(tx)
         # The timer heap keeps a cancelled entry until it surfaces: not the NOTIFY's bytes too.
         tx.data = b""
         sub = tx.subscription
@@ -857,7 +1031,8 @@ class Notifier:
         if status is not None and status < 300:
             if sub.state == "terminating" or (sub.state == "active" and sub.dirty):
                 if sub.rlist is not None and sub.state == "active" and sub.rlist.batch_interval:
-                    self._list_member_changed(sub, None, now)  # gathers again, then sends
+                    if self._list_member_changed(sub, None, now):  # gathers again, then sends
+                        self._send_notify(sub, now)
                 elif sub.rlist is None or sub.state != "active" or sub.rlist.has_news:
                     self._send_notify(sub, now)
             return
@@ -896,36 +1071,45 @@ class Notifier:
             return None
         return self._source.document(resource, sub.watcher)
 
-    def _list_member_changed(self, sub: Subscription, resource: str | None, now: float) -> None:
+    def _list_member_changed(
+        self, sub: Subscription, resource: str | None, now: float, *, ringing: bool = False
+    ) -> bool:
         """A member of a list subscription changed (None: its last NOTIFY was answered while
-        more changes waited): gather for the list's interval, then one NOTIFY carries them."""
+        more changes waited): gather for the list's interval, then one NOTIFY carries them.
+        True: the list sends at once (no interval), in the walk of the change's fan-out."""
         rlist = sub.rlist
         assert rlist is not None
         if resource is not None:
             rlist.changed(resource)
         if sub.state != "active":
-            return
-        if sub.in_flight is not None:
-            sub.dirty = True  # sent (after gathering) once the NOTIFY in flight is answered
-            return
+            return False
         if rlist.batch_interval <= 0:
-            self._send_notify(sub, now)
-            return
+            if sub.in_flight is not None:
+                sub.dirty = True  # sent once the NOTIFY in flight is answered
+                return False
+            return True
         batch = rlist.batch
         if not isinstance(batch, ListBatch):
             batch = rlist.batch = ListBatch(sub)
+        batch.ringing = batch.ringing or ringing  # what it gathers goes out with ringing keys
+        if sub.in_flight is not None:
+            sub.dirty = True  # sent (after gathering) once the NOTIFY in flight is answered
+            return False
         if batch.timer_seq == NO_TIMER:  # not gathering yet: the first change starts it
             self._timers.schedule(batch, now + rlist.batch_interval)
             self._timer_moved = True
+        return False
 
-    def _list_batch_due(self, sub: Subscription, now: float) -> None:
+    def _list_batch_due(self, sub: Subscription) -> bool:
+        """A list's gathering interval ended: True when its NOTIFY is to go out now (in a walk
+        of the lists due, see ``handle_timer``)."""
         rlist = sub.rlist
         if rlist is None or sub.state != "active" or not rlist.has_news:
-            return
+            return False
         if sub.in_flight is not None:
             sub.dirty = True
-            return
-        self._send_notify(sub, now)
+            return False
+        return True
 
     def _unindex_list(self, sub: Subscription) -> None:
         assert sub.rlist is not None

@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from bridge.sip.access import SourceGate, StreamLimits
@@ -40,6 +40,11 @@ UDP_BUFFER = 8 << 20
 # batch and what they trigger goes out in one burst (fewer wake-ups of the receivers as well).
 UDP_BATCH = 256
 UDP_SLICE = 32  # ... handled and answered in slices of this many
+# NOTIFYs of a fan-out sent per turn of the event loop; between two slices the loop reads what
+# came in (a SUBSCRIBE, the 200s, another key's change), so nothing waits behind a whole
+# 5,000-watcher burst. 16: a SUBSCRIBE sent mid burst waits about 4 ms where 64 made it wait
+# 6-17 ms and 256 50-90 ms, and the last NOTIFY is not measurably later (docs/PERFORMANCE.md).
+FANOUT_SLICE = 16
 
 
 def _is_wildcard(host: str) -> bool:
@@ -104,8 +109,15 @@ class SipCore(Protocol):
         """The state of a watched resource changed."""
         ...
 
-    def outgoing(self) -> list[tuple[bytes, Peer]]:
-        """Take what is to be sent."""
+    def drain(self, now: float, budget: int, *, ringing_only: bool = False
+              ) -> Iterator[tuple[bytes, Peer]]:  # fmt: skip
+        """What is to be sent: everything urgent, then at most ``budget`` fan-out NOTIFYs, each
+        built as it is handed out."""
+        ...
+
+    @property
+    def fanout_pending(self) -> bool:
+        """Whether drain() has more fan-out NOTIFYs."""
         ...
 
     def next_timer(self) -> float | None:
@@ -155,6 +167,8 @@ class SipService:
         )
         self._timer: asyncio.Handle | None = None
         self._timer_at: float | None = None  # when self._timer is due
+        self._next_slice: asyncio.Handle | None = None  # the fan-out goes on at the next turn
+        self._answers_later: list[tuple[bytes, Peer]] = []  # 2xx read during a fan-out
         self._routes: OrderedDict[str, str] = OrderedDict()  # phone host → our address to it
 
     @property
@@ -184,12 +198,14 @@ class SipService:
     def resource_changed(self, resource: str) -> None:
         """Tell the watchers of resource about its new state."""
         self.notifier.resource_changed(resource, self._loop.time())
-        self._flush()
+        self._flush(FANOUT_SLICE)
 
     def flush(self) -> None:
-        """Send what the core wants sent after it was fed from elsewhere (Asterisk, a reload);
+        """Send what the core wants sent after it was fed from elsewhere (Asterisk, a reload):
+        the urgent messages and a first slice of ringing keys' fan-outs now, the rest a slice
+        per turn of the loop (other keys' changes of the same burst wait for the ringing ones);
         re-arm the timer."""
-        self._flush()
+        self._flush(FANOUT_SLICE, ringing_only=True)
 
     def received(self, message: bytes | Request | Response, peer: Peer) -> None:
         """Feed one datagram or framed message to the core."""
@@ -197,10 +213,18 @@ class SipService:
         self._flush()
 
     def received_datagrams(self, batch: list[tuple[bytes, Peer]]) -> None:
-        """Feed datagrams read in one go to the core, then send what they caused at once."""
+        """Feed datagrams read in one go to the core, then send what they caused at once.
+
+        While a fan-out goes on, the 2xx answers (to its own NOTIFYs, nearly all) are kept
+        for when it is done: they must be read to reach a SUBSCRIBE behind them, but handling
+        them can wait, and the fan-out's last NOTIFY then does not wait for it.
+        """
         now, receive, limit = self._loop.time(), self.notifier.receive, self.max_datagram
+        later = self._answers_later if self.notifier.fanout_pending else None
         for data, peer in batch:
-            if len(data) > limit:  # rationed like every line a peer can cause
+            if later is not None and data[:9] == b"SIP/2.0 2":
+                later.append((data, peer))
+            elif len(data) > limit:  # rationed like every line a peer can cause
                 self.notifier.gate.logs.log(logging.INFO, (peer.host, "too large"), now,
                                             "dropped a %d-byte datagram from %s: over "
                                             "sip.max_message_size", len(data), peer)  # fmt: skip
@@ -216,6 +240,9 @@ class SipService:
         """Stop listening, drop connections and the timer."""
         if self._timer is not None:
             self._timer.cancel()
+        if self._next_slice is not None:
+            self._next_slice.cancel()
+            self._next_slice = None
         for transport in self.udp:
             transport.close()
         for server in self.tcp + self.tls:
@@ -268,13 +295,32 @@ class SipService:
         except OSError as exc:
             logger.debug("UDP error: %s", exc)  # what the transport would report
 
-    def _flush(self) -> None:
-        for data, peer in self.notifier.outgoing():
-            if peer.transport == "udp":
+    def _flush(self, budget: int = 0, *, ringing_only: bool = False) -> None:
+        """Send the urgent messages and at most ``budget`` fan-out NOTIFYs, each as soon as it
+        is built; what is left goes on at the next turn of the loop; re-arm the timer."""
+        core = self.notifier
+        sock = None  # the one UDP socket, written straight to while it has room
+        if len(self.udp) == 1 and not _backlog(self.udp[0]) and not self.udp[0].is_closing():
+            sock = self._udp_socks[0]
+        for data, peer in core.drain(self._loop.time(), budget, ringing_only=ringing_only):
+            if peer.transport != "udp":
+                self.streams.send(data, peer)
+            elif sock is None:
                 self._send_udp(data, peer)
             else:
-                self.streams.send(data, peer)
-        when = self.notifier.next_timer()
+                try:
+                    sock.sendto(data, (peer.host, peer.port))
+                except (BlockingIOError, InterruptedError):
+                    sock = None  # full: the transport buffers this and what follows, in order
+                    self.udp[0].sendto(data, (peer.host, peer.port))
+                except OSError as exc:
+                    logger.debug("UDP error: %s", exc)  # what the transport would report
+        if core.fanout_pending:
+            if self._next_slice is None:
+                self._next_slice = self._loop.call_soon(self._drain_slice)
+        elif self._answers_later:
+            self._take_answers()
+        when = core.next_timer()
         # The time is kept here: uvloop hands back a plain Handle, without when(), for a
         # deadline less than a millisecond away.
         if self._timer is not None and self._timer_at != when:
@@ -284,8 +330,25 @@ class SipService:
             self._timer = self._loop.call_at(when, self._on_timer, when)
             self._timer_at = when
 
+    def _take_answers(self) -> None:
+        """Hand the answers kept during a fan-out to the core (before any timer runs: a NOTIFY
+        answered must not be sent again), and send what they caused."""
+        later, self._answers_later = self._answers_later, []
+        now, receive = self._loop.time(), self.notifier.receive
+        for data, peer in later:
+            receive(data, peer, now)
+        self._flush()
+
+    def _drain_slice(self) -> None:
+        self._next_slice = None
+        self._flush(FANOUT_SLICE)
+
     def _on_timer(self, when: float) -> None:
         self._timer = None
+        if self._answers_later:
+            later, self._answers_later = self._answers_later, []
+            for data, peer in later:
+                self.notifier.receive(data, peer, self._loop.time())
         # The loop may run a timer a hair before its time; never let the core see "too early".
         self.notifier.handle_timer(max(self._loop.time(), when))
         self._flush()
