@@ -57,9 +57,10 @@ def config_for(server: RecordedAmiServer, *extra: str) -> list[str]:
     ]
 
 
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
+async def eventually(predicate: Callable[[], bool], within: float = 10.0) -> None:
     # Polled: the conditions span the tracker, the notifier and the AMI source, which share no
-    # change signal a test could wait on.
+    # change signal a test could wait on. 10 s: four workers on two cores start SIPp and a
+    # bridge per test, and a start alone took over 5 s in a loaded full run.
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
