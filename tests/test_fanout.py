@@ -22,6 +22,7 @@ import uvloop
 from lxml import etree
 from test_core import NS, SCHEMA, Sip
 from test_lists import read_list
+from test_sip_notifier import Source as Keys  # 202 and 203, whose states a test sets
 
 from bridge.dialoginfo import DialogInfoDocument, RenderSettings, render, sip_uri
 from bridge.model import Dialog, DialogState, Direction, EntityState, PickupIds
@@ -32,30 +33,6 @@ from bridge.sip.transport import FANOUT_SLICE, SipService, start_sip
 
 HOST = "127.0.0.1"
 WATCHERS = 10 * FANOUT_SLICE + 7  # several slices, the last one short
-
-
-class Doc:
-    def __init__(self, state: str) -> None:
-        self.state = state
-
-    def body(self, version: int) -> bytes:
-        return f'<dialog-info version="{version}" state="{self.state}"/>'.encode()
-
-
-class Keys:
-    """Two keys whose state the test sets: 202 rings, 203 goes busy."""
-
-    def __init__(self) -> None:
-        self.states = {"202": "idle", "203": "idle"}
-
-    def resolve(self, user: str, watcher: str, domain: str = "") -> str | None:
-        return user
-
-    def knows(self, resource: str) -> bool:
-        return resource in self.states
-
-    def document(self, resource: str, watcher: str) -> Doc:
-        return Doc(self.states[resource])
 
 
 class Phone:
