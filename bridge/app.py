@@ -179,9 +179,8 @@ class Bridge:
         """Take over a new configuration without dropping a subscription."""
         live_tls = self.sip is not None and self.sip.tls
         renewed = settings.tls_context(config) if live_tls else None  # ConfigError: kept as is
-        if self.sip is not None and renewed is not None:
-            # Before the diff: a renewed (ACME) certificate keeps its file names.
-            self.sip.use_tls_context(renewed)
+        if self.sip is not None and renewed is not None:  # before the diff: a renewed (ACME)
+            self.sip.use_tls_context(renewed)  # certificate keeps its file names
             log.info("reload: new TLS connections use %s", config.sip.tls_certificate)
         loop = asyncio.get_running_loop()
         wanted = wanted_pbx(self.local_pbx, self.pbx, self.config, config)
@@ -210,6 +209,8 @@ class Bridge:
             logging.getLogger().setLevel(config.log_level.upper())
         if self.sip is not None:
             self.sip.stream_limits = settings.stream_limits(config)
+        if self.store is not None and "store.path" in set(done.changed) - set(done.kept):
+            self.store.move(config.store.path, loop.time())  # e.g. the demo's, then the site's
         if done.restart_source:
             await self._stop_source()
             if switch and (old := self.pbx) is not None:
@@ -257,8 +258,7 @@ async def run_until_signalled(
     hup = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    # Before the start: a Ctrl-C or SIGTERM while it starts stops it cleanly once started,
-    # instead of a KeyboardInterrupt through whatever was being set up.
+    # Set before the start: a Ctrl-C while starting stops cleanly, no KeyboardInterrupt.
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, hup.set)

@@ -354,7 +354,8 @@ class StoreConfig:
     """Where subscriptions are kept across restarts; an empty path keeps them in memory only."""
 
     path: str = setting(
-        DEFAULT_STORE, Text(), "where subscriptions survive restarts; empty: memory only",
+        DEFAULT_STORE, Text(), "where subscriptions survive restarts; empty: memory only; a "
+        "reload moves them to another file (from or to empty: on a restart)",
         restart=True,
     )  # fmt: skip
     flush_interval: float = setting(

@@ -294,7 +294,8 @@ class BridgeCore:
         and goes on doing so; ``new_pbx``: the glue follows another PBX from now on (the demo
         and Asterisk, either way), whose keys are learned anew."""
         changed = frozenset(settings.changed_settings(self.config, config))
-        kept = tuple(sorted(name for name in changed if settings.needs_restart(name)))
+        kept = tuple(sorted(name for name in changed if settings.needs_restart(name)
+                            and not _store_moves(name, self.config, config)))  # fmt: skip
         self._keep_finding(kept)
         if not changed and not new_pbx:
             return Reconfigured(self.config, changed, (), False)
@@ -666,6 +667,12 @@ class BridgeCore:
             why = "their users are no longer in security.users_file"
         if ended:
             log.warning("reload: ended %d subscription(s): %s", ended, why)
+
+
+def _store_moves(name: str, old: Config, new: Config) -> bool:
+    """A store path changed between two real files: the glue moves the subscriptions on the
+    reload (StoreKeeper.move); to or from memory only waits for a restart."""
+    return name == "store.path" and bool(old.store.path) and bool(new.store.path)
 
 
 def _pbx_names(config: Config) -> list[tuple[str, str]]:

@@ -43,12 +43,32 @@ class StoreKeeper:
             log.info("resumed %d subscriptions from %s", resumed, path)
         return cls(store, core, interval)
 
+    def move(self, path: str, now: float) -> bool:
+        """``store.path`` changed on a reload (the demo's own store, then the site's): every
+        running subscription goes to the new store, replacing what it held, and the old one is
+        emptied, so neither a restart nor a later demo resumes what was moved. False (logged,
+        the old store kept) when the new one cannot be written."""
+        try:
+            moved = SubscriptionStore(path)
+            moved.write(self.core.snapshot_all(now), replace_all=True)
+        except (StoreError, OSError) as exc:
+            log.error("store.path: %s; the subscriptions stay in %s", exc, self.store.path)
+            return False
+        old, self.store, self.failed = self.store, moved, False
+        try:
+            old.write([], replace_all=True)
+        finally:
+            old.close()
+        log.info("store.path: subscriptions are kept in %s now (was %s)", path, old.path)
+        return True
+
     async def flush_forever(self) -> None:
         """Write what changed, in one transaction per interval, off the event loop."""
-        store, core = self.store, self.core
+        core = self.core
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.interval)
+            store = self.store  # a reload may have moved it
             if not (core.has_store_changes or self.failed):
                 continue
             whole = self.failed  # after a failed write, rewrite everything

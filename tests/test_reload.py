@@ -18,6 +18,7 @@ from test_app import RINGING_202, collapsed, key_state
 
 from bridge.demo.ami_server import RecordedAmiServer
 from bridge.demo.ari_server import RecordedAriServer, event_is
+from bridge.store import SubscriptionStore
 
 AMI_REPLAY_SPEED = 4  # the shared server fixture (conftest.py) replays this fast
 RECORDINGS = Path(__file__).parent / "fixtures" / "asterisk-22.10.1"
@@ -165,4 +166,38 @@ async def test_a_reload_moves_from_ami_to_ari_and_back(
     states = the_dialog_went_on(result)
     assert states == ["idle", "early/recipient", "idle", "early/recipient", "idle"], states
     assert len(server.logins) == 2 and len(ari.logins) == 1
+    assert "Traceback" not in bridge.log
+
+
+async def test_leaving_the_demo_moves_its_subscriptions_to_the_sites_store(
+    server: RecordedAmiServer, tmp_path: Path
+) -> None:
+    """The demo keeps its own store (config.demo_store); the site's file names another. The
+    reload moves every running subscription there and empties the demo's, so the restart that
+    follows resumes them, and no later demo run resumes them too."""
+    demo_store, site_store = tmp_path / "demo.sqlite3", tmp_path / "site.sqlite3"
+    config = tmp_path / "bridge.toml"
+    config.write_text(f"[store]\npath = '{demo_store}'\n")
+    sip_port = free_port()
+    bridge = BridgeProcess(config, sip_port, server.port, tmp_path / "unused.sqlite3")
+    args = bridge.args  # as installed: the store and the AMI user come from the file
+    bridge.args = [a for i, a in enumerate(args) if not a.startswith(("ami.", "store.path"))
+                   and not (a == "--set" and args[i + 1].startswith(("ami.", "store.path")))]
+    try:
+        await bridge.start()
+        async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=3000) as watcher:
+            await bridge.wait_for("subscribed to 202")
+            await reload(bridge, config, AMI_FILE.format(port=server.port)
+                         + f"[store]\npath = '{site_store}'\n")  # fmt: skip
+            await bridge.wait_for(f"subscriptions are kept in {site_store} now")
+            await bridge.wait_for("in sync with Asterisk", count=2)
+            moved = await asyncio.to_thread(SubscriptionStore(site_store).load)
+            left = await asyncio.to_thread(SubscriptionStore(demo_store).load)
+            result = await watcher.finish()
+        assert await bridge.end(signal.SIGTERM) == 0
+    finally:
+        await bridge.close()
+    the_dialog_went_on(result)
+    assert [s.resource for s in moved] == ["202"] and left == []
+    assert "only change on a restart" not in bridge.log
     assert "Traceback" not in bridge.log
