@@ -289,3 +289,23 @@ async def test_the_running_bridge_finds_endpoints_without_groups_and_a_refused_g
                 break
             await asyncio.sleep(0.02)
         assert not any(f.subject == "endpoint 204" for f in status.findings())
+
+
+async def test_on_a_freepbx_layout_the_keys_resolve_through_the_includes(tmp_path: Path) -> None:
+    """FreePBX: endpoints with `context = from-internal`, no subscribe_context; the hints live
+    in ext-local, park-hints, ... reached only through includes. The check reports where each
+    phone's keys come from as the bridge resolves them, and a context reaching no hint."""
+    freepbx = Path(__file__).parent / "fixtures" / "freepbx-asterisk-22.10.1"
+    async with RecordedAmiServer(freepbx) as server:
+        found = await site_findings(load(None, settings(server, tmp_path, 1, 1)), listen=0)
+        keys = {f.text.split(":")[0]: f for f in found if f.subject == "keys"}
+        from_internal = next(f for t, f in keys.items() if "from context from-internal" in t)
+        assert from_internal.level == "ok"
+        assert "ext-local (" in from_internal.text and "park-hints (" in from_internal.text
+        tenant = next(f for t, f in keys.items() if "from context tenant-b" in t)
+        assert "tenant-b-ext (" in tenant.text and "ext-local" not in tenant.text
+        # An endpoint whose context reaches no hint: Asterisk (and the bridge) answer 404.
+        server.endpoints["203"]["context"] = "nowhere"
+        found = await site_findings(load(None, settings(server, tmp_path, 1, 1)), listen=0)
+        dark = next(f for f in found if f.subject == "keys" and "nowhere" in f.text)
+        assert dark.level == "warn" and "include =>" in dark.fix

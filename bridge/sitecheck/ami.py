@@ -7,7 +7,7 @@ import asyncio
 import itertools
 from collections.abc import Mapping
 
-from bridge.asterisk.ami_events import events_of
+from bridge.asterisk.ami_events import dialplan_of, events_of
 from bridge.asterisk.ami_wire import MessageSplitter, parse_message
 from bridge.devices import parse_groups
 from bridge.events import ContactChanged
@@ -133,6 +133,8 @@ async def _read_all(ami: _Ami, facts: SiteFacts, username: str, secret: str, *,
             if "permission" in why.lower():
                 facts.denied[action] = why
             continue
+        if action == "ShowDialPlan":
+            facts.dialplan = dialplan_of(answer)
         if action == "ExtensionStateList":
             hints = [(h.get("exten", ""), h.get("context", ""), h.get("hint", ""))
                      for h in answer if h.get("event") == "ExtensionStatus"]  # fmt: skip

@@ -73,8 +73,7 @@ async def read_site(url: str, username: str, password: str, app: str, aors: list
             groups = _config_groups(body) if status == 200 else None
             call, pickup, subscribe_context, own_context, _callerid = groups or (
                 frozenset(), frozenset(), "", "", "")
-            context = subscribe_context or own_context
-            found[name] = Endpoint(name, "", context, call, pickup)
+            found[name] = Endpoint(name, own_context, subscribe_context, call, pickup)
         else:
             facts.endpoints = found
         contacts: dict[str, list[str]] = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bridge.events import DialplanRead
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -35,6 +37,8 @@ class SiteFacts:
     # (extension, context, hint) for every hint; None when Asterisk cannot list them (ARI)
     hints: list[tuple[str, str, str]] | None = None
     endpoints: dict[str, Endpoint] | None = None
+    # The includes and pattern hints (AMI ShowDialPlan); None when they could not be listed
+    dialplan: DialplanRead | None = None
     # AOR → the contacts Asterisk can reach; None when they could not be read
     contacts: dict[str, list[str]] | None = None
     notes: list[str] = field(default_factory=list)  # what went wrong reading, for the log

@@ -4,8 +4,10 @@ Pure: no I/O, so every verdict is tested without an Asterisk."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 from bridge.config import Config
+from bridge.dialplan import DialplanResolver
 from bridge.findings import Finding, pickup_group_finding
 from bridge.sitecheck.facts import SiteFacts
 
@@ -141,21 +143,29 @@ def _endpoints(config: Config, facts: SiteFacts) -> list[Finding]:
     if not facts.endpoints:
         return [Finding("warn", "endpoints", "Asterisk has no PJSIP endpoints")]
     out = []
-    contexts = {context for _, context, _ in facts.hints or ()}
     home = default_context(config, facts)
     watch: dict[str, list[str]] = defaultdict(list)
     for endpoint in sorted(facts.endpoints.values(), key=lambda e: e.name):
-        context = endpoint.subscribe_context or home
-        watch[context].append(endpoint.name)
-        if facts.hints is not None and endpoint.subscribe_context and \
-                endpoint.subscribe_context not in contexts:  # fmt: skip
-            out.append(Finding("warn", f"endpoint {endpoint.name}", "its subscribe_context "
-                               f"{endpoint.subscribe_context} has no hints: its keys stay dark",
-                               "add the hints to that context, or change subscribe_context "
-                               "in pjsip.conf"))  # fmt: skip
-    for context, names in sorted(watch.items()):
+        # Where Asterisk resolves its SUBSCRIBEs: subscribe_context, else context.
+        watch[endpoint.subscribe_context or endpoint.context or home].append(endpoint.name)
+    reach = _reach(facts)
+    for start, names in sorted(watch.items()):
         shown = ", ".join(names[:12]) + (f" … ({len(names)})" if len(names) > 12 else "")
-        out.append(Finding("ok", "keys", f"phones {shown} watch context {context or '?'}"))
+        if reach is None:
+            out.append(Finding("ok", "keys", f"phones {shown} watch from context {start or '?'}"))
+            continue
+        found = reach(start)
+        if not found:
+            out.append(Finding("warn", "keys", f"phones {shown} watch from context {start}, "
+                               "which reaches no hint (itself or through its includes): Asterisk "
+                               "answers their SUBSCRIBEs 404 and so does the bridge",
+                               "add the hints to that context or include the context that "
+                               "holds them (`include => ext-local`), or set subscribe_context "
+                               "in pjsip.conf"))  # fmt: skip
+            continue
+        where = ", ".join(f"{ctx} ({n})" for ctx, n in sorted(found.items()))
+        out.append(Finding("ok", "keys", f"phones {shown} watch from context {start}: the "
+                           f"hints of {where}"))  # fmt: skip
     mode = config.security.pickup
     if mode != "group":
         out.append(Finding("ok", "pickup groups", f"not used (security.pickup = {mode!r})"))
@@ -167,6 +177,24 @@ def _endpoints(config: Config, facts: SiteFacts) -> list[Finding]:
         out.append(Finding("ok", "pickup groups", f"all {len(facts.endpoints)} endpoints have "
                            "call_group and pickup_group"))  # fmt: skip
     return out
+
+
+def _reach(facts: SiteFacts) -> Callable[[str], dict[str, int]] | None:
+    """For a context a phone watches from: how many of its keys each context supplies, found
+    as the bridge and Asterisk find them (bridge.dialplan: its hints, then its includes). None
+    without the includes (ARI, or ShowDialPlan refused): the check cannot tell."""
+    if facts.hints is None or facts.dialplan is None:
+        return None
+    resolver = DialplanResolver()
+    resolver.set_dialplan(facts.dialplan.includes, facts.dialplan.pattern_hints)
+    for exten, context, _ in facts.hints:
+        resolver.add_hint(context, exten)
+    extens = sorted({exten for exten, _, _ in facts.hints})
+
+    def reach(start: str) -> dict[str, int]:
+        return dict(Counter(c for e in extens if (c := resolver.find(start, e)) is not None))
+
+    return reach
 
 
 def _led_phones(config: Config, facts: SiteFacts) -> list[Finding]:
