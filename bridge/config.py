@@ -389,7 +389,7 @@ class Config:
         "info", Text(choices=_LOG_LEVELS), "debug, info, warning or error", path="log.level"
     )
     demo: bool = setting(
-        False, Flag(), "always run the built-in demo PBX", path="demo.enabled", restart=True
+        False, Flag(), "always run the built-in demo PBX", path="demo.enabled"
     )
     source_file: str = ""
     store: StoreConfig = StoreConfig()

@@ -201,3 +201,29 @@ async def test_leaving_the_demo_moves_its_subscriptions_to_the_sites_store(
     assert [s.resource for s in moved] == ["202"] and left == []
     assert "only change on a restart" not in bridge.log
     assert "Traceback" not in bridge.log
+
+
+async def test_clearing_demo_enabled_moves_to_the_asterisk_already_named(
+    server: RecordedAmiServer, tmp_path: Path
+) -> None:
+    """`demo.enabled = true` beside a configured Asterisk runs the demo; clearing it and
+    reloading follows that Asterisk, with no restart and nothing said to be waiting for one."""
+    config = tmp_path / "bridge.toml"
+    config.write_text(AMI_FILE.format(port=server.port) + "[demo]\nenabled = true\n")
+    sip_port = free_port()
+    bridge = BridgeProcess(config, sip_port, server.port, tmp_path / "s.sqlite3")
+    try:
+        await bridge.start()
+        assert "following the demo PBX" in bridge.log
+        async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=2000) as watcher:
+            await bridge.wait_for("subscribed to 202")
+            await reload(bridge, config, AMI_FILE.format(port=server.port))
+            await bridge.wait_for(FOLLOWING.format(source="AMI", port=server.port))
+            await bridge.wait_for("in sync with Asterisk", count=2)
+            assert server.logged_in == 1
+            result = await watcher.finish()
+        assert await bridge.end(signal.SIGTERM) == 0
+    finally:
+        await bridge.close()
+    the_dialog_went_on(result)
+    assert "only change on a restart" not in bridge.log

@@ -160,7 +160,7 @@ def test_restart_only_is_what_the_declarations_flag() -> None:
     flagged = {item.name for item in SETTINGS if item.setting.restart}
     assert flagged == {
         "sip.udp", "sip.tcp", "sip.tls", "sip.max_message_size", "sip.contact_host",
-        "store.path", "demo.enabled", "runtime.event_loop", "web.listen", "web.hosts",
+        "store.path", "runtime.event_loop", "web.listen", "web.hosts",
     }  # fmt: skip
     assert set(RESTART_ONLY) == flagged | {"led"}
     assert needs_restart("led[3]") and needs_restart("sip.udp")
