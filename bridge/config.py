@@ -573,16 +573,16 @@ def from_mapping(raw: Mapping[str, Any], base_dir: Path | None = None) -> Config
         poly=PolyOptions(**values["poly"]),
         **values[""],
     )
-    if errors:
-        raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{len(errors)} errors: " + "; ".join(errors), errors)  # fmt: skip
     files = [_secret_path(Path(name), base) for name in (
         config.ami.secret_file, config.security.users_file, config.ari.password_file) if name
     ]  # fmt: skip
     security = dataclasses.replace(config.security, secret_files=tuple(map(str, files)))
     config = dataclasses.replace(config, security=security)
     if isinstance(several, list):
-        config = _with_pbxs(config, raw, several, base)
+        config = checked(lambda: _with_pbxs(config, raw, several, base), config)
+    if errors:
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          f"{len(errors)} errors: " + "; ".join(errors), errors)  # fmt: skip
     return config
 
 
@@ -602,39 +602,21 @@ def _with_pbxs(config: Config, raw: Mapping[str, Any], entries: list[Any], base:
     if not entries:
         raise ConfigError("asterisk: [[asterisk]] needs at least one entry")
     pbxs: list[PbxConfig] = []
+    errors: list[str] = []  # every mistake of every entry, found in one go
     for i, entry in enumerate(entries):
-        where = f"asterisk[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: must be a table ([[asterisk]])")
-        for key in entry:
-            if key not in PBX_KEYS:
-                known = ", ".join(PBX_KEYS)
-                raise ConfigError(f"{where}.{key}: unknown setting (known: {known})")
-        name = str(entry.get("name", ""))
-        if not _PBX_NAME.fullmatch(name):
-            raise ConfigError(f"{where}.name: {name!r} must be 1-32 letters, digits, - or _")
-        source = entry.get("source", "ami")
-        if source not in ("ami", "ari"):
-            raise ConfigError(f'{where}.source: {source!r} must be "ami" or "ari"')
-        domain = str(entry.get("domain", "")).strip().lower()
-        if not domain or any(c in domain for c in ' <>"@;/'):
-            raise ConfigError(f"{where}.domain: the SIP domain its phones use, e.g. pbx-a.example")
-        sections = {s: _pbx_section(entry.get(s, {}), f"{where}.{s}") for s in ("ami", "ari")}
-        try:
-            ami = _checked_ami(AmiConfig(**sections["ami"]), base)
-            ari = _checked_ari(AriConfig(**sections["ari"]), base, needed=source == "ari")
-        except ConfigError as exc:
-            raise ConfigError(f"{where} ({name}): {exc}") from None
-        if not (ari.username if source == "ari" else ami.username):
-            raise ConfigError(f"{where}.{source}.username: required (each PBX is a real one)")
-        pbxs.append(PbxConfig(name, source, domain, ami, ari))
+        pbx = _read_pbx(f"asterisk[{i}]", entry, base, errors)
+        if pbx is not None:
+            pbxs.append(pbx)
     for attr in ("name", "domain"):
         seen: set[str] = set()
         for i, pbx in enumerate(pbxs):
             value = getattr(pbx, attr).lower()
             if value in seen:
-                raise ConfigError(f"asterisk[{i}].{attr}: {value!r} is used by another PBX")
+                errors.append(f"asterisk[{i}].{attr}: {value!r} is used by another PBX")
             seen.add(value)
+    if errors:
+        raise ConfigError(errors[0] if len(errors) == 1 else
+                          f"{len(errors)} errors: " + "; ".join(errors), errors)  # fmt: skip
     files = [str(_secret_path(Path(name), base)) for p in pbxs
              for name in (p.ami.secret_file, p.ari.password_file) if name]  # fmt: skip
     security = dataclasses.replace(config.security, secret_files=(
@@ -642,6 +624,45 @@ def _with_pbxs(config: Config, raw: Mapping[str, Any], entries: list[Any], base:
     first = pbxs[0]  # the one-PBX fields keep meaning something (the first PBX)
     return dataclasses.replace(config, pbxs=tuple(pbxs), source=first.source, ami=first.ami,
                                ari=first.ari, security=security)  # fmt: skip
+
+
+def _read_pbx(where: str, entry: Any, base: Path, errors: list[str]) -> PbxConfig | None:
+    """One ``[[asterisk]]`` entry; its mistakes go to ``errors`` (each setting checked on its
+    own, so one check-config names them all) and None is returned then."""
+    if not isinstance(entry, dict):
+        errors.append(f"{where}: must be a table ([[asterisk]])")
+        return None
+    found = len(errors)
+    for key in entry:
+        if key not in PBX_KEYS:
+            errors.append(f"{where}.{key}: unknown setting (known: {', '.join(PBX_KEYS)})")
+    name = str(entry.get("name", ""))
+    if not _PBX_NAME.fullmatch(name):
+        errors.append(f"{where}.name: {name!r} must be 1-32 letters, digits, - or _")
+    source = entry.get("source", "ami")
+    if source not in ("ami", "ari"):
+        errors.append(f'{where}.source: {source!r} must be "ami" or "ari"')
+    domain = str(entry.get("domain", "")).strip().lower()
+    if not domain or any(c in domain for c in ' <>"@;/'):
+        errors.append(f"{where}.domain: the SIP domain its phones use, e.g. pbx-a.example")
+    sections: dict[str, Any] = {}
+    for section in ("ami", "ari"):
+        try:
+            sections[section] = _pbx_section(entry.get(section, {}), f"{where}.{section}")
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    if len(errors) > found:
+        return None
+    try:
+        ami = _checked_ami(AmiConfig(**sections["ami"]), base)
+        ari = _checked_ari(AriConfig(**sections["ari"]), base, needed=source == "ari")
+    except ConfigError as exc:
+        errors.extend(f"{where} ({name}): {e}" for e in exc.errors)
+        return None
+    if not (ari.username if source == "ari" else ami.username):
+        errors.append(f"{where}.{source}.username: required (each PBX is a real one)")
+        return None
+    return PbxConfig(name, source, domain, ami, ari)
 
 
 def _pbx_section(table: Any, name: str) -> dict[str, Any]:

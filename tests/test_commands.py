@@ -186,6 +186,22 @@ def test_check_config_lists_every_error_at_once(
     ], errors  # fmt: skip
 
 
+def test_check_config_lists_every_error_of_several_pbxs_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sip]\nudp = "nohost"\n'
+                   '[[asterisk]]\nname = "a b"\nsource = "sip"\ndomain = ""\n'
+                   '[[asterisk]]\nname = "hamburg"\ndomain = "b.example"\n'
+                   'ami = { port = 99999 }\n')  # fmt: skip
+    assert main(["check-config", str(bad)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+    assert [e.split(": error: ")[1].split(":")[0] for e in errors] == [
+        "sip.udp[0]", "asterisk[0].name", "asterisk[0].source", "asterisk[0].domain",
+        "asterisk[1].ami.port",
+    ], errors  # fmt: skip
+
+
 async def test_status_into_a_closed_pipe_ends_quietly(server: RecordedAmiServer) -> None:
     web = free_port()
     async with bridge_with_web(server, web):
