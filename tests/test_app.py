@@ -27,7 +27,7 @@ from releases import REFERENCE, recordings, releases_with
 from sipp import SippResult, SippWatcher, TracedMessage
 
 from bridge.app import Bridge
-from bridge.config import load
+from bridge.config import Config, load
 from bridge.demo.ami_server import RecordedAmiServer, event_matches
 from bridge.demo.ari_server import RecordedAriServer
 
@@ -67,17 +67,25 @@ async def eventually(predicate: Callable[[], bool], within: float = 10.0) -> Non
 
 
 @asynccontextmanager
-async def running_bridge(server: RecordedAmiServer, *extra: str) -> AsyncIterator[Bridge]:
-    bridge = Bridge(load(None, config_for(server, *extra)))
+async def synced_bridge(config: Config, *, groups: bool = False) -> AsyncIterator[Bridge]:
+    """A started bridge, in sync with its (replayed) Asterisk; ``groups``: also with the pickup
+    groups of 201-206 read (they come after the sync; a ring before would show no ids)."""
+    bridge = Bridge(config)
     await bridge.start()
     try:
         assert bridge.source is not None
         await asyncio.wait_for(bridge.source.synced.wait(), 5)
-        # The pickup groups are read after the sync; a ring before that would show no ids.
-        await eventually(lambda: all(bridge.core.policy.knows(f"20{i}") for i in range(1, 7)))
+        if groups:
+            await eventually(lambda: all(bridge.core.policy.knows(f"20{i}") for i in range(1, 7)))
         yield bridge
     finally:
         await bridge.stop()
+
+
+@asynccontextmanager
+async def running_bridge(server: RecordedAmiServer, *extra: str) -> AsyncIterator[Bridge]:
+    async with synced_bridge(load(None, config_for(server, *extra)), groups=True) as bridge:
+        yield bridge
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from test_app import synced_bridge
 
 from bridge.__main__ import main
 from bridge.app import Bridge
@@ -61,14 +62,8 @@ def write_config(tmp_path: Path, lines: list[str]) -> Path:
 
 @asynccontextmanager
 async def running_bridge(lines: list[str]) -> AsyncIterator[Bridge]:
-    bridge = Bridge(load(None, lines))
-    await bridge.start()
-    try:
-        assert bridge.source is not None
-        await asyncio.wait_for(bridge.source.synced.wait(), 5)
+    async with synced_bridge(load(None, lines)) as bridge:
         yield bridge
-    finally:
-        await bridge.stop()
 
 
 def by_subject(found: list[Finding]) -> dict[str, list[Finding]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from sipp import free_port
+from test_app import synced_bridge
 
 from bridge.__main__ import main
 from bridge.app import Bridge
@@ -35,17 +36,11 @@ README = ROOT / "README.md"
 @asynccontextmanager
 async def bridge_with_web(server: RecordedAmiServer, web: int) -> AsyncIterator[Bridge]:
     server.select_fullest()
-    bridge = Bridge(load(None, [
+    async with synced_bridge(load(None, [
         f"ami.port={server.port}", "ami.username=bridge", "ami.secret=bridgesecret",
         'sip.udp=["127.0.0.1:0"]', "sip.tcp=[]", "store.path=", f"web.listen=127.0.0.1:{web}",
-    ]))  # fmt: skip
-    await bridge.start()
-    try:
-        assert bridge.source is not None
-        await asyncio.wait_for(bridge.source.synced.wait(), 5)
+    ])) as bridge:  # fmt: skip
         yield bridge
-    finally:
-        await bridge.stop()
 
 
 async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -9,7 +9,6 @@ answer to ``PJSIPShowResourceLists`` is what makes the bridge serve the list at 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -18,7 +17,15 @@ from contextlib import asynccontextmanager
 from lxml import etree
 from own_blf import collapsed, key_state
 from sipp import SCENARIOS, SippWatcher, TracedMessage, parse_trace
-from test_app import FIXTURES, IDLE_MS, NS, config_for, eventually, running_bridge
+from test_app import (
+    FIXTURES,
+    IDLE_MS,
+    NS,
+    config_for,
+    eventually,
+    running_bridge,
+    synced_bridge,
+)
 from test_core import Sip
 from test_lists import ListNotify, read_list
 
@@ -77,15 +84,9 @@ def test_the_recording_holds_asterisks_own_list_notifies() -> None:
 async def bridge_with_list(ami: RecordedAmiServer) -> AsyncIterator[Bridge]:
     """A bridge following the replayed Asterisk, its list as Asterisk's at the replay's pace."""
     scaled = ResourceList("blf-list", KEYS, INTERVAL_MS / 1000 / SPEED, origin="config")
-    bridge = Bridge(dataclasses.replace(load(None, config_for(ami)), lists=(scaled,)))
-    await bridge.start()
-    try:
-        assert bridge.source is not None
-        await asyncio.wait_for(bridge.source.synced.wait(), 5)
-        await eventually(lambda: all(bridge.core.policy.knows(f"20{i}") for i in range(1, 7)))
+    config = dataclasses.replace(load(None, config_for(ami)), lists=(scaled,))
+    async with synced_bridge(config, groups=True) as bridge:
         yield bridge
-    finally:
-        await bridge.stop()
 
 
 async def test_each_key_of_the_list_shows_what_asterisks_own_list_showed() -> None:

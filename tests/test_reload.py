@@ -31,10 +31,17 @@ def count(bridge: BridgeProcess, text: str) -> int:
     return sum(text in line for line in bridge.lines)
 
 
-async def reload(bridge: BridgeProcess, config: Path, text: str) -> None:
+async def reload(bridge: BridgeProcess, config: Path, text: str, *, then: str = "",
+                 syncs: int = 0) -> None:
+    """Write the file and SIGHUP; then wait for the line ``then`` (what it follows now) and
+    for the ``syncs``-th "in sync" line (0: wait for nothing)."""
     await asyncio.to_thread(config.write_text, text)
     assert bridge.process is not None
     bridge.process.send_signal(signal.SIGHUP)
+    if then:
+        await bridge.wait_for(then)
+    if syncs:
+        await bridge.wait_for("in sync with Asterisk", count=syncs)
 
 
 def the_dialog_went_on(result: SippResult) -> list[str]:
@@ -64,9 +71,8 @@ async def test_a_reload_moves_from_the_demo_to_the_asterisk_the_file_names(
         assert "following the demo PBX" in bridge.log
         async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=4000) as watcher:
             await bridge.wait_for("subscribed to 202")
-            await reload(bridge, config, AMI_FILE.format(port=server.port))
-            await bridge.wait_for(FOLLOWING.format(source="AMI", port=server.port))
-            await bridge.wait_for("in sync with Asterisk", count=2)
+            await reload(bridge, config, AMI_FILE.format(port=server.port),
+                         then=FOLLOWING.format(source="AMI", port=server.port), syncs=2)
             assert server.logged_in == 1
             on_asterisk = time.time()  # from here on the demo is closed: every call is the replay's
             ringing, idle = count(bridge, "202: ringing"), count(bridge, "202: idle")
@@ -76,9 +82,8 @@ async def test_a_reload_moves_from_the_demo_to_the_asterisk_the_file_names(
             await bridge.wait_for("202: idle", count=idle + 1)
             back_on_demo = time.time()
             # And back: the file names no Asterisk any more, the demo runs again.
-            await reload(bridge, config, "# no Asterisk: the demo PBX again\n")
-            await bridge.wait_for("reload: following the demo PBX")
-            await bridge.wait_for("in sync with Asterisk", count=3)
+            await reload(bridge, config, "# no Asterisk: the demo PBX again\n",
+                         then="reload: following the demo PBX", syncs=3)
             result = await watcher.finish()
         assert await bridge.end(signal.SIGTERM) == 0
     finally:
@@ -113,9 +118,8 @@ async def test_a_reload_moves_to_another_asterisk_and_relearns_its_keys(
             await bridge.start()
             async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=4000) as watcher:
                 await bridge.wait_for("subscribed to 202")
-                await reload(bridge, config, AMI_FILE.format(port=other.port))
-                await bridge.wait_for(FOLLOWING.format(source="AMI", port=other.port))
-                await bridge.wait_for("in sync with Asterisk", count=2)
+                await reload(bridge, config, AMI_FILE.format(port=other.port),
+                             then=FOLLOWING.format(source="AMI", port=other.port), syncs=2)
                 await other.play("ring-cancel", until=RINGING_202)
                 await bridge.wait_for("202: ringing")
                 await other.play("ring-cancel")
@@ -145,16 +149,15 @@ async def test_a_reload_moves_from_ami_to_ari_and_back(
                 await bridge.wait_for("subscribed to 202")
                 await reload(bridge, config, "[asterisk]\nsource = 'ari'\n[ari]\n"
                              f"url = 'http://127.0.0.1:{ari.port}'\nusername = 'bridge'\n"
-                             "password = 'bridgesecret'\n")  # fmt: skip
-                await bridge.wait_for(FOLLOWING.format(source="ARI", port=ari.port))
-                await bridge.wait_for("in sync with Asterisk", count=2)
+                             "password = 'bridgesecret'\n",
+                             then=FOLLOWING.format(source="ARI", port=ari.port),
+                             syncs=2)  # fmt: skip
                 await ari.play("ring-cancel", until=ARI_RINGING)
                 await bridge.wait_for("202: ringing")
                 await ari.play("ring-cancel")
                 await bridge.wait_for("202: idle", count=2)
-                await reload(bridge, config, "# AMI again\n")
-                await bridge.wait_for(FOLLOWING.format(source="AMI", port=server.port))
-                await bridge.wait_for("in sync with Asterisk", count=3)
+                await reload(bridge, config, "# AMI again\n",
+                             then=FOLLOWING.format(source="AMI", port=server.port), syncs=3)
                 await server.play("ring-cancel", until=RINGING_202)
                 await bridge.wait_for("202: ringing", count=2)
                 await server.play("ring-cancel")
@@ -188,9 +191,8 @@ async def test_leaving_the_demo_moves_its_subscriptions_to_the_sites_store(
         async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=3000) as watcher:
             await bridge.wait_for("subscribed to 202")
             await reload(bridge, config, AMI_FILE.format(port=server.port)
-                         + f"[store]\npath = '{site_store}'\n")  # fmt: skip
-            await bridge.wait_for(f"subscriptions are kept in {site_store} now")
-            await bridge.wait_for("in sync with Asterisk", count=2)
+                         + f"[store]\npath = '{site_store}'\n",
+                         then=f"subscriptions are kept in {site_store} now", syncs=2)  # fmt: skip
             moved = await asyncio.to_thread(SubscriptionStore(site_store).load)
             left = await asyncio.to_thread(SubscriptionStore(demo_store).load)
             result = await watcher.finish()
@@ -217,9 +219,8 @@ async def test_clearing_demo_enabled_moves_to_the_asterisk_already_named(
         assert "following the demo PBX" in bridge.log
         async with SippWatcher("202", ("127.0.0.1", sip_port), idle_ms=2000) as watcher:
             await bridge.wait_for("subscribed to 202")
-            await reload(bridge, config, AMI_FILE.format(port=server.port))
-            await bridge.wait_for(FOLLOWING.format(source="AMI", port=server.port))
-            await bridge.wait_for("in sync with Asterisk", count=2)
+            await reload(bridge, config, AMI_FILE.format(port=server.port),
+                         then=FOLLOWING.format(source="AMI", port=server.port), syncs=2)
             assert server.logged_in == 1
             result = await watcher.finish()
         assert await bridge.end(signal.SIGTERM) == 0
