@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,9 +76,12 @@ class Kamailio:
         args += ["-Y", str(self.workdir / "run"), "-w", str(self.workdir)]
         for name, value in defines.items():
             args += ["-A", f"{name}={value}"]
+        # Its own process group: Kamailio forks workers that hold its stderr, and all of them
+        # must go at the end (a worker left behind kept the log pipe open: a test hung).
         self.process = await asyncio.create_subprocess_exec(
             "kamailio", *args, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )  # fmt: skip
         self._reader = asyncio.create_task(self._read())
         try:
@@ -96,15 +101,17 @@ class Kamailio:
             self.lines.append(line.decode(errors="replace"))
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            try:
+        if self.process is not None:
+            group = self.process.pid  # the session leader's pid names its group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+            with contextlib.suppress(ProcessLookupError):  # workers that outlived it
+                os.killpg(group, signal.SIGKILL)
+            await self.process.wait()
         if self._reader is not None:
-            await self._reader
+            await asyncio.wait_for(self._reader, 10)  # the pipe closes with the last worker
 
     @property
     def log(self) -> str:
