@@ -729,8 +729,8 @@ class BridgeProcess:
         if self.profile:
             spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
             self._spy = await asyncio.create_subprocess_exec(
-                spy, "record", "--format", "raw", "--rate", "500", "-o", self.profile,
-                "-p", str(self.proc.pid), stdin=asyncio.subprocess.DEVNULL,
+                spy, "record", "--nonblocking", "--format", "raw", "--rate", "1000",
+                "-o", self.profile, "-p", str(self.proc.pid), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
 

@@ -38,7 +38,9 @@ class Documents:
     def document(self, resource: str, watcher: str) -> DialogInfoDocument:
         """The current body of an extension as this watcher may see it."""
         cls = self.policy.class_of(watcher)
-        by_class = self._by_class.setdefault(resource, {})
+        by_class = self._by_class.get(resource)
+        if by_class is None:
+            by_class = self._by_class[resource] = {}
         doc = by_class.get(cls)
         if doc is None:
             state = self.tracker.state(resource)

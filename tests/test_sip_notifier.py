@@ -23,9 +23,11 @@ CONTACTS = {"udp": ("198.51.100.1", 5060), "tcp": ("198.51.100.1", 5061)}
 class Doc:
     def __init__(self, state: str) -> None:
         self.state = state
+        self.prefix = b'<dialog-info version="'
+        self.suffix = f'" state="{state}"/>'.encode()
 
     def body(self, version: int) -> bytes:
-        return f'<dialog-info version="{version}" state="{self.state}"/>'.encode()
+        return self.prefix + str(version).encode() + self.suffix
 
 
 class Source:
@@ -758,6 +760,52 @@ def _watchers(b: Bridge, resource: str, count: int) -> list[tuple[Peer, str]]:
 def _notifies(sent: list[tuple[bytes, Peer]]) -> list[Request]:
     found = [parse_message(data) for data, _ in sent]
     return [m for m in found if isinstance(m, Request) and m.method == "NOTIFY"]
+
+
+def _twins(count: int) -> tuple[Bridge, Bridge]:
+    """Two notifiers with the same subscriptions and the same branches to come."""
+    pair = Bridge(), Bridge()
+    for b in pair:
+        b.n._branch_prefix = "z9hG4bKtwin."  # the only random part of what they send
+        _watchers(b, "202", count)
+    return pair
+
+
+def test_a_fan_out_sends_the_bytes_and_leaves_the_state_notify_would() -> None:
+    """The fan-out's own path (``_fanout_notify``, spliced body, shared timer batch) against
+    the general one (``_notify``): byte for byte, and the same subscriptions, transactions,
+    timers and store news afterwards, lease renewals included."""
+    fast, general = _twins(40)
+    for b in (fast, general):
+        b.source.states["202"] = "early"
+        b.n._subs[next(iter(b.n._subs))].cseq_bound = 0  # its lease runs out on this NOTIFY
+        del b.n._verified[("192.0.2.20", 30003)]  # forgotten: a shorter timeout (see _notify)
+        b.n.take_changes(0.0)
+    for ours, theirs in zip(fast.n._subs.values(), general.n._subs.values(), strict=True):
+        theirs.dialog = ours.dialog  # our To tag: random per dialog
+    fast.n.resource_changed("202", 7.25, ringing=True)
+    sent = list(fast.n.drain(7.25, 1000))
+    told = general.n._generation["202"] = general.n._generation.get("202", 0) + 1
+    expected = [general.n._notify(sub, 7.25, general.source.document("202", sub.watcher))
+                for sub in general.n._subs.values()]  # fmt: skip
+    assert len(sent) == 40 and [d for d, _ in sent] == [d for d, _ in expected]
+    assert [p for _, p in sent] == [p for _, p in expected]
+
+    def state(b: Bridge) -> list[tuple[object, ...]]:
+        return [(s.cseq, s.version, s.told, s.dirty, s.cseq_bound, s.version_bound,
+                 s.in_flight and (s.in_flight.branch, s.in_flight.due_at,
+                                  s.in_flight.timeout_at, s.in_flight.final))
+                for s in b.n._subs.values()]  # fmt: skip
+
+    assert state(fast) == state(general) and all(s.told == told for s in fast.n._subs.values())
+    assert fast.n.next_timer() == general.n.next_timer() and fast.n.stats() == general.n.stats()
+    news = [[(c.key[0], c.cseq, c.version) for c in b.n.take_changes(7.25)[0]]
+            for b in (fast, general)]  # fmt: skip
+    assert news[0] == news[1] and len(news[0]) == 1
+    for b in (fast, general):  # and the 200s end them alike
+        for data, peer in sent:
+            b.n.receive(build_response(parse_message(data), 200).to_bytes(), peer, 7.3)  # type: ignore[arg-type]
+    assert state(fast) == state(general) and fast.n.stats().notifies_in_flight == 0
 
 
 def test_a_fan_out_is_handed_out_in_slices_and_a_subscribe_is_answered_between_two() -> None:

@@ -21,9 +21,11 @@ from bridge.sip.transport import SipService, start_sip
 class Doc:
     def __init__(self, state: str) -> None:
         self.state = state
+        self.prefix = b'<dialog-info version="'
+        self.suffix = f'" state="{state}"/>'.encode()
 
     def body(self, version: int) -> bytes:
-        return f'<dialog-info version="{version}" state="{self.state}"/>'.encode()
+        return self.prefix + str(version).encode() + self.suffix
 
 
 class Source:

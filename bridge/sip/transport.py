@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from bridge.sip.access import SourceGate, StreamLimits
 from bridge.sip.listener import StreamListener, descriptors_short, listen_stream
 from bridge.sip.message import Request, Response
+from bridge.sip.steering import RESPONSE_TRUESIZE, bind_split
 from bridge.sip.streams import StreamConnections
 from bridge.sip.subscription import NotifierSettings, Peer
 
@@ -35,6 +37,9 @@ _PEER_CACHE = 16384  # phone addresses whose Peer is kept for reuse (forgotten a
 # with the kernel's default buffer (about 200 KiB) the answers to a 2,000-NOTIFY fan-out are
 # dropped, the NOTIFYs time out and subscriptions are lost (seen in benchmarks/soak.py).
 UDP_BUFFER = 8 << 20
+# The responses socket of a split listener (bridge.sip.steering) holds a fan-out's answers
+# until it is done: 10,000 of them at the 2,304 bytes each is reckoned at.
+RESPONSE_BUFFER = 32 << 20
 # Datagrams read per wake-up of the UDP socket: the stdlib transport reads one per event-loop
 # turn (an epoll call each); a fan-out's 200s arrive by the thousand, so they are read in a
 # batch and what they trigger goes out in one burst (fewer wake-ups of the receivers as well).
@@ -44,7 +49,12 @@ UDP_SLICE = 32  # ... handled and answered in slices of this many
 # came in (a SUBSCRIBE, the 200s, another key's change), so nothing waits behind a whole
 # 5,000-watcher burst. 16: a SUBSCRIBE sent mid burst waits about 4 ms where 64 made it wait
 # 6-17 ms and 256 50-90 ms, and the last NOTIFY is not measurably later (docs/PERFORMANCE.md).
-FANOUT_SLICE = 16
+FANOUT_SLICE = 64
+
+
+# Past net.core.[rw]mem_max with CAP_NET_ADMIN (root); Python's socket module does not name
+# them (<asm-generic/socket.h>), so they are spelled out for Linux (0: not here).
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = (32, 33) if sys.platform == "linux" else (0, 0)
 
 
 def _is_wildcard(host: str) -> bool:
@@ -57,12 +67,9 @@ def _is_wildcard(host: str) -> bool:
 def grow_buffers(sock: socket.socket, size: int = UDP_BUFFER) -> int:
     """Ask for big receive and send buffers; returns the receive buffer the kernel granted.
     Without CAP_NET_ADMIN the kernel caps the request at net.core.rmem_max."""
-    for force, plain in (
-        ("SO_RCVBUFFORCE", socket.SO_RCVBUF),
-        ("SO_SNDBUFFORCE", socket.SO_SNDBUF),
-    ):
+    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, force, plain), size)
+            sock.setsockopt(socket.SOL_SOCKET, force or plain, size)
         except OSError:  # not privileged: take what net.core.[rw]mem_max allows
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, plain, size)
@@ -169,6 +176,11 @@ class SipService:
         self._timer_at: float | None = None  # when self._timer is due
         self._next_slice: asyncio.Handle | None = None  # the fan-out goes on at the next turn
         self._answers_later: list[tuple[bytes, Peer]] = []  # 2xx read during a fan-out
+        # The responses sockets of split UDP listeners (bridge.sip.steering), left unread
+        # while a fan-out goes on, and how many NOTIFYs went out since they were last read.
+        self._responses: list[_ResponseReader] = []
+        self._held = False
+        self._held_sent = 0
         self._routes: OrderedDict[str, str] = OrderedDict()  # phone host → our address to it
 
     @property
@@ -245,6 +257,9 @@ class SipService:
             self._next_slice = None
         for transport in self.udp:
             transport.close()
+        for reader in self._responses:
+            reader.close()
+        self._responses.clear()
         for server in self.tcp + self.tls:
             server.close()
         self.streams.close_all()
@@ -316,8 +331,12 @@ class SipService:
                 except OSError as exc:
                     logger.debug("UDP error: %s", exc)  # what the transport would report
         if core.fanout_pending:
+            if self._responses:
+                self._hold_responses(budget)
             if self._next_slice is None:
                 self._next_slice = self._loop.call_soon(self._drain_slice)
+        elif self._held:
+            self._release_responses()
         elif self._answers_later:
             self._take_answers()
         when = core.next_timer()
@@ -329,6 +348,29 @@ class SipService:
         if when is not None and self._timer is None:
             self._timer = self._loop.call_at(when, self._on_timer, when)
             self._timer_at = when
+
+    def _hold_responses(self, sent: int) -> None:
+        """Leave the phones' answers queued in the kernel while a fan-out goes on (the SUBSCRIBEs
+        have their own socket), unless so many NOTIFYs went out that their answers would
+        overflow the buffer: then they are read now (and handled once the fan-out is done)."""
+        if not self._held:
+            self._held, self._held_sent = True, 0
+            for reader in self._responses:
+                reader.pause()
+        self._held_sent += sent
+        if self._held_sent >= min(reader.room for reader in self._responses):
+            self._held_sent = 0
+            for reader in self._responses:
+                reader.read_queued()
+
+    def _release_responses(self) -> None:
+        """The fan-out is done: the answers are read again as they come (the loop reads what
+        is queued at its next turn), and those read meanwhile are handled now."""
+        self._held = False
+        for reader in self._responses:
+            reader.resume()
+        if self._answers_later:
+            self._take_answers()
 
     def _take_answers(self) -> None:
         """Hand the answers kept during a fan-out to the core (before any timer runs: a NOTIFY
@@ -345,6 +387,9 @@ class SipService:
 
     def _on_timer(self, when: float) -> None:
         self._timer = None
+        if self._held:  # a NOTIFY whose 200 is queued must not be sent again
+            for reader in self._responses:
+                reader.read_queued()
         if self._answers_later:
             later, self._answers_later = self._answers_later, []
             for data, peer in later:
@@ -368,9 +413,17 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.wildcard = _is_wildcard(self.bound[0])
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        recvfrom = self.sock.recvfrom
-        batch = [(data, addr)]
-        for _ in range(UDP_BATCH // UDP_SLICE):
+        self.read(self.sock, UDP_BATCH, [(data, addr)])
+
+    def read(
+        self, sock: socket.socket, limit: int, batch: list[tuple[bytes, Any]] | None = None
+    ) -> bool:
+        """Read ``sock`` (this listener's, or its responses socket) until it is empty or about
+        ``limit`` datagrams are in, handing them over a slice at a time; True when it is
+        empty (or failed)."""
+        recvfrom = sock.recvfrom
+        batch = batch or []
+        for _ in range(max(1, limit // UDP_SLICE)):
             while len(batch) < UDP_SLICE:
                 try:
                     batch.append(recvfrom(_RECV_SIZE))
@@ -382,8 +435,9 @@ class _Datagrams(asyncio.DatagramProtocol):
             if batch:
                 self._hand_over(batch)
             if len(batch) < UDP_SLICE:
-                return  # the socket is empty (or failed): wait for the next wake-up
+                return True  # the socket is empty (or failed): wait for the next wake-up
             batch = []
+        return False
 
     def _hand_over(self, batch: list[tuple[bytes, tuple[str | Any, int]]]) -> None:
         # A slice at a time: what it causes goes out before the next is read, so the phones
@@ -407,23 +461,58 @@ class _Datagrams(asyncio.DatagramProtocol):
         logger.debug("UDP error: %s", exc)  # e.g. ICMP port unreachable from a dead phone
 
 
-async def _udp_socket(host: str, port: int) -> socket.socket:
-    """A bound, non-blocking UDP socket, as create_datagram_endpoint(local_addr=…) makes it."""
+class _ResponseReader:
+    """The responses socket of a split UDP listener (see bridge.sip.steering): read as data
+    comes, except while the service holds it during a fan-out."""
+
+    def __init__(self, sock: socket.socket, datagrams: _Datagrams, granted: int) -> None:
+        self.sock = sock
+        self.datagrams = datagrams  # its listener's: the same peers, the same hand-over
+        # NOTIFYs that may go out unread before their answers could fill the buffer (a quarter
+        # of it kept free for what else comes).
+        self.room = max(UDP_SLICE, granted * 3 // 4 // RESPONSE_TRUESIZE)
+        self._loop = asyncio.get_running_loop()
+        self._watched = False
+        self.resume()
+
+    def _readable(self) -> None:
+        self.datagrams.read(self.sock, UDP_BATCH)
+
+    def pause(self) -> None:
+        """Stop reading as data comes (what arrives stays queued in the kernel)."""
+        if self._watched:
+            self._loop.remove_reader(self.sock.fileno())
+            self._watched = False
+
+    def resume(self) -> None:
+        """Read as data comes again (what is queued is read at the loop's next turn)."""
+        if not self._watched and self.sock.fileno() != -1:
+            self._loop.add_reader(self.sock.fileno(), self._readable)
+            self._watched = True
+
+    def read_queued(self) -> None:
+        """Read what is queued now (bounded: a flood cannot keep this going)."""
+        self.datagrams.read(self.sock, 2 * self.room)
+
+    def close(self) -> None:
+        """Stop reading and close the socket."""
+        self.pause()
+        self.sock.close()
+
+
+async def _udp_sockets(host: str, port: int) -> tuple[socket.socket, socket.socket | None]:
+    """A bound, non-blocking UDP socket, as create_datagram_endpoint(local_addr=…) makes it, and
+    where the kernel allows it a second one on the same address that takes the responses."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned nothing")
     error: OSError | None = None
     for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
         try:
-            sock.setblocking(False)
-            sock.bind(address)
+            return bind_split(family, kind, proto, address)
         except OSError as exc:
-            sock.close()
             error = error or exc
-            continue
-        return sock
     assert error is not None
     raise error
 
@@ -452,17 +541,22 @@ async def start_sip(
     service = SipService(notifier, max_datagram, max_message, limits, tls_client)
     try:
         for host, port in udp_addrs:
-            sock = await _udp_socket(host, port)
+            sock, responses = await _udp_sockets(host, port)
             try:
-                transport, _ = await loop.create_datagram_endpoint(
+                transport, datagrams = await loop.create_datagram_endpoint(
                     functools.partial(_Datagrams, service, sock), sock=sock
                 )
             except BaseException:
                 sock.close()
+                if responses is not None:
+                    responses.close()
                 raise
             service.udp.append(transport)
             service._udp_socks.append(sock)
             granted = grow_buffers(sock)
+            if responses is not None:  # room for the answers to a whole fan-out
+                granted = grow_buffers(responses, RESPONSE_BUFFER)
+                service._responses.append(_ResponseReader(responses, datagrams, granted))
             if granted < UDP_BUFFER:  # Linux reports twice what it was asked for
                 logger.warning(
                     "UDP receive buffer on %s:%d is %d KiB; a large fan-out may lose answers. "
