@@ -38,6 +38,7 @@ BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 EPOCH = 1795400000  # uniqueids are "<epoch>.<sequence>", as Asterisk writes them
 SOCKET_BUFFER = 16 << 20
 WRITE_HIGH_WATER = 4 << 20  # fake Asterisk: pause the event stream above this much unsent
+_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # Linux; not in Python's socket module
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; its control message type
 _SCM_TIMESTAMPNS = _SO_TIMESTAMPNS  # is the same number
 _TIMESPEC = struct.Struct("@qq")
@@ -426,13 +427,12 @@ class Swarm:
         self.run_id = run_id
         self.loop = asyncio.get_running_loop()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for force, option in (("SO_RCVBUFFORCE", socket.SO_RCVBUF),
-                              ("SO_SNDBUFFORCE", socket.SO_SNDBUF)):  # fmt: skip
+        for option in (_SO_RCVBUFFORCE, _SO_SNDBUFFORCE):
             try:  # past net.core.rmem_max when privileged: a fan-out arrives all at once
-                self.sock.setsockopt(socket.SOL_SOCKET, getattr(socket, force, option),
-                                     SOCKET_BUFFER)  # fmt: skip
-            except OSError:
                 self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                plain = socket.SO_RCVBUF if option == _SO_RCVBUFFORCE else socket.SO_SNDBUF
+                self.sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
         with contextlib.suppress(OSError):  # kernel arrival stamps (Linux)
             self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         self.sock.bind((HOST, 0))

@@ -45,8 +45,8 @@ def test_every_benchmark_module_imports() -> None:
 
 
 def test_wire_benchmark_times_every_watcher_and_a_subscribe_mid_fan_out() -> None:
-    """benchmarks.wire, tiny: every figure printed, the mid-burst SUBSCRIBE answered (kernel
-    arrival stamps: CI may not capture)."""
+    """benchmarks.wire, tiny: every figure printed, the mid-burst SUBSCRIBE answered, the
+    floor round's NOTIFYs all counted (kernel arrival stamps: CI may not capture)."""
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.wire", "--watchers", "1,500", "--rounds", "1",
          "--capture", "socket"],
@@ -54,6 +54,9 @@ def test_wire_benchmark_times_every_watcher_and_a_subscribe_mid_fan_out() -> Non
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("wire, ")]
-    assert len(rows) == 3 + 4, done.stdout  # first/p50/p99 per size, + the SUBSCRIBE at 500
+    # first/p50/p99 per size; at 500 the spread and the SUBSCRIBE as well
+    assert len(rows) == 3 + 5, done.stdout
     for row in rows:
         assert " ms" in row and "no 200" not in row, row
+    floor = [line for line in done.stdout.splitlines() if line.startswith("floor, 500 ")]
+    assert len(floor) == 2 and "x (" in floor[1], done.stdout  # the spread, and the ratio

@@ -29,7 +29,7 @@ from bridge.model import Dialog, DialogState, Direction, EntityState, PickupIds
 from bridge.resource_lists import ResourceList
 from bridge.sip.message import Request, Response, build_response, parse_message
 from bridge.sip.notifier import Notifier, NotifierSettings
-from bridge.sip.transport import FANOUT_SLICE, SipService, start_sip
+from bridge.sip.transport import FANOUT_SLICE, SipService, grow_buffers, start_sip
 
 HOST = "127.0.0.1"
 WATCHERS = 10 * FANOUT_SLICE + 7  # several slices, the last one short
@@ -57,6 +57,9 @@ class Phone:
             udp, _ = await loop.create_datagram_endpoint(
                 Datagrams, local_addr=(HOST, 0), remote_addr=(HOST, self.bridge_port)
             )
+            # One socket for hundreds of dialogs: the whole burst must fit in its buffer (a
+            # phone has a socket of its own), or NOTIFYs are dropped and come again 0.5 s on.
+            grow_buffers(udp.get_extra_info("socket"), 4 << 20)
             self.write = udp.sendto
             self.local_port = udp.get_extra_info("sockname")[1]
             return
