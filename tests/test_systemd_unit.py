@@ -11,6 +11,7 @@ import pytest
 
 from bridge.config import SipConfig, load
 from bridge.sip.listener import OTHER_DESCRIPTORS
+from bridge.sip.transport import RESPONSE_BUFFER, UDP_BUFFER
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "systemd" / "snom-blf-bridge.service"
@@ -19,6 +20,22 @@ MAX_EXPOSURE = 3.0
 needs_systemd = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
 )
+
+
+def test_the_shipped_sysctl_lets_the_unprivileged_unit_have_the_buffers_it_asks_for() -> None:
+    """The unit has no CAP_NET_ADMIN: without net.core.[rw]mem_max this high the kernel cuts
+    the bridge's socket buffers and the answers to a big fan-out cannot all wait."""
+    lines = (ROOT / "systemd" / "snom-blf-bridge.sysctl").read_text().splitlines()
+    values = {
+        name.strip(): int(value)
+        for name, _, value in (line.partition("=") for line in lines)
+        if value.strip() and not name.lstrip().startswith("#")
+    }
+    assert values["net.core.rmem_max"] >= max(RESPONSE_BUFFER, UDP_BUFFER)
+    assert values["net.core.wmem_max"] >= UDP_BUFFER
+    assert "AmbientCapabilities=\n" in UNIT.read_text()  # why the file is needed at all
+    readme = (ROOT / "README.md").read_text()
+    assert "systemd/snom-blf-bridge.sysctl /etc/sysctl.d/" in readme  # and it is installed
 
 
 def test_the_descriptor_limit_holds_the_connection_cap() -> None:

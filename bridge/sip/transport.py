@@ -46,10 +46,11 @@ RESPONSE_BUFFER = 32 << 20
 UDP_BATCH = 256
 UDP_SLICE = 32  # ... handled and answered in slices of this many
 # NOTIFYs of a fan-out sent per turn of the event loop; between two slices the loop reads what
-# came in (a SUBSCRIBE, the 200s, another key's change), so nothing waits behind a whole
-# 5,000-watcher burst. 16: a SUBSCRIBE sent mid burst waits about 4 ms where 64 made it wait
-# 6-17 ms and 256 50-90 ms, and the last NOTIFY is not measurably later (docs/PERFORMANCE.md).
-FANOUT_SLICE = 64
+# came in (a SUBSCRIBE, another key's change), so nothing waits behind a whole 5,000-watcher
+# burst. With the answers on a socket of their own (bridge.sip.steering), a SUBSCRIBE sent mid
+# burst waits about one slice: 0.5-0.7 ms at 16, 0.8-1.2 ms at 64, 4-9 ms at 256, while the
+# burst itself is no faster with bigger slices (docs/PERFORMANCE.md).
+FANOUT_SLICE = 16
 
 
 # Past net.core.[rw]mem_max with CAP_NET_ADMIN (root); Python's socket module does not name
@@ -553,15 +554,16 @@ async def start_sip(
                 raise
             service.udp.append(transport)
             service._udp_socks.append(sock)
-            granted = grow_buffers(sock)
-            if responses is not None:  # room for the answers to a whole fan-out
-                granted = grow_buffers(responses, RESPONSE_BUFFER)
+            granted, wanted = grow_buffers(sock), UDP_BUFFER
+            if responses is not None:  # where the answers to a whole fan-out wait
+                granted, wanted = grow_buffers(responses, RESPONSE_BUFFER), RESPONSE_BUFFER
                 service._responses.append(_ResponseReader(responses, datagrams, granted))
-            if granted < UDP_BUFFER:  # Linux reports twice what it was asked for
+            if granted < wanted:  # Linux reports twice what it was asked for
                 logger.warning(
-                    "UDP receive buffer on %s:%d is %d KiB; a large fan-out may lose answers. "
-                    "Raise net.core.rmem_max to %d (sysctl) or grant CAP_NET_ADMIN",
-                    host, port, granted >> 10, UDP_BUFFER,
+                    "UDP receive buffer on %s:%d is %d KiB: the answers to a large fan-out are "
+                    "read while it goes on, or lost. Raise net.core.rmem_max to %d "
+                    "(systemd/snom-blf-bridge.sysctl) or grant CAP_NET_ADMIN",
+                    host, port, granted >> 10, wanted,
                 )  # fmt: skip
         if tcp_addrs or (tls_addrs and tls is not None):
             short = descriptors_short(service.stream_limits)
