@@ -943,7 +943,12 @@ class Notifier:
         peer = sub.peer
         if once:
             return data, peer
-        t1 = self.settings.t1
+        self._start(sub, branch, data, now, final)
+        return data, peer
+
+    def _start(self, sub: Subscription, branch: str, data: bytes, now: float, final: bool) -> None:
+        """Start the NOTIFY's client transaction, in the timer batch of its first deadline."""
+        t1, peer = self.settings.t1, sub.peer
         timeout = 64 * t1
         if peer.transport == "udp" and (peer.host, peer.port) not in self._verified:
             timeout = UNVERIFIED_TIMEOUT_T1 * t1
@@ -956,7 +961,6 @@ class Notifier:
             self._timers.schedule(batch, tx.due_at)
         batch.members.append(tx)
         batch.unanswered += 1
-        return data, peer
 
     def _fanout_notify(
         self, sub: Subscription, now: float, doc: SupportsBody, told: int
@@ -964,7 +968,7 @@ class Notifier:
         """``_notify`` for the watchers of a fan-out, the one path run thousands of times in a
         row: an active subscription, one document, nothing in flight. Same bytes, same state
         afterwards (tests/test_sip_notifier.py compares the two); the body's version is spliced
-        straight into the message, and the slice's transactions share one timer batch."""
+        straight into the message instead of a body being built per watcher."""
         version = sub.version
         sub.version = version + 1
         left = int(sub.expires_at - now + 1e-6)  # + 1 µs: see _notify
@@ -979,21 +983,8 @@ class Notifier:
         assert sub.template is not None
         data = sub.template.splice(sub, branch, state, doc.prefix, b"%d" % version, doc.suffix)
         self.notifies_sent += 1
-        peer = sub.peer
-        t1 = self.settings.t1
-        timeout = 64 * t1
-        if peer.transport == "udp" and (peer.host, peer.port) not in self._verified:
-            timeout = UNVERIFIED_TIMEOUT_T1 * t1
-        tx = NotifyTransaction(branch, sub, data, peer, now, t1, self.settings.t2, timeout, False)
-        sub.in_flight = tx
-        self._client_tx[branch] = tx
-        batch = self._batches.get(tx.due_at)
-        if batch is None:
-            batch = self._batches[tx.due_at] = _TimerBatch(tx.due_at)
-            self._timers.schedule(batch, tx.due_at)
-        batch.members.append(tx)
-        batch.unanswered += 1
-        return data, peer
+        self._start(sub, branch, data, now, False)
+        return data, sub.peer
 
     def _active_state(self, left: int) -> bytes:
         """``active;expires=N``, formatted once per N (a fan-out's watchers share a handful)."""

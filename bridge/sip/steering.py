@@ -51,6 +51,17 @@ def _attach_program(sock: socket.socket) -> None:
                     struct.pack("HL", len(_PROGRAM), ctypes.addressof(buffer)))  # fmt: skip
 
 
+def _bind_plain(family: int, kind: int, proto: int, address: tuple[Any, ...]) -> socket.socket:
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def bind_split(
     family: int, kind: int, proto: int, address: tuple[Any, ...]
 ) -> tuple[socket.socket, socket.socket | None]:
@@ -61,13 +72,7 @@ def bind_split(
     bridge included: it could otherwise join the group and receive nothing) fails as it
     always did, with EADDRINUSE, and port 0 gets its number.
     """
-    plain = socket.socket(family, kind, proto)
-    try:
-        plain.setblocking(False)
-        plain.bind(address)
-    except OSError:
-        plain.close()
-        raise
+    plain = _bind_plain(family, kind, proto, address)
     if not hasattr(socket, "SO_REUSEPORT"):
         return plain, None
     bound = plain.getsockname()
@@ -91,12 +96,5 @@ def bind_split(
         requests.close()
         responses.close()
         # Taken in between: bind it plainly again, failing as a plain bind fails.
-        plain = socket.socket(family, kind, proto)
-        try:
-            plain.setblocking(False)
-            plain.bind(bound)
-        except OSError:
-            plain.close()
-            raise
-        return plain, None
+        return _bind_plain(family, kind, proto, bound), None
     return requests, responses
