@@ -432,6 +432,7 @@ async def memory(sizes: Sizes, opts: Options) -> list[Row]:
         cpu, start = bridge.cpu_seconds(), time.perf_counter()
         await _subscribed(swarm, [hints[i % len(hints)] for i in range(count)], 600)
         took, used = time.perf_counter() - start, bridge.cpu_seconds() - cpu
+        resent = swarm.tally.resent  # a 200 read too late: its NOTIFY came again
         await asyncio.sleep(1.0)
         rss = settled = bridge.rss()
         if sizes.settle:
@@ -453,6 +454,8 @@ async def memory(sizes: Sizes, opts: Options) -> list[Row]:
         Row("memory: per subscription", "", f"{(settled - idle) / count:,.0f} B"),
         Row(f"SUBSCRIBE → 200 + first NOTIFY answered ({count:,})", "",
             f"{count / took:,.0f} /s, {used / count * 1e6:.0f} µs CPU each"),
+        Row("ramp-up: NOTIFYs sent again (their 200s read too late)", "0", f"{resent:,}",
+            resent == 0),
     ]  # fmt: skip
 
 

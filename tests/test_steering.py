@@ -23,7 +23,7 @@ from test_sip_notifier import Source as Keys
 from bridge.sip import steering
 from bridge.sip.message import Request, Response
 from bridge.sip.notifier import Notifier, NotifierSettings, Peer
-from bridge.sip.transport import FANOUT_SLICE, SipService, start_sip
+from bridge.sip.transport import FANOUT_SLICE, UDP_BATCH, SipService, start_sip
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="Linux only")
 
@@ -175,3 +175,54 @@ def test_answers_are_read_mid_fan_out_when_their_number_would_fill_the_buffer() 
         f"w{i}" for i in range(300)
     )
     assert notifier.notifies_failed == 0 and notifier.stats().notifies_in_flight == 0
+
+
+async def _datagrams_per_turn(flood: int) -> list[int]:
+    """``flood`` OPTIONS queued on the listener before it reads: how many it took in each turn
+    of the event loop."""
+    notifier = Notifier(Keys(), NotifierSettings(contacts={"udp": (HOST, 0), "tcp": (HOST, 0)}))
+    service = await start_sip(notifier, [(HOST, 0)], [])
+    loop = asyncio.get_running_loop()
+    turn, per_turn = 0, {}
+    ticking = True
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        if ticking:
+            loop.call_soon(tick)
+
+    handed = service.received_datagrams
+
+    def counted(batch: list[tuple[bytes, Peer]]) -> None:
+        per_turn[turn] = per_turn.get(turn, 0) + len(batch)
+        handed(batch)
+
+    service.received_datagrams = counted  # type: ignore[method-assign]
+    port = notifier.contact("udp")[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+        phone.bind((HOST, 0))
+        for n in range(flood):  # queued before the loop runs a single callback
+            phone.sendto(f"OPTIONS sip:{HOST} SIP/2.0\r\nVia: SIP/2.0/UDP {HOST}:9;branch="
+                         f"z9hG4bK-{n}\r\nFrom: <sip:p@x>;tag={n}\r\nTo: <sip:{HOST}>\r\n"
+                         f"Call-ID: flood-{n}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+                         .encode(), (HOST, port))  # fmt: skip
+        loop.call_soon(tick)
+        try:
+            await until(lambda: sum(per_turn.values()) >= flood)
+        finally:
+            ticking = False
+            await service.close()
+    return list(per_turn.values())
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_flood_of_requests_is_read_a_batch_a_turn(loop: str) -> None:
+    """However the loop hands datagrams over (uvloop: up to 32 a turn), one turn reads at most
+    one batch from the socket, so that the answers, the AMI events and the timers get their
+    turn in between."""
+    run = uvloop.run if loop == "uvloop" else asyncio.run
+    per_turn = run(_datagrams_per_turn(3000))
+    assert sum(per_turn) == 3000
+    assert max(per_turn) <= UDP_BATCH + 32, per_turn
+    assert len(per_turn) >= 3000 // (UDP_BATCH + 32)
