@@ -86,7 +86,7 @@ def bind_split(
     except OSError as exc:  # no SO_REUSEPORT or no program here: the plain socket it is
         requests.close()
         responses.close()
-        logger.debug("UDP %s: one socket for requests and responses (%s)", bound, exc)
+        logger.info("UDP %s: one socket for requests and answers (%s)", bound, exc)
         return plain, None
     plain.close()  # the port stays free for the pair, a few µs later
     try:
