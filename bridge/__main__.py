@@ -18,6 +18,7 @@ from bridge.app import run_until_signalled
 from bridge.config import Config, ConfigError, demo_store, load
 from bridge.demo_pbx import DemoPbx
 from bridge.event_loop import EventLoopUnavailable, choose_event_loop
+from bridge.heap import settle
 from bridge.led.buttons import LIGHTS
 from bridge.led.cli import light_key
 from bridge.logs import setup_logging
@@ -209,6 +210,7 @@ def _run(path: str | None, overrides: list[str], *, demo: bool) -> int:
         print(f"snom-blf-bridge: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     log.info("event loop: %s", loop_name)
+    log.debug("%d objects frozen out of the collector's way", settle())  # bridge.heap
     if _wants_demo(config, forced=demo):
         config = demo_store(config)
         log.info("demo PBX: subscriptions are kept in %s", config.store.path or "memory only")

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
+from bridge.heap import FanoutPause
 from bridge.sip.access import SourceGate, StreamLimits
 from bridge.sip.listener import StreamListener, descriptors_short, listen_stream
 from bridge.sip.message import Request, Response
@@ -182,6 +183,7 @@ class SipService:
         self._responses: list[_ResponseReader] = []
         self._held = False
         self._held_sent = 0
+        self._gc = FanoutPause()
         self._routes: OrderedDict[str, str] = OrderedDict()  # phone host → our address to it
 
     @property
@@ -256,6 +258,7 @@ class SipService:
         if self._next_slice is not None:
             self._next_slice.cancel()
             self._next_slice = None
+        self._gc.release()
         for transport in self.udp:
             transport.close()
         for reader in self._responses:
@@ -315,6 +318,8 @@ class SipService:
         """Send the urgent messages and at most ``budget`` fan-out NOTIFYs, each as soon as it
         is built; what is left goes on at the next turn of the loop; re-arm the timer."""
         core = self.notifier
+        if core.fanout_pending:
+            self._gc.hold()  # no collection in the middle of a burst (bridge.heap)
         sock = None  # the one UDP socket, written straight to while it has room
         if len(self.udp) == 1 and not _backlog(self.udp[0]) and not self.udp[0].is_closing():
             sock = self._udp_socks[0]
@@ -340,6 +345,8 @@ class SipService:
             self._release_responses()
         elif self._answers_later:
             self._take_answers()
+        if not core.fanout_pending:
+            self._gc.release()
         when = core.next_timer()
         # The time is kept here: uvloop hands back a plain Handle, without when(), for a
         # deadline less than a millisecond away.
