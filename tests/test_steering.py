@@ -49,24 +49,40 @@ def _received(sock: socket.socket) -> list[bytes]:
     return got
 
 
-def test_the_kernel_puts_responses_on_their_own_socket_and_the_rest_on_the_first() -> None:
-    requests, responses = steering.bind_split(socket.AF_INET, socket.SOCK_DGRAM, 0, (HOST, 0))
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("family", "host"),
+    [(socket.AF_INET, HOST),
+     pytest.param(socket.AF_INET6, "::1", marks=pytest.mark.skipif(not _ipv6(), reason="no ::1"))],
+)  # fmt: skip
+def test_the_kernel_puts_responses_on_their_own_socket_and_the_rest_on_the_first(
+    family: int, host: str
+) -> None:
+    requests, responses = steering.bind_split(family, socket.SOCK_DGRAM, 0, (host, 0))
     assert responses is not None
     port = requests.getsockname()[1]
     assert responses.getsockname() == requests.getsockname()
-    with requests, responses, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as phone:
+    with requests, responses, socket.socket(family, socket.SOCK_DGRAM) as phone:
         for data in REQUESTS + RESPONSES:
-            phone.sendto(data, (HOST, port))
+            phone.sendto(data, (host, port))
         assert sorted(_received(requests)) == sorted(REQUESTS)
         assert sorted(_received(responses)) == sorted(RESPONSES)
         # The port is taken, for a plain socket and for another pair alike (a second bridge
         # must not join the group and receive nothing).
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain:
+        with socket.socket(family, socket.SOCK_DGRAM) as plain:
             with pytest.raises(OSError) as taken:
-                plain.bind((HOST, port))
+                plain.bind((host, port))
             assert taken.value.errno == errno.EADDRINUSE
         with pytest.raises(OSError) as again:
-            steering.bind_split(socket.AF_INET, socket.SOCK_DGRAM, 0, (HOST, port))
+            steering.bind_split(family, socket.SOCK_DGRAM, 0, (host, port))
         assert again.value.errno == errno.EADDRINUSE
 
 
