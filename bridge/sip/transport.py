@@ -450,8 +450,8 @@ class _Datagrams(asyncio.DatagramProtocol):
                 try:
                     size, addr = recvfrom_into(view)
                     # Into one buffer, then copied at its size: recvfrom(64 KiB) allocates 64 KiB
-                    # a datagram and shrinks it, which scattered the heap (40 MB more RSS at
-                    # 50,000 subscriptions once every 200 was read that way).
+                    # a datagram and shrinks it (no RSS difference measured at 50,000
+                    # subscriptions, 139.3 against 139.0 MB: it spares the allocator, no more).
                     batch.append((view[:size].tobytes(), addr))
                 except (BlockingIOError, InterruptedError):
                     break
