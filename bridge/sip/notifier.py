@@ -29,7 +29,6 @@ from bridge.sip.message import (
     response_ids,
 )
 from bridge.sip.subscription import (
-    SEQUENCE_LEASE,
     DialogKey,
     ListBatch,
     NotifierSettings,
@@ -77,7 +76,6 @@ NOT_READY_RETRY_AFTER = 5
 # up at 3*T1, not retransmitted for 32 s: the source of a SUBSCRIBE may be forged, and what an
 # unverified address receives must stay a small multiple of what was sent in its name.
 UNVERIFIED_TIMEOUT_T1 = 3
-_HALF_LEASE = SEQUENCE_LEASE // 2  # see Subscription.lease_ran_out
 _MAX_VERIFIED = 65536  # addresses known to receive our NOTIFYs (least recently used forgotten)
 LIST_LABEL = "list:"  # a list subscription's resource label (not a key: never in _by_resource)
 
@@ -382,7 +380,6 @@ class Notifier:
             watchers, generation = fanout.watchers, fanout.generation
             resource, document = fanout.resource, self._source.document
             when = fanout.now if now is None else now
-            told = self._generation.get(resource, 0)
             end = len(watchers)
             while fanout.at < end and left:
                 sub = watchers[fanout.at]
@@ -402,7 +399,7 @@ class Notifier:
                     sub.dirty = True  # one NOTIFY with the newest state once its 200 is in
                     continue
                 left -= 1
-                yield self._fanout_notify(sub, when, document(resource, sub.watcher), told)
+                yield self._fanout_notify(sub, when, document(resource, sub.watcher), generation)
             if fanout.at >= end:
                 if queue and queue[0] is fanout:
                     queue.popleft()
@@ -963,7 +960,7 @@ class Notifier:
         batch.unanswered += 1
 
     def _fanout_notify(
-        self, sub: Subscription, now: float, doc: SupportsBody, told: int
+        self, sub: Subscription, now: float, doc: SupportsBody, generation: int
     ) -> tuple[bytes, Peer]:
         """``_notify`` for the watchers of a fan-out, the one path run thousands of times in a
         row: an active subscription, one document, nothing in flight. Same bytes, same state
@@ -973,11 +970,10 @@ class Notifier:
         sub.version = version + 1
         left = int(sub.expires_at - now + 1e-6)  # + 1 µs: see _notify
         state = self._active.get(left) or self._active_state(left)
-        sub.told = told
-        cseq = sub.cseq = sub.cseq + 1
+        sub.told = generation  # the newest: resource_changed ends an older walk
+        sub.cseq += 1
         sub.dirty = False
-        if (cseq + _HALF_LEASE > sub.cseq_bound or version + 1 + _HALF_LEASE > sub.version_bound
-                ) and sub.lease_ran_out():  # fmt: skip
+        if sub.lease_ran_out():
             self._changed[sub.key] = sub
         branch = f"{self._branch_prefix}{next(self._branch_counter):x}"
         assert sub.template is not None

@@ -125,23 +125,25 @@ class NotifyTemplate:
             ctype = b"\r\nContent-Type: " + content_type.encode()
         else:
             ctype = self._content_type
-        return b"".join((
-            sub.request, self._via, branch.encode(), sub.dialog, self._trailer,
-            b"%d NOTIFY\r\nSubscription-State: " % sub.cseq, state,
-            ctype, b"\r\nContent-Length: %d\r\n\r\n" % len(body), body,
-        ))  # fmt: skip
+        return self._join(sub, branch, state, ctype, len(body), body)
 
     def splice(  # noqa: PLR0917 (once per watcher of a fan-out: positional is cheaper)
         self, sub: Subscription, branch: str, state: bytes, prefix: bytes, version: bytes,
         suffix: bytes,
     ) -> bytes:  # fmt: skip
-        """``render`` of the body ``prefix + version + suffix`` (a dialog-info document), in
-        one join: a fan-out builds no body per watcher."""
+        """``render`` of the body ``prefix + version + suffix`` (a dialog-info document)
+        without building that body: a fan-out's NOTIFYs differ in the version only."""
+        length = len(prefix) + len(version) + len(suffix)
+        return self._join(sub, branch, state, self._content_type, length, prefix, version, suffix)
+
+    def _join(  # noqa: PLR0917 (see splice)
+        self, sub: Subscription, branch: str, state: bytes, ctype: bytes, length: int,
+        body: bytes, version: bytes = b"", suffix: bytes = b"",
+    ) -> bytes:  # fmt: skip
         return b"".join((
             sub.request, self._via, branch.encode(), sub.dialog, self._trailer,
-            b"%d NOTIFY\r\nSubscription-State: " % sub.cseq, state, self._content_type,
-            b"\r\nContent-Length: %d\r\n\r\n" % (len(prefix) + len(version) + len(suffix)),
-            prefix, version, suffix,
+            b"%d NOTIFY\r\nSubscription-State: " % sub.cseq, state,
+            ctype, b"\r\nContent-Length: %d\r\n\r\n" % length, body, version, suffix,
         ))  # fmt: skip
 
 
