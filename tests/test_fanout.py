@@ -93,6 +93,15 @@ class Phone:
             "Expires: 600\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         ).encode())  # fmt: skip
 
+    async def watch(self, resource: str, count: int) -> None:
+        """Subscribe ``count`` dialogs (w0, w1, …) to ``resource``, fifty at a time, each with
+        its first NOTIFY in."""
+        first = len(self.notifies())
+        for i in range(count):
+            self.subscribe(resource, f"w{i}")
+            if i % 50 == 49 or i == count - 1:
+                await until(lambda i=i: len(self.notifies()) == first + i + 1)  # type: ignore[misc]
+
     def notifies(self) -> list[Request]:
         return [m for m in self.got if isinstance(m, Request) and m.method == "NOTIFY"]
 
@@ -119,10 +128,7 @@ async def burst(transport: str, server_tls: ssl.SSLContext) -> None:
     client_tls.check_hostname, client_tls.verify_mode = False, ssl.CERT_NONE
     try:
         await phone.open(client_tls if transport == "tls" else None)
-        for i in range(WATCHERS):
-            phone.subscribe("202", f"w{i}")
-            if i % 50 == 49:
-                await until(lambda i=i: len(phone.notifies()) == i + 1)  # type: ignore[misc]
+        await phone.watch("202", WATCHERS)
         phone.subscribe("203", "busy-key")
         await until(lambda: len(phone.notifies()) == WATCHERS + 1)
         before = {n.call_id(): n for n in phone.notifies()}
@@ -229,10 +235,7 @@ async def list_burst(transport: str, batch_interval: float) -> None:
     phone.received = keep  # type: ignore[method-assign]
     try:
         await phone.open(None)
-        for i in range(WATCHERS):
-            phone.subscribe("202", f"w{i}")
-            if i % 50 == 49:
-                await until(lambda i=i: len(phone.notifies()) == i + 1)  # type: ignore[misc]
+        await phone.watch("202", WATCHERS)
         phone.subscribe("203", "busy-key")
         # The list: the same SUBSCRIBE with Supported: eventlist (RFC 4662 §5.1).
         params = "" if transport == "udp" else f";transport={transport}"

@@ -9,12 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 import uvloop
-from test_fanout import HOST, Phone, until
+from test_fanout import Phone, until
 from test_sip_notifier import Source as Keys
+from test_steering import udp_notifier
 
 from bridge.heap import FanoutPause, settle
-from bridge.sip.notifier import Notifier, NotifierSettings
-from bridge.sip.transport import start_sip
 
 
 @pytest.fixture
@@ -50,16 +49,12 @@ async def _seen_during_a_fan_out() -> tuple[list[tuple[bool, bool]], bool]:
     """300 watchers and a ringing change: whether the collector was on at each NOTIFY the phone
     got (it runs in the same process, between the slices), and once every 200 is in."""
     keys = Keys()
-    notifier = Notifier(keys, NotifierSettings(contacts={"udp": (HOST, 0), "tcp": (HOST, 0)}))
-    service = await start_sip(notifier, [(HOST, 0)], [])
+    notifier, service = await udp_notifier(keys)
     phone = Phone("udp", notifier.contact("udp")[1])
     seen: list[tuple[bool, bool]] = []  # (NOTIFYs still to go, collector on)
     try:
         await phone.open(None)
-        for i in range(300):
-            phone.subscribe("202", f"w{i}")
-            if i % 50 == 49:
-                await until(lambda i=i: len(phone.notifies()) == i + 1)  # type: ignore[misc]
+        await phone.watch("202", 300)
         await until(lambda: notifier.stats().notifies_in_flight == 0)
         received = phone.received
 

@@ -31,6 +31,12 @@ REQUESTS = [b"SUBSCRIBE sip:202@x SIP/2.0\r\n\r\n", b"\r\n\r\n", b"OP", b"NOTIFY
 RESPONSES = [b"SIP/2.0 200 OK\r\n\r\n", b"SIP/2.0 481 Call/Transaction Does Not Exist\r\n\r\n"]
 
 
+async def udp_notifier(keys: Keys) -> tuple[Notifier, SipService]:
+    """A notifier of ``keys`` behind one UDP listener on loopback (its port: any free one)."""
+    notifier = Notifier(keys, NotifierSettings(contacts={"udp": (HOST, 0), "tcp": (HOST, 0)}))
+    return notifier, await start_sip(notifier, [(HOST, 0)], [])
+
+
 def _received(sock: socket.socket) -> list[bytes]:
     got = []
     deadline = time.monotonic() + 2.0
@@ -94,8 +100,7 @@ async def test_without_the_program_the_listener_is_the_one_socket_it_was(
 
     monkeypatch.setattr(steering, "_attach_program", refused)
     keys = Keys()
-    notifier = Notifier(keys, NotifierSettings(contacts={"udp": (HOST, 0), "tcp": (HOST, 0)}))
-    service = await start_sip(notifier, [(HOST, 0)], [])
+    notifier, service = await udp_notifier(keys)
     phone = Phone("udp", notifier.contact("udp")[1])
     try:
         assert service._responses == []
@@ -117,8 +122,7 @@ async def _fan_out(room: int | None) -> tuple[list[bool], int, Phone, Notifier]:
     whether a fan-out was still going on; how often the answers were read mid fan-out; the
     phone; the notifier once every answer is in."""
     keys = Keys()
-    notifier = Notifier(keys, NotifierSettings(contacts={"udp": (HOST, 0), "tcp": (HOST, 0)}))
-    service: SipService = await start_sip(notifier, [(HOST, 0)], [])
+    notifier, service = await udp_notifier(keys)
     assert len(service._responses) == 1
     reader = service._responses[0]
     if room is not None:
@@ -145,10 +149,7 @@ async def _fan_out(room: int | None) -> tuple[list[bool], int, Phone, Notifier]:
     phone = Phone("udp", notifier.contact("udp")[1])
     try:
         await phone.open(None)
-        for i in range(300):
-            phone.subscribe("202", f"w{i}")
-            if i % 50 == 49:
-                await until(lambda i=i: len(phone.notifies()) == i + 1)  # type: ignore[misc]
+        await phone.watch("202", 300)
         await until(lambda: notifier.stats().notifies_in_flight == 0)
         handed.clear()
         phone.got.clear()
@@ -196,8 +197,7 @@ def test_answers_are_read_mid_fan_out_when_their_number_would_fill_the_buffer() 
 async def _datagrams_per_turn(flood: int) -> list[int]:
     """``flood`` OPTIONS queued on the listener before it reads: how many it took in each turn
     of the event loop."""
-    notifier = Notifier(Keys(), NotifierSettings(contacts={"udp": (HOST, 0), "tcp": (HOST, 0)}))
-    service = await start_sip(notifier, [(HOST, 0)], [])
+    notifier, service = await udp_notifier(Keys())
     loop = asyncio.get_running_loop()
     turn, per_turn = 0, {}
     ticking = True
