@@ -32,13 +32,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.sip.transport import grow_buffers
+
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 EPOCH = 1795400000  # uniqueids are "<epoch>.<sequence>", as Asterisk writes them
 SOCKET_BUFFER = 16 << 20
 WRITE_HIGH_WATER = 4 << 20  # fake Asterisk: pause the event stream above this much unsent
-_SO_SNDBUFFORCE, _SO_RCVBUFFORCE = 32, 33  # Linux; not in Python's socket module
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; its control message type
 _SCM_TIMESTAMPNS = _SO_TIMESTAMPNS  # is the same number
 _TIMESPEC = struct.Struct("@qq")
@@ -427,12 +428,7 @@ class Swarm:
         self.run_id = run_id
         self.loop = asyncio.get_running_loop()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for option in (_SO_RCVBUFFORCE, _SO_SNDBUFFORCE):
-            try:  # past net.core.rmem_max when privileged: a fan-out arrives all at once
-                self.sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-            except OSError:
-                plain = socket.SO_RCVBUF if option == _SO_RCVBUFFORCE else socket.SO_SNDBUF
-                self.sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+        grow_buffers(self.sock, SOCKET_BUFFER)  # a fan-out arrives all at once
         with contextlib.suppress(OSError):  # kernel arrival stamps (Linux)
             self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         self.sock.bind((HOST, 0))

@@ -338,7 +338,7 @@ class SipService:
                     logger.debug("UDP error: %s", exc)  # what the transport would report
         if core.fanout_pending:
             if self._responses:
-                self._hold_responses(budget)
+                self._hold_responses(budget)  # at most that many fan-out NOTIFYs went out
             if self._next_slice is None:
                 self._next_slice = self._loop.call_soon(self._drain_slice)
         elif self._held:
