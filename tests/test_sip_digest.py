@@ -14,6 +14,7 @@ from bridge.sip.access import BridgeNames
 from bridge.sip.digest import (
     WRONG_URI_REASON,
     DigestAuthenticator,
+    Outcome,
     Verdict,
     answer,
     parse_credentials,
@@ -121,6 +122,15 @@ BRIDGE = BridgeNames(frozenset({"pbx.example", "b.example:5070"}), frozenset({"1
                      frozenset({5065}))  # fmt: skip
 
 
+def _signed_for(signed: str) -> Outcome:
+    """203's answer to a SUBSCRIBE for 202 whose digest signs ``signed`` as its uri, checked by
+    a bridge at 10.0.0.1:5065 (the Request-URI) listening on 10.0.0.9:5066."""
+    auth = DigestAuthenticator("pbx", USERS)
+    header = answer(challenge(auth), "203", "pw-203", "SUBSCRIBE", signed)
+    return auth.check(header, "SUBSCRIBE", "10.0.0.5", 0, uri="sip:202@10.0.0.1:5065",
+                      also=lambda uri: BRIDGE.named(uri, "202", ("10.0.0.9", 5066)))
+
+
 @pytest.mark.parametrize("signed", [
     "sip:10.0.0.1:5065",  # SIPp's own: the address it sent to
     "sip:202@10.0.0.1:5065", "sips:202@10.0.0.1", "sip:202@pbx.example",  # the phone's, before
@@ -128,10 +138,7 @@ BRIDGE = BridgeNames(frozenset({"pbx.example", "b.example:5070"}), frozenset({"1
     "sip:10.0.0.9:5066",  # the address the request came to (a wildcard listener, bound port)
 ])  # fmt: skip
 def test_an_answer_signed_for_a_name_of_this_bridge_is_taken(signed: str) -> None:
-    auth = DigestAuthenticator("pbx", USERS)
-    header = answer(challenge(auth), "203", "pw-203", "SUBSCRIBE", signed)
-    outcome = auth.check(header, "SUBSCRIBE", "10.0.0.5", 0, uri="sip:202@10.0.0.1:5065",
-                         also=lambda uri: BRIDGE.named(uri, "202", ("10.0.0.9", 5066)))
+    outcome = _signed_for(signed)
     assert outcome.verdict is Verdict.OK, outcome
 
 
@@ -141,10 +148,7 @@ def test_an_answer_signed_for_a_name_of_this_bridge_is_taken(signed: str) -> Non
     "tel:+4930202", "not a uri",
 ])  # fmt: skip
 def test_an_answer_signed_for_anything_else_is_refused(signed: str) -> None:
-    auth = DigestAuthenticator("pbx", USERS)
-    header = answer(challenge(auth), "203", "pw-203", "SUBSCRIBE", signed)
-    outcome = auth.check(header, "SUBSCRIBE", "10.0.0.5", 0, uri="sip:202@10.0.0.1:5065",
-                         also=lambda uri: BRIDGE.named(uri, "202", ("10.0.0.9", 5066)))
+    outcome = _signed_for(signed)
     assert outcome.verdict is Verdict.WRONG_URI
 
 
